@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs everything keel needs to build and test on a fresh Debian 12 (bookworm) machine:
+# the Rust musl targets, QEMU and firmware, and the third-party clients the tests use.
+# Idempotent: a second run only checks.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# --- Rust targets -----------------------------------------------------------------------------
+if command -v rustup >/dev/null 2>&1; then
+  have=$(rustup target list --installed)
+  for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+    grep -qx "$t" <<<"$have" || { log "adding rust target $t"; rustup target add "$t"; }
+  done
+  rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
+fi
+
+# --- Debian packages --------------------------------------------------------------------------
+packages=(
+  # QEMU from backports (matches the image's qemu-utils 10.0), firmware
+  qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64 seabios
+  # OCI peers used by tests: a real registry server and third-party clients
+  docker-registry skopeo umoci
+  # peer runtimes for benchmarks, test payloads
+  crun runc busybox-static
+  # boot media helpers and checks
+  xorriso mtools dosfstools squashfs-tools erofs-utils isolinux syslinux-common systemd-boot-efi
+  cpio zstd xz-utils
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  # Enable bookworm-backports in the existing Debian sources entry (derived, not hard-coded).
+  src=$(grep -l 'Suites:.*bookworm' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 || true)
+  bp=/etc/apt/sources.list.d/keel-backports.sources
+  if [ -n "$src" ] && [ ! -f "$bp" ]; then
+    uri=$(awk '/^URIs:/ {print $2; exit}' "$src")
+    keyring=$(awk '/^Signed-By:/ {print $2; exit}' "$src")
+    log "enabling bookworm-backports from $uri"
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: %s\n' \
+      "$uri" "$keyring" | as_root tee "$bp" >/dev/null
+  fi
+  log "installing: ${missing[*]}"
+  as_root apt-get update -qq
+  export DEBIAN_FRONTEND=noninteractive
+  # QEMU system emulators must come from backports to match qemu-utils.
+  as_root apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-system-arm >/dev/null
+  as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+  # The registry package starts a daemon on :5000; tests start their own on a free port.
+  as_root systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+log "ok"
