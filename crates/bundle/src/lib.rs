@@ -36,6 +36,28 @@ pub const STATE_DIR: &str = "/run/keel/c";
 /// Where container logs are written.
 pub const LOG_DIR: &str = "/var/log";
 
+/// Where the shim lives in the root filesystem.
+pub const SHIM_PATH: &str = "/usr/libexec/keel-shim";
+/// Environment variable naming the file descriptor on which `keel-shim` reports
+/// [`ShimEvent`]s to its parent. Without it the shim logs to stderr and reports nothing.
+pub const SHIM_STATUS_FD_ENV: &str = "KEEL_SHIM_STATUS_FD";
+
+/// What `keel-shim run <bundle> <id>` reports to its parent, one JSON object per line on the
+/// status fd. The shim's exit status is the container's (128+signal when killed); a shim that
+/// fails before the container starts exits with 127 after a `log` event saying why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ShimEvent {
+    /// The container exists (namespaces, cgroup, mounts set up); its init waits to be started.
+    Created { pid: i32 },
+    /// The container's process runs.
+    Started { pid: i32 },
+    /// A diagnostic from the shim itself (not the container's output).
+    Log { level: String, message: String },
+    /// The container's process ended with this status (also the shim's exit status).
+    Exited { status: i32 },
+}
+
 /// The cgroup (below `/sys/fs/cgroup`) a container gets when its YAML names none.
 pub fn default_cgroups_path(section: &str, name: &str) -> String {
     format!("/keel/{section}/{name}")
@@ -260,6 +282,14 @@ mod tests {
             r#"{"keel":{"restart":"on-failure","dependsOn":["db"],"readiness":{"tcp":6379},"timeout":1500}}"#
         );
         assert_eq!(serde_json::from_str::<Runtime>(&text).unwrap(), rt);
+    }
+
+    #[test]
+    fn shim_events_are_json_lines() {
+        let e = ShimEvent::Started { pid: 42 };
+        let text = serde_json::to_string(&e).unwrap();
+        assert_eq!(text, r#"{"event":"started","pid":42}"#);
+        assert_eq!(serde_json::from_str::<ShimEvent>(&text).unwrap(), e);
     }
 
     #[test]
