@@ -1,1 +1,293 @@
-fn main() {}
+//! `keel`: the host tool. Argument parsing and error reporting only; the work is in the library.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use keel::build::{BuildOptions, Format};
+use keel::run::{Accel, Disk, Options as RunOptions, Publish};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keel",
+    version,
+    about = "Build small, immutable, container-native Linux systems from LinuxKit YAML"
+)]
+struct Cli {
+    /// Image store (an OCI image layout). Default: $XDG_CACHE_HOME/keel or ~/.cache/keel.
+    #[arg(long, global = true, env = "KEEL_CACHE", value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// More output (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build a system from one or more YAML files (merged in order; "-" reads stdin).
+    Build(BuildArgs),
+    /// Print the merged YAML and every generated config.json, without building.
+    Validate(ValidateArgs),
+    /// Boot a build's output.
+    #[command(subcommand)]
+    Run(RunCommand),
+    /// Inspect and manage the image store.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// Kernel images from the recipes under kernel/.
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+}
+
+#[derive(Debug, Args)]
+struct BuildArgs {
+    /// Output format (repeatable): kernel+initrd, tar, tar-kernel-initrd.
+    #[arg(
+        short = 'f',
+        long = "format",
+        value_name = "FORMAT",
+        default_value = "kernel+initrd"
+    )]
+    formats: Vec<Format>,
+    /// Directory the outputs are written to.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    dir: PathBuf,
+    /// Base name of the outputs (default: the first YAML file's name without extension).
+    #[arg(long)]
+    name: Option<String>,
+    /// Target architecture: x86_64 (amd64) or aarch64 (arm64). Default: the host's.
+    #[arg(long)]
+    arch: Option<keel_image::Arch>,
+    /// Size of disk outputs, e.g. 1024M or 2G.
+    #[arg(long, default_value = "1024M")]
+    size: String,
+    /// Print the merged YAML and stop.
+    #[arg(long)]
+    dry_run: bool,
+    /// Resolve image tags from their registries again, updating the lock file.
+    #[arg(long)]
+    pull: bool,
+    /// Refuse to build if the lock file is missing a pin or a pin would change.
+    #[arg(long)]
+    locked: bool,
+    /// Allow plain HTTP to registries that are not on loopback.
+    #[arg(long)]
+    insecure_registry: bool,
+    /// YAML files, merged in order; "-" is standard input.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct ValidateArgs {
+    /// Architecture whose images are used for the specs. Default: the host's.
+    #[arg(long)]
+    arch: Option<keel_image::Arch>,
+    /// Allow plain HTTP to registries that are not on loopback.
+    #[arg(long)]
+    insecure_registry: bool,
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunCommand {
+    /// Boot in QEMU: a build prefix (out/minimal) or a file (.iso, .efi, disk image).
+    Qemu(QemuArgs),
+}
+
+#[derive(Debug, Args)]
+struct QemuArgs {
+    /// Guest architecture. Default: the host's.
+    #[arg(long)]
+    arch: Option<keel_image::Arch>,
+    /// Accelerator: auto (KVM when it works, else TCG), kvm or tcg.
+    #[arg(long, default_value = "auto", env = "KEEL_QEMU_ACCEL")]
+    accel: Accel,
+    /// Memory in MB.
+    #[arg(long, default_value_t = 1024)]
+    mem: u32,
+    /// Number of CPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Attach a disk: [file=]PATH[,size=SIZE][,format=FORMAT]; created if missing. Repeatable.
+    #[arg(long = "disk")]
+    disks: Vec<Disk>,
+    /// Forward a host port to the guest: HOST:GUEST[/tcp|/udp]. Repeatable.
+    #[arg(long)]
+    publish: Vec<Publish>,
+    /// Boot with UEFI firmware.
+    #[arg(long)]
+    uefi: bool,
+    /// UEFI firmware file (default: OVMF or AAVMF from Debian).
+    #[arg(long)]
+    fw: Option<PathBuf>,
+    /// Write the console to this file instead of the terminal.
+    #[arg(long)]
+    console_file: Option<PathBuf>,
+    /// State directory (default: PREFIX-state).
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Append to the kernel command line.
+    #[arg(long)]
+    append: Option<String>,
+    /// Networking: user (default) or none.
+    #[arg(long, default_value = "user")]
+    networking: String,
+    target: PathBuf,
+    /// Extra arguments for QEMU, after "--".
+    #[arg(last = true)]
+    qemu_args: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// List the images in the store.
+    Ls,
+    /// Remove images from the store (and blobs nothing else uses).
+    Rm { references: Vec<String> },
+    /// Import OCI layouts, OCI archives or docker-archive tarballs.
+    Import { paths: Vec<PathBuf> },
+    /// Export an image as an OCI archive.
+    Export {
+        reference: String,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Pull an image into the store.
+    Pull {
+        reference: String,
+        #[arg(long)]
+        arch: Option<keel_image::Arch>,
+        #[arg(long)]
+        insecure_registry: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KernelCommand {
+    /// Build a kernel image from a recipe directory (e.g. kernel/debian-6.1) into the store.
+    Build {
+        recipe: PathBuf,
+        /// Architectures to build (repeatable). Default: x86_64 and aarch64.
+        #[arg(long = "arch")]
+        arches: Vec<keel_image::Arch>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => log::LevelFilter::Info,
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format_timestamp(None)
+        .format_target(false)
+        .parse_env("KEEL_LOG")
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("keel: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let store_path = match cli.cache.clone() {
+        Some(path) => path,
+        None => keel_image::Store::default_path()?,
+    };
+    let open_store = || {
+        keel_image::Store::open(&store_path)
+            .with_context(|| format!("cannot open image store {}", store_path.display()))
+    };
+    match cli.command {
+        Command::Build(args) => {
+            let opts = BuildOptions {
+                files: args.files,
+                formats: args.formats,
+                dir: args.dir,
+                name: args.name,
+                arch: args.arch.unwrap_or_else(keel_image::Arch::host),
+                size: args.size,
+                dry_run: args.dry_run,
+                pull: args.pull,
+                locked: args.locked,
+                insecure: args.insecure_registry,
+            };
+            keel::build::build(&open_store()?, &opts)?;
+        }
+        Command::Validate(args) => {
+            let text = keel::build::validate(
+                &open_store()?,
+                &args.files,
+                args.arch.unwrap_or_else(keel_image::Arch::host),
+                args.insecure_registry,
+            )?;
+            print!("{text}");
+        }
+        Command::Run(RunCommand::Qemu(args)) => {
+            let opts = RunOptions {
+                target: args.target,
+                arch: args.arch.unwrap_or_else(keel_image::Arch::host),
+                accel: args.accel,
+                mem_mb: args.mem,
+                cpus: args.cpus,
+                disks: args.disks,
+                publish: args.publish,
+                uefi: args.uefi,
+                firmware: args.fw,
+                console_file: args.console_file,
+                state: args.state,
+                append: args.append,
+                networking: match args.networking.as_str() {
+                    "user" => true,
+                    "none" => false,
+                    other => anyhow::bail!("invalid --networking {other:?}: expected user or none"),
+                },
+                extra: args.qemu_args,
+            };
+            let code = keel::run::run(&opts)?;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
+        Command::Cache(cmd) => keel::cache::run(&open_store()?, cmd.into())?,
+        Command::Kernel(KernelCommand::Build { recipe, arches }) => {
+            let arches = if arches.is_empty() {
+                vec![keel_image::Arch::X86_64, keel_image::Arch::Aarch64]
+            } else {
+                arches
+            };
+            let reference = keel::kernel::build(&open_store()?, &recipe, &arches)?;
+            println!("{reference}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+impl From<CacheCommand> for keel::cache::Command {
+    fn from(cmd: CacheCommand) -> Self {
+        use keel::cache::Command as C;
+        match cmd {
+            CacheCommand::Ls => C::List,
+            CacheCommand::Rm { references } => C::Remove(references),
+            CacheCommand::Import { paths } => C::Import(paths),
+            CacheCommand::Export { reference, output } => C::Export { reference, output },
+            CacheCommand::Pull {
+                reference,
+                arch,
+                insecure_registry,
+            } => C::Pull {
+                reference,
+                arch: arch.unwrap_or_else(keel_image::Arch::host),
+                insecure: insecure_registry,
+            },
+        }
+    }
+}

@@ -1,1 +1,58 @@
-//! TODO(owner): crate doc.
+//! Pinned Debian packages for the host tool: download them through the host's `apt` with a private
+//! state (the host's apt configuration and lists are never touched, and foreign architectures
+//! work), cache them by sha256, and unpack them without `dpkg`.
+//!
+//! - [`apt`]: [`Apt`] runs `apt-get`/`apt-cache` against a private state under a cache directory;
+//!   [`download`] and [`resolve`] are the one-call forms.
+//! - [`deb`]: [`unpack`] reads a `.deb` (`ar` + `control.tar.*` + `data.tar.*`) into
+//!   [`DebContents`]: its `control` fields and its data tar, as a stream or as entries.
+//! - [`control`]: deb822 paragraphs (`control` files, `apt-cache show` output).
+//! - [`compression`]: the decompressors a `.deb` member or a compressed module may need.
+//!
+//! Architectures are Debian names (`amd64`, `arm64`).
+
+pub mod apt;
+mod ar;
+pub mod compression;
+pub mod control;
+pub mod deb;
+
+pub use apt::{Apt, AptError, download, resolve};
+pub use compression::Compression;
+pub use control::Control;
+pub use deb::{DebContents, DebEntry, DebError, EntryKind, unpack};
+
+/// One exact package build: what a recipe pins and what [`download`] fetches and verifies.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PinnedPackage {
+    /// Package name, e.g. `linux-image-6.1.0-56-cloud-arm64`.
+    pub name: String,
+    /// Exact Debian version, e.g. `6.1.192-2`.
+    pub version: String,
+    /// Debian architecture name (`amd64`, `arm64`).
+    pub arch: String,
+    /// Lower-case hex sha256 of the `.deb` file.
+    pub sha256: String,
+}
+
+/// Maps a Rust/OCI-style architecture name to Debian's (`x86_64` → `amd64`, `aarch64` →
+/// `arm64`); Debian names pass through. `None` for anything else.
+pub fn debian_arch(arch: &str) -> Option<&'static str> {
+    match arch {
+        "x86_64" | "amd64" => Some("amd64"),
+        "aarch64" | "arm64" => Some("arm64"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arch_names_map() {
+        assert_eq!(debian_arch("x86_64"), Some("amd64"));
+        assert_eq!(debian_arch("arm64"), Some("arm64"));
+        assert_eq!(debian_arch("riscv64"), None);
+    }
+}

@@ -1,1 +1,41 @@
-//! TODO(owner): crate doc.
+//! keel's image handling: architectures, digests and references, the OCI image-layout store
+//! every build reads images from, registry pulls, and import/export of OCI and Docker archives.
+//!
+//! ```no_run
+//! use keel_image::{Arch, PullOptions, Reference, Store};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = Store::open(Store::default_path()?)?;
+//! let r: Reference = "alpine:3.20".parse()?;
+//! if store.resolve(&r)?.is_none() {
+//!     store.pull(&r, Arch::X86_64, &PullOptions::default())?;
+//! }
+//! let image = store.image(&r, Arch::X86_64)?;
+//! for layer in image.layers() {
+//!     let mut tar = store.open_layer(layer)?;
+//!     // ... unpack `tar` ...
+//!     tar.finish()?; // verifies the blob's digest
+//! }
+//! # Ok(()) }
+//! ```
+
+mod arch;
+mod archive;
+mod blob;
+mod digest;
+mod error;
+mod layer;
+mod reference;
+mod registry;
+mod store;
+
+pub use arch::{Arch, ParseArchError};
+pub use blob::{BlobReader, CorruptBlob};
+pub use digest::{Digest, DigestError};
+pub use error::{Error, Result};
+pub use layer::{Compression, LayerReader};
+pub use reference::{DEFAULT_REGISTRY, Reference, ReferenceError};
+pub use registry::{PullOptions, RegistryError};
+pub use store::{Image, REF_NAME, Store};
+
+/// The OCI image types the API uses (descriptors, manifests, configurations).
+pub use oci_spec::image as oci;

@@ -1,0 +1,413 @@
+//! Pulls from a real registry server (`docker-registry`, Debian's packaging of
+//! distribution/distribution) on loopback, with images pushed into it by `skopeo`.
+
+use base64::Engine as _;
+use keel_image::oci::{ConfigBuilder, ImageConfigurationBuilder};
+use keel_image::{Arch, CorruptBlob, Digest, Error, PullOptions, Reference, Store};
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// A registry server on 127.0.0.1 with its storage in a temp dir; killed on drop.
+struct Registry {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        assert!(
+            Path::new(REGISTRY_BIN).is_file(),
+            "{REGISTRY_BIN} is missing: run scripts/setup.sh (it installs the docker-registry package)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("config.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let registry = Registry {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the registry did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn skopeo_push(layout: &Path, name: &str, dest: &str) {
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--all",
+            "--quiet",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci:{}:{name}", layout.display()))
+        .arg(format!("docker://{dest}"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run skopeo ({e}): run scripts/setup.sh"));
+    assert!(
+        out.status.success(),
+        "skopeo push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn tar_with(path: &str, content: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(content.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_cksum();
+    b.append_data(&mut h, path, content).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// A source store with a two-platform image tagged `docker.io/test/src:1`.
+fn source(dir: &Path) -> (Store, Reference, Digest) {
+    let store = Store::open(dir.join("src")).unwrap();
+    let mut manifests = Vec::new();
+    for arch in Arch::ALL {
+        let config = ImageConfigurationBuilder::default()
+            .config(
+                ConfigBuilder::default()
+                    .labels(HashMap::from([(
+                        "arch".to_owned(),
+                        arch.uname().to_owned(),
+                    )]))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let layers = [
+            tar_with("etc/arch", arch.uname().as_bytes()),
+            tar_with("big", &vec![arch as u8; 3 << 20]),
+        ];
+        manifests.push((arch, store.write_image(arch, config, &layers).unwrap()));
+    }
+    let index = store.write_index(&manifests).unwrap();
+    let r: Reference = "test/src:1".parse().unwrap();
+    store.tag(&r, index.clone()).unwrap();
+    (store, r, index.digest().as_ref().parse().unwrap())
+}
+
+fn layer_files(store: &Store, image: &keel_image::Image) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for layer in image.layers() {
+        let mut r = store.open_layer(layer).unwrap();
+        {
+            let mut ar = tar::Archive::new(&mut r);
+            for e in ar.entries().unwrap() {
+                let mut e = e.unwrap();
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                out.push((e.path().unwrap().into_owned(), data));
+            }
+        }
+        r.finish().unwrap();
+    }
+    out
+}
+
+#[test]
+fn pull_by_tag_and_digest_from_a_real_registry() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, src_ref, index_digest) = source(dir.path());
+    let remote = format!("{}/team/app:v1", registry.host());
+    skopeo_push(src.path(), &src_ref.to_string(), &remote);
+    let options = PullOptions {
+        quiet: true,
+        ..PullOptions::default()
+    };
+
+    // By tag: the index digest comes back and is what the reference now resolves to.
+    let store = Store::open(dir.path().join("pulled")).unwrap();
+    let by_tag: Reference = remote.parse().unwrap();
+    let desc = store.pull(&by_tag, Arch::Aarch64, &options).unwrap();
+    assert_eq!(
+        desc.digest().as_ref(),
+        index_digest.as_str(),
+        "skopeo kept the index as is"
+    );
+    assert_eq!(
+        store.resolve(&by_tag).unwrap().unwrap().digest(),
+        desc.digest()
+    );
+    let arm = store.image(&by_tag, Arch::Aarch64).unwrap();
+    assert_eq!(arm.digest, index_digest);
+    assert_eq!(arm.label("arch"), Some("aarch64"));
+    let files = layer_files(&store, &arm);
+    assert_eq!(files[0], (PathBuf::from("etc/arch"), b"aarch64".to_vec()));
+    assert_eq!(files[1].1.len(), 3 << 20);
+    // Only the requested platform was fetched.
+    let err = store.image(&by_tag, Arch::X86_64).unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    // Pulling the other platform fills it in.
+    store.pull(&by_tag, Arch::X86_64, &options).unwrap();
+    let amd = store.image(&by_tag, Arch::X86_64).unwrap();
+    assert_eq!(amd.label("arch"), Some("x86_64"));
+
+    // By digest, into a fresh store: the same index, usable by digest.
+    let other = Store::open(dir.path().join("by-digest")).unwrap();
+    let by_digest: Reference = format!("{}/team/app@{index_digest}", registry.host())
+        .parse()
+        .unwrap();
+    let desc2 = other.pull(&by_digest, Arch::X86_64, &options).unwrap();
+    assert_eq!(desc2.digest(), desc.digest());
+    let amd2 = other.image(&by_digest, Arch::X86_64).unwrap();
+    assert_eq!(amd2.manifest_digest, amd.manifest_digest);
+    assert_eq!(layer_files(&other, &amd2), layer_files(&store, &amd));
+
+    // A tampered blob is detected on read, and a new pull repairs it.
+    let layer = amd.layers()[1].clone();
+    let layer_digest: Digest = layer.digest().as_ref().parse().unwrap();
+    let path = store.path().join("blobs/sha256").join(layer_digest.hex());
+    let mut data = fs::read(&path).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    fs::write(&path, &data).unwrap();
+    let mut r = store.open_layer(&layer).unwrap();
+    let err = std::io::copy(&mut r, &mut std::io::sink())
+        .map_err(|e| e.to_string())
+        .and_then(|_| r.finish().map_err(|e| e.to_string()));
+    assert!(err.is_err(), "tampering went unnoticed");
+    let mut r = store.open_blob(&layer_digest).unwrap();
+    let io_err = r.read_to_end(&mut Vec::new()).unwrap_err();
+    let corrupt = CorruptBlob::find(&io_err).expect("a CorruptBlob error");
+    assert_eq!(corrupt.digest, layer_digest);
+    assert_eq!(corrupt.actual, Digest::of(&data).to_string());
+    store.pull(&by_tag, Arch::X86_64, &options).unwrap();
+    assert_eq!(layer_files(&store, &amd).len(), 2);
+
+    // A tag the registry does not have.
+    let missing: Reference = format!("{}/team/app:nope", registry.host())
+        .parse()
+        .unwrap();
+    let err = store.pull(&missing, Arch::X86_64, &options).unwrap_err();
+    assert!(matches!(err, Error::Pull { .. }), "{err}");
+    let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(
+        chain.contains("404") && chain.contains("MANIFEST_UNKNOWN"),
+        "{chain}"
+    );
+    assert!(store.resolve(&missing).unwrap().is_none());
+}
+
+#[test]
+fn single_platform_manifest_pull() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let src = Store::open(dir.path().join("src")).unwrap();
+    let config = ImageConfigurationBuilder::default().build().unwrap();
+    let manifest = src
+        .write_image(Arch::X86_64, config, &[tar_with("hello", b"world")])
+        .unwrap();
+    let name: Reference = "single:1".parse().unwrap();
+    src.tag(&name, manifest.clone()).unwrap();
+    let remote = format!("localhost:{}/single:1", registry.port);
+    skopeo_push(src.path(), &name.to_string(), &remote);
+
+    let store = Store::open(dir.path().join("pulled")).unwrap();
+    let r: Reference = remote.parse().unwrap();
+    let desc = store
+        .pull(
+            &r,
+            Arch::X86_64,
+            &PullOptions {
+                quiet: true,
+                ..PullOptions::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(desc.digest(), manifest.digest());
+    let image = store.image(&r, Arch::X86_64).unwrap();
+    assert_eq!(image.digest, image.manifest_digest);
+    assert_eq!(
+        layer_files(&store, &image),
+        vec![(PathBuf::from("hello"), b"world".to_vec())]
+    );
+    // The wrong architecture is refused rather than pulled.
+    let err = store.image(&r, Arch::Aarch64).unwrap_err().to_string();
+    assert!(err.contains("is for linux/amd64, not linux/arm64"), "{err}");
+}
+
+/// A front for a registry that demands a Bearer token, which its `/token` endpoint hands out
+/// only for the Basic credentials `user:pass` — the flow Docker Hub and most registries use.
+fn start_token_front(upstream: u16) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || front_handle(stream, port, upstream));
+        }
+    });
+    port
+}
+
+fn front_handle(mut client: TcpStream, port: u16, upstream: u16) {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match client.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = head.split("\r\n").filter(|l| !l.is_empty());
+    let request_line = lines.next().unwrap_or_default().to_owned();
+    let path = request_line
+        .split(' ')
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let auth = headers
+        .iter()
+        .find(|(k, _)| k == "authorization")
+        .map(|(_, v)| v.as_str());
+    let reply = |client: &mut TcpStream, status: &str, extra: &str, body: &str| {
+        let _ = write!(
+            client,
+            "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    };
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("user:pass")
+    );
+    if path.starts_with("/token") {
+        let scoped =
+            path.contains("scope=repository%3Ateam%2Fapp%3Apull") && path.contains("service=front");
+        if auth == Some(basic.as_str()) && scoped {
+            reply(&mut client, "200 OK", "", r#"{"token":"tok123"}"#);
+        } else {
+            reply(
+                &mut client,
+                "401 Unauthorized",
+                "",
+                r#"{"details":"bad credentials"}"#,
+            );
+        }
+    } else if auth != Some("Bearer tok123") {
+        let challenge = format!(
+            "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"front\",scope=\"repository:team/app:pull\"\r\n"
+        );
+        reply(
+            &mut client,
+            "401 Unauthorized",
+            &challenge,
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+        );
+    } else {
+        let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+            return;
+        };
+        let mut request = format!("{request_line}\r\n");
+        for (k, v) in &headers {
+            if k != "authorization" && k != "connection" {
+                request.push_str(&format!("{k}: {v}\r\n"));
+            }
+        }
+        request.push_str("Connection: close\r\n\r\n");
+        if up.write_all(request.as_bytes()).is_ok() {
+            let _ = std::io::copy(&mut up, &mut client);
+        }
+    }
+}
+
+#[test]
+fn bearer_token_flow_with_docker_credentials() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, src_ref, index_digest) = source(dir.path());
+    skopeo_push(
+        src.path(),
+        &src_ref.to_string(),
+        &format!("{}/team/app:v1", registry.host()),
+    );
+    let front = start_token_front(registry.port);
+    let r: Reference = format!("127.0.0.1:{front}/team/app:v1").parse().unwrap();
+
+    // Without credentials the token service refuses, and the error says how to log in.
+    let no_creds = dir.path().join("no-creds");
+    fs::create_dir(&no_creds).unwrap();
+    let store = Store::open(dir.path().join("pulled")).unwrap();
+    let options = |docker_config: PathBuf| PullOptions {
+        quiet: true,
+        docker_config: Some(docker_config),
+        ..PullOptions::default()
+    };
+    let err = store
+        .pull(&r, Arch::X86_64, &options(no_creds))
+        .unwrap_err();
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert!(cause.contains("docker login"), "{cause}");
+
+    // With them (Docker's config.json format), the pull goes through.
+    let creds = dir.path().join("creds");
+    fs::create_dir(&creds).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("user:pass");
+    fs::write(
+        creds.join("config.json"),
+        format!(r#"{{"auths":{{"127.0.0.1:{front}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    let desc = store.pull(&r, Arch::X86_64, &options(creds)).unwrap();
+    assert_eq!(desc.digest().as_ref(), index_digest.as_str());
+    let image = store.image(&r, Arch::X86_64).unwrap();
+    assert_eq!(image.label("arch"), Some("x86_64"));
+    assert_eq!(layer_files(&store, &image)[0].1, b"x86_64".to_vec());
+}

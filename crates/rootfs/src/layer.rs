@@ -1,0 +1,642 @@
+//! Applying an OCI image layer (an uncompressed tar) to a [`Tree`]: whiteouts, opaque
+//! directories, replacement rules, and the refusals that keep a hostile layer inside the tree.
+
+use crate::Error;
+use crate::tree::{Blocker, Key, LinkProblem, Node, NodeKind, Tree, bytes_path, join, parent_of};
+use bytes::Bytes;
+use std::collections::HashSet;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use tar::EntryType;
+
+const WHITEOUT: &[u8] = b".wh.";
+const OPAQUE: &[u8] = b".wh..wh..opq";
+const XATTR_PAX_PREFIX: &str = "SCHILY.xattr.";
+
+/// Why a layer path is refused.
+enum BadPath {
+    Absolute,
+    Parent,
+}
+
+/// Splits a layer path into its meaningful components: `./` prefixes, empty components and
+/// trailing slashes are accepted; absolute paths and `..` are refused.
+fn components(raw: &[u8]) -> Result<Vec<&[u8]>, BadPath> {
+    if raw.starts_with(b"/") {
+        return Err(BadPath::Absolute);
+    }
+    let mut out = Vec::new();
+    for c in raw.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err(BadPath::Parent),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// State for one layer being applied.
+struct Apply<'a> {
+    prefix: Vec<u8>,
+    origin: &'a Arc<str>,
+    /// Paths created or replaced by this layer: whiteouts and opaque markers spare them.
+    ours: HashSet<Key>,
+}
+
+impl Tree {
+    /// Applies one uncompressed tar layer under `prefix` (e.g. `containers/onboot/000-x/rootfs`,
+    /// or the empty path for the root), with OCI semantics: `.wh.<name>` deletes `<name>` from
+    /// earlier layers, `.wh..wh..opq` empties a directory of earlier layers' contents (wherever
+    /// the marker appears in the tar), later entries replace earlier ones (a directory replacing
+    /// a directory keeps its children). `origin` is recorded on every node.
+    ///
+    /// Refused, each with its own error naming `origin` and the entry: absolute paths, `..`
+    /// components, entries below a symlink or non-directory, and hard links that are absolute,
+    /// have `..` or point to nothing under `prefix`. Sockets and unknown entry types are skipped
+    /// with a warning. On error the tree holds the entries applied so far.
+    pub fn apply_layer(
+        &mut self,
+        prefix: &Path,
+        layer: impl Read,
+        origin: &str,
+    ) -> Result<(), Error> {
+        let origin_arc: Arc<str> = origin.into();
+        let prefix = match crate::tree::normalize(prefix.as_os_str().as_bytes()) {
+            Some(p) => p,
+            None => {
+                return Err(Error::InvalidPath {
+                    path: prefix.to_path_buf(),
+                });
+            }
+        };
+        if !prefix.is_empty() {
+            if let Some(blocker) = self.dir_blocker(&prefix) {
+                let (Blocker::Symlink(p) | Blocker::NotDir(p)) = blocker;
+                return Err(Error::NotADirectory {
+                    path: bytes_path(&prefix).to_path_buf(),
+                    parent: bytes_path(&p).to_path_buf(),
+                });
+            }
+            let template = Node::new(NodeKind::Dir, 0o755, origin_arc.clone());
+            self.create_dirs(&prefix, &template, |_| {});
+        }
+        let mut state = Apply {
+            prefix,
+            origin: &origin_arc,
+            ours: HashSet::new(),
+        };
+        let read_error = |source| Error::ReadLayer {
+            origin: origin.to_owned(),
+            source,
+        };
+        let mut archive = tar::Archive::new(layer);
+        for entry in archive.entries().map_err(read_error)? {
+            let mut entry = entry.map_err(read_error)?;
+            self.apply_entry(&mut state, &mut entry)?;
+        }
+        Ok(())
+    }
+
+    fn apply_entry<R: Read>(
+        &mut self,
+        state: &mut Apply<'_>,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<(), Error> {
+        let raw = entry.path_bytes().into_owned();
+        let origin = state.origin;
+        let name = || String::from_utf8_lossy(&raw).into_owned();
+        let comps = components(&raw).map_err(|bad| match bad {
+            BadPath::Absolute => Error::AbsolutePath {
+                origin: origin.to_string(),
+                entry: name(),
+            },
+            BadPath::Parent => Error::ParentComponent {
+                origin: origin.to_string(),
+                entry: name(),
+            },
+        })?;
+        let kind = entry.header().entry_type();
+        let Some((last, parents)) = comps.split_last() else {
+            // The layer's root directory: its metadata applies to the prefix directory.
+            if kind == EntryType::Directory && !state.prefix.is_empty() {
+                let node = self.header_node(state, entry, NodeKind::Dir, &raw)?;
+                let key = Key::new(&state.prefix);
+                if self.place(key, node).is_err() {
+                    log::warn!("{origin}: cannot apply root entry {:?}", name());
+                }
+            }
+            return Ok(());
+        };
+        let dir = join(&state.prefix, parents.iter().copied());
+        self.check_parent(&dir, origin, &raw)?;
+
+        if last.starts_with(WHITEOUT) {
+            if *last == OPAQUE {
+                self.remove_lower(&dir, false, &state.ours);
+            } else if last.starts_with(b".wh..wh.") {
+                log::debug!("{origin}: skipping aufs metadata {:?}", name());
+            } else {
+                let hidden = &last[WHITEOUT.len()..];
+                match hidden {
+                    b"" | b"." => log::warn!("{origin}: skipping empty whiteout {:?}", name()),
+                    b".." => {
+                        return Err(Error::ParentComponent {
+                            origin: origin.to_string(),
+                            entry: name(),
+                        });
+                    }
+                    _ => self.remove_lower(&join(&dir, [hidden]), true, &state.ours),
+                }
+            }
+            return Ok(());
+        }
+
+        let node_kind = match kind {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                // The header size is untrusted: reserve at most 64 MiB up front.
+                let reserve = entry.size().min(1 << 26);
+                let mut data = Vec::with_capacity(usize::try_from(reserve).unwrap_or(0));
+                entry
+                    .read_to_end(&mut data)
+                    .map_err(|source| Error::ReadLayer {
+                        origin: origin.to_string(),
+                        source,
+                    })?;
+                NodeKind::File(Bytes::from(data))
+            }
+            EntryType::Directory => NodeKind::Dir,
+            EntryType::Symlink => match entry.link_name_bytes() {
+                Some(target) if !target.is_empty() => {
+                    NodeKind::Symlink(bytes_path(&target).to_path_buf())
+                }
+                _ => {
+                    log::warn!("{origin}: skipping symlink {:?} without target", name());
+                    return Ok(());
+                }
+            },
+            EntryType::Link => {
+                let target = entry.link_name_bytes().unwrap_or_default().into_owned();
+                let tname = || String::from_utf8_lossy(&target).into_owned();
+                let tcomps = components(&target).map_err(|_| Error::HardLinkEscape {
+                    origin: origin.to_string(),
+                    entry: name(),
+                    target: tname(),
+                })?;
+                if tcomps.is_empty() {
+                    return Err(Error::HardLinkMissing {
+                        origin: origin.to_string(),
+                        entry: name(),
+                        target: tname(),
+                    });
+                }
+                let full = join(&state.prefix, tcomps);
+                NodeKind::HardLink(bytes_path(&full).to_path_buf())
+            }
+            EntryType::Char | EntryType::Block => {
+                let field = |v: std::io::Result<Option<u32>>| {
+                    v.map(Option::unwrap_or_default)
+                        .map_err(|_| Error::InvalidField {
+                            origin: origin.to_string(),
+                            entry: name(),
+                            field: "device number",
+                        })
+                };
+                let major = field(entry.header().device_major())?;
+                let minor = field(entry.header().device_minor())?;
+                if kind == EntryType::Char {
+                    NodeKind::CharDevice { major, minor }
+                } else {
+                    NodeKind::BlockDevice { major, minor }
+                }
+            }
+            EntryType::Fifo => NodeKind::Fifo,
+            EntryType::XGlobalHeader => return Ok(()),
+            other => {
+                log::warn!(
+                    "{origin}: skipping {:?} of unsupported type {other:?} (sockets cannot be archived)",
+                    name()
+                );
+                return Ok(());
+            }
+        };
+
+        let node = self.header_node(state, entry, node_kind, &raw)?;
+        let key = join(&dir, [*last]);
+        let template = Node::new(NodeKind::Dir, 0o755, origin.clone());
+        let ours = &mut state.ours;
+        self.create_dirs(&dir, &template, |k| {
+            ours.insert(k);
+        });
+        let link_target = match &node.kind {
+            NodeKind::HardLink(t) => String::from_utf8_lossy(t.as_os_str().as_bytes()).into_owned(),
+            _ => String::new(),
+        };
+        let key = Key::new(&key);
+        self.place(key.clone(), node)
+            .map_err(|problem| match problem {
+                LinkProblem::Missing => Error::HardLinkMissing {
+                    origin: origin.to_string(),
+                    entry: name(),
+                    target: link_target.clone(),
+                },
+                LinkProblem::Directory => Error::HardLinkToDirectory {
+                    origin: origin.to_string(),
+                    entry: name(),
+                    target: link_target.clone(),
+                },
+            })?;
+        state.ours.insert(key);
+        Ok(())
+    }
+
+    /// Refuses entries whose parent directory (or an ancestor) is a symlink or a non-directory.
+    fn check_parent(&self, dir: &[u8], origin: &str, raw: &[u8]) -> Result<(), Error> {
+        let entry = || String::from_utf8_lossy(raw).into_owned();
+        match self.dir_blocker(dir) {
+            None => Ok(()),
+            Some(Blocker::Symlink(p)) => Err(Error::SymlinkParent {
+                origin: origin.to_owned(),
+                entry: entry(),
+                parent: String::from_utf8_lossy(&p).into_owned(),
+            }),
+            Some(Blocker::NotDir(p)) => Err(Error::ParentNotDirectory {
+                origin: origin.to_owned(),
+                entry: entry(),
+                parent: String::from_utf8_lossy(&p).into_owned(),
+            }),
+        }
+    }
+
+    /// The node for an entry: its kind plus mode, owner and extended attributes from the header.
+    fn header_node<R: Read>(
+        &self,
+        state: &Apply<'_>,
+        entry: &mut tar::Entry<'_, R>,
+        kind: NodeKind,
+        raw: &[u8],
+    ) -> Result<Node, Error> {
+        let invalid = |field| Error::InvalidField {
+            origin: state.origin.to_string(),
+            entry: String::from_utf8_lossy(raw).into_owned(),
+            field,
+        };
+        let header = entry.header();
+        let mode = header.mode().map_err(|_| invalid("mode"))?;
+        let uid = header
+            .uid()
+            .ok()
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| invalid("uid"))?;
+        let gid = header
+            .gid()
+            .ok()
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| invalid("gid"))?;
+        let mut node = Node::new(kind, mode, state.origin.clone()).with_owner(uid, gid);
+        if let Ok(Some(extensions)) = entry.pax_extensions() {
+            for ext in extensions.flatten() {
+                if let Ok(key) = ext.key()
+                    && let Some(name) = key.strip_prefix(XATTR_PAX_PREFIX)
+                {
+                    node.xattrs
+                        .insert(name.to_owned(), ext.value_bytes().to_vec());
+                }
+            }
+        }
+        Ok(node)
+    }
+
+    /// Removes what earlier layers put at `root` (itself only if `include_self`) and below it,
+    /// sparing this layer's entries and the directories that hold them.
+    fn remove_lower(&mut self, root: &[u8], include_self: bool, ours: &HashSet<Key>) {
+        let candidates = self.subtree(root, include_self);
+        let mut keep: HashSet<&[u8]> = HashSet::new();
+        for key in candidates.iter().filter(|k| ours.contains(*k)) {
+            let mut path = key.bytes();
+            while path.len() > root.len() && keep.insert(path) {
+                path = parent_of(path);
+            }
+            if include_self && path == root {
+                keep.insert(path);
+            }
+        }
+        let doomed: Vec<Key> = candidates
+            .iter()
+            .filter(|k| !keep.contains(k.bytes()))
+            .cloned()
+            .collect();
+        self.remove_keys(doomed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{E, layer};
+    use crate::{WriteOptions, write_tar};
+
+    fn apply(tree: &mut Tree, prefix: &str, entries: &[E<'_>], origin: &str) -> Result<(), Error> {
+        tree.apply_layer(Path::new(prefix), &layer(entries)[..], origin)
+    }
+
+    fn paths(tree: &Tree) -> Vec<String> {
+        tree.iter()
+            .map(|(p, _)| p.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn data(tree: &Tree, path: &str) -> Vec<u8> {
+        match &tree.get(path).unwrap().kind {
+            NodeKind::File(b) => b.to_vec(),
+            other => panic!("{path} is {other:?}"),
+        }
+    }
+
+    #[test]
+    fn applies_entries_under_prefix() {
+        let mut tree = Tree::new();
+        let entries = [
+            E::Dir("./"),
+            E::Dir("./etc/"),
+            E::Owned("./etc/shadow", b"secret", 0o4640, 0, 42),
+            E::File("usr/bin/tool", b"#!"),
+            E::Symlink("bin", "usr/bin"),
+            E::Char("dev/null", 1, 3),
+            E::Fifo("run/fifo"),
+        ];
+        apply(&mut tree, "/c/rootfs/", &entries, "onboot[0] img").unwrap();
+        assert_eq!(
+            paths(&tree),
+            [
+                "c",
+                "c/rootfs",
+                "c/rootfs/bin",
+                "c/rootfs/dev",
+                "c/rootfs/dev/null",
+                "c/rootfs/etc",
+                "c/rootfs/etc/shadow",
+                "c/rootfs/run",
+                "c/rootfs/run/fifo",
+                "c/rootfs/usr",
+                "c/rootfs/usr/bin",
+                "c/rootfs/usr/bin/tool",
+            ]
+        );
+        let shadow = tree.get("c/rootfs/etc/shadow").unwrap();
+        assert_eq!((shadow.mode, shadow.uid, shadow.gid), (0o4640, 0, 42));
+        assert_eq!(&*shadow.origin, "onboot[0] img");
+        assert_eq!(data(&tree, "c/rootfs/etc/shadow"), b"secret");
+        assert_eq!(
+            tree.get("c/rootfs/dev/null").unwrap().kind,
+            NodeKind::CharDevice { major: 1, minor: 3 }
+        );
+        assert_eq!(
+            tree.get("c/rootfs/bin").unwrap().kind,
+            NodeKind::Symlink("usr/bin".into())
+        );
+        assert_eq!(tree.get("c/rootfs/run/fifo").unwrap().kind, NodeKind::Fifo);
+    }
+
+    #[test]
+    fn whiteouts_remove_lower_entries() {
+        let mut tree = Tree::new();
+        let lower = [
+            E::File("a/x", b"x"),
+            E::File("a/y", b"y"),
+            E::File("d/sub/deep", b"z"),
+        ];
+        apply(&mut tree, "", &lower, "lower").unwrap();
+        let upper = [E::File("a/.wh.x", b""), E::File("./.wh.d", b"")];
+        apply(&mut tree, "", &upper, "upper").unwrap();
+        assert_eq!(paths(&tree), ["a", "a/y"]);
+        // A whiteout of something absent is harmless.
+        apply(&mut tree, "", &[E::File("a/.wh.nothing", b"")], "x").unwrap();
+        assert_eq!(paths(&tree), ["a", "a/y"]);
+    }
+
+    #[test]
+    fn opaque_directory_keeps_only_this_layer() {
+        let mut tree = Tree::new();
+        let lower = [
+            E::File("d/old", b"1"),
+            E::File("d/sub/old2", b"2"),
+            E::File("d/keep/old3", b"3"),
+            E::File("other", b"4"),
+        ];
+        apply(&mut tree, "", &lower, "lower").unwrap();
+        // The marker comes after some of this layer's entries and before others.
+        let upper = [
+            E::File("d/new", b"n"),
+            E::File("d/keep/new2", b"m"),
+            E::File("d/.wh..wh..opq", b""),
+            E::File("d/later", b"l"),
+        ];
+        apply(&mut tree, "", &upper, "upper").unwrap();
+        assert_eq!(
+            paths(&tree),
+            ["d", "d/keep", "d/keep/new2", "d/later", "d/new", "other"]
+        );
+    }
+
+    #[test]
+    fn opaque_root_of_a_prefixed_layer() {
+        let mut tree = Tree::new();
+        apply(&mut tree, "p", &[E::File("a", b"1")], "lower").unwrap();
+        apply(&mut tree, "", &[E::File("q", b"1")], "outside").unwrap();
+        apply(
+            &mut tree,
+            "p",
+            &[E::File(".wh..wh..opq", b""), E::File("b", b"2")],
+            "up",
+        )
+        .unwrap();
+        assert_eq!(paths(&tree), ["p", "p/b", "q"]);
+    }
+
+    #[test]
+    fn replacement_rules() {
+        let mut tree = Tree::new();
+        let lower = [E::File("d/child", b"c"), E::File("f", b"file")];
+        apply(&mut tree, "", &lower, "lower").unwrap();
+        // A directory over a directory keeps children and takes the new metadata.
+        let mut dir = layer(&[E::Dir("d")]);
+        // Patch mode 0700 into the raw header (octal field at offset 100).
+        dir[100..108].copy_from_slice(b"0000700\0");
+        let mut h = tar::Header::new_old();
+        h.as_mut_bytes().copy_from_slice(&dir[..512]);
+        h.set_cksum();
+        dir[..512].copy_from_slice(h.as_bytes());
+        tree.apply_layer(Path::new(""), &dir[..], "mid").unwrap();
+        let d = tree.get("d").unwrap();
+        assert_eq!((d.mode, &*d.origin), (0o700, "mid"));
+        assert!(tree.get("d/child").is_some());
+        // A file over a directory removes the subtree; a directory over a file replaces it.
+        let upper = [
+            E::File("d", b"now a file"),
+            E::Dir("f"),
+            E::File("f/x", b"x"),
+        ];
+        apply(&mut tree, "", &upper, "upper").unwrap();
+        assert_eq!(paths(&tree), ["d", "f", "f/x"]);
+        assert_eq!(data(&tree, "d"), b"now a file");
+        // Later entries of the same layer replace earlier ones.
+        apply(
+            &mut tree,
+            "",
+            &[E::File("g", b"1"), E::File("g", b"2")],
+            "u",
+        )
+        .unwrap();
+        assert_eq!(data(&tree, "g"), b"2");
+    }
+
+    fn refused(entries: &[E<'_>]) -> Error {
+        let mut tree = Tree::new();
+        apply(
+            &mut tree,
+            "pre",
+            &[
+                E::File("etc/passwd", b"root"),
+                E::Symlink("lib", "/usr/lib"),
+            ],
+            "base",
+        )
+        .unwrap();
+        let err = apply(&mut tree, "pre", entries, "services[2] evil:1").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("services[2] evil:1"), "{text}");
+        err
+    }
+
+    #[test]
+    fn refuses_parent_components() {
+        for name in ["../escape", "a/../../escape", "a/.wh..."] {
+            let err = refused(&[E::File(name, b"x")]);
+            assert!(matches!(err, Error::ParentComponent { .. }), "{err}");
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn refuses_absolute_paths() {
+        let err = refused(&[E::File("/etc/passwd", b"x")]);
+        assert!(matches!(err, Error::AbsolutePath { .. }), "{err}");
+        assert!(err.to_string().contains("/etc/passwd"), "{err}");
+    }
+
+    #[test]
+    fn refuses_symlinked_parents() {
+        // A symlink from an earlier layer.
+        let err = refused(&[E::File("lib/evil.so", b"x")]);
+        assert!(matches!(err, Error::SymlinkParent { .. }), "{err}");
+        assert!(err.to_string().contains("lib/evil.so"), "{err}");
+        // A symlink from the same layer, and a whiteout through a symlink.
+        let err = refused(&[E::Symlink("up", ".."), E::File("up/x", b"x")]);
+        assert!(matches!(err, Error::SymlinkParent { .. }), "{err}");
+        let err = refused(&[E::File("lib/.wh.libc.so", b"")]);
+        assert!(matches!(err, Error::SymlinkParent { .. }), "{err}");
+        // Below a regular file.
+        let err = refused(&[E::File("etc/passwd/x", b"x")]);
+        assert!(matches!(err, Error::ParentNotDirectory { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_escaping_hard_links() {
+        for target in ["/etc/passwd", "../etc/passwd", "etc/../../x"] {
+            let err = refused(&[E::Link("pw", target)]);
+            assert!(matches!(err, Error::HardLinkEscape { .. }), "{err}");
+            assert!(err.to_string().contains("\"pw\""), "{err}");
+            assert!(err.to_string().contains(target), "{err}");
+        }
+        let err = refused(&[E::Link("pw", "etc/shadow")]);
+        assert!(matches!(err, Error::HardLinkMissing { .. }), "{err}");
+        let err = refused(&[E::Link("pw", "etc")]);
+        assert!(matches!(err, Error::HardLinkToDirectory { .. }), "{err}");
+    }
+
+    #[test]
+    fn hard_links_stay_within_their_prefix() {
+        let mut tree = Tree::new();
+        apply(&mut tree, "", &[E::File("etc/shadow", b"host")], "init").unwrap();
+        let err = apply(&mut tree, "c/rootfs", &[E::Link("x", "etc/shadow")], "img").unwrap_err();
+        assert!(matches!(err, Error::HardLinkMissing { .. }), "{err}");
+        // Within the prefix a link resolves to the prefixed path.
+        let entries = [E::File("etc/shadow", b"own"), E::Link("x", "./etc/shadow")];
+        apply(&mut tree, "c/rootfs", &entries, "img").unwrap();
+        assert_eq!(
+            tree.get("c/rootfs/x").unwrap().kind,
+            NodeKind::HardLink("c/rootfs/etc/shadow".into())
+        );
+    }
+
+    #[test]
+    fn whiteout_of_a_linked_file_keeps_the_link() {
+        let mut tree = Tree::new();
+        let lower = [
+            E::File("bin/busybox", b"bb"),
+            E::Link("bin/sh", "bin/busybox"),
+        ];
+        apply(&mut tree, "", &lower, "lower").unwrap();
+        apply(&mut tree, "", &[E::File("bin/.wh.busybox", b"")], "upper").unwrap();
+        assert_eq!(paths(&tree), ["bin", "bin/sh"]);
+        assert_eq!(data(&tree, "bin/sh"), b"bb");
+    }
+
+    #[test]
+    fn skips_unknown_types() {
+        // Tar has no socket type: archivers write them as unknown types, if at all.
+        let mut tree = Tree::new();
+        let entries = [
+            E::Typed("label", b'V'),
+            E::Typed("weird", b'Z'),
+            E::File("ok", b"1"),
+        ];
+        apply(&mut tree, "", &entries, "img").unwrap();
+        assert_eq!(paths(&tree), ["ok"]);
+    }
+
+    #[test]
+    fn gnu_long_names_and_links() {
+        let long_dir = "d".repeat(120);
+        let name = format!("{long_dir}/{}", "f".repeat(130));
+        let link = format!("{long_dir}/{}", "l".repeat(110));
+        let entries = [E::File(&name, b"long"), E::Symlink(&link, &name)];
+        let mut tree = Tree::new();
+        apply(&mut tree, "", &entries, "img").unwrap();
+        assert_eq!(data(&tree, &name), b"long");
+        assert_eq!(
+            tree.get(&link).unwrap().kind,
+            NodeKind::Symlink(name.clone().into())
+        );
+    }
+
+    #[test]
+    fn pax_long_names_and_xattrs_round_trip() {
+        let long = format!("{}/{}", "p".repeat(160), "q".repeat(150));
+        let mut src = Tree::new();
+        let mut node = Node::new(NodeKind::File(Bytes::from_static(b"cap")), 0o755, "gen");
+        node.xattrs
+            .insert("security.capability".into(), vec![1, 0, 0, 2, 0xff]);
+        src.insert(&long, node).unwrap();
+        src.insert(
+            "s",
+            Node::new(NodeKind::Symlink(long.clone().into()), 0o777, "gen"),
+        )
+        .unwrap();
+        let bytes = write_tar(&src, Vec::new(), &WriteOptions { mtime: 1 }).unwrap();
+
+        let mut tree = Tree::new();
+        tree.apply_layer(Path::new("x"), &bytes[..], "copy")
+            .unwrap();
+        let got = tree.get(format!("x/{long}")).unwrap();
+        assert_eq!(got.kind, NodeKind::File(Bytes::from_static(b"cap")));
+        assert_eq!(got.xattrs["security.capability"], [1, 0, 0, 2, 0xff]);
+        assert_eq!(
+            tree.get("x/s").unwrap().kind,
+            NodeKind::Symlink(long.into())
+        );
+    }
+}

@@ -1,0 +1,527 @@
+//! Assembly: a configuration and its (already resolved) images → one root filesystem tree.
+//!
+//! Follows LinuxKit's order — kernel, init, volumes, onboot, onshutdown, services, files — and
+//! its layout and image filtering rules (reference/linuxkit.md §2.2–2.3). Each image is
+//! flattened into its own tree, filtered, then grafted under its place in the root.
+
+use bytes::Bytes;
+use keel_config::{Config, FileContent, MetadataFormat, RootfsLayout, Section, SpecContext};
+use keel_image::{Image, Store};
+use keel_rootfs::{Node, NodeKind, Tree};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read image {reference}")]
+    Image {
+        reference: String,
+        #[source]
+        source: keel_image::Error,
+    },
+    #[error("cannot unpack a layer of image {reference}")]
+    Layer {
+        reference: String,
+        #[source]
+        source: keel_rootfs::Error,
+    },
+    #[error("layer {layer} of image {reference} failed verification")]
+    Verify {
+        reference: String,
+        layer: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "kernel image {reference} has no file {file:?} (kernel.binary / kernel.tar / kernel.ucode name files in the image)"
+    )]
+    KernelFile { reference: String, file: String },
+    #[error(transparent)]
+    Config(#[from] keel_config::Error),
+    #[error("cannot place {path} in the root filesystem")]
+    Place {
+        path: String,
+        #[source]
+        source: keel_rootfs::Error,
+    },
+    #[error("{loc}: cannot read files.source {path}")]
+    FileSource {
+        loc: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "no image resolved for {0} (internal error: every reference is resolved before assembly)"
+    )]
+    Unresolved(String),
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// The kernel parts of a build, kept out of the root filesystem.
+#[derive(Debug, Clone)]
+pub struct KernelParts {
+    pub kernel: Bytes,
+    pub cmdline: String,
+    pub ucode: Option<Bytes>,
+}
+
+/// The result of assembly.
+#[derive(Debug)]
+pub struct Assembled {
+    /// The root filesystem (without `boot/`: outputs add what they carry).
+    pub tree: Tree,
+    pub kernel: Option<KernelParts>,
+}
+
+/// What an image becomes, which decides how it is filtered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Init,
+    Volume,
+    Container,
+}
+
+/// `/etc/hosts` every image gets.
+const HOSTS: &str = "127.0.0.1       localhost\n::1     localhost ip6-localhost ip6-loopback\nfe00::0 ip6-localnet\nff00::0 ip6-mcastprefix\nff02::1 ip6-allnodes\nff02::2 ip6-allrouters\n";
+/// Paths images may not bring (runtime provides them).
+const EXCLUDED: &[&str] = &[
+    ".dockerenv",
+    "Dockerfile",
+    "dev/console",
+    "dev/pts",
+    "dev/shm",
+    "etc/hostname",
+];
+/// Directories every image root has.
+const ENSURED_DIRS: &[&str] = &["dev", "dev/pts", "dev/shm", "etc", "proc", "sys"];
+
+/// Flattens an image's layers into a tree, verifying every layer blob.
+pub fn image_tree(store: &Store, image: &Image, origin: &str) -> Result<Tree> {
+    let mut tree = Tree::new();
+    for layer in image.layers() {
+        let mut reader = store.open_layer(layer).map_err(|source| Error::Image {
+            reference: image.reference.clone(),
+            source,
+        })?;
+        tree.apply_layer(Path::new(""), &mut reader, origin)
+            .map_err(|source| Error::Layer {
+                reference: image.reference.clone(),
+                source,
+            })?;
+        reader.finish().map_err(|source| Error::Verify {
+            reference: image.reference.clone(),
+            layer: layer.digest().to_string(),
+            source,
+        })?;
+    }
+    Ok(tree)
+}
+
+fn place(tree: &mut Tree, path: &str, node: Node) -> Result<()> {
+    tree.remove(path);
+    tree.insert(path, node).map_err(|source| Error::Place {
+        path: path.into(),
+        source,
+    })
+}
+
+fn file(data: impl Into<Bytes>, mode: u32, origin: &str) -> Node {
+    Node::new(NodeKind::File(data.into()), mode, origin)
+}
+
+fn symlink(target: &str, origin: &str) -> Node {
+    Node::new(NodeKind::Symlink(target.into()), 0o777, origin)
+}
+
+/// LinuxKit's image filter: drop what the runtime provides, replace hosts and resolv.conf,
+/// make sure the mount points every container needs exist.
+fn filter(tree: &mut Tree, role: Role, origin: &str) -> Result<()> {
+    for path in EXCLUDED {
+        tree.remove(path);
+    }
+    for dir in ENSURED_DIRS {
+        tree.mkdir_all(dir, 0o755, 0, 0, origin)
+            .map_err(|source| Error::Place {
+                path: (*dir).into(),
+                source,
+            })?;
+    }
+    place(tree, "etc/mtab", symlink("/proc/mounts", origin))?;
+    place(tree, "etc/hosts", file(HOSTS, 0o644, origin))?;
+    // The root is read-only: dhcpcd writes the real file under /run.
+    let resolv = match role {
+        Role::Init | Role::Volume => symlink("/run/resolvconf/resolv.conf", origin),
+        Role::Container => file(Bytes::new(), 0o644, origin),
+    };
+    place(tree, "etc/resolv.conf", resolv)
+}
+
+/// Places every node of `src` under `prefix` in `dst`, hard links re-pointed into `prefix`.
+fn graft(dst: &mut Tree, prefix: &str, src: &Tree) -> Result<()> {
+    let under = |p: &Path| -> PathBuf {
+        if prefix.is_empty() {
+            p.into()
+        } else {
+            Path::new(prefix).join(p)
+        }
+    };
+    // Hard links last: their targets may sort after them.
+    let mut links = Vec::new();
+    for (path, node) in src.iter() {
+        let at = under(path);
+        match &node.kind {
+            NodeKind::HardLink(target) => {
+                let mut n = node.clone();
+                n.kind = NodeKind::HardLink(under(target));
+                links.push((at, n));
+            }
+            NodeKind::Dir if dst.get(&at).is_some_and(Node::is_dir) => {
+                // Keep children from earlier images; take the new metadata.
+                dst.insert(&at, node.clone())
+                    .map_err(|source| Error::Place {
+                        path: at.display().to_string(),
+                        source,
+                    })?;
+            }
+            _ => {
+                dst.remove(&at);
+                dst.insert(&at, node.clone())
+                    .map_err(|source| Error::Place {
+                        path: at.display().to_string(),
+                        source,
+                    })?;
+            }
+        }
+    }
+    for (at, node) in links {
+        dst.remove(&at);
+        dst.insert(&at, node).map_err(|source| Error::Place {
+            path: at.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Images by the reference string written in the YAML.
+pub type Images = BTreeMap<String, Image>;
+
+fn image<'a>(images: &'a Images, reference: &str) -> Result<&'a Image> {
+    images
+        .get(reference)
+        .ok_or_else(|| Error::Unresolved(reference.into()))
+}
+
+/// Assembles the root filesystem of `config` from `images` (every reference it names).
+pub fn assemble(store: &Store, config: &Config, images: &Images) -> Result<Assembled> {
+    let mut root = Tree::new();
+
+    let kernel = match &config.kernel {
+        Some(k) if k.image.is_some() => {
+            let reference = k.image.as_ref().map(|i| i.as_str()).unwrap_or_default();
+            let img = image(images, reference)?;
+            let tree = image_tree(store, img, "kernel")?;
+            let get = |name: &str| -> Result<Bytes> {
+                match tree.get(name).map(|n| &n.kind) {
+                    Some(NodeKind::File(data)) => Ok(data.clone()),
+                    _ => Err(Error::KernelFile {
+                        reference: reference.into(),
+                        file: name.into(),
+                    }),
+                }
+            };
+            let kernel = get(k.binary())?;
+            if let Some(tar) = k.tar() {
+                let modules = get(tar)?;
+                root.apply_layer(
+                    Path::new(""),
+                    modules.as_ref(),
+                    &format!("kernel {reference}"),
+                )
+                .map_err(|source| Error::Layer {
+                    reference: reference.into(),
+                    source,
+                })?;
+            }
+            let ucode = match &k.ucode {
+                Some(name) => Some(get(name.as_str())?),
+                None => None,
+            };
+            Some(KernelParts {
+                kernel,
+                cmdline: k.cmdline().to_string(),
+                ucode,
+            })
+        }
+        _ => None,
+    };
+
+    for (i, reference) in config.init.iter().enumerate() {
+        let origin = format!("init[{i}] {}", reference.as_str());
+        let mut tree = image_tree(store, image(images, reference.as_str())?, &origin)?;
+        filter(&mut tree, Role::Init, &origin)?;
+        graft(&mut root, "", &tree)?;
+    }
+
+    for (i, volume) in config.volumes.iter().enumerate() {
+        let dir = format!(
+            "{}/{}/{}",
+            keel_bundle::CONTAINERS_DIR,
+            keel_bundle::VOLUMES,
+            volume.name.as_str()
+        );
+        let origin = format!("volumes[{i}] {}", volume.name.as_str());
+        for sub in ["lower", "tmp", "merged"] {
+            root.mkdir_all(format!("{dir}/{sub}"), 0o755, 0, 0, &origin)
+                .map_err(|source| Error::Place {
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
+        if let Some(reference) = &volume.image {
+            let img = image(images, reference.as_str())?;
+            let mut tree = image_tree(store, img, &origin)?;
+            filter(&mut tree, Role::Volume, &origin)?;
+            graft(&mut root, &format!("{dir}/lower"), &tree)?;
+        }
+    }
+
+    let ids = config.ids();
+    for (section, index, spec) in config.containers() {
+        let reference = spec.image.as_str();
+        let img = image(images, reference)?;
+        let origin = format!("{}[{index}] {reference}", section.as_str());
+        let label = keel_config::image_label(
+            img.config.config().as_ref().unwrap_or(&Default::default()),
+            reference,
+        )?;
+        let ctx = SpecContext::new(config, &ids, section, index);
+        let bundle =
+            keel_config::generate(spec, img.config.config().as_ref(), label.as_ref(), &ctx)?;
+
+        let mut tree = image_tree(store, img, &origin)?;
+        filter(&mut tree, Role::Container, &origin)?;
+        for point in &bundle.mount_points {
+            let point = point.trim_start_matches('/');
+            if !point.is_empty() && tree.get(point).is_none() {
+                tree.mkdir_all(point, 0o755, 0, 0, &origin)
+                    .map_err(|source| Error::Place {
+                        path: format!("{}/{point}", bundle.dir),
+                        source,
+                    })?;
+            }
+        }
+        let image_dir = match bundle.layout {
+            RootfsLayout::Direct => keel_bundle::ROOTFS_DIR,
+            RootfsLayout::Overlay => "lower",
+        };
+        root.mkdir_all(&bundle.dir, 0o755, 0, 0, &origin)
+            .map_err(|source| Error::Place {
+                path: bundle.dir.clone(),
+                source,
+            })?;
+        graft(&mut root, &format!("{}/{image_dir}", bundle.dir), &tree)?;
+        if bundle.layout == RootfsLayout::Overlay {
+            for sub in ["tmp", keel_bundle::ROOTFS_DIR] {
+                root.mkdir_all(format!("{}/{sub}", bundle.dir), 0o755, 0, 0, &origin)
+                    .map_err(|source| Error::Place {
+                        path: bundle.dir.clone(),
+                        source,
+                    })?;
+            }
+        }
+        place(
+            &mut root,
+            &format!("{}/{}", bundle.dir, keel_bundle::CONFIG_FILE),
+            file(bundle.config_json()?, 0o644, &origin),
+        )?;
+        place(
+            &mut root,
+            &format!("{}/{}", bundle.dir, keel_bundle::RUNTIME_FILE),
+            file(bundle.runtime_json()?, 0o644, &origin),
+        )?;
+        // Sections are directories even when empty, so the guest can tell "none" from "broken".
+        let _ = section;
+    }
+    for section in [Section::Onboot, Section::Onshutdown, Section::Services] {
+        let dir = format!("{}/{}", keel_bundle::CONTAINERS_DIR, section.as_str());
+        root.mkdir_all(&dir, 0o755, 0, 0, "keel")
+            .map_err(|source| Error::Place {
+                path: dir.clone(),
+                source,
+            })?;
+    }
+
+    add_files(&mut root, config, &ids)?;
+    Ok(Assembled { tree: root, kernel })
+}
+
+/// Mode of a parent directory created for a file: the file's mode with `x` wherever it has `r`
+/// or `w` (LinuxKit's rule), so 0600 → 0700 and 0644 → 0755.
+fn parent_mode(mode: u32) -> u32 {
+    let mut m = mode & 0o777;
+    for shift in [6, 3, 0] {
+        if m & (0o6 << shift) != 0 {
+            m |= 0o1 << shift;
+        }
+    }
+    m
+}
+
+fn add_files(root: &mut Tree, config: &Config, ids: &keel_config::IdMap) -> Result<()> {
+    for (i, spec) in config.files.iter().enumerate() {
+        let origin = format!("files[{i}]");
+        let path = spec.relative_path().to_string();
+        let mode = spec.mode();
+        let uid = spec
+            .uid
+            .as_ref()
+            .map(|id| keel_config::resolve_id(id, ids))
+            .transpose()?
+            .unwrap_or(0);
+        let gid = spec
+            .gid
+            .as_ref()
+            .map(|id| keel_config::resolve_id(id, ids))
+            .transpose()?
+            .unwrap_or(0);
+        let node = match spec.content() {
+            FileContent::Directory => Node::new(NodeKind::Dir, mode, origin.as_str()),
+            FileContent::Symlink(target) => symlink(target, &origin),
+            FileContent::Contents(text) => {
+                file(Bytes::copy_from_slice(text.as_bytes()), mode, &origin)
+            }
+            FileContent::Metadata(MetadataFormat::Yaml) => file(config.to_yaml(), mode, &origin),
+            FileContent::Metadata(MetadataFormat::Json) => file(config.to_json()?, mode, &origin),
+            FileContent::Source {
+                path: source,
+                optional,
+            } => match std::fs::read(&source) {
+                Ok(data) => file(data, mode, &origin),
+                Err(_) if optional => {
+                    log::debug!("{}: skipping optional {}", spec.loc, source.display());
+                    continue;
+                }
+                Err(err) => {
+                    return Err(Error::FileSource {
+                        loc: spec.loc.to_string(),
+                        path: source,
+                        source: err,
+                    });
+                }
+            },
+        }
+        .with_owner(uid, gid);
+        if let Some(parent) = Path::new(&path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            && root.get(parent).is_none()
+        {
+            root.mkdir_all(parent, parent_mode(mode), uid, gid, &origin)
+                .map_err(|source| Error::Place {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        if matches!(node.kind, NodeKind::Dir) && root.get(&path).is_some_and(Node::is_dir) {
+            root.insert(&path, node).map_err(|source| Error::Place {
+                path: path.clone(),
+                source,
+            })?;
+        } else {
+            place(root, &path, node)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_modes_follow_linuxkit() {
+        assert_eq!(parent_mode(0o600), 0o700);
+        assert_eq!(parent_mode(0o644), 0o755);
+        assert_eq!(parent_mode(0o400), 0o500);
+        assert_eq!(parent_mode(0o000), 0o000);
+    }
+
+    #[test]
+    fn filter_applies_linuxkit_rules() {
+        let mut t = Tree::new();
+        t.insert("etc/hostname", file("x", 0o644, "t")).unwrap();
+        t.insert(".dockerenv", file("", 0o644, "t")).unwrap();
+        t.insert("dev/console", file("", 0o644, "t")).unwrap();
+        t.insert("etc/hosts", file("10.0.0.1 evil\n", 0o644, "t"))
+            .unwrap();
+        filter(&mut t, Role::Container, "t").unwrap();
+        assert!(t.get("etc/hostname").is_none());
+        assert!(t.get(".dockerenv").is_none());
+        assert!(t.get("dev/console").is_none());
+        for d in ENSURED_DIRS {
+            assert!(t.get(d).is_some_and(Node::is_dir), "{d}");
+        }
+        assert!(
+            matches!(&t.get("etc/hosts").unwrap().kind, NodeKind::File(b) if b.starts_with(b"127.0.0.1"))
+        );
+        assert!(
+            matches!(&t.get("etc/mtab").unwrap().kind, NodeKind::Symlink(p) if p == Path::new("/proc/mounts"))
+        );
+        assert!(
+            matches!(&t.get("etc/resolv.conf").unwrap().kind, NodeKind::File(b) if b.is_empty())
+        );
+
+        let mut init = Tree::new();
+        filter(&mut init, Role::Init, "t").unwrap();
+        assert!(
+            matches!(&init.get("etc/resolv.conf").unwrap().kind, NodeKind::Symlink(p) if p == Path::new("/run/resolvconf/resolv.conf"))
+        );
+    }
+
+    #[test]
+    fn graft_reprefixes_hard_links_and_keeps_existing_children() {
+        let mut src = Tree::new();
+        src.insert(
+            "a/link",
+            Node::new(NodeKind::HardLink("z/target".into()), 0o644, "s"),
+        )
+        .unwrap_err();
+        src.insert("z/target", file("data", 0o644, "s")).unwrap();
+        src.insert(
+            "a/link",
+            Node::new(NodeKind::HardLink("z/target".into()), 0o644, "s"),
+        )
+        .unwrap();
+        let mut dst = Tree::new();
+        dst.insert("p/keep/me", file("old", 0o600, "d")).unwrap();
+        src.insert("keep", Node::new(NodeKind::Dir, 0o700, "s"))
+            .unwrap();
+        graft(&mut dst, "p", &src).unwrap();
+        assert!(
+            dst.get("p/keep/me").is_some(),
+            "existing children survive a directory graft"
+        );
+        assert_eq!(dst.get("p/keep").unwrap().mode & 0o777, 0o700);
+        let mut out = Vec::new();
+        keel_rootfs::write_tar(&dst, &mut out, &keel_rootfs::WriteOptions { mtime: 0 }).unwrap();
+        let mut archive = tar::Archive::new(out.as_slice());
+        let link = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.header().entry_type().is_hard_link())
+            .expect("a hard link entry");
+        let mut pair = [
+            link.path().unwrap().into_owned(),
+            link.link_name().unwrap().unwrap().into_owned(),
+        ];
+        pair.sort();
+        assert_eq!(
+            pair,
+            [PathBuf::from("p/a/link"), PathBuf::from("p/z/target")]
+        );
+    }
+}
