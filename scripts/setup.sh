@@ -26,7 +26,7 @@ packages=(
   crun runc busybox-static
   # boot media helpers and checks
   xorriso mtools dosfstools squashfs-tools erofs-utils isolinux syslinux-common systemd-boot-efi
-  cpio zstd xz-utils
+  cpio zstd xz-utils hyperfine
 )
 missing=()
 for p in "${packages[@]}"; do

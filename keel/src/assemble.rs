@@ -19,11 +19,18 @@ pub enum Error {
         #[source]
         source: keel_image::Error,
     },
-    #[error("cannot unpack a layer of image {reference}")]
+    #[error("cannot unpack layer {layer} of image {reference}")]
     Layer {
         reference: String,
+        layer: String,
         #[source]
         source: keel_rootfs::Error,
+    },
+    #[error("image {reference} is damaged in the store")]
+    Corrupt {
+        reference: String,
+        #[source]
+        source: Box<keel_image::Error>,
     },
     #[error("layer {layer} of image {reference} failed verification")]
     Verify {
@@ -105,11 +112,16 @@ pub fn image_tree(store: &Store, image: &Image, origin: &str) -> Result<Tree> {
             reference: image.reference.clone(),
             source,
         })?;
-        tree.apply_layer(Path::new(""), &mut reader, origin)
-            .map_err(|source| Error::Layer {
+        if let Err(source) = tree.apply_layer(Path::new(""), &mut reader, origin) {
+            // A damaged blob often fails as a broken compressed stream before its digest can
+            // be checked: say which blob is corrupt rather than how decompression failed.
+            verify_blob(store, image, layer)?;
+            return Err(Error::Layer {
                 reference: image.reference.clone(),
+                layer: layer.digest().to_string(),
                 source,
-            })?;
+            });
+        }
         reader.finish().map_err(|source| Error::Verify {
             reference: image.reference.clone(),
             layer: layer.digest().to_string(),
@@ -117,6 +129,32 @@ pub fn image_tree(store: &Store, image: &Image, origin: &str) -> Result<Tree> {
         })?;
     }
     Ok(tree)
+}
+
+/// Reads a layer blob to the end, checking its digest.
+fn verify_blob(store: &Store, image: &Image, layer: &keel_image::oci::Descriptor) -> Result<()> {
+    let corrupt = |source: keel_image::Error| Error::Corrupt {
+        reference: image.reference.clone(),
+        source: Box::new(source.for_image(&image.reference)),
+    };
+    let Ok(digest) = keel_image::Digest::try_from(layer.digest()) else {
+        return Ok(()); // not a digest keel can check; the unpack error stands
+    };
+    let mut blob = store.open_blob(&digest).map_err(corrupt)?;
+    match std::io::copy(&mut blob, &mut std::io::sink()) {
+        Ok(_) => Ok(()),
+        Err(e) => match keel_image::CorruptBlob::find(&e) {
+            Some(c) => Err(corrupt(keel_image::Error::Corrupt {
+                blob: c.clone(),
+                image: None,
+            })),
+            None => Err(Error::Verify {
+                reference: image.reference.clone(),
+                layer: layer.digest().to_string(),
+                source: e,
+            }),
+        },
+    }
 }
 
 fn place(tree: &mut Tree, path: &str, node: Node) -> Result<()> {
@@ -242,6 +280,7 @@ pub fn assemble(store: &Store, config: &Config, images: &Images) -> Result<Assem
                 )
                 .map_err(|source| Error::Layer {
                     reference: reference.into(),
+                    layer: tar.to_string(),
                     source,
                 })?;
             }

@@ -170,11 +170,32 @@ pub fn sources(files: &[String]) -> Result<Vec<Source>> {
         .collect()
 }
 
-/// Parses, merges and validates the YAML inputs. `@pkg:DIR` resolves to the package's tag.
-pub fn load(files: &[String]) -> Result<Config> {
+/// Parses, merges and validates the YAML inputs. `@pkg:DIR` resolves to the package's tag;
+/// with a store, packages missing from it are built first.
+pub fn load(files: &[String], store: Option<&Store>) -> Result<Config> {
     let sources = sources(files)?;
-    let pkg = |dir: &Path| crate::pkg::show_tag(dir).map_err(|e| format!("{e:#}"));
+    let pkg = |dir: &Path| {
+        let reference = match store {
+            Some(store) => crate::pkg::ensure(store, dir),
+            None => crate::pkg::show_tag(dir),
+        };
+        reference
+            .map(|r| r.to_string())
+            .map_err(|e| error_chain(&e))
+    };
     Ok(keel_config::load(&sources, &pkg)?)
+}
+
+/// An error and its causes on one line (`a: b: c`), for messages embedded in other errors.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Every image reference a config names, with where it is named, in build order.
@@ -207,16 +228,23 @@ pub struct Resolve {
     pub insecure: bool,
 }
 
+/// What [`resolve`] found.
+#[derive(Debug)]
+pub struct Resolved {
+    /// Images by the reference text of the YAML.
+    pub images: Images,
+    /// The digest every reference was resolved to.
+    pub pins: Lock,
+    /// Pinned references whose tag in the store now points elsewhere (the pin was used).
+    pub drift: Vec<lock::Change>,
+}
+
 /// Resolves every reference of `config` to a digest and loads its image for `arch` from the
-/// store, pulling what is missing. Returns the images and the pins they were resolved to.
-pub fn resolve(
-    store: &Store,
-    config: &Config,
-    lock: &Lock,
-    how: Resolve,
-) -> Result<(Images, Lock)> {
+/// store, pulling what is missing. A pin in `lock` wins over the store's tag unless `how.pull`.
+pub fn resolve(store: &Store, config: &Config, lock: &Lock, how: Resolve) -> Result<Resolved> {
     let mut images = Images::new();
     let mut pins = Lock::default();
+    let mut drift = Vec::new();
     let options = PullOptions {
         insecure: how.insecure,
         ..PullOptions::default()
@@ -248,12 +276,28 @@ pub fn resolve(
 
         let digest: Digest = match (reference.digest(), lock.get(&name)) {
             (Some(d), _) => d.clone(),
-            (None, Some(pinned)) if !how.pull => pinned.parse().map_err(|_| {
-                Error::Lock(lock::Error::Invalid {
-                    reference: name.clone(),
-                    digest: pinned.into(),
-                })
-            })?,
+            (None, Some(pinned)) if !how.pull => {
+                let digest: Digest = pinned.parse().map_err(|_| {
+                    Error::Lock(lock::Error::Invalid {
+                        reference: name.clone(),
+                        digest: pinned.into(),
+                    })
+                })?;
+                if let Some(tagged) = store.resolve(&reference).map_err(missing)?
+                    && tagged.digest().as_ref() != digest.as_str()
+                {
+                    log::warn!(
+                        "{loc}: using {name}@{digest} from the lock file; the store's tag now points to {} (--pull updates the pin)",
+                        tagged.digest()
+                    );
+                    drift.push(lock::Change::Changed {
+                        reference: name.clone(),
+                        from: digest.to_string(),
+                        to: tagged.digest().to_string(),
+                    });
+                }
+                digest
+            }
             _ if how.pull => pull(&reference)?,
             _ => match store.resolve(&reference).map_err(missing)? {
                 Some(d) => Digest::try_from(d.digest()).map_err(bad_digest)?,
@@ -279,7 +323,11 @@ pub fn resolve(
         pins.insert(name, digest.to_string());
         images.insert(text, image);
     }
-    Ok((images, pins))
+    Ok(Resolved {
+        images,
+        pins,
+        drift,
+    })
 }
 
 /// The lock file of a build: beside the first YAML file (none for stdin).
@@ -304,7 +352,7 @@ fn output_name(opts: &BuildOptions) -> String {
 
 /// `keel build`.
 pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
-    let config = load(&opts.files)?;
+    let config = load(&opts.files, (!opts.dry_run).then_some(store))?;
     if opts.dry_run {
         print!("{}", config.to_yaml());
         return Ok(vec![]);
@@ -328,12 +376,20 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
         pull: opts.pull,
         insecure: opts.insecure,
     };
-    let (images, pins) = resolve(store, &config, &lock, how)?;
+    let Resolved {
+        images,
+        pins,
+        drift,
+    } = resolve(store, &config, &lock, how)?;
     let changes = lock.changes(&pins);
-    if opts.locked && !changes.is_empty() {
+    if opts.locked && (!changes.is_empty() || !drift.is_empty()) {
         return Err(Error::Locked {
             path: lock_file.unwrap_or_default(),
-            changes: changes.iter().map(ToString::to_string).collect(),
+            changes: changes
+                .iter()
+                .chain(&drift)
+                .map(ToString::to_string)
+                .collect(),
         });
     }
 
@@ -356,12 +412,12 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
 
 /// `keel validate`: the merged YAML, then every generated `config.json` and `runtime.json`.
 pub fn validate(store: &Store, files: &[String], arch: Arch, insecure: bool) -> Result<String> {
-    let config = load(files)?;
+    let config = load(files, Some(store))?;
     let lock = lock_path(files)
         .map(|p| Lock::load(&p))
         .transpose()?
         .unwrap_or_default();
-    let (images, _) = resolve(
+    let Resolved { images, .. } = resolve(
         store,
         &config,
         &lock,

@@ -1,0 +1,622 @@
+//! Successful builds through the `keel` binary: what the outputs hold, that they are
+//! byte-reproducible, the lock file, `keel validate` and `keel cache`.
+
+mod common;
+
+use common::*;
+use keel_image::Arch;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// `/etc/hosts` as every image gets it.
+const HOSTS: &str = "127.0.0.1       localhost\n::1     localhost ip6-localhost ip6-loopback\nfe00::0 ip6-localnet\nff00::0 ip6-mcastprefix\nff02::1 ip6-allnodes\nff02::2 ip6-allrouters\n";
+/// LinuxKit's default timestamp, used when `SOURCE_DATE_EPOCH` is unset.
+const DEFAULT_EPOCH: u64 = 1_492_533_000;
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// Every file of a directory: name → content.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    listing(dir)
+        .into_iter()
+        .map(|n| {
+            let data = read(&dir.join(&n));
+            (n, data)
+        })
+        .collect()
+}
+
+fn config_json(initrd: &BTreeMap<String, Member>, bundle: &str) -> serde_json::Value {
+    let m = initrd
+        .get(&format!("{bundle}/config.json"))
+        .unwrap_or_else(|| panic!("no {bundle}/config.json"));
+    serde_json::from_slice(&m.data).unwrap()
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reproducibility.
+
+/// One way of running a build: working directory (relative to the workspace), `TZ`, umask and
+/// `SOURCE_DATE_EPOCH`.
+struct Setting {
+    cwd: &'static str,
+    tz: &'static str,
+    umask: &'static str,
+    epoch: Option<&'static str>,
+}
+
+/// Builds `sys.yml` for `arch` into `out` (absolute paths, so the working directory does not
+/// matter to the arguments): kernel+initrd and tar-kernel-initrd in one build, tar in another.
+fn build_all(w: &Work, arch: Arch, out: &str, s: &Setting) {
+    let cwd = w.path(s.cwd);
+    std::fs::create_dir_all(&cwd).unwrap();
+    let yaml = w.path("sys.yml");
+    let dir = w.path(out);
+    let arch = arch.uname();
+    for formats in [
+        &["-f", "kernel+initrd", "-f", "tar-kernel-initrd"][..],
+        &["-f", "tar"],
+    ] {
+        let mut args: Vec<std::ffi::OsString> = vec!["build".into(), "--arch".into(), arch.into()];
+        args.extend(formats.iter().map(|f| (*f).into()));
+        args.push("--dir".into());
+        args.push(dir.clone().into_os_string());
+        args.push(yaml.clone().into_os_string());
+        let mut cmd = w.keel_with_umask(s.umask, &args);
+        cmd.current_dir(&cwd).env("TZ", s.tz);
+        if let Some(e) = s.epoch {
+            cmd.env("SOURCE_DATE_EPOCH", e);
+        }
+        run(&mut cmd).ok();
+    }
+}
+
+#[test]
+fn outputs_are_byte_reproducible_for_both_architectures() {
+    let (w, _) = Work::with_fixtures();
+    w.write("sys.yml", &system_yaml(APP));
+    let first = Setting {
+        cwd: "",
+        tz: "UTC",
+        umask: "022",
+        epoch: None,
+    };
+    let second = Setting {
+        cwd: "elsewhere/deeper",
+        tz: "America/St_Johns",
+        umask: "077",
+        epoch: None,
+    };
+    let dated = Setting {
+        cwd: "",
+        tz: "UTC",
+        umask: "022",
+        epoch: Some("1700000000"),
+    };
+    for arch in Arch::ALL {
+        let a = format!("a-{arch}");
+        let b = format!("b-{arch}");
+        let c = format!("c-{arch}");
+        build_all(&w, arch, &a, &first);
+        build_all(&w, arch, &b, &second);
+        build_all(&w, arch, &c, &dated);
+
+        let fa = files(&w.path(&a));
+        assert_eq!(
+            fa.keys().collect::<Vec<_>>(),
+            [
+                "sys-cmdline",
+                "sys-initrd.img",
+                "sys-initrd.tar",
+                "sys-kernel",
+                "sys.tar"
+            ],
+            "{arch}"
+        );
+        let fb = files(&w.path(&b));
+        for (name, data) in &fa {
+            assert!(
+                fb.get(name) == Some(data),
+                "{arch}: {name} differs between builds"
+            );
+            let mode = std::fs::metadata(w.path(&b).join(name)).unwrap();
+            assert_eq!(
+                std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+                0o644,
+                "{arch}: {name} mode depends on the umask"
+            );
+        }
+
+        // Another SOURCE_DATE_EPOCH: another initrd, with that mtime everywhere.
+        let fc = files(&w.path(&c));
+        assert_ne!(fa["sys-initrd.img"], fc["sys-initrd.img"], "{arch}");
+        assert_ne!(fa["sys.tar"], fc["sys.tar"], "{arch}");
+        assert_eq!(fa["sys-kernel"], fc["sys-kernel"], "{arch}");
+        let (_, dated_members) = parse_newc(&gunzip(&fc["sys-initrd.img"]));
+        assert!(dated_members.values().all(|m| m.mtime == 1_700_000_000));
+        let (_, members) = parse_newc(&gunzip(&fa["sys-initrd.img"]));
+        assert!(members.values().all(|m| m.mtime == DEFAULT_EPOCH));
+
+        // The architecture's own images were used.
+        assert_eq!(fa["sys-kernel"], kernel_bytes(arch));
+        assert_eq!(members["etc/init-arch"].data, arch.uname().as_bytes());
+        assert_eq!(
+            members["containers/onboot/000-setup/rootfs/bin/app"].data,
+            app_binary("v1", arch)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the outputs hold.
+
+#[test]
+fn kernel_initrd_output_holds_the_system() {
+    let (w, _) = Work::with_fixtures();
+    w.write("sys.yml", &system_yaml(APP));
+    let out = run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "out", "sys.yml"])).ok();
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    assert_eq!(
+        listing(&w.path("out")),
+        ["sys-cmdline", "sys-initrd.img", "sys-kernel"]
+    );
+    assert_eq!(read(&w.path("out/sys-cmdline")), CMDLINE.as_bytes());
+    assert_eq!(read(&w.path("out/sys-kernel")), kernel_bytes(Arch::X86_64));
+
+    let cpio = gunzip(&read(&w.path("out/sys-initrd.img")));
+    let (order, m) = parse_newc(&cpio);
+    // An independent reader agrees: Debian's cpio lists the same entries in the same order.
+    std::fs::write(w.path("initrd.cpio"), &cpio).unwrap();
+    let listed = std::process::Command::new("cpio")
+        .args(["-it", "--quiet", "-F"])
+        .arg(w.path("initrd.cpio"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cpio ({e}): run scripts/setup.sh"));
+    assert!(listed.status.success(), "{listed:?}");
+    assert_eq!(
+        String::from_utf8(listed.stdout)
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>(),
+        order
+    );
+    // Every directory comes before its contents.
+    for (i, name) in order.iter().enumerate() {
+        if let Some((parent, _)) = name.rsplit_once('/') {
+            let at = order.iter().position(|n| n == parent);
+            assert!(at.is_some_and(|p| p < i), "{name} comes before its parent");
+        }
+    }
+    let file = |p: &str| -> &Member {
+        let e = m
+            .get(p)
+            .unwrap_or_else(|| panic!("{p} is not in the initrd"));
+        assert!(e.is_file(), "{p} is not a file");
+        e
+    };
+    let dir = |p: &str| assert!(m.get(p).is_some_and(Member::is_dir), "{p} is not a dir");
+
+    // Init image at the root, without boot/ and with the standard hosts file.
+    assert_eq!(file("init").data, b"#!/bin/sh\nexec /sbin/init\n");
+    assert!(
+        m.keys().all(|k| k != "boot" && !k.starts_with("boot/")),
+        "boot/ is in the initrd"
+    );
+    assert_eq!(file("etc/hosts").text(), HOSTS);
+    // Kernel modules from kernel.tar.
+    assert_eq!(file("lib/modules/x/modules.dep").data, b"kernel/fake.ko:\n");
+    assert_eq!(file("lib/modules/x/kernel/fake.ko").data, b"x86_64");
+    assert!(!m.contains_key("kernel") && !m.contains_key("kernel.tar"));
+
+    // The onboot container: read-only (from the label), so the image is under rootfs/.
+    let onboot = "containers/onboot/000-setup";
+    file(&format!("{onboot}/runtime.json"));
+    assert_eq!(
+        file(&format!("{onboot}/rootfs/bin/app")).data,
+        app_binary("v1", Arch::X86_64)
+    );
+    let sh = &m[&format!("{onboot}/rootfs/bin/sh")];
+    assert!(sh.is_symlink() && sh.data == b"app", "{sh:?}");
+    assert_eq!(file(&format!("{onboot}/rootfs/etc/app.conf")).data, b"v1");
+    assert_eq!(file(&format!("{onboot}/rootfs/etc/hosts")).text(), HOSTS);
+    assert!(!m.contains_key(&format!("{onboot}/rootfs/etc/hostname")));
+    for d in ["dev", "proc", "sys", "var/lib/app"] {
+        dir(&format!("{onboot}/rootfs/{d}"));
+    }
+    let c = config_json(&m, onboot);
+    assert_eq!(strings(&c["process"]["args"]), ["/bin/app", "setup"]);
+    assert!(strings(&c["process"]["env"]).contains(&"APP_MODE=fixture".to_owned()));
+    assert!(
+        strings(&c["process"]["capabilities"]["bounding"]).contains(&"CAP_NET_ADMIN".to_owned()),
+        "{c}"
+    );
+    assert_eq!(c["root"]["readonly"], true);
+
+    // The service: writable (the YAML overrides the label), so the image is under lower/.
+    let svc = "containers/services/web";
+    file(&format!("{svc}/runtime.json"));
+    assert_eq!(
+        file(&format!("{svc}/lower/bin/app")).data,
+        app_binary("v1", Arch::X86_64)
+    );
+    assert_eq!(file(&format!("{svc}/lower/etc/hosts")).text(), HOSTS);
+    dir(&format!("{svc}/rootfs"));
+    dir(&format!("{svc}/tmp"));
+    let c = config_json(&m, svc);
+    assert_eq!(strings(&c["process"]["args"]), ["/bin/app", "serve"]);
+    assert_eq!(
+        strings(&c["process"]["capabilities"]["bounding"]),
+        ["CAP_CHOWN"]
+    );
+    assert_ne!(c["root"]["readonly"], true);
+    dir("containers/onshutdown");
+}
+
+#[test]
+fn tar_and_tar_kernel_initrd_outputs() {
+    let (w, _) = Work::with_fixtures();
+    w.write("sys.yml", &system_yaml(APP));
+    run(&mut w.keel([
+        "build",
+        "--arch",
+        "aarch64",
+        "-f",
+        "kernel+initrd",
+        "-f",
+        "tar-kernel-initrd",
+        "--dir",
+        "out",
+        "--name",
+        "pack",
+        "sys.yml",
+    ]))
+    .ok();
+    run(&mut w.keel([
+        "build", "--arch", "aarch64", "-f", "tar", "--dir", "out", "sys.yml",
+    ]))
+    .ok();
+    assert_eq!(
+        listing(&w.path("out")),
+        [
+            "pack-cmdline",
+            "pack-initrd.img",
+            "pack-initrd.tar",
+            "pack-kernel",
+            "sys.tar"
+        ]
+    );
+
+    let t = read_tar(&read(&w.path("out/pack-initrd.tar")));
+    assert_eq!(
+        t.keys().collect::<Vec<_>>(),
+        ["cmdline", "initrd.img", "kernel"]
+    );
+    assert_eq!(t["kernel"].data, kernel_bytes(Arch::Aarch64));
+    assert_eq!(t["cmdline"].data, CMDLINE.as_bytes());
+    assert_eq!(t["initrd.img"].data, read(&w.path("out/pack-initrd.img")));
+
+    let t = read_tar(&read(&w.path("out/sys.tar")));
+    assert_eq!(t["boot/kernel"].data, kernel_bytes(Arch::Aarch64));
+    assert_eq!(t["boot/cmdline"].data, CMDLINE.as_bytes());
+    // The tar is the whole root filesystem: the init image's boot/ stays.
+    assert!(t["boot/grub.cfg"].mode & S_IFMT == S_IFREG);
+    assert_eq!(t["etc/init-arch"].data, b"aarch64");
+    assert_eq!(t["lib/modules/x/kernel/fake.ko"].data, b"aarch64");
+    assert_eq!(
+        t["containers/services/web/lower/bin/app"].data,
+        app_binary("v1", Arch::Aarch64)
+    );
+    assert!(t.contains_key("containers/onboot/000-setup/config.json"));
+    assert!(t.values().all(|m| m.mtime == DEFAULT_EPOCH));
+}
+
+#[test]
+fn formats_that_need_a_kernel_or_must_be_alone() {
+    let (w, _) = Work::with_fixtures();
+    w.write(
+        "nokernel.yml",
+        &format!("init:\n  - {INIT}\nonboot:\n  - name: a\n    image: {APP}\n"),
+    );
+    let err = run(&mut w.keel(["build", "--dir", "out", "nokernel.yml"])).failed();
+    assert!(err.contains("format kernel+initrd needs a kernel"), "{err}");
+    assert_eq!(listing(&w.path("out")), Vec::<String>::new());
+    // tar works without a kernel.
+    run(&mut w.keel(["build", "-f", "tar", "--dir", "out", "nokernel.yml"])).ok();
+    assert_eq!(listing(&w.path("out")), ["nokernel.tar"]);
+
+    w.write("sys.yml", &system_yaml(APP));
+    let err = run(&mut w.keel([
+        "build",
+        "-f",
+        "tar",
+        "-f",
+        "kernel+initrd",
+        "--dir",
+        "out2",
+        "sys.yml",
+    ]))
+    .failed();
+    assert!(err.contains("format tar must be the only format"), "{err}");
+    assert_eq!(listing(&w.path("out2")), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lock file.
+
+fn app_in_initrd(w: &Work, dir: &str) -> Vec<u8> {
+    let m = read_initrd(&w.path(&format!("{dir}/sys-initrd.img")));
+    m["containers/onboot/000-setup/rootfs/bin/app"].data.clone()
+}
+
+#[test]
+fn lock_file_pins_every_reference() {
+    let (w, d) = Work::with_fixtures();
+    w.write("sys.yml", &system_yaml(APP));
+    run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "out1", "sys.yml"])).ok();
+    let lock_path = w.path("sys.lock.json");
+    let pins = read_lock(&lock_path);
+    let expected: BTreeMap<String, String> = [(KERNEL, &d.kernel), (INIT, &d.init), (APP, &d.app)]
+        .into_iter()
+        .map(|(r, d)| (r.to_owned(), d.to_string()))
+        .collect();
+    assert_eq!(pins, expected);
+    let lock_text = read(&lock_path);
+
+    // Move the tag: the build keeps the pinned image and the lock file does not change.
+    let v2 = put_app(&w.store(), APP, "v2");
+    assert_ne!(v2, d.app);
+    run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "out2", "sys.yml"])).ok();
+    assert_eq!(app_in_initrd(&w, "out2"), app_binary("v1", Arch::X86_64));
+    assert_eq!(read(&lock_path), lock_text);
+    // The initrd is the same as before the tag moved.
+    assert_eq!(
+        read(&w.path("out1/sys-initrd.img")),
+        read(&w.path("out2/sys-initrd.img"))
+    );
+
+    // Without the lock file the tag's current image is used and pinned.
+    std::fs::remove_file(&lock_path).unwrap();
+    run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "out3", "sys.yml"])).ok();
+    assert_eq!(app_in_initrd(&w, "out3"), app_binary("v2", Arch::X86_64));
+    assert_eq!(read_lock(&lock_path)[APP], v2.to_string());
+}
+
+#[test]
+fn locked_build_fails_after_the_tag_moved() {
+    let (w, d) = Work::with_fixtures();
+    w.write("sys.yml", &system_yaml(APP));
+    run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "out1", "sys.yml"])).ok();
+    // Unchanged: --locked builds.
+    run(&mut w.keel([
+        "build", "--locked", "--arch", "x86_64", "--dir", "out2", "sys.yml",
+    ]))
+    .ok();
+    let lock_text = read(&w.path("sys.lock.json"));
+
+    let v2 = put_app(&w.store(), APP, "v2");
+    let err = run(&mut w.keel([
+        "build", "--locked", "--arch", "x86_64", "--dir", "out3", "sys.yml",
+    ]))
+    .failed();
+    assert!(err.contains(APP), "{err}");
+    assert!(
+        err.contains(d.app.as_str()) && err.contains(v2.as_str()),
+        "{err}"
+    );
+    assert_eq!(listing(&w.path("out3")), Vec::<String>::new());
+    assert_eq!(read(&w.path("sys.lock.json")), lock_text);
+}
+
+// ---------------------------------------------------------------------------------------------
+// keel validate and --dry-run.
+
+/// Splits validate's output into (header, body) sections at lines starting with "# ".
+fn sections(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        if let Some(h) = line.strip_prefix("# ") {
+            out.push((h.to_owned(), String::new()));
+        } else if let Some((_, body)) = out.last_mut() {
+            body.push_str(line);
+            body.push('\n');
+        } else {
+            panic!("output does not start with a header: {text}");
+        }
+    }
+    out
+}
+
+#[test]
+fn validate_prints_merged_yaml_and_every_config() {
+    let (w, _) = Work::with_fixtures();
+    w.write("sys.yml", &system_yaml(APP));
+    let before = listing(w.root());
+    let out = run(&mut w.keel(["validate", "--arch", "x86_64", "sys.yml"])).ok();
+    let s = sections(&out.stdout);
+    let headers: Vec<&str> = s.iter().map(|(h, _)| h.as_str()).collect();
+    assert_eq!(
+        headers,
+        [
+            "merged configuration",
+            "containers/onboot/000-setup/config.json",
+            "containers/onboot/000-setup/runtime.json",
+            "containers/services/web/config.json",
+            "containers/services/web/runtime.json",
+        ]
+    );
+    assert!(
+        s[0].1.contains(CMDLINE) && s[0].1.contains("name: web"),
+        "{}",
+        s[0].1
+    );
+    let setup: serde_json::Value = serde_json::from_str(&s[1].1).unwrap();
+    assert_eq!(strings(&setup["process"]["args"]), ["/bin/app", "setup"]);
+    let web: serde_json::Value = serde_json::from_str(&s[3].1).unwrap();
+    assert_eq!(strings(&web["process"]["args"]), ["/bin/app", "serve"]);
+    serde_json::from_str::<serde_json::Value>(&s[2].1).unwrap();
+    // Nothing written: no outputs, no lock file.
+    assert_eq!(listing(w.root()), before);
+
+    // The same from stdin.
+    let text = std::fs::read_to_string(w.path("sys.yml")).unwrap();
+    let stdin = run_with_stdin(&mut w.keel(["validate", "--arch", "x86_64", "-"]), &text).ok();
+    assert_eq!(stdin.stdout, out.stdout);
+
+    // build --dry-run prints the merged YAML only and writes nothing.
+    let dry = run(&mut w.keel(["build", "--dry-run", "--dir", "out", "sys.yml"])).ok();
+    assert!(
+        out.stdout
+            .starts_with(&format!("# merged configuration\n{}\n# ", dry.stdout)),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(listing(w.root()), before);
+}
+
+#[test]
+fn validate_merges_files_in_order() {
+    let (w, _) = Work::with_fixtures();
+    w.write("sys.yml", &system_yaml(APP));
+    w.write(
+        "extra.yml",
+        &format!("services:\n  - name: extra\n    image: {APP}\n    command: [/bin/app, extra]\n"),
+    );
+    let out = run(&mut w.keel(["validate", "--arch", "x86_64", "sys.yml", "extra.yml"])).ok();
+    let s = sections(&out.stdout);
+    let configs: Vec<&str> = s
+        .iter()
+        .map(|(h, _)| h.as_str())
+        .filter(|h| h.ends_with("/config.json"))
+        .collect();
+    assert_eq!(
+        configs,
+        [
+            "containers/onboot/000-setup/config.json",
+            "containers/services/web/config.json",
+            "containers/services/extra/config.json",
+        ]
+    );
+    let merged = &s[0].1;
+    let (web, extra) = (
+        merged.find("name: web").unwrap(),
+        merged.find("name: extra").unwrap(),
+    );
+    assert!(web < extra, "{merged}");
+
+    // Built, the merged system has both services.
+    run(&mut w.keel([
+        "build",
+        "--arch",
+        "x86_64",
+        "--dir",
+        "out",
+        "sys.yml",
+        "extra.yml",
+    ]))
+    .ok();
+    let m = read_initrd(&w.path("out/sys-initrd.img"));
+    let c = config_json(&m, "containers/services/extra");
+    assert_eq!(strings(&c["process"]["args"]), ["/bin/app", "extra"]);
+    assert!(m.contains_key("containers/services/web/config.json"));
+
+    // A service defined twice: both positions are named.
+    w.write(
+        "dup.yml",
+        &format!("services:\n  - name: web\n    image: {APP}\n"),
+    );
+    let err = run(&mut w.keel(["validate", "sys.yml", "dup.yml"])).failed();
+    assert!(
+        err.contains(
+            "dup.yml:2:11: duplicate service name \"web\"; first defined at sys.yml:11:11"
+        ),
+        "{err}"
+    );
+    let err = run(&mut w.keel(["build", "--dir", "out-dup", "sys.yml", "dup.yml"])).failed();
+    assert!(
+        err.contains("dup.yml:2:11: duplicate service name"),
+        "{err}"
+    );
+    assert_eq!(listing(&w.path("out-dup")), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------------------------
+// keel cache.
+
+/// `keel cache ls` as reference → digest.
+fn cache_ls(w: &Work) -> BTreeMap<String, String> {
+    let out = run(&mut w.keel(["cache", "ls"])).ok().stdout;
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["REFERENCE", "DIGEST"]);
+    lines
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(cols.len(), 2, "{l}");
+            (cols[0].to_owned(), cols[1].to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn cache_export_rm_import_round_trip() {
+    let (w, d) = Work::with_fixtures();
+    let ls = cache_ls(&w);
+    let expected: BTreeMap<String, String> = [(KERNEL, &d.kernel), (INIT, &d.init), (APP, &d.app)]
+        .into_iter()
+        .map(|(r, d)| (r.to_owned(), d.to_string()))
+        .collect();
+    assert_eq!(ls, expected);
+
+    run(&mut w.keel(["cache", "export", APP, "-o", "app.tar"])).ok();
+    let exported = read_tar(&read(&w.path("app.tar")));
+    assert!(
+        exported.contains_key("oci-layout") && exported.contains_key("index.json"),
+        "{:?}",
+        exported.keys().collect::<Vec<_>>()
+    );
+    assert!(exported.contains_key(&format!("blobs/sha256/{}", d.app.hex())));
+
+    let layers = layer_digests(&w.store(), APP, Arch::X86_64);
+    let blobs_before = listing(&w.store_dir().join("blobs/sha256")).len();
+    let out = run(&mut w.keel(["cache", "rm", APP])).ok().stdout;
+    assert!(out.starts_with(&format!("removed {APP} (")), "{out}");
+    let freed: usize = out
+        .trim_end()
+        .trim_start_matches(&format!("removed {APP} ("))
+        .trim_end_matches(" blobs freed)")
+        .parse()
+        .unwrap();
+    let blobs_after = listing(&w.store_dir().join("blobs/sha256")).len();
+    assert!(freed > layers.len(), "{out}");
+    assert_eq!(freed, blobs_before - blobs_after, "{out}");
+    assert!(!cache_ls(&w).contains_key(APP));
+    for l in &layers {
+        assert!(!blob_path(&w.store_dir(), l).exists());
+    }
+    // Removing it again is an error.
+    let err = run(&mut w.keel(["cache", "rm", APP])).failed();
+    assert!(err.contains("is not in the store"), "{err}");
+    // The build cannot find it any more.
+    w.write("sys.yml", &system_yaml(APP));
+    let err = run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "out", "sys.yml"])).failed();
+    assert!(err.contains(APP), "{err}");
+
+    let out = run(&mut w.keel(["cache", "import", "app.tar"])).ok().stdout;
+    assert!(out.lines().any(|l| l == APP), "{out}");
+    assert_eq!(cache_ls(&w), expected);
+    for l in &layers {
+        assert!(blob_path(&w.store_dir(), l).exists());
+    }
+    run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "out", "sys.yml"])).ok();
+    assert_eq!(app_in_initrd(&w, "out"), app_binary("v1", Arch::X86_64));
+}

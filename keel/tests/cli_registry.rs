@@ -1,0 +1,230 @@
+//! `keel build` against a real registry server (`docker-registry`, distribution/distribution)
+//! on loopback, with the fixture images pushed into it by `skopeo`: pulls into an empty store,
+//! pins in the lock file, builds by digest, and `--pull` / `--locked` on a moved tag.
+
+mod common;
+
+use common::*;
+use keel_image::{Arch, Digest, Store};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// A registry server on 127.0.0.1 with its storage in a temp dir; killed on drop.
+struct Registry {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        assert!(
+            Path::new(REGISTRY_BIN).is_file(),
+            "{REGISTRY_BIN} is missing: run scripts/setup.sh (it installs the docker-registry package)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let registry = Registry {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the registry did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+
+    /// `127.0.0.1:PORT/team/NAME`.
+    fn repo(&self, name: &str) -> String {
+        format!("127.0.0.1:{}/team/{name}", self.port)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pushes every platform of `name` (a tag in the OCI layout `layout`) to `dest`.
+fn skopeo_push(layout: &Path, name: &str, dest: &str) {
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--all",
+            "--quiet",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci:{}:{name}", layout.display()))
+        .arg(format!("docker://{dest}"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run skopeo ({e}): run scripts/setup.sh"));
+    assert!(
+        out.status.success(),
+        "skopeo push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Stores `put`'s image in `src` under a local tag and pushes it to `dest`; returns its digest.
+fn publish(
+    src: &Store,
+    dest: &str,
+    local: &str,
+    put: impl FnOnce(&Store, &str) -> Digest,
+) -> Digest {
+    let digest = put(src, local);
+    let name = local.parse::<keel_image::Reference>().unwrap().to_string();
+    skopeo_push(src.path(), &name, dest);
+    digest
+}
+
+fn registry_yaml(kernel: &str, init: &str, app: &str) -> String {
+    format!(
+        "kernel:\n  image: {kernel}\n  cmdline: \"{CMDLINE}\"\ninit:\n  - {init}\n\
+         onboot:\n  - name: setup\n    image: {app}\n"
+    )
+}
+
+fn onboot_app(w: &Work, dir: &str, name: &str) -> Vec<u8> {
+    let m = read_initrd(&w.path(&format!("{dir}/{name}-initrd.img")));
+    m["containers/onboot/000-setup/rootfs/bin/app"].data.clone()
+}
+
+#[test]
+fn build_pulls_pins_and_repins_from_a_registry() {
+    let registry = Registry::start();
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = Store::open(src_dir.path()).unwrap();
+    let (kernel, init, app) = (
+        format!("{}:1", registry.repo("kernel")),
+        format!("{}:1", registry.repo("init")),
+        format!("{}:v1", registry.repo("app")),
+    );
+    let dk = publish(&src, &kernel, "src/kernel:1", put_kernel);
+    let di = publish(&src, &init, "src/init:1", put_init);
+    let d1 = publish(&src, &app, "src/app:1", |s, r| put_app(s, r, "r1"));
+
+    // Into an empty store: everything is pulled, pinned to the registry's digests, built.
+    let w = Work::empty();
+    w.write("reg.yml", &registry_yaml(&kernel, &init, &app));
+    run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "out", "reg.yml"])).ok();
+    assert_eq!(
+        listing(&w.path("out")),
+        ["reg-cmdline", "reg-initrd.img", "reg-kernel"]
+    );
+    assert_eq!(onboot_app(&w, "out", "reg"), app_binary("r1", Arch::X86_64));
+    let pins = read_lock(&w.path("reg.lock.json"));
+    assert_eq!(pins.len(), 3, "{pins:?}");
+    assert_eq!(pins[&kernel], dk.to_string());
+    assert_eq!(pins[&init], di.to_string());
+    assert_eq!(pins[&app], d1.to_string());
+    let lock_text = std::fs::read(w.path("reg.lock.json")).unwrap();
+
+    // The other architecture: its manifests are fetched by the pinned digests.
+    run(&mut w.keel(["build", "--arch", "aarch64", "--dir", "arm", "reg.yml"])).ok();
+    assert_eq!(
+        read_initrd(&w.path("arm/reg-initrd.img"))["etc/init-arch"].data,
+        b"aarch64"
+    );
+    assert_eq!(std::fs::read(w.path("reg.lock.json")).unwrap(), lock_text);
+
+    // The tag moves in the registry.
+    let d2 = publish(&src, &app, "src/app:2", |s, r| put_app(s, r, "r2"));
+    assert_ne!(d1, d2);
+    // A plain build keeps the pin.
+    run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "same", "reg.yml"])).ok();
+    assert_eq!(
+        onboot_app(&w, "same", "reg"),
+        app_binary("r1", Arch::X86_64)
+    );
+    // --locked --pull sees the move and refuses, naming the reference and both digests.
+    let err = run(&mut w.keel([
+        "build", "--locked", "--pull", "--arch", "x86_64", "--dir", "locked", "reg.yml",
+    ]))
+    .failed();
+    assert!(
+        err.contains(&format!("{app}: pinned {d1}, resolves to {d2}")),
+        "{err}"
+    );
+    assert_eq!(listing(&w.path("locked")), Vec::<String>::new());
+    assert_eq!(std::fs::read(w.path("reg.lock.json")).unwrap(), lock_text);
+    // --pull takes the new image and updates the pin (only that one).
+    run(&mut w.keel([
+        "build", "--pull", "--arch", "x86_64", "--dir", "new", "reg.yml",
+    ]))
+    .ok();
+    assert_eq!(onboot_app(&w, "new", "reg"), app_binary("r2", Arch::X86_64));
+    let pins = read_lock(&w.path("reg.lock.json"));
+    assert_eq!(pins[&app], d2.to_string());
+    assert_eq!(pins[&kernel], dk.to_string());
+    assert_eq!(pins[&init], di.to_string());
+
+    // By digest, into another empty store.
+    let w2 = Work::empty();
+    let by_digest = format!("{}@{d1}", registry.repo("app"));
+    w2.write("dig.yml", &registry_yaml(&kernel, &init, &by_digest));
+    run(&mut w2.keel(["build", "--arch", "x86_64", "--dir", "out", "dig.yml"])).ok();
+    assert_eq!(
+        onboot_app(&w2, "out", "dig"),
+        app_binary("r1", Arch::X86_64)
+    );
+    assert_eq!(
+        read_lock(&w2.path("dig.lock.json"))[&by_digest],
+        d1.to_string()
+    );
+    // The same outputs as the first build by tag, which used the same images.
+    assert_eq!(
+        std::fs::read(w2.path("out/dig-initrd.img")).unwrap(),
+        std::fs::read(w.path("out/reg-initrd.img")).unwrap()
+    );
+}
+
+#[test]
+fn missing_tag_in_a_live_registry_is_reported() {
+    let registry = Registry::start();
+    let w = Work::with_fixtures().0;
+    let missing = format!("{}:nope", registry.repo("app"));
+    w.write("m.yml", &registry_yaml(KERNEL, INIT, &missing));
+    let err = run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "out", "m.yml"])).failed();
+    assert!(
+        err.contains(&format!("m.yml:8:12: image {missing} is not in the store")),
+        "{err}"
+    );
+    assert!(err.contains("404"), "{err}");
+    assert_eq!(listing(&w.path("out")), Vec::<String>::new());
+    assert!(!w.path("m.lock.json").exists());
+}
