@@ -394,6 +394,12 @@ pub fn assemble(store: &Store, config: &Config, images: &Images) -> Result<Assem
     }
 
     add_files(&mut root, config, &ids)?;
+    // The kernel opens /dev/console on the root filesystem before PID 1 starts (devtmpfs is
+    // not mounted yet); without it PID 1 has no stdin, stdout or stderr.
+    if root.get("dev/console").is_none() {
+        let console = Node::new(NodeKind::CharDevice { major: 5, minor: 1 }, 0o600, "keel");
+        place(&mut root, "dev/console", console)?;
+    }
     Ok(Assembled { tree: root, kernel })
 }
 

@@ -177,7 +177,7 @@ pub fn load(files: &[String], store: Option<&Store>) -> Result<Config> {
     let pkg = |dir: &Path| {
         let reference = match store {
             Some(store) => crate::pkg::ensure(store, dir),
-            None => crate::pkg::show_tag(dir),
+            None => crate::pkg::show_tag(dir, None),
         };
         reference
             .map(|r| r.to_string())

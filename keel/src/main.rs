@@ -39,6 +39,28 @@ enum Command {
     /// Kernel images from the recipes under kernel/.
     #[command(subcommand)]
     Kernel(KernelCommand),
+    /// Packages: directories with a build.yml (see docs/pkg.md).
+    #[command(subcommand)]
+    Pkg(PkgCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PkgCommand {
+    /// Build a package (or kernel recipe) directory into the store; prints its reference.
+    Build {
+        dir: PathBuf,
+        /// Architectures to build (repeatable; a subset of build.yml's arches). Default: all.
+        #[arg(long = "arch")]
+        arches: Vec<keel_image::Arch>,
+        /// Resolve the Debian packages again and rewrite build.lock.json.
+        #[arg(long)]
+        update_lock: bool,
+        /// Rebuild even when the store already has the package's tag.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the reference a package directory builds to (what "@pkg:DIR" stands for).
+    ShowTag { dir: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -258,6 +280,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
         Command::Cache(cmd) => keel::cache::run(&open_store()?, cmd.into())?,
+        Command::Pkg(PkgCommand::Build { dir, arches, update_lock, force }) => {
+            let opts = keel_pkg::PkgOptions {
+                arches: (!arches.is_empty()).then_some(arches),
+                update_lock,
+                force,
+                ..keel_pkg::PkgOptions::default()
+            };
+            let reference = keel::pkg::build(&open_store()?, &dir, opts)?;
+            println!("{reference}");
+        }
+        Command::Pkg(PkgCommand::ShowTag { dir }) => {
+            let store = open_store()?;
+            println!("{}", keel::pkg::show_tag(&dir, Some(&store))?);
+        }
         Command::Kernel(KernelCommand::Build { recipe, arches }) => {
             let arches = if arches.is_empty() {
                 vec![keel_image::Arch::X86_64, keel_image::Arch::Aarch64]

@@ -1,47 +1,73 @@
-//! `@pkg:DIR` templates: a directory built by keel resolves to its content-addressed tag.
+//! `@pkg:DIR` templates and `keel pkg`: a directory built by keel resolves to its
+//! content-addressed tag.
 //!
-//! A kernel recipe directory (`recipe.yml`) resolves to its kernel image's tag. With a store,
-//! [`ensure`] also builds the image when the store does not have it yet, so a YAML that names
-//! local directories builds from a clean cache in one command.
+//! A package directory (`build.yml`) is built by `keel-pkg`; a kernel recipe directory
+//! (`recipe.yml`) by [`crate::kernel`]. With a store, [`ensure`] also builds the image when the
+//! store does not have it yet, so a YAML naming local directories builds from a clean cache in
+//! one command.
 
 use keel_image::{Arch, Reference, Store};
+use keel_pkg::PkgOptions;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{} is neither a kernel recipe (recipe.yml) nor a package (build.yml)", .0.display())]
+    #[error("{} is neither a package (build.yml) nor a kernel recipe (recipe.yml)", .0.display())]
     NotAPackage(PathBuf),
     #[error(transparent)]
-    Kernel(#[from] Box<crate::kernel::Error>),
+    Kernel(#[from] crate::kernel::Error),
+    #[error(transparent)]
+    Pkg(#[from] keel_pkg::Error),
     #[error("cannot look up {reference} in the store")]
     Store {
         reference: String,
         #[source]
-        source: Box<keel_image::Error>,
+        source: keel_image::Error,
     },
 }
 
-/// The image `@pkg:DIR` stands for.
-pub fn show_tag(dir: &Path) -> Result<Reference, Error> {
+/// Options for the store a package build uses.
+fn options(store: Option<&Store>) -> PkgOptions {
+    PkgOptions { deb_cache: store.map(|s| s.path().join("debs")), ..PkgOptions::default() }
+}
+
+fn is_package(dir: &Path) -> bool {
+    dir.join(keel_pkg::BUILD_YML).is_file()
+}
+
+/// The image `@pkg:DIR` stands for. Packages with Rust binaries build those first (cargo is
+/// quick when they are up to date): the tag covers their bytes.
+pub fn show_tag(dir: &Path, store: Option<&Store>) -> Result<Reference, Error> {
+    if is_package(dir) {
+        return Ok(keel_pkg::show_tag(dir, &options(store))?);
+    }
     if crate::kernel::is_recipe(dir) {
-        return crate::kernel::tag(dir).map_err(|e| Error::Kernel(Box::new(e)));
+        return Ok(crate::kernel::tag(dir)?);
+    }
+    Err(Error::NotAPackage(dir.into()))
+}
+
+/// `keel pkg build`: builds a package (or kernel recipe) into the store.
+pub fn build(store: &Store, dir: &Path, opts: PkgOptions) -> Result<Reference, Error> {
+    if is_package(dir) {
+        let opts = PkgOptions { deb_cache: opts.deb_cache.or_else(|| Some(store.path().join("debs"))), ..opts };
+        return Ok(keel_pkg::build(store, dir, &opts)?);
+    }
+    if crate::kernel::is_recipe(dir) {
+        let arches = opts.arches.unwrap_or_else(|| Arch::ALL.to_vec());
+        return Ok(crate::kernel::build(store, dir, &arches)?);
     }
     Err(Error::NotAPackage(dir.into()))
 }
 
 /// The image `@pkg:DIR` stands for, built into `store` first when it is not there.
 pub fn ensure(store: &Store, dir: &Path) -> Result<Reference, Error> {
-    let reference = show_tag(dir)?;
-    let present = store.resolve(&reference).map_err(|source| Error::Store {
-        reference: reference.to_string(),
-        source: Box::new(source),
-    })?;
+    let reference = show_tag(dir, Some(store))?;
+    let present =
+        store.resolve(&reference).map_err(|source| Error::Store { reference: reference.to_string(), source })?;
     if present.is_none() {
-        log::info!(
-            "building {} ({reference} is not in the store)",
-            dir.display()
-        );
-        crate::kernel::build(store, dir, &Arch::ALL).map_err(|e| Error::Kernel(Box::new(e)))?;
+        log::info!("building {} ({reference} is not in the store)", dir.display());
+        build(store, dir, PkgOptions::default())?;
     }
     Ok(reference)
 }

@@ -9,6 +9,7 @@
 //!
 //! The schema (with the extension fields) is documented in [`schema`].
 
+pub mod build_yml;
 pub mod error;
 pub mod load;
 pub mod schema;

@@ -1,0 +1,104 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can stop a package build or a tag computation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `build.yml` is invalid; the message carries `FILE:LINE:COLUMN`.
+    #[error(transparent)]
+    Manifest(#[from] keel_config::Error),
+    /// A file of the package could not be read, or a lock file written.
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `files: source:` entry names something that cannot go into an image.
+    #[error("{loc}: {} is {what}; expected a regular file, directory or symlink", path.display())]
+    UnsupportedSource {
+        loc: String,
+        path: PathBuf,
+        what: &'static str,
+    },
+    /// An architecture was asked for that `build.yml` does not list.
+    #[error("{package} is not built for {arch} (build.yml arches: {listed})")]
+    ArchNotListed {
+        package: String,
+        arch: String,
+        listed: String,
+    },
+    /// `build.lock.json` is not a lock file this version understands.
+    #[error("invalid lock file {}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A Debian package (or a dependency) could not be resolved against the archive.
+    #[error("cannot resolve Debian package {package} for {arch}")]
+    Resolve {
+        package: String,
+        arch: String,
+        #[source]
+        source: Box<keel_debian::AptError>,
+    },
+    /// No alternative of a dependency exists in the archive.
+    #[error("{package} ({arch}) depends on \"{dependency}\", which the archive cannot satisfy")]
+    Unsatisfiable {
+        package: String,
+        dependency: String,
+        arch: String,
+    },
+    /// A pinned package could not be fetched or failed its sha256 check.
+    #[error("cannot fetch Debian package {package}={version} ({arch})")]
+    Fetch {
+        package: String,
+        version: String,
+        arch: String,
+        #[source]
+        source: Box<keel_debian::AptError>,
+    },
+    /// A fetched package could not be unpacked.
+    #[error("cannot unpack Debian package {package}")]
+    Unpack {
+        package: String,
+        #[source]
+        source: keel_debian::DebError,
+    },
+    /// No Cargo workspace above the package directory.
+    #[error("no Cargo workspace (a Cargo.toml with [workspace]) above {}", dir.display())]
+    NoWorkspace { dir: PathBuf },
+    /// cargo could not be started.
+    #[error("cannot run {}", cargo.display())]
+    CargoSpawn {
+        cargo: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `cargo build` failed (its output went to standard error).
+    #[error("`{command}` failed ({status})")]
+    CargoFailed { command: String, status: String },
+    /// Assembling the image's tree or writing its layer failed.
+    #[error("cannot assemble the {arch} image")]
+    Rootfs {
+        arch: String,
+        #[source]
+        source: keel_rootfs::Error,
+    },
+    /// `<image>:<hash>` is not a valid reference.
+    #[error("invalid image name {image:?}")]
+    Reference {
+        image: String,
+        #[source]
+        source: keel_image::ReferenceError,
+    },
+    /// Writing to the image store failed.
+    #[error(transparent)]
+    Store(#[from] keel_image::Error),
+}
+
+/// This crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;

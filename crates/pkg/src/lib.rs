@@ -1,0 +1,592 @@
+//! Package builds without Docker: a package directory's `build.yml` (see
+//! [`keel_config::build_yml`] and `docs/pkg.md`) becomes a multi-architecture OCI image in the
+//! store, reproducibly.
+//!
+//! - [`show_tag`] computes the package's reference, `docker.io/<image>:<hash>`, where `<hash>`
+//!   covers every input (build.yml, the files it uses, the Debian pins, the built binaries).
+//! - [`build`] assembles one single-layer image per architecture from the package's Rust
+//!   binaries (built with cargo for musl), Debian packages (with their dependency closure,
+//!   pinned in `build.lock.json`) and files, writes an index over them and tags it.
+//!
+//! Same inputs give the same tag and the same digests, byte for byte.
+
+mod assemble;
+pub mod cargo;
+mod error;
+pub mod lock;
+mod sources;
+
+pub use error::{Error, Result};
+pub use assemble::CONFIG_LABEL;
+pub use lock::{LOCK_FILE, Lock};
+
+use keel_config::build_yml::{self, BuildManifest};
+use keel_image::{Arch, Reference, Store};
+use lock::{ArchLock, Pin};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The manifest's file name in a package directory.
+pub const BUILD_YML: &str = "build.yml";
+
+/// Versions the tag computation: bump when the inputs or the image layout change meaning.
+const FORMAT: &str = "keel-pkg/1";
+
+/// How [`show_tag`] and [`build`] run.
+#[derive(Debug, Clone)]
+pub struct PkgOptions {
+    /// The architectures to build, each one listed in build.yml; `None`: all it lists.
+    pub arches: Option<Vec<Arch>>,
+    /// Resolve the Debian closure again and rewrite `build.lock.json`.
+    pub update_lock: bool,
+    /// Rebuild even when the store already has the computed tag.
+    pub force: bool,
+    /// The cargo program (default `cargo`).
+    pub cargo: PathBuf,
+    /// Where `.deb` files and the private apt state live; `None`: the store's `debs/`.
+    pub deb_cache: Option<PathBuf>,
+}
+
+impl Default for PkgOptions {
+    fn default() -> Self {
+        PkgOptions {
+            arches: None,
+            update_lock: false,
+            force: false,
+            cargo: PathBuf::from("cargo"),
+            deb_cache: None,
+        }
+    }
+}
+
+/// Everything a build consumes, read and resolved once.
+struct Prepared {
+    manifest: BuildManifest,
+    arches: Vec<Arch>,
+    pins: BTreeMap<Arch, Vec<Pin>>,
+    /// The built binaries per architecture, in `manifest.binaries` order.
+    binaries: BTreeMap<Arch, Vec<Vec<u8>>>,
+    sources: sources::Sources,
+    mtime: u64,
+}
+
+/// The package's reference, `docker.io/<image>:<hash>` (normalised), where `<hash>` is the first
+/// 16 hex digits of a sha256 over every input. Resolves the Debian closure when the lock file is
+/// missing or stale (and writes it), and builds the binaries (cargo is quick when they are up to
+/// date).
+pub fn show_tag(dir: &Path, opts: &PkgOptions) -> Result<Reference> {
+    let deb_cache = match &opts.deb_cache {
+        Some(d) => d.clone(),
+        None => Store::default_path()?.join("debs"),
+    };
+    Ok(prepare(dir, opts, &deb_cache)?.1)
+}
+
+/// Builds the package in `dir` into `store` and tags it with [`show_tag`]'s reference. When
+/// the store already has that tag (and `opts.force` is off) nothing is rebuilt.
+pub fn build(store: &Store, dir: &Path, opts: &PkgOptions) -> Result<Reference> {
+    let deb_cache = opts
+        .deb_cache
+        .clone()
+        .unwrap_or_else(|| store.path().join("debs"));
+    let (p, reference) = prepare(dir, opts, &deb_cache)?;
+    if !opts.force && store.resolve(&reference)?.is_some() {
+        log::info!("{reference} is up to date");
+        return Ok(reference);
+    }
+    let wopts = keel_rootfs::WriteOptions { mtime: p.mtime };
+    let mut manifests = Vec::with_capacity(p.arches.len());
+    for &arch in &p.arches {
+        let tree = assemble::tree(&p, arch, &deb_cache)?;
+        let layer =
+            keel_rootfs::write_tar(&tree, Vec::new(), &wopts).map_err(|source| Error::Rootfs {
+                arch: arch.to_string(),
+                source,
+            })?;
+        let config = assemble::image_config(&p.manifest);
+        manifests.push((arch, store.write_image(arch, config, &[layer])?));
+    }
+    let index = store.write_index(&manifests)?;
+    store.tag(&reference, index)?;
+    log::info!("built {reference}");
+    Ok(reference)
+}
+
+fn prepare(dir: &Path, opts: &PkgOptions, deb_cache: &Path) -> Result<(Prepared, Reference)> {
+    let yml_path = dir.join(BUILD_YML);
+    let yml = std::fs::read(&yml_path).map_err(|source| Error::Io {
+        action: "read",
+        path: yml_path.clone(),
+        source,
+    })?;
+    let manifest = build_yml::parse(
+        &yml_path.display().to_string(),
+        &String::from_utf8_lossy(&yml),
+    )?;
+    let arches = select_arches(&manifest, opts)?;
+    let pins = locked_pins(dir, &manifest, &arches, opts, deb_cache)?;
+    let mut binaries = BTreeMap::new();
+    if !manifest.binaries.is_empty() {
+        let root = cargo::workspace_root(dir)?;
+        for &arch in &arches {
+            let built = cargo::build(&opts.cargo, &root, arch, &manifest.binaries)?;
+            binaries.insert(arch, built);
+        }
+    }
+    let sources = sources::collect(dir, &manifest)?;
+    let p = Prepared {
+        manifest,
+        arches,
+        pins,
+        binaries,
+        sources,
+        mtime: keel_rootfs::WriteOptions::from_env().mtime,
+    };
+    let hash = input_hash(&p, &yml);
+    let text = format!("{}:{}", p.manifest.image.as_str(), &hash[..16]);
+    let reference = text.parse().map_err(|source| Error::Reference {
+        image: p.manifest.image.value.clone(),
+        source,
+    })?;
+    Ok((p, reference))
+}
+
+/// The requested architectures, sorted; each must be listed in build.yml (default: both).
+fn select_arches(manifest: &BuildManifest, opts: &PkgOptions) -> Result<Vec<Arch>> {
+    let listed: Vec<Arch> = match &manifest.arches {
+        Some(list) => list
+            .iter()
+            .map(|a| {
+                a.parse::<Arch>().map_err(|e| {
+                    Error::Manifest(keel_config::Error::At {
+                        loc: a.loc.clone(),
+                        message: e.to_string(),
+                    })
+                })
+            })
+            .collect::<Result<_>>()?,
+        None => Arch::ALL.to_vec(),
+    };
+    let mut arches = match &opts.arches {
+        Some(wanted) => {
+            for a in wanted {
+                if !listed.contains(a) {
+                    let names: Vec<&str> = listed.iter().map(|l| l.uname()).collect();
+                    return Err(Error::ArchNotListed {
+                        package: manifest.image.value.clone(),
+                        arch: a.uname().to_owned(),
+                        listed: names.join(", "),
+                    });
+                }
+            }
+            wanted.clone()
+        }
+        None => listed,
+    };
+    arches.sort_unstable();
+    arches.dedup();
+    Ok(arches)
+}
+
+/// The pins per architecture: from the lock file when it was resolved for the same `debs:`,
+/// else resolved now (and the lock file rewritten).
+fn locked_pins(
+    dir: &Path,
+    manifest: &BuildManifest,
+    arches: &[Arch],
+    opts: &PkgOptions,
+    deb_cache: &Path,
+) -> Result<BTreeMap<Arch, Vec<Pin>>> {
+    let debs: Vec<String> = manifest.debs.iter().map(|d| d.value.clone()).collect();
+    let roots = lock::roots(&debs);
+    let existing = Lock::read(dir)?;
+    let mut lock = existing.clone().unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for &arch in arches {
+        let key = arch.uname();
+        let current = lock
+            .arches
+            .get(key)
+            .filter(|l| !opts.update_lock && l.debs == roots);
+        let packages = match current {
+            Some(l) => l.packages.clone(),
+            None if roots.is_empty() => Vec::new(),
+            None => {
+                log::info!("resolving {} for {arch}", roots.join(", "));
+                let apt = keel_debian::Apt::new(deb_cache, arch.oci_name()).map_err(|source| {
+                    Error::Resolve {
+                        package: roots.join(", "),
+                        arch: arch.oci_name().to_owned(),
+                        source: Box::new(source),
+                    }
+                })?;
+                lock::closure(&apt, &roots)?
+            }
+        };
+        lock.arches.insert(
+            key.to_owned(),
+            ArchLock {
+                debs: roots.clone(),
+                packages: packages.clone(),
+            },
+        );
+        out.insert(arch, packages);
+    }
+    let needed = existing.is_some() || !roots.is_empty();
+    if needed && existing.as_ref() != Some(&lock) {
+        lock.write(dir)?;
+    }
+    Ok(out)
+}
+
+/// Length-prefixed fields, so that no two input sets hash alike by concatenation.
+struct InputHasher(Sha256);
+
+impl InputHasher {
+    fn field(&mut self, bytes: impl AsRef<[u8]>) {
+        let bytes = bytes.as_ref();
+        self.0.update((bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+    }
+}
+
+/// sha256 (hex) over: the format version, build.yml, the build timestamp, the source files
+/// (path, kind, mode, bytes; sorted), then per architecture (sorted) the pins and the binaries.
+fn input_hash(p: &Prepared, yml: &[u8]) -> String {
+    let mut h = InputHasher(Sha256::new());
+    h.field(FORMAT);
+    h.field(yml);
+    h.field(p.mtime.to_string());
+    h.field(p.sources.len().to_string());
+    for (path, input) in &p.sources {
+        h.field(path);
+        match input {
+            sources::Input::File { mode, data } => {
+                h.field("file");
+                h.field(format!("{mode:o}"));
+                h.field(data);
+            }
+            sources::Input::Dir => h.field("dir"),
+            sources::Input::Symlink(target) => {
+                h.field("symlink");
+                h.field(target.as_os_str().as_encoded_bytes());
+            }
+        }
+    }
+    for arch in &p.arches {
+        h.field(arch.uname());
+        let pins = p.pins.get(arch).map(Vec::as_slice).unwrap_or_default();
+        h.field(pins.len().to_string());
+        for pin in pins {
+            h.field(&pin.name);
+            h.field(&pin.version);
+            h.field(&pin.sha256);
+        }
+        let bins = p.binaries.get(arch).map(Vec::as_slice).unwrap_or_default();
+        h.field(bins.len().to_string());
+        for (b, data) in p.manifest.binaries.iter().zip(bins) {
+            h.field(b.package.as_str());
+            h.field(b.bin.as_str());
+            h.field(data);
+        }
+    }
+    hex::encode(h.0.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// One tar entry of an image layer: kind, mode, contents or link target.
+    #[derive(Debug, PartialEq)]
+    struct Entry {
+        kind: tar::EntryType,
+        mode: u32,
+        data: Vec<u8>,
+    }
+
+    fn layer(store: &Store, r: &Reference, arch: Arch) -> BTreeMap<String, Entry> {
+        let image = store.image(r, arch).unwrap();
+        assert_eq!(image.layers().len(), 1);
+        let mut reader = store.open_layer(&image.layers()[0]).unwrap();
+        let mut tar = Vec::new();
+        reader.read_to_end(&mut tar).unwrap();
+        reader.finish().unwrap();
+        let mut out = BTreeMap::new();
+        for e in tar::Archive::new(tar.as_slice()).entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e
+                .path()
+                .unwrap()
+                .to_string_lossy()
+                .trim_end_matches('/')
+                .to_owned();
+            let kind = e.header().entry_type();
+            let mode = e.header().mode().unwrap();
+            let mut data = Vec::new();
+            if kind == tar::EntryType::Symlink {
+                data = e.link_name_bytes().unwrap().into_owned();
+            } else {
+                e.read_to_end(&mut data).unwrap();
+            }
+            out.insert(path, Entry { kind, mode, data });
+        }
+        out
+    }
+
+    /// A package using a (synthetic) Debian package, whose `.deb` is already in `cache`.
+    fn fixture(cache: &Path) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(
+            d.join(BUILD_YML),
+            "image: test/fixture\narches: [x86_64]\nconfig: {pid: host, readonly: true}\n\
+             entrypoint: [/bin/hello]\nenv: [A=b]\ndebs: [hello]\nfiles:\n  \
+             - {source: etc, path: /etc}\n  - {path: /bin/hi, symlink: hello}\n  \
+             - {path: /etc/motd, contents: \"hi\\n\"}\n",
+        )
+        .unwrap();
+        std::fs::create_dir(d.join("etc")).unwrap();
+        std::fs::write(d.join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+        let mut data = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(5);
+        h.set_entry_type(tar::EntryType::Regular);
+        data.append_data(&mut h, "./bin/hello", &b"\x7fELF!"[..])
+            .unwrap();
+        let deb = keel_debian::deb::build_deb(
+            "Package: hello\nVersion: 1.0\nArchitecture: amd64\n",
+            &data.into_inner().unwrap(),
+            keel_debian::Compression::Gzip,
+        )
+        .unwrap();
+        let sha = hex::encode(Sha256::digest(&deb));
+        std::fs::create_dir_all(cache).unwrap();
+        std::fs::write(cache.join(format!("sha256-{sha}.deb")), &deb).unwrap();
+        let mut lock = Lock::default();
+        lock.arches.insert(
+            "x86_64".into(),
+            ArchLock {
+                debs: vec!["hello".into()],
+                packages: vec![Pin {
+                    name: "hello".into(),
+                    version: "1.0".into(),
+                    sha256: sha,
+                }],
+            },
+        );
+        lock.write(d).unwrap();
+        dir
+    }
+
+    fn opts(cache: &Path) -> PkgOptions {
+        PkgOptions {
+            deb_cache: Some(cache.to_path_buf()),
+            ..PkgOptions::default()
+        }
+    }
+
+    #[test]
+    fn tag_is_stable_and_covers_every_input() {
+        let cache = tempfile::tempdir().unwrap();
+        let pkg = fixture(cache.path());
+        let d = pkg.path();
+        let o = opts(cache.path());
+        let tag = show_tag(d, &o).unwrap();
+        assert_eq!(tag.registry(), "docker.io");
+        assert_eq!(tag.repository(), "test/fixture");
+        assert_eq!(tag.tag().unwrap().len(), 16);
+        assert_eq!(show_tag(d, &o).unwrap(), tag);
+
+        let changed = |edit: &dyn Fn(), undo: &dyn Fn()| {
+            edit();
+            let other = show_tag(d, &o).unwrap();
+            undo();
+            assert_ne!(other, tag);
+            assert_eq!(show_tag(d, &o).unwrap(), tag);
+        };
+        let passwd = d.join("etc/passwd");
+        changed(
+            &|| std::fs::write(&passwd, "root:x:0:0::/:/bin/ash\n").unwrap(),
+            &|| std::fs::write(&passwd, "root:x:0:0::/:/bin/sh\n").unwrap(),
+        );
+        let set_mode = |m| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(m)).unwrap();
+        };
+        changed(&|| set_mode(0o755), &|| set_mode(0o644));
+        let yml = std::fs::read_to_string(d.join(BUILD_YML)).unwrap();
+        changed(
+            &|| std::fs::write(d.join(BUILD_YML), yml.replace("A=b", "A=c")).unwrap(),
+            &|| std::fs::write(d.join(BUILD_YML), &yml).unwrap(),
+        );
+        let lock = std::fs::read_to_string(d.join(LOCK_FILE)).unwrap();
+        changed(
+            &|| std::fs::write(d.join(LOCK_FILE), lock.replace("\"1.0\"", "\"1.1\"")).unwrap(),
+            &|| std::fs::write(d.join(LOCK_FILE), &lock).unwrap(),
+        );
+        // A file the package directory holds but build.yml does not use is not an input.
+        std::fs::write(d.join("README.md"), "notes").unwrap();
+        assert_eq!(show_tag(d, &o).unwrap(), tag);
+    }
+
+    #[test]
+    fn build_is_reproducible_and_complete() {
+        let cache = tempfile::tempdir().unwrap();
+        let pkg = fixture(cache.path());
+        let o = opts(cache.path());
+        let (s1, s2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (store1, store2) = (
+            Store::open(s1.path()).unwrap(),
+            Store::open(s2.path()).unwrap(),
+        );
+        let r = build(&store1, pkg.path(), &o).unwrap();
+        assert_eq!(r, show_tag(pkg.path(), &o).unwrap());
+        assert_eq!(build(&store2, pkg.path(), &o).unwrap(), r);
+        let d1 = store1.resolve(&r).unwrap().unwrap();
+        let d2 = store2.resolve(&r).unwrap().unwrap();
+        assert_eq!(d1.digest(), d2.digest());
+        assert_eq!(d1.media_type(), &keel_image::oci::MediaType::ImageIndex);
+
+        let image = store1.image(&r, Arch::X86_64).unwrap();
+        assert_eq!(
+            image.label(assemble::CONFIG_LABEL),
+            Some(r#"{"pid":"host","readonly":true}"#)
+        );
+        let config = image.config.config().as_ref().unwrap();
+        assert_eq!(
+            config.entrypoint().as_deref(),
+            Some(&["/bin/hello".to_owned()][..])
+        );
+        assert_eq!(config.env().as_deref(), Some(&["A=b".to_owned()][..]));
+        assert!(config.cmd().is_none());
+        // Only the arches asked for.
+        assert!(store1.image(&r, Arch::Aarch64).is_err());
+
+        let files = layer(&store1, &r, Arch::X86_64);
+        assert_eq!(files["bin/hello"].data, b"\x7fELF!");
+        assert_eq!(files["bin/hello"].mode, 0o755);
+        assert_eq!(files["bin/hi"].kind, tar::EntryType::Symlink);
+        assert_eq!(files["bin/hi"].data, b"hello");
+        assert_eq!(files["etc/passwd"].mode, 0o644);
+        assert_eq!(files["etc/motd"].data, b"hi\n");
+        assert_eq!(files["etc"].kind, tar::EntryType::Directory);
+    }
+
+    #[test]
+    fn arches_must_be_listed() {
+        let cache = tempfile::tempdir().unwrap();
+        let pkg = fixture(cache.path());
+        let o = PkgOptions {
+            arches: Some(vec![Arch::Aarch64]),
+            ..opts(cache.path())
+        };
+        let e = show_tag(pkg.path(), &o).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "test/fixture is not built for aarch64 (build.yml arches: x86_64)"
+        );
+    }
+
+    #[test]
+    fn manifest_errors_have_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(BUILD_YML), "image: x\nfiels: []\n").unwrap();
+        let e = show_tag(dir.path(), &PkgOptions::default()).unwrap_err();
+        let want = format!("{}:2:1: unknown key", dir.path().join(BUILD_YML).display());
+        assert!(e.to_string().starts_with(&want), "{e}");
+    }
+
+    #[test]
+    fn packages_without_debs_need_no_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(BUILD_YML),
+            "image: x/y\nfiles: [{path: /a, contents: a}]\n",
+        )
+        .unwrap();
+        let o = opts(dir.path());
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(store_dir.path()).unwrap();
+        let r = build(&store, dir.path(), &o).unwrap();
+        assert!(!dir.path().join(LOCK_FILE).exists());
+        for arch in Arch::ALL {
+            assert_eq!(layer(&store, &r, arch)["a"].data, b"a");
+        }
+    }
+
+    /// A Cargo workspace in a temporary directory with one tiny binary, and a package inside it.
+    #[test]
+    fn binaries_are_built_per_arch() {
+        let ws = tempfile::tempdir().unwrap();
+        let w = ws.path();
+        std::fs::write(
+            w.join("Cargo.toml"),
+            "[workspace]\nmembers = [\"hello\"]\nresolver = \"3\"\n\n\
+             [profile.guest]\ninherits = \"release\"\nstrip = true\npanic = \"abort\"\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(w.join(".cargo")).unwrap();
+        std::fs::write(
+            w.join(".cargo/config.toml"),
+            "[target.aarch64-unknown-linux-musl]\nlinker = \"rust-lld\"\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(w.join("hello/src")).unwrap();
+        std::fs::write(
+            w.join("hello/Cargo.toml"),
+            "[package]\nname = \"hello\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n\
+             [[bin]]\nname = \"hi\"\npath = \"src/main.rs\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            w.join("hello/src/main.rs"),
+            "fn main() { println!(\"hi\"); }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            w.join("Cargo.lock"),
+            "version = 4\n\n[[package]]\nname = \"hello\"\nversion = \"0.1.0\"\n",
+        )
+        .unwrap();
+        let pkg = w.join("pkg/hi");
+        std::fs::create_dir_all(&pkg).unwrap();
+        std::fs::write(
+            pkg.join(BUILD_YML),
+            "image: test/hi\nbinaries:\n  - {package: hello, bin: hi, path: /usr/bin/hi, links: [/hi]}\n",
+        )
+        .unwrap();
+        let o = PkgOptions {
+            cargo: std::env::var_os("CARGO").map_or_else(|| "cargo".into(), PathBuf::from),
+            deb_cache: Some(w.join("debs")),
+            ..PkgOptions::default()
+        };
+        let store = Store::open(w.join("store")).unwrap();
+        let r = build(&store, &pkg, &o).unwrap();
+        for (arch, machine) in [(Arch::X86_64, 62u16), (Arch::Aarch64, 183)] {
+            let files = layer(&store, &r, arch);
+            let bin = &files["usr/bin/hi"];
+            assert_eq!(bin.mode, 0o755);
+            assert_eq!(&bin.data[..4], b"\x7fELF");
+            assert_eq!(u16::from_le_bytes([bin.data[18], bin.data[19]]), machine);
+            assert_eq!(files["hi"].data, b"/usr/bin/hi");
+        }
+        // The binaries are inputs: a changed program changes the tag.
+        std::fs::write(
+            w.join("hello/src/main.rs"),
+            "fn main() { println!(\"ho\"); }\n",
+        )
+        .unwrap();
+        assert_ne!(show_tag(&pkg, &o).unwrap(), r);
+        // A cargo failure is reported with its command.
+        std::fs::write(w.join("hello/src/main.rs"), "fn main() { nope }\n").unwrap();
+        let e = show_tag(&pkg, &o).unwrap_err();
+        assert!(e.to_string().contains("--bin hi --target"), "{e}");
+    }
+}

@@ -1,0 +1,125 @@
+//! Builds the real `pkg/busybox` package for both architectures from Debian's archive (the
+//! `.deb` files are cached by digest under `target/keel-test-cache/debs`, so only the first run
+//! uses the network; the lock file is created beside build.yml on the first run and used as is
+//! afterwards) and checks the image, its reproducibility and the lock's sha256 check.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use keel_image::oci::ImageIndex;
+use keel_image::{Arch, Reference, Store};
+use keel_pkg::{LOCK_FILE, Lock, PkgOptions};
+
+fn package() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pkg/busybox")
+}
+
+fn cache() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is <target>/tmp.
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("keel-test-cache/debs")
+}
+
+fn opts() -> PkgOptions {
+    PkgOptions {
+        deb_cache: Some(cache()),
+        ..PkgOptions::default()
+    }
+}
+
+/// The contents of `path` in the image's only layer, and the entry's mode.
+fn layer_file(store: &Store, r: &Reference, arch: Arch, path: &str) -> (Vec<u8>, u32) {
+    let image = store.image(r, arch).unwrap();
+    assert_eq!(image.layers().len(), 1);
+    let mut reader = store.open_layer(&image.layers()[0]).unwrap();
+    let mut tar = Vec::new();
+    reader.read_to_end(&mut tar).unwrap();
+    reader.finish().unwrap();
+    for entry in tar::Archive::new(tar.as_slice()).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().to_string_lossy() == path {
+            let mode = entry.header().mode().unwrap();
+            let mut data = Vec::new();
+            if entry.header().entry_type() == tar::EntryType::Symlink {
+                data = entry.link_name_bytes().unwrap().into_owned();
+            } else {
+                entry.read_to_end(&mut data).unwrap();
+            }
+            return (data, mode);
+        }
+    }
+    panic!("{path} not in the {arch} layer");
+}
+
+#[test]
+fn busybox_builds_for_both_arches_reproducibly() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (s1, s2) = (
+        Store::open(d1.path()).unwrap(),
+        Store::open(d2.path()).unwrap(),
+    );
+    let r = keel_pkg::build(&s1, &package(), &opts()).unwrap();
+    assert_eq!(r.repository(), "keel/busybox");
+    assert_eq!(keel_pkg::build(&s2, &package(), &opts()).unwrap(), r);
+    let (i1, i2) = (
+        s1.resolve(&r).unwrap().unwrap(),
+        s2.resolve(&r).unwrap().unwrap(),
+    );
+    assert_eq!(i1.digest(), i2.digest(), "two builds differ");
+
+    let digest = i1.digest().as_ref().parse().unwrap();
+    let index: ImageIndex = serde_json::from_slice(&s1.read_blob(&digest).unwrap()).unwrap();
+    assert_eq!(index.manifests().len(), 2);
+
+    let lock = Lock::read(&package())
+        .unwrap()
+        .expect("the build writes the lock");
+    for (arch, machine) in [(Arch::X86_64, 62u16), (Arch::Aarch64, 183)] {
+        let pins = &lock.arches[arch.uname()].packages;
+        assert!(pins.iter().any(|p| p.name == "busybox-static"), "{pins:?}");
+        let (elf, mode) = layer_file(&s1, &r, arch, "bin/busybox");
+        assert_eq!(&elf[..4], b"\x7fELF");
+        assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), machine, "{arch}");
+        assert_eq!(mode, 0o755);
+        assert_eq!(layer_file(&s1, &r, arch, "bin/sh").0, b"busybox");
+        let image = s1.image(&r, arch).unwrap();
+        let config = image.config.config().as_ref().unwrap();
+        assert_eq!(
+            config.entrypoint().as_deref(),
+            Some(&["/bin/sh".to_owned()][..])
+        );
+    }
+
+    // A lock whose sha256 does not match what the archive serves is refused, naming the package.
+    let tampered = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        package().join("build.yml"),
+        tampered.path().join("build.yml"),
+    )
+    .unwrap();
+    let mut lock = lock.clone();
+    for arch in lock.arches.values_mut() {
+        for pin in &mut arch.packages {
+            if pin.name == "busybox-static" {
+                pin.sha256 = "0".repeat(64);
+            }
+        }
+    }
+    lock.write(tampered.path()).unwrap();
+    assert!(tampered.path().join(LOCK_FILE).exists());
+    let d3 = tempfile::tempdir().unwrap();
+    let s3 = Store::open(d3.path()).unwrap();
+    let e = keel_pkg::build(&s3, tampered.path(), &opts()).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("cannot fetch Debian package busybox-static="),
+        "{e}"
+    );
+    let cause = std::error::Error::source(&e)
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    assert!(cause.contains("sha256 mismatch"), "{e}: {cause}");
+    assert!(s3.resolve(&r).unwrap().is_none());
+}

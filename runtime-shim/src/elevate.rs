@@ -1,0 +1,211 @@
+//! Seccomp without `noNewPrivileges`: libcontainer 0.7 calls the executor after it has
+//! dropped capabilities, and installing a filter then needs `no_new_privs` or
+//! `CAP_SYS_ADMIN`. runc installs the filter before dropping capabilities in that case; the
+//! shim gets the same result by handing libcontainer a copy of the spec whose effective,
+//! permitted and bounding sets also hold `CAP_SYS_ADMIN` and `CAP_SETPCAP`, and by dropping
+//! those again in the executor right after the filter is in (see [`Restore::apply`]).
+//!
+//! The copy lives in a private directory (`<RUN_DIR>/shim/<id>/config.json`, root path made
+//! absolute) so the bundle itself, possibly on a read-only root, is never written.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use caps::{CapSet, CapsHashSet};
+use keel_bundle::{CONFIG_FILE, RUN_DIR};
+use libcontainer::capabilities::CapabilityExt;
+use libcontainer::oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities, Spec};
+
+/// Errors preparing the elevated spec.
+#[derive(Debug, thiserror::Error)]
+pub enum ElevateError {
+    #[error("cannot write the elevated spec {0}")]
+    Write(PathBuf, #[source] io::Error),
+    #[error("cannot serialise the elevated spec")]
+    Serialise(#[source] serde_json::Error),
+    #[error("the spec has no process")]
+    NoProcess,
+}
+
+/// Capabilities granted only until the filter is installed.
+const TEMPORARY: [Capability; 2] = [Capability::SysAdmin, Capability::Setpcap];
+
+/// The capability sets the container must end up with, applied in the executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restore {
+    bounding: CapsHashSet,
+    effective: CapsHashSet,
+    permitted: Option<CapsHashSet>,
+}
+
+fn to_caps(set: &Capabilities) -> CapsHashSet {
+    set.iter().map(|c| c.to_cap()).collect()
+}
+
+/// The effective set libcontainer leaves: the spec's, else its permitted set; `None` means
+/// every capability (nothing in the spec limits it).
+pub fn final_effective(c: &LinuxCapabilities) -> Option<&Capabilities> {
+    c.effective().as_ref().or(c.permitted().as_ref())
+}
+
+impl Restore {
+    fn of(c: &LinuxCapabilities, effective: &Capabilities) -> Self {
+        Self {
+            // libcontainer empties the bounding set when the spec has none.
+            bounding: c.bounding().as_ref().map(to_caps).unwrap_or_default(),
+            effective: to_caps(effective),
+            permitted: c.permitted().as_ref().map(to_caps),
+        }
+    }
+
+    /// Drops the temporary capabilities: from the bounding set first (needs CAP_SETPCAP),
+    /// then back to the spec's effective and permitted sets.
+    pub fn apply(&self) -> Result<(), caps::errors::CapsError> {
+        for cap in TEMPORARY.iter().map(|c| c.to_cap()) {
+            if !self.bounding.contains(&cap) {
+                caps::drop(None, CapSet::Bounding, cap)?;
+            }
+        }
+        // Effective first: capset refuses a permitted set smaller than the effective one.
+        caps::set(None, CapSet::Effective, &self.effective)?;
+        if let Some(p) = &self.permitted {
+            caps::set(None, CapSet::Permitted, p)?;
+        }
+        Ok(())
+    }
+}
+
+/// The spec libcontainer should see, and what to restore, when `spec`'s capabilities would
+/// leave no `CAP_SYS_ADMIN` to install seccomp with; `None` when it keeps that capability.
+/// Only needed without `noNewPrivileges`; the caller checks that.
+pub fn elevated(spec: &Spec, bundle: &Path) -> Result<Option<(Spec, Restore)>, ElevateError> {
+    let process = spec.process().as_ref().ok_or(ElevateError::NoProcess)?;
+    // No capabilities section, or no effective/permitted limit: everything stays.
+    let Some(caps) = process.capabilities() else {
+        return Ok(None);
+    };
+    let Some(effective) = final_effective(caps) else {
+        return Ok(None);
+    };
+    if effective.contains(&Capability::SysAdmin) {
+        return Ok(None);
+    }
+    let restore = Restore::of(caps, effective);
+    let mut raised = caps.clone();
+    // An absent set stays absent (libcontainer then leaves it whole, temporaries included).
+    let add = |set: Option<&Capabilities>| {
+        set.map(|s| {
+            let mut s = s.clone();
+            s.extend(TEMPORARY);
+            s
+        })
+    };
+    let mut bounding = caps.bounding().clone().unwrap_or_default();
+    bounding.extend(TEMPORARY);
+    raised.set_bounding(Some(bounding));
+    raised.set_permitted(add(caps.permitted().as_ref()));
+    raised.set_effective(add(caps.effective().as_ref()));
+    let mut out = spec.clone();
+    let mut p = process.clone();
+    p.set_capabilities(Some(raised));
+    out.set_process(Some(p));
+    if let Some(root) = spec.root() {
+        let mut root = root.clone();
+        if root.path().is_relative() {
+            root.set_path(bundle.join(root.path()));
+        }
+        out.set_root(Some(root));
+    }
+    Ok(Some((out, restore)))
+}
+
+/// Where the elevated copy of container `id`'s spec lives.
+pub fn private_bundle(id: &str) -> PathBuf {
+    Path::new(RUN_DIR).join("shim").join(id)
+}
+
+/// Writes `spec` as the `config.json` of `dir` (created).
+pub fn write(dir: &Path, spec: &Spec) -> Result<(), ElevateError> {
+    let path = dir.join(CONFIG_FILE);
+    let text = serde_json::to_vec(spec).map_err(ElevateError::Serialise)?;
+    fs::create_dir_all(dir).map_err(|e| ElevateError::Write(path.clone(), e))?;
+    fs::write(&path, text).map_err(|e| ElevateError::Write(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(process: &str) -> Spec {
+        let mut s = Spec::default();
+        s.set_process(Some(serde_json::from_str(process).unwrap()));
+        s
+    }
+
+    #[test]
+    fn raises_and_remembers() {
+        let s = spec(
+            r#"{"cwd":"/","user":{"uid":0,"gid":0},"capabilities":{
+                "bounding":["CAP_KILL"],"effective":["CAP_KILL"],"permitted":["CAP_KILL"]}}"#,
+        );
+        let (out, restore) = elevated(&s, Path::new("/b")).unwrap().unwrap();
+        let c = out
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .as_ref()
+            .unwrap();
+        for set in [c.bounding(), c.effective(), c.permitted()] {
+            let set = set.as_ref().unwrap();
+            assert!(set.contains(&Capability::SysAdmin) && set.contains(&Capability::Kill));
+            assert!(set.contains(&Capability::Setpcap));
+        }
+        assert!(c.inheritable().is_none());
+        let kill: CapsHashSet = [caps::Capability::CAP_KILL].into_iter().collect();
+        assert_eq!(restore.bounding, kill);
+        assert_eq!(restore.effective, kill);
+        assert_eq!(out.root().as_ref().unwrap().path(), Path::new("/b/rootfs"));
+    }
+
+    #[test]
+    fn only_effective_limits_need_raising() {
+        let s = spec(r#"{"cwd":"/","user":{"uid":0,"gid":0}}"#);
+        assert!(elevated(&s, Path::new("/b")).unwrap().is_none());
+        let s = spec(r#"{"cwd":"/","user":{"uid":0,"gid":0},"capabilities":{"bounding":[]}}"#);
+        assert!(elevated(&s, Path::new("/b")).unwrap().is_none());
+        let s = spec(
+            r#"{"cwd":"/","user":{"uid":0,"gid":0},"capabilities":{"effective":["CAP_SYS_ADMIN"]}}"#,
+        );
+        assert!(elevated(&s, Path::new("/b")).unwrap().is_none());
+    }
+
+    #[test]
+    fn missing_effective_falls_back_to_permitted() {
+        let s = spec(
+            r#"{"cwd":"/","user":{"uid":0,"gid":0},"capabilities":{"permitted":["CAP_CHOWN"]}}"#,
+        );
+        let (out, restore) = elevated(&s, Path::new("/b")).unwrap().unwrap();
+        let c = out
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .as_ref()
+            .unwrap();
+        assert!(
+            c.effective().is_none(),
+            "libcontainer keeps E = P when E is absent"
+        );
+        assert!(
+            c.permitted()
+                .as_ref()
+                .unwrap()
+                .contains(&Capability::SysAdmin)
+        );
+        let chown: CapsHashSet = [caps::Capability::CAP_CHOWN].into_iter().collect();
+        assert_eq!(restore.effective, chown);
+        assert_eq!(restore.permitted, Some(chown));
+    }
+}
