@@ -328,6 +328,7 @@ pub fn assemble(store: &Store, config: &Config, images: &Images) -> Result<Assem
     }
 
     let ids = config.ids();
+    let mut mount_points = Vec::new();
     for (section, index, spec) in config.containers() {
         let reference = spec.image.as_str();
         let img = image(images, reference)?;
@@ -342,16 +343,6 @@ pub fn assemble(store: &Store, config: &Config, images: &Images) -> Result<Assem
 
         let mut tree = image_tree(store, img, &origin)?;
         filter(&mut tree, Role::Container, &origin)?;
-        for point in &bundle.mount_points {
-            let point = point.trim_start_matches('/');
-            if !point.is_empty() && tree.get(point).is_none() {
-                tree.mkdir_all(point, 0o755, 0, 0, &origin)
-                    .map_err(|source| Error::Place {
-                        path: format!("{}/{point}", bundle.dir),
-                        source,
-                    })?;
-            }
-        }
         let image_dir = match bundle.layout {
             RootfsLayout::Direct => keel_bundle::ROOTFS_DIR,
             RootfsLayout::Overlay => "lower",
@@ -362,6 +353,27 @@ pub fn assemble(store: &Store, config: &Config, images: &Images) -> Result<Assem
                 source,
             })?;
         graft(&mut root, &format!("{}/{image_dir}", bundle.dir), &tree)?;
+        let image_root = format!("{}/{image_dir}", bundle.dir);
+        for m in bundle.config.mounts().iter().flatten() {
+            let bind = m
+                .options()
+                .iter()
+                .flatten()
+                .any(|o| o == "bind" || o == "rbind");
+            let source = m
+                .source()
+                .as_ref()
+                .filter(|_| bind)
+                .map(|p| p.to_string_lossy().into_owned());
+            mount_points.push(MountPoint {
+                at: format!(
+                    "{image_root}/{}",
+                    m.destination().to_string_lossy().trim_start_matches('/')
+                ),
+                bind_source: source,
+                origin: origin.clone(),
+            });
+        }
         if bundle.layout == RootfsLayout::Overlay {
             for sub in ["tmp", keel_bundle::ROOTFS_DIR] {
                 root.mkdir_all(format!("{}/{sub}", bundle.dir), 0o755, 0, 0, &origin)
@@ -394,6 +406,10 @@ pub fn assemble(store: &Store, config: &Config, images: &Images) -> Result<Assem
     }
 
     add_files(&mut root, config, &ids)?;
+    // After `files:`, so binds of files it adds are known.
+    for point in &mount_points {
+        create_mount_point(&mut root, point)?;
+    }
     // The kernel opens /dev/console on the root filesystem before PID 1 starts (devtmpfs is
     // not mounted yet); without it PID 1 has no stdin, stdout or stderr.
     if root.get("dev/console").is_none() {
@@ -401,6 +417,111 @@ pub fn assemble(store: &Store, config: &Config, images: &Images) -> Result<Assem
         place(&mut root, "dev/console", console)?;
     }
     Ok(Assembled { tree: root, kernel })
+}
+
+/// A mount destination inside a bundle's image root, created at build time because the root
+/// is read-only at run time.
+#[derive(Debug)]
+struct MountPoint {
+    /// The destination, as a path of the root filesystem.
+    at: String,
+    /// For binds: the source, a path of the guest's root filesystem.
+    bind_source: Option<String>,
+    origin: String,
+}
+
+/// Lexically normalises a relative path (`a/./b/../c` → `a/c`); `..` never leaves the root.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Resolves `path` in `root` following symlinks in every component, as the kernel would in
+/// the running system. `None` when a component is missing (or symlinks loop).
+fn resolve_in(root: &Tree, path: &Path) -> Option<PathBuf> {
+    let mut pending: Vec<PathBuf> = normalize(path)
+        .components()
+        .rev()
+        .map(|c| PathBuf::from(c.as_os_str()))
+        .collect();
+    let mut cur = PathBuf::new();
+    let mut hops = 0;
+    while let Some(next) = pending.pop() {
+        cur.push(next);
+        if let NodeKind::Symlink(target) = &root.get(&cur)?.kind {
+            hops += 1;
+            if hops > 40 {
+                return None;
+            }
+            cur.pop();
+            let joined = if target.is_absolute() {
+                normalize(target)
+            } else {
+                normalize(&cur.join(target))
+            };
+            pending.extend(
+                joined
+                    .components()
+                    .rev()
+                    .map(|c| PathBuf::from(c.as_os_str())),
+            );
+            cur = PathBuf::new();
+        }
+    }
+    Some(cur)
+}
+
+/// Whether a bind source is a file (not a directory) in the assembled root.
+fn source_is_file(root: &Tree, source: &str) -> bool {
+    match resolve_in(root, Path::new(source)) {
+        Some(p) => root.get(&p).is_some_and(|n| !n.is_dir()),
+        // Through a symlink to something only the running system has (e.g. resolv.conf →
+        // /run/resolvconf/resolv.conf): a file far more often than a directory.
+        None => {
+            let direct = normalize(Path::new(source));
+            root.get(&direct)
+                .is_some_and(|n| matches!(n.kind, NodeKind::Symlink(_)))
+        }
+    }
+}
+
+/// Creates a mount point unless the image has something there: an empty file for a bind of a
+/// file (a file cannot be bound onto a directory), else a directory.
+fn create_mount_point(root: &mut Tree, point: &MountPoint) -> Result<()> {
+    if point.at.ends_with('/') || root.get(&point.at).is_some() {
+        return Ok(());
+    }
+    let err = |source| Error::Place {
+        path: point.at.clone(),
+        source,
+    };
+    let file = point
+        .bind_source
+        .as_deref()
+        .is_some_and(|s| source_is_file(root, s));
+    if file {
+        if let Some(parent) = Path::new(&point.at).parent() {
+            root.mkdir_all(parent, 0o755, 0, 0, &point.origin)
+                .map_err(err)?;
+        }
+        root.insert(
+            &point.at,
+            Node::new(NodeKind::File(Bytes::new()), 0o644, point.origin.as_str()),
+        )
+        .map_err(err)
+    } else {
+        root.mkdir_all(&point.at, 0o755, 0, 0, &point.origin)
+            .map_err(err)
+    }
 }
 
 /// Mode of a parent directory created for a file: the file's mode with `x` wherever it has `r`
@@ -485,6 +606,63 @@ fn add_files(root: &mut Tree, config: &Config, ids: &keel_config::IdMap) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_points_match_their_bind_source() {
+        let mut root = Tree::new();
+        root.insert("usr/bin/keelctl", file("elf", 0o755, "init"))
+            .unwrap();
+        root.insert(
+            "etc/resolv.conf",
+            symlink("/run/resolvconf/resolv.conf", "init"),
+        )
+        .unwrap();
+        root.insert("bin", symlink("usr/bin", "init")).unwrap();
+        root.mkdir_all("run", 0o755, 0, 0, "init").unwrap();
+        let point = |at: &str, src: Option<&str>| MountPoint {
+            at: format!("b/rootfs/{at}"),
+            bind_source: src.map(String::from),
+            origin: "t".into(),
+        };
+        for p in [
+            point("usr/bin/keelctl", Some("/usr/bin/keelctl")),
+            point("etc/resolv.conf", Some("/etc/resolv.conf")),
+            point("keelctl2", Some("/bin/keelctl")),
+            point("run/keel", Some("/run/keel")),
+            point("proc", None),
+            point("data", Some("/var/lib/data")),
+        ] {
+            create_mount_point(&mut root, &p).unwrap();
+        }
+        let kind = |root: &Tree, p: &str| root.get(format!("b/rootfs/{p}")).map(|n| n.is_dir());
+        assert_eq!(
+            kind(&root, "usr/bin/keelctl"),
+            Some(false),
+            "a file bound from the init image"
+        );
+        assert_eq!(
+            kind(&root, "etc/resolv.conf"),
+            Some(false),
+            "a symlink into /run is a file"
+        );
+        assert_eq!(
+            kind(&root, "keelctl2"),
+            Some(false),
+            "followed through a relative symlink"
+        );
+        assert_eq!(kind(&root, "run/keel"), Some(true));
+        assert_eq!(kind(&root, "proc"), Some(true));
+        assert_eq!(
+            kind(&root, "data"),
+            Some(true),
+            "unknown sources are directories"
+        );
+        // Something the image already has is left alone.
+        root.insert("b/rootfs/keep", file("x", 0o600, "img"))
+            .unwrap();
+        create_mount_point(&mut root, &point("keep", Some("/run/keel"))).unwrap();
+        assert_eq!(kind(&root, "keep"), Some(false));
+    }
 
     #[test]
     fn parent_modes_follow_linuxkit() {

@@ -280,7 +280,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
         Command::Cache(cmd) => keel::cache::run(&open_store()?, cmd.into())?,
-        Command::Pkg(PkgCommand::Build { dir, arches, update_lock, force }) => {
+        Command::Pkg(PkgCommand::Build {
+            dir,
+            arches,
+            update_lock,
+            force,
+        }) => {
             let opts = keel_pkg::PkgOptions {
                 arches: (!arches.is_empty()).then_some(arches),
                 update_lock,

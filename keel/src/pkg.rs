@@ -28,7 +28,10 @@ pub enum Error {
 
 /// Options for the store a package build uses.
 fn options(store: Option<&Store>) -> PkgOptions {
-    PkgOptions { deb_cache: store.map(|s| s.path().join("debs")), ..PkgOptions::default() }
+    PkgOptions {
+        deb_cache: store.map(|s| s.path().join("debs")),
+        ..PkgOptions::default()
+    }
 }
 
 fn is_package(dir: &Path) -> bool {
@@ -50,7 +53,10 @@ pub fn show_tag(dir: &Path, store: Option<&Store>) -> Result<Reference, Error> {
 /// `keel pkg build`: builds a package (or kernel recipe) into the store.
 pub fn build(store: &Store, dir: &Path, opts: PkgOptions) -> Result<Reference, Error> {
     if is_package(dir) {
-        let opts = PkgOptions { deb_cache: opts.deb_cache.or_else(|| Some(store.path().join("debs"))), ..opts };
+        let opts = PkgOptions {
+            deb_cache: opts.deb_cache.or_else(|| Some(store.path().join("debs"))),
+            ..opts
+        };
         return Ok(keel_pkg::build(store, dir, &opts)?);
     }
     if crate::kernel::is_recipe(dir) {
@@ -63,10 +69,15 @@ pub fn build(store: &Store, dir: &Path, opts: PkgOptions) -> Result<Reference, E
 /// The image `@pkg:DIR` stands for, built into `store` first when it is not there.
 pub fn ensure(store: &Store, dir: &Path) -> Result<Reference, Error> {
     let reference = show_tag(dir, Some(store))?;
-    let present =
-        store.resolve(&reference).map_err(|source| Error::Store { reference: reference.to_string(), source })?;
+    let present = store.resolve(&reference).map_err(|source| Error::Store {
+        reference: reference.to_string(),
+        source,
+    })?;
     if present.is_none() {
-        log::info!("building {} ({reference} is not in the store)", dir.display());
+        log::info!(
+            "building {} ({reference} is not in the store)",
+            dir.display()
+        );
         build(store, dir, PkgOptions::default())?;
     }
     Ok(reference)

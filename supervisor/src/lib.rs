@@ -1,1 +1,17 @@
-//! placeholder
+//! keel's supervisor: the lifecycle of onboot, service and onshutdown containers
+//! ([`lifecycle`]), finding their bundles ([`bundles`]), their output ([`output`]), and the
+//! control socket that `keelctl` talks to ([`protocol`], [`server`], [`client`]). PID 1
+//! (`keel-init`) drives it from its poll loop; nothing here blocks or spawns processes.
+
+pub mod bundles;
+pub mod client;
+pub mod lifecycle;
+pub mod output;
+pub mod protocol;
+pub mod server;
+pub mod time;
+
+pub use bundles::{Bundle, Kind, discover};
+pub use lifecycle::{Action, Now, Record, Settings, Status, Supervisor};
+pub use protocol::{ContainerInfo, Request, Response, TimelineStep};
+pub use server::ControlServer;

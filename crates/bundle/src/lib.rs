@@ -89,7 +89,11 @@ pub struct Runtime {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<Interface>,
     /// Namespaces of the container bind-mounted to paths, so later containers can join them.
-    #[serde(default, rename = "bindNS", skip_serializing_if = "BindNamespaces::is_empty")]
+    #[serde(
+        default,
+        rename = "bindNS",
+        skip_serializing_if = "BindNamespaces::is_empty"
+    )]
     pub bind_ns: BindNamespaces,
     /// LinuxKit's containerd namespace; accepted for compatibility, unused by keel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -260,7 +264,10 @@ mod tests {
         assert_eq!(rt.cgroups, ["/a"]);
         assert_eq!(rt.mounts[0].kind.as_deref(), Some("overlay"));
         assert!(rt.interfaces[0].create_in_root);
-        assert_eq!(rt.bind_ns.entries().collect::<Vec<_>>(), [("net", "/run/netns/x")]);
+        assert_eq!(
+            rt.bind_ns.entries().collect::<Vec<_>>(),
+            [("net", "/run/netns/x")]
+        );
         assert_eq!(rt.keel, Supervision::default());
     }
 

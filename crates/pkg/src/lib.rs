@@ -16,8 +16,8 @@ mod error;
 pub mod lock;
 mod sources;
 
-pub use error::{Error, Result};
 pub use assemble::CONFIG_LABEL;
+pub use error::{Error, Result};
 pub use lock::{LOCK_FILE, Lock};
 
 use keel_config::build_yml::{self, BuildManifest};

@@ -1,0 +1,373 @@
+//! PID 1's poll loop: signals (signalfd), the power button, the control socket and every shim's
+//! pipes, with the supervisor's deadlines as the poll timeout. Also the boot timeline and the
+//! final stop (kill what is left, sync, unmount).
+
+use crate::cmdline::Cmdline;
+use crate::power;
+use crate::shim::{Item, ShimIo, Stream};
+use crate::sys;
+use keel_bundle::ShimEvent;
+use keel_supervisor::{
+    Action, ControlServer, Kind, Now, Request, Response, Supervisor, TimelineStep,
+};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How PID 1 should end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    PowerOff,
+    Reboot,
+}
+
+/// The boot timeline: named steps with their CLOCK_BOOTTIME, logged as they happen.
+#[derive(Debug, Default)]
+pub struct Timeline {
+    steps: Vec<TimelineStep>,
+}
+
+impl Timeline {
+    pub fn mark(&mut self, step: &str) {
+        let t = sys::boottime();
+        let boottime_ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
+        log::info!("timeline: {step}");
+        self.steps.push(TimelineStep {
+            boottime_ms,
+            step: step.to_owned(),
+        });
+    }
+
+    pub fn steps(&self) -> &[TimelineStep] {
+        &self.steps
+    }
+}
+
+/// What a poll slot belongs to.
+#[derive(Debug, Clone, Copy)]
+enum Token {
+    Signal,
+    Button(usize),
+    Control(RawFd),
+    Pipe(usize, Stream),
+}
+
+/// Everything the loop owns.
+pub struct Init {
+    sup: Supervisor,
+    timeline: Timeline,
+    cmdline: Cmdline,
+    signals: SignalFd,
+    control: Option<ControlServer>,
+    buttons: Vec<File>,
+    shims: Vec<ShimIo>,
+    power: Option<PowerAction>,
+}
+
+/// Wait-status as a shell would report it: exit code, or 128+signal.
+fn exit_code(status: WaitStatus) -> Option<(i32, i32)> {
+    match status {
+        WaitStatus::Exited(pid, code) => Some((pid.as_raw(), code)),
+        WaitStatus::Signaled(pid, sig, _) => Some((pid.as_raw(), 128 + sig as i32)),
+        _ => None,
+    }
+}
+
+impl Init {
+    pub fn new(sup: Supervisor, timeline: Timeline, cmdline: Cmdline, signals: SignalFd) -> Self {
+        let control = match ControlServer::bind(Path::new(keel_bundle::CONTROL_SOCKET), 0) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("control socket: {}", crate::chain(&e));
+                None
+            }
+        };
+        Init {
+            sup,
+            timeline,
+            cmdline,
+            signals,
+            control,
+            buttons: power::open_buttons(),
+            shims: Vec::new(),
+            power: None,
+        }
+    }
+
+    /// Runs onboot, services and the loop until a shutdown finished; returns what to do next.
+    pub fn run(mut self) -> PowerAction {
+        self.sup.boot();
+        loop {
+            self.act();
+            if self.sup.is_halted() {
+                break;
+            }
+            self.poll_once();
+        }
+        self.timeline.mark("containers stopped");
+        let action = self.power.unwrap_or(PowerAction::PowerOff);
+        drop(self.control.take());
+        let _ = std::fs::remove_file(keel_bundle::CONTROL_SOCKET);
+        kill_remaining(&self.signals);
+        action
+    }
+
+    /// Carries out the supervisor's decisions until it has none.
+    fn act(&mut self) {
+        loop {
+            let actions = self.sup.take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            for a in actions {
+                match a {
+                    Action::Spawn { index } => self.spawn(index),
+                    Action::Signal { pid, signal } => {
+                        if let Err(e) = sys::kill(pid, signal) {
+                            log::debug!("kill {pid} {signal}: {e}");
+                        }
+                    }
+                    Action::Milestone(step) => self.timeline.mark(&step),
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let Some(rec) = self.sup.records().get(index) else {
+            return;
+        };
+        let (bundle, id) = (rec.bundle.clone(), rec.id.clone());
+        match ShimIo::spawn(index, &bundle, &id) {
+            Ok(io) => {
+                let pid = io.pid;
+                self.shims.push(io);
+                self.sup.spawned(index, pid, Now::system());
+            }
+            Err(e) => self.sup.spawn_failed(
+                index,
+                format!("{}: {e}", keel_bundle::SHIM_PATH),
+                Now::system(),
+            ),
+        }
+    }
+
+    fn poll_once(&mut self) {
+        let now = Instant::now();
+        let deadline = [
+            self.sup.next_deadline(),
+            self.control.as_ref().and_then(ControlServer::next_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let timeout = match deadline {
+            // Round up so we do not wake a millisecond early and spin.
+            Some(d) => {
+                let ms = d.saturating_duration_since(now).as_millis() + 1;
+                PollTimeout::try_from(ms.min(60_000)).unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
+        };
+
+        let mut tokens = vec![Token::Signal];
+        let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+        for (i, b) in self.buttons.iter().enumerate() {
+            tokens.push(Token::Button(i));
+            fds.push(PollFd::new(b.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(c) = &self.control {
+            for (fd, flags) in c.interest() {
+                tokens.push(Token::Control(fd.as_raw_fd()));
+                fds.push(PollFd::new(fd, flags));
+            }
+        }
+        for (i, s) in self.shims.iter().enumerate() {
+            for (fd, stream) in s.fds() {
+                tokens.push(Token::Pipe(i, stream));
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
+        }
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => return,
+            Err(e) => {
+                log::error!("poll: {e}");
+                // Do not spin on a persistent error.
+                std::thread::sleep(Duration::from_millis(100));
+                return;
+            }
+        }
+        let ready: Vec<(Token, PollFlags)> = fds
+            .iter()
+            .zip(&tokens)
+            .filter_map(|(p, t)| {
+                let r = p.revents().unwrap_or(PollFlags::empty());
+                (!r.is_empty()).then_some((*t, r))
+            })
+            .collect();
+        drop(fds);
+
+        let mut control_ready = Vec::new();
+        let mut sigchld = false;
+        for (token, revents) in ready {
+            match token {
+                Token::Signal => sigchld |= self.read_signals(),
+                Token::Button(i) => {
+                    if self.buttons.get_mut(i).is_some_and(power::read_press) {
+                        log::info!("power button pressed");
+                        self.request_stop(PowerAction::PowerOff);
+                    }
+                }
+                Token::Control(fd) => control_ready.push((fd, revents)),
+                Token::Pipe(i, stream) => self.read_pipe(i, stream, false),
+            }
+        }
+        if sigchld {
+            self.reap();
+        }
+        if let Some(server) = self.control.as_mut() {
+            let (sup, timeline) = (&self.sup, &self.timeline);
+            let mut handler = |r: Request| match r {
+                Request::List => Response::List {
+                    containers: sup.list(),
+                },
+                Request::Timeline => Response::Timeline {
+                    steps: timeline.steps().to_vec(),
+                },
+            };
+            server.handle(&control_ready, Instant::now(), &mut handler);
+            server.expire(Instant::now());
+        }
+        self.shims.retain(|s| !s.finished());
+        self.sup.tick(Now::system());
+    }
+
+    /// Reads pending signals; returns whether SIGCHLD was among them.
+    fn read_signals(&mut self) -> bool {
+        let mut sigchld = false;
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            match sig {
+                Signal::SIGCHLD => sigchld = true,
+                // SIGTERM: `kill 1`; SIGPWR: power failure; SIGUSR1/2: busybox halt/poweroff.
+                Signal::SIGTERM | Signal::SIGPWR | Signal::SIGUSR1 | Signal::SIGUSR2 => {
+                    log::info!("{sig}: power off");
+                    self.request_stop(PowerAction::PowerOff);
+                }
+                // Ctrl-alt-del (with the kernel's own handling disabled).
+                Signal::SIGINT => {
+                    log::info!("{sig}: reboot");
+                    self.request_stop(PowerAction::Reboot);
+                }
+                other => log::debug!("ignoring {other}"),
+            }
+        }
+        sigchld
+    }
+
+    fn request_stop(&mut self, action: PowerAction) {
+        if self.power.is_none() {
+            self.power = Some(action);
+            self.timeline.mark("shutdown requested");
+        }
+        self.sup.shutdown(Now::system());
+    }
+
+    /// Reaps every exited child; shims are reported to the supervisor after their status pipe
+    /// is drained (so their last events are seen), others are orphans.
+    fn reap(&mut self) {
+        loop {
+            let status = match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+                Ok(WaitStatus::StillAlive) | Err(nix::Error::ECHILD) => return,
+                Ok(s) => s,
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => {
+                    log::error!("waitpid: {e}");
+                    return;
+                }
+            };
+            let Some((pid, code)) = exit_code(status) else {
+                continue;
+            };
+            match self.shims.iter().position(|s| s.pid == pid && !s.reaped) {
+                Some(i) => {
+                    self.shims[i].reaped = true;
+                    for stream in [Stream::Status, Stream::Stdout, Stream::Stderr] {
+                        self.read_pipe(i, stream, stream == Stream::Status);
+                    }
+                    self.sup.child_exited(pid, code, Now::system());
+                }
+                None => log::debug!("reaped orphan {pid} ({code})"),
+            }
+        }
+    }
+
+    fn read_pipe(&mut self, i: usize, stream: Stream, drain: bool) {
+        let Some(io) = self.shims.get_mut(i) else {
+            return;
+        };
+        let (index, pid) = (io.index, io.pid);
+        let items = io.read(stream, drain);
+        if items.is_empty() {
+            return;
+        }
+        let (id, kind) = match self.sup.records().get(index) {
+            Some(r) => (r.id.clone(), r.kind),
+            None => return,
+        };
+        let to_console = kind != Kind::Service || self.cmdline.console;
+        for item in items {
+            match item {
+                Item::Output(line) => {
+                    if to_console {
+                        crate::logger::container_line(&id, &line);
+                    }
+                    self.sup.output(index, &line);
+                }
+                Item::Event(ev) => {
+                    if let ShimEvent::Exited { status } = ev {
+                        log::debug!("{id}: shim reports exit {status}");
+                    }
+                    self.sup.shim_event(pid, ev);
+                }
+            }
+        }
+    }
+}
+
+/// The end of the orderly stop: SIGTERM to every process left, a short wait, SIGKILL, reap.
+fn kill_remaining(signals: &SignalFd) {
+    const WAIT: Duration = Duration::from_secs(2);
+    for sig in [Signal::SIGTERM, Signal::SIGKILL] {
+        sys::kill_all(sig);
+        let start = Instant::now();
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+                Err(nix::Error::ECHILD) => return,
+                Ok(WaitStatus::StillAlive) => {
+                    if start.elapsed() >= WAIT {
+                        break;
+                    }
+                    let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+                    let _ = nix::poll::poll(&mut fds, PollTimeout::from(100u8));
+                    while let Ok(Some(_)) = signals.read_signal() {}
+                }
+                _ => {}
+            }
+        }
+    }
+    if crate::logger::dropped_lines() > 0 {
+        log::info!(
+            "{} container output lines were dropped from the console",
+            crate::logger::dropped_lines()
+        );
+    }
+}
