@@ -7,7 +7,8 @@
 //! - `dependsOn: [service, ...]` (services only): start after these are ready;
 //! - `readiness: {tcp: PORT} | {file: PATH}` (services only): when this service counts as ready;
 //! - `timeout: DURATION` (onboot and onshutdown only): kill the container after this long;
-//! - `stopGracePeriod: DURATION`: time between SIGTERM and SIGKILL when stopping.
+//! - `stopGracePeriod: DURATION`: time between SIGTERM and SIGKILL when stopping;
+//! - `seccomp: PROFILE`: a seccomp profile in the OCI `linux.seccomp` shape.
 //!
 //! Durations are integer seconds or strings such as `500ms`, `30s`, `2m`, `1h`, `1m30s`.
 //! Image spec fields are `Option`s: absent and present-but-empty differ when the YAML is merged
@@ -352,6 +353,10 @@ pub struct ImageFields {
     pub timeout: Option<Spanned<DurationSpec>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_grace_period: Option<Spanned<DurationSpec>>,
+    /// keel extension: a seccomp profile in the OCI `linux.seccomp` shape (LinuxKit's YAML has
+    /// no way to say one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<Spanned<Value>>,
 }
 
 /// `files:` entry.
@@ -539,6 +544,7 @@ const IMAGE_KEYS: &[&str] = &[
     "readiness",
     "timeout",
     "stopGracePeriod",
+    "seccomp",
 ];
 const FILE_KEYS: &[&str] = &[
     "path",
@@ -960,6 +966,7 @@ pub(crate) fn image_map(n: &Node, what: &str, label: bool) -> R<ImageMap> {
             "readiness" => f.readiness = Some(readiness(v)?),
             "timeout" => f.timeout = Some(duration(v)?),
             "stopGracePeriod" => f.stop_grace_period = Some(duration(v)?),
+            "seccomp" => f.seccomp = Some(seccomp(v)?),
             other => return Err(unknown_key(k, other, what, &allowed)),
         }
     }
@@ -1420,6 +1427,84 @@ pub(crate) const RESOURCES: Ty = Ty::Obj(&[
     ("hugepageLimits", "hugepageLimits", Ty::Arr(&HUGEPAGE)),
     ("network", "network", NETWORK),
 ]);
+
+const STR: Ty = Ty::Str;
+const SECCOMP_ARG: Ty = Ty::Obj(&[
+    ("index", "index", Ty::Uint),
+    ("value", "value", Ty::Uint),
+    ("valueTwo", "valueTwo", Ty::Uint),
+    ("op", "op", Ty::Str),
+]);
+const SECCOMP_SYSCALL: Ty = Ty::Obj(&[
+    ("names", "names", Ty::Arr(&STR)),
+    ("action", "action", Ty::Str),
+    ("errnoRet", "errnoRet", Ty::Uint),
+    ("args", "args", Ty::Arr(&SECCOMP_ARG)),
+]);
+pub(crate) const SECCOMP: Ty = Ty::Obj(&[
+    ("defaultAction", "defaultAction", Ty::Str),
+    ("defaultErrnoRet", "defaultErrnoRet", Ty::Uint),
+    ("architectures", "architectures", Ty::Arr(&STR)),
+    ("flags", "flags", Ty::Arr(&STR)),
+    ("syscalls", "syscalls", Ty::Arr(&SECCOMP_SYSCALL)),
+]);
+const SECCOMP_ACTIONS: &[&str] = &[
+    "SCMP_ACT_KILL",
+    "SCMP_ACT_KILL_PROCESS",
+    "SCMP_ACT_KILL_THREAD",
+    "SCMP_ACT_TRAP",
+    "SCMP_ACT_ERRNO",
+    "SCMP_ACT_TRACE",
+    "SCMP_ACT_ALLOW",
+    "SCMP_ACT_LOG",
+];
+const SECCOMP_OPS: &[&str] = &[
+    "SCMP_CMP_NE",
+    "SCMP_CMP_LT",
+    "SCMP_CMP_LE",
+    "SCMP_CMP_EQ",
+    "SCMP_CMP_GE",
+    "SCMP_CMP_GT",
+    "SCMP_CMP_MASKED_EQ",
+];
+
+/// `seccomp:`: the OCI profile shape, with actions and operators checked here so a profile
+/// the runtime cannot honour fails the build, not the boot.
+fn seccomp(n: &Node) -> R<Spanned<Value>> {
+    let v = typed(n, &SECCOMP, "seccomp")?;
+    let check = |value: Option<&Value>, allowed: &[&str], what: &str| -> R<()> {
+        match value.and_then(Value::as_str) {
+            Some(a) if !allowed.contains(&a) => Err(n.loc.err(format!(
+                "seccomp: unsupported {what} {a:?}; expected one of: {}",
+                allowed.join(", ")
+            ))),
+            _ => Ok(()),
+        }
+    };
+    if v.get("defaultAction").is_none() {
+        return Err(n
+            .loc
+            .err("seccomp: defaultAction is required (e.g. SCMP_ACT_ALLOW)"));
+    }
+    check(v.get("defaultAction"), SECCOMP_ACTIONS, "action")?;
+    for rule in v
+        .get("syscalls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        check(rule.get("action"), SECCOMP_ACTIONS, "action")?;
+        for arg in rule
+            .get("args")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            check(arg.get("op"), SECCOMP_OPS, "operator")?;
+        }
+    }
+    Ok(Spanned::new(v, n.loc.clone()))
+}
 
 /// Converts a node to JSON following `ty`, with LinuxKit's strictness (unknown keys are errors).
 pub(crate) fn typed(n: &Node, ty: &Ty, what: &str) -> R<Value> {

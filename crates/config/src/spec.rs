@@ -519,6 +519,9 @@ pub fn generate(
     if let Some(s) = pick(&l.sysctl, &y.sysctl).filter(|s| !s.is_empty()) {
         linux["sysctl"] = json!(s.value);
     }
+    if let Some(s) = pick(&l.seccomp, &y.seccomp) {
+        linux["seccomp"] = s.value.clone();
+    }
     if let Some(p) = pick_str(&l.rootfs_propagation, &y.rootfs_propagation) {
         linux["rootfsPropagation"] = json!(p);
     }
@@ -712,6 +715,52 @@ mod tests {
             b.runtime.mounts[0].source.as_deref(),
             Some("/containers/services/s/rootfs")
         );
+    }
+
+    #[test]
+    fn seccomp_profiles_reach_the_spec() {
+        let c = config(
+            "onboot:\n  - name: a\n    image: x\n    command: [/a]\n    seccomp:\n      defaultAction: SCMP_ACT_ALLOW\n      syscalls:\n        - names: [mkdir, mkdirat]\n          action: SCMP_ACT_ERRNO\n          errnoRet: 1\n",
+        );
+        let b = gen_with(&c, Section::Onboot, None).unwrap();
+        let json = b.config_json().unwrap();
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        assert_eq!(
+            v["linux"]["seccomp"]["syscalls"][0]["names"],
+            json!(["mkdir", "mkdirat"])
+        );
+        assert_eq!(v["linux"]["seccomp"]["syscalls"][0]["errnoRet"], 1);
+    }
+
+    #[test]
+    fn unsupported_seccomp_actions_fail_the_build() {
+        let no_pkg = |_: &Path| -> Result<String, String> { Err("none".into()) };
+        let load_err = |text: &str| {
+            load(
+                &[Source {
+                    name: "t.yml".into(),
+                    text: text.into(),
+                    dir: None,
+                }],
+                &no_pkg,
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let e = load_err(
+            "onboot:\n  - name: a\n    image: x\n    seccomp:\n      defaultAction: SCMP_ACT_NOTIFY\n",
+        );
+        assert!(
+            e.starts_with("t.yml:5:7: seccomp: unsupported action \"SCMP_ACT_NOTIFY\""),
+            "{e}"
+        );
+        let e = load_err("onboot:\n  - name: a\n    image: x\n    seccomp: {syscalls: []}\n");
+        assert!(e.contains("defaultAction is required"), "{e}");
+        let e = load_err(
+            "onboot:\n  - name: a\n    image: x\n    seccomp: {defaultAction: SCMP_ACT_ALLOW, bogus: 1}\n",
+        );
+        assert!(e.contains("bogus"), "{e}");
     }
 
     #[test]
