@@ -232,22 +232,7 @@ impl Store {
                 }
                 layers.push(Descriptor::new(media_type, size, digest.to_oci()));
             }
-            let config_digest = self.put_blob(&config_data)?;
-            let manifest = oci_spec::image::ImageManifestBuilder::default()
-                .schema_version(2u32)
-                .media_type(MediaType::ImageManifest)
-                .config(Descriptor::new(
-                    MediaType::ImageConfig,
-                    config_data.len() as u64,
-                    config_digest.to_oci(),
-                ))
-                .layers(layers)
-                .build()
-                .map_err(|source| Error::Oci {
-                    what: "image manifest",
-                    source,
-                })?;
-            let desc = self.put_manifest(&manifest, None)?;
+            let desc = self.put_image_manifest(&config_data, layers, None)?;
             for r in references {
                 self.tag(&r, desc.clone())?;
                 names.push(r.to_string());

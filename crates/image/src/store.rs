@@ -601,7 +601,17 @@ impl Store {
         config.set_os(Os::Linux);
         config.rootfs_mut().set_diff_ids(diff_ids);
         let config_data = canonical_json(&config).map_err(|e| Error::json("image config", e))?;
-        let config_digest = self.put_blob(&config_data)?;
+        self.put_image_manifest(&config_data, layer_descs, Some(arch))
+    }
+
+    /// Stores an image config blob and the manifest over it and `layers` (already stored).
+    pub(crate) fn put_image_manifest(
+        &self,
+        config_data: &[u8],
+        layers: Vec<Descriptor>,
+        arch: Option<Arch>,
+    ) -> Result<Descriptor> {
+        let config_digest = self.put_blob(config_data)?;
         let manifest = oci_spec::image::ImageManifestBuilder::default()
             .schema_version(2u32)
             .media_type(MediaType::ImageManifest)
@@ -610,13 +620,13 @@ impl Store {
                 config_data.len() as u64,
                 config_digest.to_oci(),
             ))
-            .layers(layer_descs)
+            .layers(layers)
             .build()
             .map_err(|source| Error::Oci {
                 what: "image manifest",
                 source,
             })?;
-        self.put_manifest(&manifest, Some(arch))
+        self.put_manifest(&manifest, arch)
     }
 
     /// Store a manifest document; returns its descriptor (with a platform if `arch` is given).
