@@ -6,97 +6,12 @@ mod common;
 
 use common::*;
 use keel_image::{Arch, Digest, Store};
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+use keel_testutil::{Registry, skopeo_push};
 
-/// A registry server on 127.0.0.1 with its storage in a temp dir; killed on drop.
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        assert!(
-            Path::new(REGISTRY_BIN).is_file(),
-            "{REGISTRY_BIN} is missing: run scripts/setup.sh (it installs the docker-registry package)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let registry = Registry {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the registry did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        registry
-    }
-
-    /// `127.0.0.1:PORT/team/NAME`.
-    fn repo(&self, name: &str) -> String {
-        format!("127.0.0.1:{}/team/{name}", self.port)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Pushes every platform of `name` (a tag in the OCI layout `layout`) to `dest`.
-fn skopeo_push(layout: &Path, name: &str, dest: &str) {
-    let out = Command::new("skopeo")
-        .args([
-            "--insecure-policy",
-            "copy",
-            "--all",
-            "--quiet",
-            "--dest-tls-verify=false",
-        ])
-        .arg(format!("oci:{}:{name}", layout.display()))
-        .arg(format!("docker://{dest}"))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run skopeo ({e}): run scripts/setup.sh"));
-    assert!(
-        out.status.success(),
-        "skopeo push failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// `127.0.0.1:PORT/team/NAME`.
+fn repo(registry: &Registry, name: &str) -> String {
+    format!("{}/team/{name}", registry.host())
 }
 
 /// Stores `put`'s image in `src` under a local tag and pushes it to `dest`; returns its digest.
@@ -130,9 +45,9 @@ fn build_pulls_pins_and_repins_from_a_registry() {
     let src_dir = tempfile::tempdir().unwrap();
     let src = Store::open(src_dir.path()).unwrap();
     let (kernel, init, app) = (
-        format!("{}:1", registry.repo("kernel")),
-        format!("{}:1", registry.repo("init")),
-        format!("{}:v1", registry.repo("app")),
+        format!("{}:1", repo(&registry, "kernel")),
+        format!("{}:1", repo(&registry, "init")),
+        format!("{}:v1", repo(&registry, "app")),
     );
     let dk = publish(&src, &kernel, "src/kernel:1", put_kernel);
     let di = publish(&src, &init, "src/init:1", put_init);
@@ -195,7 +110,7 @@ fn build_pulls_pins_and_repins_from_a_registry() {
 
     // By digest, into another empty store.
     let w2 = Work::empty();
-    let by_digest = format!("{}@{d1}", registry.repo("app"));
+    let by_digest = format!("{}@{d1}", repo(&registry, "app"));
     w2.write("dig.yml", &registry_yaml(&kernel, &init, &by_digest));
     run(&mut w2.keel(["build", "--arch", "x86_64", "--dir", "out", "dig.yml"])).ok();
     assert_eq!(
@@ -217,7 +132,7 @@ fn build_pulls_pins_and_repins_from_a_registry() {
 fn missing_tag_in_a_live_registry_is_reported() {
     let registry = Registry::start();
     let w = Work::with_fixtures().0;
-    let missing = format!("{}:nope", registry.repo("app"));
+    let missing = format!("{}:nope", repo(&registry, "app"));
     w.write("m.yml", &registry_yaml(KERNEL, INIT, &missing));
     let err = run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "out", "m.yml"])).failed();
     assert!(

@@ -9,94 +9,8 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
-
-/// A registry server on 127.0.0.1 with its storage in a temp dir; killed on drop.
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        assert!(
-            Path::new(REGISTRY_BIN).is_file(),
-            "{REGISTRY_BIN} is missing: run scripts/setup.sh (it installs the docker-registry package)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.path().join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let registry = Registry {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the registry did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        registry
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn skopeo_push(layout: &Path, name: &str, dest: &str) {
-    let out = Command::new("skopeo")
-        .args([
-            "--insecure-policy",
-            "copy",
-            "--all",
-            "--quiet",
-            "--dest-tls-verify=false",
-        ])
-        .arg(format!("oci:{}:{name}", layout.display()))
-        .arg(format!("docker://{dest}"))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run skopeo ({e}): run scripts/setup.sh"));
-    assert!(
-        out.status.success(),
-        "skopeo push failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use keel_testutil::{Registry, skopeo_push};
 
 fn tar_with(path: &str, content: &[u8]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -252,7 +166,7 @@ fn single_platform_manifest_pull() {
         .unwrap();
     let name: Reference = "single:1".parse().unwrap();
     src.tag(&name, manifest.clone()).unwrap();
-    let remote = format!("localhost:{}/single:1", registry.port);
+    let remote = format!("localhost:{}/single:1", registry.port());
     skopeo_push(src.path(), &name.to_string(), &remote);
 
     let store = Store::open(dir.path().join("pulled")).unwrap();
@@ -378,7 +292,7 @@ fn bearer_token_flow_with_docker_credentials() {
         &src_ref.to_string(),
         &format!("{}/team/app:v1", registry.host()),
     );
-    let front = start_token_front(registry.port);
+    let front = start_token_front(registry.port());
     let r: Reference = format!("127.0.0.1:{front}/team/app:v1").parse().unwrap();
 
     // Without credentials the token service refuses, and the error says how to log in.
