@@ -329,6 +329,7 @@ pub fn assemble(store: &Store, config: &Config, images: &Images) -> Result<Assem
 
     let ids = config.ids();
     let mut mount_points = Vec::new();
+    let mut shared_roots: BTreeMap<keel_image::Digest, String> = BTreeMap::new();
     for (section, index, spec) in config.containers() {
         let reference = spec.image.as_str();
         let img = image(images, reference)?;
@@ -341,8 +342,7 @@ pub fn assemble(store: &Store, config: &Config, images: &Images) -> Result<Assem
         let bundle =
             keel_config::generate(spec, img.config.config().as_ref(), label.as_ref(), &ctx)?;
 
-        let mut tree = image_tree(store, img, &origin)?;
-        filter(&mut tree, Role::Container, &origin)?;
+        let mut bundle = bundle;
         let image_dir = match bundle.layout {
             RootfsLayout::Direct => keel_bundle::ROOTFS_DIR,
             RootfsLayout::Overlay => "lower",
@@ -352,8 +352,27 @@ pub fn assemble(store: &Store, config: &Config, images: &Images) -> Result<Assem
                 path: bundle.dir.clone(),
                 source,
             })?;
-        graft(&mut root, &format!("{}/{image_dir}", bundle.dir), &tree)?;
-        let image_root = format!("{}/{image_dir}", bundle.dir);
+        // Containers of the same image share one extracted copy: an overlay's lower layer
+        // or a read-only bind source is never written, so one copy serves them all.
+        let own_root = format!("{}/{image_dir}", bundle.dir);
+        let image_root = match shared_roots.get(&img.manifest_digest) {
+            Some(shared) if share_root(&mut bundle, &own_root, shared) => {
+                root.mkdir_all(&own_root, 0o755, 0, 0, &origin)
+                    .map_err(|source| Error::Place {
+                        path: own_root.clone(),
+                        source,
+                    })?;
+                shared.clone()
+            }
+            _ => {
+                let mut tree = image_tree(store, img, &origin)?;
+                filter(&mut tree, Role::Container, &origin)?;
+                graft(&mut root, &own_root, &tree)?;
+                shared_roots.insert(img.manifest_digest.clone(), own_root.clone());
+                own_root
+            }
+        };
+
         for m in bundle.config.mounts().iter().flatten() {
             let bind = m
                 .options()
@@ -417,6 +436,21 @@ pub fn assemble(store: &Store, config: &Config, images: &Images) -> Result<Assem
         place(&mut root, "dev/console", console)?;
     }
     Ok(Assembled { tree: root, kernel })
+}
+
+/// Points `bundle`'s root filesystem mounts (the first entries of its `runtime.json`) at the
+/// image copy in `shared` instead of its own `own_root`. Returns false, changing nothing, when
+/// the mounts are not the generated ones.
+fn share_root(bundle: &mut keel_config::Bundle, own_root: &str, shared: &str) -> bool {
+    let dir = format!("/{}", bundle.dir);
+    let own = keel_config::rootfs_mounts(&dir, &format!("/{own_root}"), bundle.layout);
+    let mounts = &mut bundle.runtime.mounts;
+    if mounts.len() < own.len() || mounts[..own.len()] != own[..] {
+        return false;
+    }
+    let replacement = keel_config::rootfs_mounts(&dir, &format!("/{shared}"), bundle.layout);
+    mounts.splice(..own.len(), replacement);
+    true
 }
 
 /// A mount destination inside a bundle's image root, created at build time because the root

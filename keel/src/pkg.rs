@@ -73,12 +73,13 @@ pub fn ensure(store: &Store, dir: &Path) -> Result<Reference, Error> {
         reference: reference.to_string(),
         source,
     })?;
-    if present.is_none() {
-        log::info!(
-            "building {} ({reference} is not in the store)",
-            dir.display()
-        );
-        build(store, dir, PkgOptions::default())?;
+    if present.is_some() {
+        return Ok(reference);
     }
-    Ok(reference)
+    log::info!(
+        "building {} ({reference} is not in the store)",
+        dir.display()
+    );
+    // The build's own reference: the inputs may have changed since the tag was computed.
+    build(store, dir, PkgOptions::default())
 }

@@ -242,14 +242,26 @@ fn kernel_initrd_output_holds_the_system() {
     );
     assert_eq!(c["root"]["readonly"], true);
 
-    // The service: writable (the YAML overrides the label), so the image is under lower/.
+    // The service: writable (the YAML overrides the label), an overlay whose lower layer is
+    // the onboot container's copy of the same image (one copy per image in the initrd).
     let svc = "containers/services/web";
-    file(&format!("{svc}/runtime.json"));
-    assert_eq!(
-        file(&format!("{svc}/lower/bin/app")).data,
-        app_binary("v1", Arch::X86_64)
+    let rt: serde_json::Value =
+        serde_json::from_slice(&file(&format!("{svc}/runtime.json")).data).unwrap();
+    let overlay = rt["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["type"] == "overlay")
+        .unwrap_or_else(|| panic!("no overlay in {rt}"));
+    assert!(
+        strings(&overlay["options"]).contains(&format!("lowerdir=/{onboot}/rootfs")),
+        "{overlay}"
     );
-    assert_eq!(file(&format!("{svc}/lower/etc/hosts")).text(), HOSTS);
+    dir(&format!("{svc}/lower"));
+    assert!(
+        !m.contains_key(&format!("{svc}/lower/bin/app")),
+        "the image is stored twice"
+    );
     dir(&format!("{svc}/rootfs"));
     dir(&format!("{svc}/tmp"));
     let c = config_json(&m, svc);
@@ -313,7 +325,7 @@ fn tar_and_tar_kernel_initrd_outputs() {
     assert_eq!(t["etc/init-arch"].data, b"aarch64");
     assert_eq!(t["lib/modules/x/kernel/fake.ko"].data, b"aarch64");
     assert_eq!(
-        t["containers/services/web/lower/bin/app"].data,
+        t["containers/onboot/000-setup/rootfs/bin/app"].data,
         app_binary("v1", Arch::Aarch64)
     );
     assert!(t.contains_key("containers/onboot/000-setup/config.json"));
