@@ -42,6 +42,16 @@ enum Command {
     /// Packages: directories with a build.yml (see docs/pkg.md).
     #[command(subcommand)]
     Pkg(PkgCommand),
+    /// Push an image of the store (every platform it has) to a registry.
+    Push {
+        /// The image in the store, e.g. keel/busybox:392c156a64fc12f6.
+        image: String,
+        /// Where to push it (default: the image's own reference).
+        destination: Option<String>,
+        /// Allow plain HTTP to registries that are not on loopback.
+        #[arg(long)]
+        insecure_registry: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -294,6 +304,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let reference = keel::pkg::build(&open_store()?, &dir, opts)?;
             println!("{reference}");
+        }
+        Command::Push {
+            image,
+            destination,
+            insecure_registry,
+        } => {
+            let source: keel_image::Reference = image.parse()?;
+            let dest: keel_image::Reference = match destination {
+                Some(d) => d.parse()?,
+                None => source.clone(),
+            };
+            let options = keel_image::PullOptions {
+                insecure: insecure_registry,
+                ..Default::default()
+            };
+            let desc = open_store()?.push(&source, &dest, &options)?;
+            println!("{dest}@{}", desc.digest());
         }
         Command::Pkg(PkgCommand::ShowTag { dir }) => {
             let store = open_store()?;

@@ -143,3 +143,32 @@ fn missing_tag_in_a_live_registry_is_reported() {
     assert_eq!(listing(&w.path("out")), Vec::<String>::new());
     assert!(!w.path("m.lock.json").exists());
 }
+
+/// `keel push` sends an image of the store (both platforms) to a registry; skopeo reads back
+/// the same index, and `keel build` in another store pulls it from there.
+#[test]
+fn push_to_a_registry() {
+    let registry = Registry::start();
+    let (w, _) = Work::with_fixtures();
+    let local = "127.0.0.1:9/team/app:v1";
+    let digest = put_app(&w.store(), local, "v1");
+    let dest = format!("{}:v1", repo(&registry, "pushed"));
+    let out = run(&mut w.keel(["push", local, &dest])).ok();
+    assert_eq!(out.stdout.trim(), format!("{dest}@{digest}"));
+
+    let raw = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{dest}"))
+        .output()
+        .expect("skopeo runs (scripts/setup.sh installs it)");
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    assert_eq!(Digest::of(&raw.stdout), digest);
+
+    // An image that is not in the store is a clear error.
+    let err = run(&mut w.keel(["push", "127.0.0.1:9/team/nope:1", &dest])).failed();
+    assert!(err.contains("not in the store"), "{err}");
+}

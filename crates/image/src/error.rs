@@ -121,6 +121,15 @@ pub enum Error {
         #[source]
         source: RegistryError,
     },
+    /// Pushing to a registry failed.
+    #[error("cannot push to {reference}")]
+    Push {
+        /// The destination.
+        reference: String,
+        /// The cause.
+        #[source]
+        source: RegistryError,
+    },
     /// Building an OCI document failed.
     #[error("cannot build {what}")]
     Oci {

@@ -1,4 +1,4 @@
-//! Pulling from registries: a small synchronous OCI distribution (v2) client.
+//! Pulling from and pushing to registries: a small synchronous OCI distribution (v2) client.
 //!
 //! Supports anonymous and Basic access, the Bearer token flow (`WWW-Authenticate: Bearer
 //! realm=…,service=…,scope=…`) with credentials from Docker's `config.json`, OCI and Docker v2
@@ -95,6 +95,20 @@ pub enum RegistryError {
         expected: Digest,
         /// What the content hashes to (or a size description).
         actual: String,
+    },
+    /// A platform of the image to push is not in the store.
+    #[error("{reference}: the {what} it lists is not in the store; pull every platform first")]
+    Incomplete {
+        /// The image.
+        reference: String,
+        /// What is missing.
+        what: String,
+    },
+    /// The registry's upload answer had no `Location` to upload to.
+    #[error("{url} started an upload but gave no Location header")]
+    NoUploadLocation {
+        /// The URL.
+        url: String,
     },
     /// The manifest type is not supported.
     #[error(
@@ -227,6 +241,99 @@ impl Store {
         Ok(top)
     }
 
+    /// Push `source` (an image of the store: a manifest, or an index with every platform it
+    /// lists) to `dest`'s registry under `dest`'s tag (or digest). Blobs the registry already
+    /// has are not sent. Returns the pushed top-level descriptor; its digest is unchanged.
+    pub fn push(
+        &self,
+        source: &Reference,
+        dest: &Reference,
+        options: &PullOptions,
+    ) -> Result<Descriptor> {
+        let name = source.to_string();
+        let top = self.resolve(source)?.ok_or_else(|| Error::NotFound {
+            reference: name.clone(),
+            store: self.path().to_path_buf(),
+        })?;
+        let wrap = |source: RegistryError| Error::Push {
+            reference: dest.to_string(),
+            source,
+        };
+        let mut client = Client::new(dest, options).map_err(wrap)?;
+        let top_digest = store::descriptor_digest(&top)?;
+        let top_data = self.read_blob(&top_digest)?;
+        let mut manifests: Vec<(Digest, MediaType, Vec<u8>)> = Vec::new();
+        match store::kind_of(top.media_type()) {
+            Kind::Manifest => manifests.push((
+                top_digest.clone(),
+                top.media_type().clone(),
+                top_data.clone(),
+            )),
+            Kind::Index => {
+                let index: ImageIndex =
+                    serde_json::from_slice(&top_data).map_err(|e| Error::json("image index", e))?;
+                for m in index.manifests() {
+                    let digest = store::descriptor_digest(m)?;
+                    if !self.has_blob(&digest) {
+                        return Err(wrap(RegistryError::Incomplete {
+                            reference: name.clone(),
+                            what: format!("manifest {digest}"),
+                        }));
+                    }
+                    manifests.push((
+                        digest.clone(),
+                        m.media_type().clone(),
+                        self.read_blob(&digest)?,
+                    ));
+                }
+            }
+            Kind::Other => {
+                return Err(wrap(RegistryError::UnsupportedManifest(
+                    top.media_type().to_string(),
+                )));
+            }
+        }
+        let mut sent = 0usize;
+        for (digest, _, data) in &manifests {
+            let manifest: ImageManifest = serde_json::from_slice(data)
+                .map_err(|e| Error::json(format!("manifest {digest}"), e))?;
+            let mut blobs = vec![manifest.config().clone()];
+            blobs.extend(manifest.layers().iter().cloned());
+            for b in blobs {
+                let d = store::descriptor_digest(&b)?;
+                let content = self.read_blob(&d)?;
+                if client.upload_blob(&d, &content).map_err(wrap)? {
+                    sent += 1;
+                }
+            }
+        }
+        // Children first: a registry accepts an index only when its manifests exist.
+        if store::kind_of(top.media_type()) == Kind::Index {
+            for (digest, media_type, data) in &manifests {
+                client
+                    .put_manifest(digest.as_str(), media_type, data)
+                    .map_err(wrap)?;
+            }
+        }
+        let target = match (dest.tag(), dest.digest()) {
+            (Some(tag), _) => tag.to_owned(),
+            (None, Some(d)) if d == &top_digest => d.to_string(),
+            (None, Some(d)) => {
+                return Err(wrap(RegistryError::DigestMismatch {
+                    what: format!("push of {name}"),
+                    expected: d.clone(),
+                    actual: top_digest.to_string(),
+                }));
+            }
+            (None, None) => "latest".to_owned(),
+        };
+        client
+            .put_manifest(&target, top.media_type(), &top_data)
+            .map_err(wrap)?;
+        log::info!("pushed {name} to {dest} ({top_digest}, {sent} blobs sent)");
+        Ok(top)
+    }
+
     /// Whether a blob is present and matches its digest (a damaged one is fetched again).
     fn blob_intact(&self, digest: &Digest, size: u64) -> bool {
         match self.layout().open_blob(digest, Some(size)) {
@@ -334,6 +441,130 @@ impl Client {
         let url = format!("{}/v2/{}/blobs/{digest}", self.base, self.repository);
         let resp = self.get(&url, None)?;
         Ok(resp.into_body().into_reader())
+    }
+
+    /// Sends a request with an optional body, answering one authentication challenge; returns
+    /// the response whatever its status (other than a first 401).
+    fn send(
+        &mut self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Option<&[u8]>,
+    ) -> RResult<ureq::http::Response<ureq::Body>> {
+        let mut challenged = false;
+        loop {
+            let auth = match &self.auth {
+                Auth::None => None,
+                Auth::Basic(b) => Some(format!("Basic {b}")),
+                Auth::Bearer(t) => Some(format!("Bearer {t}")),
+            };
+            let mut all: Vec<(&str, String)> = headers.to_vec();
+            if let Some(a) = auth {
+                all.push(("Authorization", a));
+            }
+            let result = match (method, body) {
+                ("HEAD", _) => all
+                    .iter()
+                    .fold(self.agent.head(url), |r, (k, v)| r.header(*k, v))
+                    .call(),
+                ("POST", b) => {
+                    let r = all
+                        .iter()
+                        .fold(self.agent.post(url), |r, (k, v)| r.header(*k, v));
+                    r.send(b.unwrap_or_default())
+                }
+                ("PUT", b) => {
+                    let r = all
+                        .iter()
+                        .fold(self.agent.put(url), |r, (k, v)| r.header(*k, v));
+                    r.send(b.unwrap_or_default())
+                }
+                _ => all
+                    .iter()
+                    .fold(self.agent.get(url), |r, (k, v)| r.header(*k, v))
+                    .call(),
+            };
+            let resp = result.map_err(|e| http_error(url, e))?;
+            if resp.status().as_u16() == 401 && !challenged {
+                challenged = true;
+                let header = resp
+                    .headers()
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                self.answer(&header)?;
+                continue;
+            }
+            return Ok(resp);
+        }
+    }
+
+    /// Turns a non-2xx response into an error.
+    fn check(
+        &self,
+        url: &str,
+        mut resp: ureq::http::Response<ureq::Body>,
+    ) -> RResult<ureq::http::Response<ureq::Body>> {
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(resp);
+        }
+        if status == 401 || status == 403 {
+            return Err(RegistryError::Unauthorized {
+                registry: self.registry.clone(),
+                url: url.to_owned(),
+            });
+        }
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024)
+            .read_to_string()
+            .unwrap_or_default();
+        Err(RegistryError::Status {
+            url: url.to_owned(),
+            status,
+            message: registry_message(&body),
+        })
+    }
+
+    /// Uploads a blob unless the registry has it (monolithic upload: POST, then PUT ?digest=).
+    fn upload_blob(&mut self, digest: &Digest, data: &[u8]) -> RResult<bool> {
+        let url = format!("{}/v2/{}/blobs/{digest}", self.base, self.repository);
+        if self.send("HEAD", &url, &[], None)?.status().is_success() {
+            return Ok(false);
+        }
+        let start = format!("{}/v2/{}/blobs/uploads/", self.base, self.repository);
+        let resp = self.send("POST", &start, &[], None)?;
+        let resp = self.check(&start, resp)?;
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| RegistryError::NoUploadLocation { url: start.clone() })?
+            .to_owned();
+        let mut put = if location.starts_with('/') {
+            format!("{}{location}", self.base)
+        } else {
+            location
+        };
+        put.push(if put.contains('?') { '&' } else { '?' });
+        put.push_str(&format!("digest={}", url_encode(digest.as_str())));
+        let headers = [("Content-Type", "application/octet-stream".to_owned())];
+        let resp = self.send("PUT", &put, &headers, Some(data))?;
+        self.check(&put, resp)?;
+        Ok(true)
+    }
+
+    /// PUTs a manifest or index under `target` (a tag or its digest).
+    fn put_manifest(&mut self, target: &str, media_type: &MediaType, data: &[u8]) -> RResult<()> {
+        let url = format!("{}/v2/{}/manifests/{target}", self.base, self.repository);
+        let headers = [("Content-Type", media_type.to_string())];
+        let resp = self.send("PUT", &url, &headers, Some(data))?;
+        self.check(&url, resp)?;
+        Ok(())
     }
 
     /// GET `url`, answering one authentication challenge if the registry sends it.

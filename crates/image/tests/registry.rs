@@ -325,3 +325,56 @@ fn bearer_token_flow_with_docker_credentials() {
     assert_eq!(image.label("arch"), Some("x86_64"));
     assert_eq!(layer_files(&store, &image)[0].1, b"x86_64".to_vec());
 }
+
+#[test]
+fn push_a_multi_platform_image_then_read_it_back() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, src_ref, index_digest) = source(dir.path());
+    let options = PullOptions {
+        quiet: true,
+        ..PullOptions::default()
+    };
+    let dest: Reference = format!("{}/team/pushed:v1", registry.host())
+        .parse()
+        .unwrap();
+    let pushed = src.push(&src_ref, &dest, &options).unwrap();
+    assert_eq!(pushed.digest().as_ref(), index_digest.as_str());
+
+    // A third-party client sees the same index, byte for byte.
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{dest}"))
+        .output()
+        .expect("skopeo runs (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(Digest::of(&out.stdout), index_digest);
+
+    // Both platforms pull back into a fresh store with their content.
+    let back = Store::open(dir.path().join("back")).unwrap();
+    for arch in Arch::ALL {
+        back.pull(&dest, arch, &options).unwrap();
+        let image = back.image(&dest, arch).unwrap();
+        assert_eq!(image.label("arch"), Some(arch.uname()));
+        assert!(!layer_files(&back, &image).is_empty());
+    }
+
+    // A second push sends no blob again and still succeeds; a push by a wrong digest fails.
+    src.push(&src_ref, &dest, &options).unwrap();
+    let wrong: Reference = format!("{}/team/pushed@{}", registry.host(), Digest::of(b"other"))
+        .parse()
+        .unwrap();
+    let err = src.push(&src_ref, &wrong, &options).unwrap_err();
+    assert!(err.to_string().starts_with("cannot push to"), "{err}");
+    let cause = std::error::Error::source(&err)
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    assert!(
+        cause.contains(&format!("expected {}", Digest::of(b"other"))),
+        "{cause}"
+    );
+}
