@@ -7,17 +7,20 @@ use crate::power;
 use crate::shim::{Item, ShimIo, Stream};
 use crate::sys;
 use keel_bundle::ShimEvent;
+use keel_supervisor::control::{self, Host, PowerRequest};
+use keel_supervisor::output::{LOG_FILE_BYTES, LOG_FILES, LogFile};
 use keel_supervisor::{
-    Action, ControlServer, Kind, Now, Request, Response, Supervisor, TimelineStep,
+    Action, ControlServer, Kind, Now, Request, Supervisor, TimelineStep, readiness,
 };
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How PID 1 should end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +69,8 @@ pub struct Init {
     control: Option<ControlServer>,
     buttons: Vec<File>,
     shims: Vec<ShimIo>,
+    /// `/var/log/<id>.log` of each record that wrote output.
+    logs: HashMap<usize, LogFile>,
     power: Option<PowerAction>,
 }
 
@@ -95,6 +100,7 @@ impl Init {
             control,
             buttons: power::open_buttons(),
             shims: Vec::new(),
+            logs: HashMap::new(),
             power: None,
         }
     }
@@ -133,6 +139,10 @@ impl Init {
                         }
                     }
                     Action::Milestone(step) => self.timeline.mark(&step),
+                    Action::Probe { index, readiness } => {
+                        let ok = readiness::probe(&readiness);
+                        self.sup.probed(index, ok);
+                    }
                 }
             }
         }
@@ -231,18 +241,32 @@ impl Init {
         if sigchld {
             self.reap();
         }
+        let mut power = None;
         if let Some(server) = self.control.as_mut() {
-            let (sup, timeline) = (&self.sup, &self.timeline);
-            let mut handler = |r: Request| match r {
-                Request::List => Response::List {
-                    containers: sup.list(),
-                },
-                Request::Timeline => Response::Timeline {
-                    steps: timeline.steps().to_vec(),
-                },
+            let (sup, timeline) = (&mut self.sup, &self.timeline);
+            let mut handler = |r: Request| {
+                let host = Host {
+                    proc_root: Path::new("/proc"),
+                    cgroup_root: Path::new("/sys/fs/cgroup"),
+                    timeline: timeline.steps(),
+                };
+                let (response, asked) = control::serve(sup, r, host, Now::system());
+                power = power.or(asked);
+                response
             };
             server.handle(&control_ready, Instant::now(), &mut handler);
             server.expire(Instant::now());
+        }
+        match power {
+            Some(PowerRequest::PowerOff) => {
+                log::info!("keelctl: power off");
+                self.request_stop(PowerAction::PowerOff);
+            }
+            Some(PowerRequest::Reboot) => {
+                log::info!("keelctl: reboot");
+                self.request_stop(PowerAction::Reboot);
+            }
+            None => {}
         }
         self.shims.retain(|s| !s.finished());
         self.sup.tick(Now::system());
@@ -324,12 +348,24 @@ impl Init {
             None => return,
         };
         let to_console = kind != Kind::Service || self.cmdline.console;
+        let stamp = keel_supervisor::time::rfc3339_millis(SystemTime::now());
+        let tag = if stream == Stream::Stderr {
+            "stderr"
+        } else {
+            "stdout"
+        };
+        let file = self.logs.entry(index).or_insert_with(|| {
+            let path = Path::new(keel_bundle::LOG_DIR).join(format!("{id}.log"));
+            LogFile::new(&path, LOG_FILE_BYTES, LOG_FILES)
+        });
         for item in items {
             match item {
                 Item::Output(line) => {
                     if to_console {
                         crate::logger::container_line(&id, &line);
                     }
+                    let line = format!("{stamp} {tag} {line}");
+                    file.write_line(&line);
                     self.sup.output(index, &line);
                 }
                 Item::Event(ev) => {
@@ -340,6 +376,7 @@ impl Init {
                 }
             }
         }
+        file.flush();
     }
 }
 

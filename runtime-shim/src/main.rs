@@ -1,5 +1,6 @@
 //! `keel-shim run <bundle-dir> <id>`: runs one OCI bundle through libcontainer and exits with
 //! the container's status (128+signal when killed), or 127 when it could not be started.
+//! `keel-shim exec <id> -- CMD...` runs a command in a running container (`keelctl exec`).
 //!
 //! PID 1 starts one shim per container so that everything risky (namespaces, mounts,
 //! capabilities, cgroups, seccomp) happens outside PID 1. The contract with PID 1 is
@@ -10,6 +11,7 @@
 mod devices;
 mod elevate;
 mod events;
+mod exec;
 mod executor;
 mod netlink;
 mod prepare;
@@ -23,12 +25,14 @@ use std::process::ExitCode;
 /// Exit status when the container could not be started.
 const FAILED: u8 = 127;
 
-const USAGE: &str = "usage: keel-shim run <bundle-dir> <id>";
+const USAGE: &str =
+    "usage: keel-shim run <bundle-dir> <id>\n       keel-shim exec <id> -- <command> [args...]";
 
 /// Parsed command line.
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
     Run { bundle: PathBuf, id: String },
+    Exec { id: String, args: Vec<String> },
     Help,
     Version,
 }
@@ -39,6 +43,12 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
             bundle: PathBuf::from(bundle),
             id: id.clone(),
         }),
+        [cmd, id, sep, args @ ..] if cmd == "exec" && sep == "--" && !args.is_empty() => {
+            Ok(Command::Exec {
+                id: id.clone(),
+                args: args.to_vec(),
+            })
+        }
         [flag] if flag == "-h" || flag == "--help" || flag == "help" => Ok(Command::Help),
         [flag] if flag == "-V" || flag == "--version" => Ok(Command::Version),
         _ => Err(USAGE.to_owned()),
@@ -83,6 +93,20 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Run { bundle, id } => (bundle, id),
+        Command::Exec { id, args } => {
+            // No status fd here: diagnostics go to stderr, for the person at keelctl.
+            events::init(
+                events::Sink::Stderr,
+                log_level().min(log::LevelFilter::Warn),
+            );
+            return match exec::exec(&id, args) {
+                Ok(status) => ExitCode::from(u8::try_from(status & 0xff).unwrap_or(FAILED)),
+                Err(err) => {
+                    log::error!("{}", chain(&err));
+                    ExitCode::from(FAILED)
+                }
+            };
+        }
     };
     events::init(events::sink_from_env(), log_level());
     match run::run(&bundle, &id) {
@@ -115,6 +139,15 @@ mod tests {
         assert!(parse_args(&args(&["run", "/b"])).is_err());
         assert!(parse_args(&args(&["start", "/b", "x"])).is_err());
         assert!(parse_args(&[]).is_err());
+        assert_eq!(
+            parse_args(&args(&["exec", "web", "--", "ls", "-l"])),
+            Ok(Command::Exec {
+                id: "web".into(),
+                args: vec!["ls".into(), "-l".into()]
+            })
+        );
+        assert!(parse_args(&args(&["exec", "web", "--"])).is_err());
+        assert!(parse_args(&args(&["exec", "web", "ls"])).is_err());
     }
 
     #[test]

@@ -111,7 +111,7 @@ fn remove_stale(id: &str) {
 }
 
 /// Blocks the forwarded signals and SIGCHLD and returns a signalfd reading them.
-fn block_signals() -> Result<SignalFd, RunError> {
+pub fn block_signals() -> Result<SignalFd, RunError> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     for s in FORWARDED {
@@ -282,7 +282,7 @@ fn create(bundle: &Path, id: &str, executor: ShimExecutor) -> Result<Container, 
 }
 
 /// Forwards signals to `pid` and reaps children until `pid` exits; returns its status.
-fn wait_for(pid: Pid, signals: &SignalFd) -> Result<i32, RunError> {
+pub fn wait_for(pid: Pid, signals: &SignalFd) -> Result<i32, RunError> {
     loop {
         let info = match signals.read_signal() {
             Ok(Some(info)) => info,

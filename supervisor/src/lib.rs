@@ -5,13 +5,17 @@
 
 pub mod bundles;
 pub mod client;
+pub mod control;
 pub mod lifecycle;
 pub mod output;
+pub mod procs;
 pub mod protocol;
+pub mod readiness;
+pub mod restart;
 pub mod server;
 pub mod time;
 
 pub use bundles::{Bundle, Kind, discover};
-pub use lifecycle::{Action, Now, Record, Settings, Status, Supervisor};
+pub use lifecycle::{Action, ControlError, Now, Record, Settings, Status, Supervisor};
 pub use protocol::{ContainerInfo, Request, Response, TimelineStep};
 pub use server::ControlServer;

@@ -4,14 +4,19 @@
 //! returns, so the whole policy is testable without root.
 //!
 //! Boot: onboot containers one at a time in lexical order, each with a timeout, then every
-//! service at once. Shutdown: onshutdown containers one at a time (services still run), then
-//! SIGTERM to each remaining shim (which forwards it), SIGKILL to the container after the grace
-//! period, SIGKILL to the shim if it still lingers.
+//! service whose dependencies are ready (all at once when there are none); a service's
+//! dependents start when it becomes ready (started, or its readiness probe passed — PID 1 runs
+//! the probes the supervisor asks for with [`Action::Probe`]). A service that exits is
+//! restarted according to its policy with the backoff of [`crate::restart`]. Shutdown:
+//! onshutdown containers one at a time (services still run), then the services in reverse
+//! dependency order: SIGTERM to each shim (which forwards it), SIGKILL to the container after
+//! the grace period, SIGKILL to the shim if it still lingers.
 
 use crate::bundles::{Bundle, Kind};
 use crate::output::LogRing;
 use crate::protocol::ContainerInfo;
-use keel_bundle::{ShimEvent, Supervision};
+use crate::restart::Restarter;
+use keel_bundle::{Readiness, ShimEvent, Supervision};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -21,6 +26,23 @@ use std::time::{Duration, Instant, SystemTime};
 const KILL_WAIT: Duration = Duration::from_secs(2);
 /// Exit status of a shim that failed before the container started.
 const SHIM_FAILED: i32 = 127;
+/// Time between two readiness probes of a service.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Why a control request on a container was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("no container named {0}")]
+    Unknown(String),
+    #[error("{0} is not a service")]
+    NotAService(String),
+    #[error("{0} is not running")]
+    NotRunning(String),
+    #[error("{0} is already running")]
+    AlreadyRunning(String),
+    #[error("the system is shutting down")]
+    ShuttingDown,
+}
 
 /// Tunables, mostly from the kernel command line.
 #[derive(Debug, Clone)]
@@ -38,7 +60,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             onboot_timeout: Duration::from_secs(60),
-            stop_grace: Duration::from_secs(5),
+            stop_grace: Duration::from_secs(10),
             log_lines: 200,
         }
     }
@@ -75,6 +97,10 @@ pub enum Status {
     Stopped,
     /// It could not run (bad bundle, shim failure) or was killed after a timeout.
     Failed,
+    /// A service waiting for its next restart.
+    Backoff,
+    /// A service waiting for its next restart after exiting in a loop.
+    Crashloop,
 }
 
 impl Status {
@@ -86,6 +112,8 @@ impl Status {
             Status::Running => "running",
             Status::Stopped => "stopped",
             Status::Failed => "failed",
+            Status::Backoff => "backoff",
+            Status::Crashloop => "crashloop",
         }
     }
 }
@@ -100,6 +128,8 @@ pub enum Action {
     Signal { pid: i32, signal: Signal },
     /// A boot timeline step was reached.
     Milestone(String),
+    /// Check whether service `index` is ready, then report [`Supervisor::probed`].
+    Probe { index: usize, readiness: Readiness },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +174,26 @@ pub struct Record {
     timeout_at: Option<Instant>,
     timed_out: bool,
     stop: Option<Stop>,
+    /// Escalation ran out and the shim still lives: shutdown no longer waits for it.
+    abandoned: bool,
+    restarter: Restarter,
+    /// Dependents may start (see [`Readiness`]).
+    pub ready: bool,
+    /// When to start it again after an exit.
+    restart_at: Option<Instant>,
+    /// When to probe its readiness next.
+    probe_at: Option<Instant>,
+    /// Stopped by hand: not restarted until started by hand.
+    held: bool,
+    /// Start again as soon as it exited (`keelctl restart`).
+    restart_requested: bool,
+}
+
+impl Record {
+    /// Its shim runs and shutdown still waits for it.
+    fn live(&self) -> bool {
+        self.shim_pid.is_some() && !self.abandoned
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +234,10 @@ impl Supervisor {
 
     /// Registers a bundle; one that cannot run is recorded as failed right away.
     pub fn add(&mut self, bundle: Bundle) {
+        // A seed per name: jitter differs between services yet is the same on every boot.
+        let seed = bundle.id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
         let (status, supervision, error) = match bundle.runtime {
             Ok(rt) => (Status::Pending, rt.keel, None),
             Err(e) => {
@@ -191,6 +245,8 @@ impl Supervisor {
                 (Status::Failed, Supervision::default(), Some(e))
             }
         };
+        // Only services restart (see `after_service_exit`).
+        let policy = supervision.restart;
         self.records.push(Record {
             id: bundle.id,
             kind: bundle.kind,
@@ -210,7 +266,105 @@ impl Supervisor {
             timeout_at: None,
             timed_out: false,
             stop: None,
+            abandoned: false,
+            restarter: Restarter::new(policy, seed),
+            ready: false,
+            restart_at: None,
+            probe_at: None,
+            held: false,
+            restart_requested: false,
         });
+    }
+
+    /// The index of the container named `id`.
+    pub fn find(&self, id: &str) -> Result<usize, ControlError> {
+        self.records
+            .iter()
+            .position(|r| r.id == id)
+            .ok_or_else(|| ControlError::Unknown(id.to_owned()))
+    }
+
+    fn service(&self, id: &str) -> Result<usize, ControlError> {
+        let index = self.find(id)?;
+        if self.records[index].kind != Kind::Service {
+            return Err(ControlError::NotAService(id.to_owned()));
+        }
+        if self.phase != Phase::Running {
+            return Err(ControlError::ShuttingDown);
+        }
+        Ok(index)
+    }
+
+    /// `keelctl start`: starts a service that does not run now, forgetting its backoff.
+    pub fn start_service(&mut self, id: &str) -> Result<(), ControlError> {
+        let index = self.service(id)?;
+        let rec = &mut self.records[index];
+        if rec.shim_pid.is_some() {
+            return Err(ControlError::AlreadyRunning(id.to_owned()));
+        }
+        rec.held = false;
+        rec.restart_at = None;
+        rec.restarter.reset();
+        self.start(index);
+        Ok(())
+    }
+
+    /// `keelctl stop`: stops a service (SIGTERM, then SIGKILL after its grace period) and
+    /// keeps it down until it is started by hand.
+    pub fn stop_service(&mut self, id: &str, now: Now) -> Result<(), ControlError> {
+        let index = self.service(id)?;
+        let rec = &mut self.records[index];
+        rec.held = true;
+        rec.restart_requested = false;
+        if rec.restart_at.take().is_some() || rec.status == Status::Pending {
+            rec.status = Status::Stopped;
+        }
+        self.stop(index, now);
+        Ok(())
+    }
+
+    /// `keelctl restart`: stops a running service and starts it again as soon as it exited;
+    /// starts one that does not run.
+    pub fn restart_service(&mut self, id: &str, now: Now) -> Result<(), ControlError> {
+        let index = self.service(id)?;
+        let rec = &mut self.records[index];
+        rec.held = false;
+        rec.restart_at = None;
+        rec.restarter.reset();
+        if rec.shim_pid.is_some() {
+            rec.restart_requested = true;
+            self.stop(index, now);
+        } else {
+            self.start(index);
+        }
+        Ok(())
+    }
+
+    /// `keelctl kill`: sends `signal` to a running container's process (the restart policy
+    /// applies to the exit that may follow).
+    pub fn kill(&mut self, id: &str, signal: Signal) -> Result<(), ControlError> {
+        let index = self.find(id)?;
+        let pid = self.records[index]
+            .pid
+            .filter(|_| self.records[index].shim_pid.is_some())
+            .ok_or_else(|| ControlError::NotRunning(id.to_owned()))?;
+        self.actions.push(Action::Signal { pid, signal });
+        Ok(())
+    }
+
+    /// The readiness probe PID 1 ran for record `index` after an [`Action::Probe`] passed
+    /// (`ok`) or not (probed again after [`PROBE_INTERVAL`]).
+    pub fn probed(&mut self, index: usize, ok: bool) {
+        let Some(rec) = self.records.get_mut(index) else {
+            return;
+        };
+        if !ok || rec.status != Status::Running || rec.ready {
+            return;
+        }
+        log::info!("service {}: ready", rec.id);
+        rec.ready = true;
+        rec.probe_at = None;
+        self.start_waiting_services();
     }
 
     pub fn records(&self) -> &[Record] {
@@ -268,6 +422,8 @@ impl Supervisor {
         rec.status = Status::Failed;
         rec.error = Some(error);
         rec.created = Some(now.wall);
+        rec.started_at = Some(now.mono);
+        rec.exit_status = Some(SHIM_FAILED);
         self.after_end(index, now);
     }
 
@@ -291,6 +447,15 @@ impl Supervisor {
                 rec.pid = Some(pid);
                 rec.started = true;
                 log::debug!("{} {}: started, pid {pid}", rec.kind.as_str(), rec.id);
+                if rec.kind == Kind::Service {
+                    if rec.supervision.readiness.is_started() {
+                        rec.ready = true;
+                        self.start_waiting_services();
+                    } else {
+                        // Due at once: the next tick probes.
+                        rec.probe_at = rec.started_at;
+                    }
+                }
             }
             ShimEvent::Log { level, message } => {
                 // The shim relays libcontainer's chatter at info level: keep only warnings
@@ -336,6 +501,9 @@ impl Supervisor {
         rec.shim_pid = None;
         rec.timeout_at = None;
         rec.stop = None;
+        rec.abandoned = false;
+        rec.ready = false;
+        rec.probe_at = None;
         let took = rec
             .started_at
             .map_or(Duration::ZERO, |t| now.mono.saturating_duration_since(t));
@@ -413,22 +581,106 @@ impl Supervisor {
         });
     }
 
-    /// Stops everything still running and waits (bounded) for it.
+    /// Stops everything still running, dependents before their dependencies, and waits
+    /// (bounded) for it.
     fn stop_all(&mut self, now: Now) {
-        let mut longest = Duration::ZERO;
-        for index in 0..self.records.len() {
-            let rec = &self.records[index];
+        let mut budget = Duration::ZERO;
+        for rec in &mut self.records {
+            rec.probe_at = None;
+            if rec.restart_at.take().is_some() {
+                rec.status = Status::Stopped;
+            }
             if rec.shim_pid.is_some() {
                 let grace = rec
                     .supervision
                     .stop_grace_period
                     .unwrap_or(self.settings.stop_grace);
-                longest = longest.max(grace);
+                // Stops may run one after the other (a dependency chain).
+                budget += grace + 3 * KILL_WAIT;
+            }
+        }
+        self.phase = Phase::Stopping(now.mono + budget);
+        self.stop_next(now);
+        self.check_halted();
+    }
+
+    /// SIGTERM to every live container that no live service depends on any more.
+    fn stop_next(&mut self, now: Now) {
+        for index in 0..self.records.len() {
+            let rec = &self.records[index];
+            if !rec.live() || rec.stop.is_some() {
+                continue;
+            }
+            let needed = rec.kind == Kind::Service
+                && self.records.iter().any(|other| {
+                    other.live()
+                        && other.kind == Kind::Service
+                        && other.id != rec.id
+                        && other.supervision.depends_on.contains(&rec.id)
+                });
+            if !needed {
                 self.stop(index, now);
             }
         }
-        self.phase = Phase::Stopping(now.mono + longest + 3 * KILL_WAIT);
-        self.check_halted();
+    }
+
+    /// What follows the exit of service `index` while the system runs: a restart by hand, by
+    /// policy after a backoff, or none.
+    fn after_service_exit(&mut self, index: usize, now: Now) {
+        let rec = &mut self.records[index];
+        if std::mem::take(&mut rec.restart_requested) {
+            self.start(index);
+            return;
+        }
+        if rec.held {
+            return;
+        }
+        let exit = rec.exit_status.unwrap_or(SHIM_FAILED);
+        let ran = rec
+            .started_at
+            .map_or(Duration::ZERO, |t| now.mono.saturating_duration_since(t));
+        if let Some(delay) = rec.restarter.on_exit(exit, ran, now.mono) {
+            rec.restart_at = Some(now.mono + delay);
+            rec.status = if rec.restarter.crashloop() {
+                Status::Crashloop
+            } else {
+                Status::Backoff
+            };
+            log::info!(
+                "service {}: restart in {} ms{}",
+                rec.id,
+                delay.as_millis(),
+                if rec.restarter.crashloop() {
+                    " (crashloop)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+
+    /// Starts every pending service whose dependencies are ready.
+    fn start_waiting_services(&mut self) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        for index in 0..self.records.len() {
+            let rec = &self.records[index];
+            if rec.kind != Kind::Service || rec.status != Status::Pending || rec.held {
+                continue;
+            }
+            // keel-config rejects unknown names at build time; one that slips through does
+            // not block the service.
+            let deps_ready = rec.supervision.depends_on.iter().all(|dep| {
+                self.records
+                    .iter()
+                    .find(|r| r.kind == Kind::Service && &r.id == dep)
+                    .is_none_or(|r| r.ready)
+            });
+            if deps_ready {
+                self.start(index);
+            }
+        }
     }
 
     /// Starts the first pending onshutdown container at or after `from`; stops everything
@@ -452,10 +704,18 @@ impl Supervisor {
 
     /// The next instant [`Supervisor::tick`] has something to do, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
+        let running = self.phase == Phase::Running;
         let records = self
             .records
             .iter()
-            .flat_map(|r| [r.timeout_at, r.stop.map(|s| s.deadline)])
+            .flat_map(|r| {
+                [
+                    r.timeout_at,
+                    r.stop.map(|s| s.deadline),
+                    r.restart_at.filter(|_| running),
+                    r.probe_at.filter(|_| running),
+                ]
+            })
             .flatten();
         let phase = match self.phase {
             Phase::Stopping(t) => Some(t),
@@ -464,8 +724,26 @@ impl Supervisor {
         records.chain(phase).min()
     }
 
-    /// Acts on every deadline that passed: onboot timeouts, stop escalation.
+    /// Acts on every deadline that passed: restarts, readiness probes, onboot timeouts, stop
+    /// escalation.
     pub fn tick(&mut self, now: Now) {
+        if self.phase == Phase::Running {
+            for index in 0..self.records.len() {
+                let rec = &mut self.records[index];
+                if rec.restart_at.is_some_and(|t| now.mono >= t) {
+                    rec.restart_at = None;
+                    self.start(index);
+                } else if let Some(t) = rec.probe_at
+                    && now.mono >= t
+                {
+                    rec.probe_at = Some(now.mono + PROBE_INTERVAL);
+                    self.actions.push(Action::Probe {
+                        index,
+                        readiness: rec.supervision.readiness.clone(),
+                    });
+                }
+            }
+        }
         for rec in &mut self.records {
             let Some(shim) = rec.shim_pid else { continue };
             if let Some(stop) = rec.stop {
@@ -487,6 +765,7 @@ impl Supervisor {
                             rec.kind.as_str(),
                             rec.id
                         );
+                        rec.abandoned = true;
                         None
                     }
                 };
@@ -518,11 +797,14 @@ impl Supervisor {
                 });
             }
         }
-        if let Phase::Stopping(limit) = self.phase
-            && now.mono >= limit
-        {
-            log::error!("giving up waiting for containers to stop");
-            self.phase = Phase::Halted;
+        if let Phase::Stopping(limit) = self.phase {
+            if now.mono >= limit {
+                log::error!("giving up waiting for containers to stop");
+                self.phase = Phase::Halted;
+            } else {
+                self.stop_next(now);
+                self.check_halted();
+            }
         }
     }
 
@@ -540,6 +822,7 @@ impl Supervisor {
                 restarts: r.restarts,
                 kind: r.kind.as_str().into(),
                 exit_status: r.exit_status,
+                ready: r.ready,
             })
             .collect()
     }
@@ -554,7 +837,13 @@ impl Supervisor {
             Phase::Onshutdown(None) if self.records[index].kind == Kind::Onboot => {
                 self.next_onshutdown(0, now);
             }
-            Phase::Stopping(_) => self.check_halted(),
+            Phase::Stopping(_) => {
+                self.stop_next(now);
+                self.check_halted();
+            }
+            Phase::Running if self.records[index].kind == Kind::Service => {
+                self.after_service_exit(index, now);
+            }
             _ => {}
         }
     }
@@ -577,13 +866,7 @@ impl Supervisor {
             None => {
                 self.actions.push(Action::Milestone("onboot done".into()));
                 self.phase = Phase::Running;
-                for index in 0..self.records.len() {
-                    if self.records[index].kind == Kind::Service
-                        && self.records[index].status == Status::Pending
-                    {
-                        self.start(index);
-                    }
-                }
+                self.start_waiting_services();
                 self.actions
                     .push(Action::Milestone("services started".into()));
             }
@@ -593,6 +876,11 @@ impl Supervisor {
     fn start(&mut self, index: usize) {
         let rec = &mut self.records[index];
         log::info!("starting {} {}", rec.kind.as_str(), rec.id);
+        if rec.created.is_some() {
+            rec.restarts = rec.restarts.saturating_add(1);
+        }
+        rec.ready = false;
+        rec.probe_at = None;
         rec.status = Status::Creating;
         rec.started = false;
         rec.timed_out = false;
@@ -602,9 +890,7 @@ impl Supervisor {
     }
 
     fn check_halted(&mut self) {
-        if matches!(self.phase, Phase::Stopping(_))
-            && self.records.iter().all(|r| r.shim_pid.is_none())
-        {
+        if matches!(self.phase, Phase::Stopping(_)) && self.records.iter().all(|r| !r.live()) {
             self.phase = Phase::Halted;
         }
     }
@@ -613,7 +899,7 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_bundle::Runtime;
+    use keel_bundle::{Readiness, RestartPolicy, Runtime};
 
     fn bundle(kind: Kind, id: &str, runtime: Result<Runtime, String>) -> Bundle {
         Bundle {
@@ -649,6 +935,16 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn policy(restart: RestartPolicy) -> Runtime {
+        Runtime {
+            keel: Supervision {
+                restart,
+                ..Supervision::default()
+            },
+            ..Runtime::default()
+        }
     }
 
     fn system() -> Supervisor {
@@ -703,7 +999,7 @@ mod tests {
     fn shim_failure_before_start_is_failed_with_its_message() {
         let t0 = Now::system();
         let mut s = Supervisor::new(Settings::default());
-        s.add(bundle(Kind::Service, "x", Ok(Runtime::default())));
+        s.add(bundle(Kind::Service, "x", Ok(policy(RestartPolicy::Never))));
         s.boot();
         s.take_actions();
         s.spawned(0, 10, t0);
@@ -776,9 +1072,11 @@ mod tests {
         assert!(s.take_actions().is_empty());
         s.tick(at(t0, 10));
         assert_eq!(signals(&s.take_actions()), [(10, Signal::SIGTERM)]);
-        s.tick(at(t0, 15));
+        s.tick(at(t0, 19));
+        assert!(s.take_actions().is_empty(), "10 s of grace by default");
+        s.tick(at(t0, 20));
         assert_eq!(signals(&s.take_actions()), [(11, Signal::SIGKILL)]);
-        s.tick(at(t0, 17));
+        s.tick(at(t0, 22));
         assert_eq!(signals(&s.take_actions()), [(10, Signal::SIGKILL)]);
         s.child_exited(10, 137, at(t0, 18));
         assert_eq!(s.records()[0].status, Status::Failed);
@@ -808,10 +1106,10 @@ mod tests {
         s.shim_event(10, ShimEvent::Exited { status: 143 });
         s.child_exited(10, 143, at(t0, 101));
         assert!(!s.is_halted());
-        s.tick(at(t0, 105));
+        s.tick(at(t0, 110));
         assert_eq!(signals(&s.take_actions()), [(21, Signal::SIGKILL)]);
         s.shim_event(20, ShimEvent::Exited { status: 137 });
-        s.child_exited(20, 137, at(t0, 105));
+        s.child_exited(20, 137, at(t0, 110));
         assert!(s.is_halted());
         assert_eq!(s.records()[1].exit_status, Some(137));
     }
@@ -907,5 +1205,281 @@ mod tests {
         s.shutdown(Now::system());
         assert!(s.is_halted());
         assert_eq!(s.records()[0].status, Status::Pending);
+    }
+
+    fn ms(base: Now, millis: u64) -> Now {
+        Now {
+            mono: base.mono + Duration::from_millis(millis),
+            wall: base.wall + Duration::from_millis(millis),
+        }
+    }
+
+    fn with(restart: RestartPolicy, deps: &[&str], readiness: Readiness) -> Runtime {
+        Runtime {
+            keel: Supervision {
+                restart,
+                depends_on: deps.iter().map(|d| d.to_string()).collect(),
+                readiness,
+                ..Supervision::default()
+            },
+            ..Runtime::default()
+        }
+    }
+
+    /// Runs record `index` as shim `shim` with container `shim + 1`.
+    fn run(s: &mut Supervisor, index: usize, shim: i32, now: Now) {
+        s.spawned(index, shim, now);
+        s.shim_event(shim, ShimEvent::Started { pid: shim + 1 });
+    }
+
+    /// The shim `shim` reports its container's exit, then exits.
+    fn exit(s: &mut Supervisor, shim: i32, status: i32, now: Now) {
+        s.shim_event(shim, ShimEvent::Exited { status });
+        assert!(s.child_exited(shim, status, now));
+    }
+
+    #[test]
+    fn a_dead_service_restarts_on_the_backoff_curve_then_crashloops() {
+        let t0 = Now::system();
+        let mut s = Supervisor::new(Settings::default());
+        s.add(bundle(Kind::Service, "flaky", Ok(Runtime::default())));
+        s.boot();
+        assert_eq!(spawns(&s.take_actions()), [0]);
+        let mut now = t0;
+        let mut shim = 10;
+        let mut delays = Vec::new();
+        for _ in 0..5 {
+            run(&mut s, 0, shim, now);
+            exit(&mut s, shim, 137, now);
+            let due = s.next_deadline().expect("a restart is planned");
+            let delay = due - now.mono;
+            delays.push(delay);
+            s.tick(Now {
+                mono: due - Duration::from_millis(1),
+                wall: now.wall,
+            });
+            assert!(s.take_actions().is_empty(), "not before its time");
+            now = Now {
+                mono: due,
+                wall: now.wall + delay,
+            };
+            s.tick(now);
+            assert_eq!(spawns(&s.take_actions()), [0]);
+            shim += 10;
+        }
+        for (i, d) in delays[..4].iter().enumerate() {
+            let nominal = 100u128 << i;
+            assert!(d.as_millis() <= nominal && d.as_millis() * 10 >= nominal * 9);
+        }
+        assert!(
+            delays[4] >= Duration::from_secs(54),
+            "the 5th exit: crashloop"
+        );
+        assert_eq!(s.records()[0].restarts, 5);
+        run(&mut s, 0, shim, now);
+        exit(&mut s, shim, 1, now);
+        assert_eq!(s.records()[0].status, Status::Crashloop);
+        assert_eq!(s.list()[0].status, "crashloop");
+    }
+
+    #[test]
+    fn never_and_on_failure_are_honoured() {
+        let t0 = Now::system();
+        let mut s = Supervisor::new(Settings::default());
+        s.add(bundle(
+            Kind::Service,
+            "never",
+            Ok(with(RestartPolicy::Never, &[], Readiness::Started)),
+        ));
+        s.add(bundle(
+            Kind::Service,
+            "onfail",
+            Ok(with(RestartPolicy::OnFailure, &[], Readiness::Started)),
+        ));
+        s.add(bundle(Kind::Onboot, "000-once", Ok(Runtime::default())));
+        s.boot();
+        assert_eq!(spawns(&s.take_actions()), [2]);
+        s.spawned(2, 5, t0);
+        exit(&mut s, 5, 1, t0);
+        assert_eq!(spawns(&s.take_actions()), [0, 1]);
+        assert_eq!(
+            s.records()[2].status,
+            Status::Stopped,
+            "onboot never restarts"
+        );
+        run(&mut s, 0, 10, t0);
+        run(&mut s, 1, 20, t0);
+        exit(&mut s, 10, 1, t0);
+        exit(&mut s, 20, 0, t0);
+        assert_eq!(s.next_deadline(), None, "nothing to restart");
+        assert_eq!(s.records()[0].status, Status::Stopped);
+        s.start_service("onfail").unwrap();
+        assert_eq!(spawns(&s.take_actions()), [1]);
+        run(&mut s, 1, 30, t0);
+        exit(&mut s, 30, 2, t0);
+        assert_eq!(s.records()[1].status, Status::Backoff);
+        assert!(s.next_deadline().is_some());
+    }
+
+    #[test]
+    fn dependents_start_when_their_dependency_is_ready() {
+        let t0 = Now::system();
+        let mut s = Supervisor::new(Settings::default());
+        s.add(bundle(
+            Kind::Service,
+            "db",
+            Ok(with(RestartPolicy::Always, &[], Readiness::Tcp(5432))),
+        ));
+        s.add(bundle(
+            Kind::Service,
+            "web",
+            Ok(with(RestartPolicy::Always, &["db"], Readiness::Started)),
+        ));
+        s.add(bundle(
+            Kind::Service,
+            "proxy",
+            Ok(with(RestartPolicy::Always, &["web"], Readiness::Started)),
+        ));
+        s.add(bundle(Kind::Service, "lone", Ok(Runtime::default())));
+        s.boot();
+        assert_eq!(
+            spawns(&s.take_actions()),
+            [0, 3],
+            "no-dependency services start together"
+        );
+        run(&mut s, 0, 10, t0);
+        assert!(
+            !s.records()[0].ready,
+            "started is not ready for a tcp check"
+        );
+        s.tick(t0);
+        let a = s.take_actions();
+        assert_eq!(
+            a,
+            [Action::Probe {
+                index: 0,
+                readiness: Readiness::Tcp(5432)
+            }]
+        );
+        s.probed(0, false);
+        assert_eq!(s.next_deadline(), Some(t0.mono + PROBE_INTERVAL));
+        s.tick(ms(t0, 50));
+        assert!(s.take_actions().is_empty(), "probes are spaced");
+        s.tick(ms(t0, 100));
+        assert_eq!(s.take_actions().len(), 1);
+        s.probed(0, true);
+        assert!(s.records()[0].ready);
+        assert_eq!(spawns(&s.take_actions()), [1], "web after db is ready");
+        run(&mut s, 1, 20, ms(t0, 100));
+        assert_eq!(spawns(&s.take_actions()), [2], "proxy after web started");
+    }
+
+    #[test]
+    fn shutdown_stops_dependents_first() {
+        let t0 = Now::system();
+        let mut s = Supervisor::new(Settings::default());
+        s.add(bundle(Kind::Service, "db", Ok(Runtime::default())));
+        s.add(bundle(
+            Kind::Service,
+            "web",
+            Ok(with(RestartPolicy::Always, &["db"], Readiness::Started)),
+        ));
+        s.add(bundle(Kind::Service, "other", Ok(Runtime::default())));
+        s.boot();
+        s.take_actions();
+        run(&mut s, 0, 10, t0);
+        run(&mut s, 2, 30, t0);
+        run(&mut s, 1, 20, t0);
+        s.shutdown(t0);
+        assert_eq!(
+            signals(&s.take_actions()),
+            [(20, Signal::SIGTERM), (30, Signal::SIGTERM)],
+            "db waits for web"
+        );
+        exit(&mut s, 30, 143, ms(t0, 5));
+        assert!(signals(&s.take_actions()).is_empty());
+        exit(&mut s, 20, 143, ms(t0, 10));
+        assert_eq!(signals(&s.take_actions()), [(10, Signal::SIGTERM)]);
+        assert!(s.take_actions().is_empty(), "no restarts while stopping");
+        exit(&mut s, 10, 143, ms(t0, 20));
+        assert!(s.is_halted(), "prompt exits halt at once");
+        assert_eq!(s.records()[1].restarts, 0);
+    }
+
+    #[test]
+    fn stop_by_hand_escalates_and_keeps_it_down() {
+        let t0 = Now::system();
+        let mut s = Supervisor::new(Settings::default());
+        let rt = Runtime {
+            keel: Supervision {
+                stop_grace_period: Some(Duration::from_secs(3)),
+                ..Supervision::default()
+            },
+            ..Runtime::default()
+        };
+        s.add(bundle(Kind::Service, "stubborn", Ok(rt)));
+        s.add(bundle(Kind::Onboot, "000-x", Ok(Runtime::default())));
+        s.boot();
+        s.take_actions();
+        s.spawned(1, 5, t0);
+        exit(&mut s, 5, 0, t0);
+        s.take_actions();
+        run(&mut s, 0, 10, t0);
+        assert_eq!(
+            s.stop_service("nope", t0),
+            Err(ControlError::Unknown("nope".into()))
+        );
+        assert_eq!(
+            s.start_service("000-x"),
+            Err(ControlError::NotAService("000-x".into()))
+        );
+        assert_eq!(
+            s.start_service("stubborn"),
+            Err(ControlError::AlreadyRunning("stubborn".into()))
+        );
+        s.stop_service("stubborn", t0).unwrap();
+        assert_eq!(signals(&s.take_actions()), [(10, Signal::SIGTERM)]);
+        s.tick(at(t0, 2));
+        assert!(s.take_actions().is_empty());
+        s.tick(at(t0, 3));
+        assert_eq!(signals(&s.take_actions()), [(11, Signal::SIGKILL)]);
+        exit(&mut s, 10, 137, at(t0, 3));
+        assert_eq!(s.records()[0].status, Status::Stopped);
+        assert_eq!(s.next_deadline(), None, "held: no restart");
+        assert_eq!(
+            s.kill("stubborn", Signal::SIGHUP),
+            Err(ControlError::NotRunning("stubborn".into()))
+        );
+        s.start_service("stubborn").unwrap();
+        assert_eq!(spawns(&s.take_actions()), [0]);
+    }
+
+    #[test]
+    fn restart_and_kill_by_hand() {
+        let t0 = Now::system();
+        let mut s = Supervisor::new(Settings::default());
+        s.add(bundle(
+            Kind::Service,
+            "svc",
+            Ok(with(RestartPolicy::Never, &[], Readiness::Started)),
+        ));
+        s.boot();
+        s.take_actions();
+        run(&mut s, 0, 10, t0);
+        s.kill("svc", Signal::SIGUSR1).unwrap();
+        assert_eq!(signals(&s.take_actions()), [(11, Signal::SIGUSR1)]);
+        s.restart_service("svc", t0).unwrap();
+        assert_eq!(signals(&s.take_actions()), [(10, Signal::SIGTERM)]);
+        exit(&mut s, 10, 143, t0);
+        assert_eq!(
+            spawns(&s.take_actions()),
+            [0],
+            "restarted at once despite `never`"
+        );
+        s.shutdown(t0);
+        assert_eq!(
+            s.restart_service("svc", t0),
+            Err(ControlError::ShuttingDown)
+        );
     }
 }

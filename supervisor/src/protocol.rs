@@ -16,15 +16,56 @@ pub enum Request {
     List,
     /// The boot timeline recorded by PID 1.
     Timeline,
+    /// The processes in a running container's cgroup.
+    Ps { id: String },
+    /// A container's recent output: lines numbered from `after` on (all kept lines when
+    /// absent), at most the last `lines` of them.
+    Logs {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lines: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+    },
+    /// Start a service that does not run.
+    Start { id: String },
+    /// Stop a service and keep it down.
+    Stop { id: String },
+    /// Stop a service (if it runs) and start it again.
+    Restart { id: String },
+    /// Send a signal (by number) to a container's process.
+    Kill { id: String, signal: i32 },
+    /// The orderly shutdown, then power off.
+    Poweroff,
+    /// The orderly shutdown, then reboot.
+    Reboot,
 }
 
 /// What the server answers, one per request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Response {
-    List { containers: Vec<ContainerInfo> },
-    Timeline { steps: Vec<TimelineStep> },
-    Error { message: String },
+    List {
+        containers: Vec<ContainerInfo>,
+    },
+    Timeline {
+        steps: Vec<TimelineStep>,
+    },
+    Ps {
+        processes: Vec<ProcessInfo>,
+    },
+    /// `next` is the number the next line will get: pass it as `after` to follow.
+    Logs {
+        lines: Vec<LogLine>,
+        next: u64,
+    },
+    /// The request was carried out (or, for stops and shutdown, begun).
+    Done {
+        message: String,
+    },
+    Error {
+        message: String,
+    },
 }
 
 impl Response {
@@ -54,6 +95,26 @@ pub struct ContainerInfo {
     pub kind: String,
     /// Exit status of the last run (128+signal when killed); absent while it never ended.
     pub exit_status: Option<i32>,
+    /// Whether services depending on it may start (see `keel.readiness`).
+    pub ready: bool,
+}
+
+/// One process of a container (`keelctl ps`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    /// Its command line, arguments separated by spaces (`[comm]` when it has none).
+    pub command: String,
+}
+
+/// One line of container output, with its number in the container's stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogLine {
+    pub seq: u64,
+    /// `TIMESTAMP STREAM text`, as in `/var/log/<id>.log`.
+    pub line: String,
 }
 
 /// One step of the boot timeline.
@@ -78,6 +139,25 @@ mod tests {
         let r: Request = serde_json::from_str(r#"{"request":"timeline"}"#).unwrap();
         assert_eq!(r, Request::Timeline);
         assert!(serde_json::from_str::<Request>(r#"{"request":"explode"}"#).is_err());
+        let r: Request = serde_json::from_str(r#"{"request":"logs","id":"x","lines":5}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Logs {
+                id: "x".into(),
+                lines: Some(5),
+                after: None
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Kill {
+                id: "sshd".into(),
+                signal: 9
+            })
+            .unwrap(),
+            r#"{"request":"kill","id":"sshd","signal":9}"#
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"request":"stop"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"request":"stop","id":"a","x":1}"#).is_err());
     }
 
     #[test]
@@ -93,6 +173,7 @@ mod tests {
                 restarts: 1,
                 kind: "service".into(),
                 exit_status: None,
+                ready: true,
             }],
         };
         let text = serde_json::to_string(&r).unwrap();

@@ -330,6 +330,7 @@ mod tests {
         let mut handler = |r: Request| match r {
             Request::List => Response::List { containers: vec![] },
             Request::Timeline => Response::error("no timeline here"),
+            _ => Response::error("not served in this test"),
         };
         for _ in 0..rounds {
             let ready = ready_fds(server, 20);

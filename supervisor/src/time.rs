@@ -17,6 +17,16 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// `t` as RFC 3339 in UTC with millisecond precision, e.g. `2026-11-23T06:11:09.042Z` (the
+/// timestamp of log lines).
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let millis = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_millis());
+    let secs = rfc3339(t);
+    format!("{}.{millis:03}Z", secs.trim_end_matches('Z'))
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian (year, month, day); Howard Hinnant's algorithm.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -44,5 +54,7 @@ mod tests {
         assert_eq!(rfc3339(t), "2000-02-29T01:01:01Z");
         let t = UNIX_EPOCH + Duration::from_secs(1_798_761_599); // last second of 2026
         assert_eq!(rfc3339(t), "2026-12-31T23:59:59Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_798_761_599_042);
+        assert_eq!(rfc3339_millis(t), "2026-12-31T23:59:59.042Z");
     }
 }
