@@ -5,16 +5,12 @@
 //! written through [`AtomicFile`]s committed together at the end, so a failed build leaves no
 //! output behind.
 
-use crate::assemble::{self, Assembled, Images};
+use crate::assemble::{self, Images};
 use crate::lock::{self, Lock};
-use bytes::Bytes;
 use keel_config::{Config, Loc, Source};
 use keel_image::{Arch, Digest, PullOptions, Reference, Store};
-use keel_rootfs::{AtomicFile, Node, NodeKind, Tree, WriteOptions};
-use std::fmt;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -62,68 +58,13 @@ pub enum Error {
     Lock(#[from] lock::Error),
     #[error(transparent)]
     Assemble(#[from] assemble::Error),
-    #[error("format {format} needs a kernel: add a kernel section with an image")]
-    NoKernel { format: Format },
-    #[error("format {0} must be the only format of a build")]
-    Alone(Format),
-    #[error("cannot write {}", path.display())]
-    Output {
-        path: PathBuf,
-        #[source]
-        source: keel_rootfs::Error,
-    },
-    #[error("cannot write {}", path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Output(#[from] crate::output::Error),
 }
 
 type Result<T> = std::result::Result<T, Error>;
 
-/// An output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// `NAME-kernel`, `NAME-initrd.img` (newc cpio, gzip), `NAME-cmdline`.
-    KernelInitrd,
-    /// `NAME.tar`: the whole root filesystem, with `boot/kernel` and `boot/cmdline`.
-    Tar,
-    /// `NAME-initrd.tar`: `kernel`, `initrd.img`, `cmdline` (and `ucode.cpio`) in one tar.
-    TarKernelInitrd,
-}
-
-impl Format {
-    const ALL: [Format; 3] = [Format::KernelInitrd, Format::Tar, Format::TarKernelInitrd];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::KernelInitrd => "kernel+initrd",
-            Format::Tar => "tar",
-            Format::TarKernelInitrd => "tar-kernel-initrd",
-        }
-    }
-}
-
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("unknown format {0:?}; expected one of: {list}", list = Format::ALL.map(Format::name).join(", "))]
-pub struct UnknownFormat(String);
-
-impl FromStr for Format {
-    type Err = UnknownFormat;
-    fn from_str(s: &str) -> std::result::Result<Self, UnknownFormat> {
-        Format::ALL
-            .into_iter()
-            .find(|f| f.name() == s)
-            .ok_or_else(|| UnknownFormat(s.into()))
-    }
-}
+pub use crate::output::Format;
 
 /// Everything `keel build` takes.
 #[derive(Debug, Clone)]
@@ -134,8 +75,8 @@ pub struct BuildOptions {
     pub dir: PathBuf,
     pub name: Option<String>,
     pub arch: Arch,
-    /// Disk size for disk formats (unused by the formats of this version).
-    pub size: String,
+    /// Disk size for disk formats (`--size`, e.g. `1024M`); `None`: as small as the content.
+    pub size: Option<String>,
     pub dry_run: bool,
     pub pull: bool,
     pub locked: bool,
@@ -394,7 +335,16 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
     }
 
     let assembled = assemble::assemble(store, &config, &images)?;
-    let written = write_outputs(&assembled, &formats, &opts.dir, &output_name(opts))?;
+    let name = output_name(opts);
+    let tool_cache = store.path().join("debs");
+    let settings = crate::output::Settings {
+        dir: &opts.dir,
+        name: &name,
+        arch: opts.arch,
+        size: opts.size.as_deref(),
+        tool_cache: &tool_cache,
+    };
+    let written = crate::output::write(&assembled, &formats, &settings)?;
     if let Some(path) = &lock_file
         && (!changes.is_empty() || !path.exists())
     {
@@ -453,174 +403,9 @@ pub fn validate(store: &Store, files: &[String], arch: Arch, insecure: bool) -> 
     Ok(out)
 }
 
-fn file_node(data: impl Into<Bytes>, mode: u32) -> Node {
-    Node::new(NodeKind::File(data.into()), mode, "keel")
-}
-
-/// The initrd: the (uncompressed) microcode cpio, then the gzip'd newc cpio of the tree.
-fn initrd(
-    tree: &Tree,
-    kernel: &assemble::KernelParts,
-    opts: &WriteOptions,
-    path: &Path,
-) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    if let Some(ucode) = &kernel.ucode {
-        out.extend_from_slice(ucode);
-    }
-    let gz =
-        keel_rootfs::write_cpio(tree, keel_rootfs::gzip_writer(out), opts).map_err(|source| {
-            Error::Output {
-                path: path.into(),
-                source,
-            }
-        })?;
-    gz.finish().map_err(|source| Error::Write {
-        path: path.into(),
-        source,
-    })
-}
-
-/// Writes every format into temporary files, then commits them all: either every output
-/// appears or none does.
-fn write_outputs(
-    assembled: &Assembled,
-    formats: &[Format],
-    dir: &Path,
-    name: &str,
-) -> Result<Vec<PathBuf>> {
-    if formats.len() > 1
-        && let Some(alone) = formats.iter().find(|f| **f == Format::Tar)
-    {
-        return Err(Error::Alone(*alone));
-    }
-    std::fs::create_dir_all(dir).map_err(|source| Error::Write {
-        path: dir.into(),
-        source,
-    })?;
-    let opts = WriteOptions::from_env();
-    let mut pending: Vec<AtomicFile> = Vec::new();
-    let create = |file: &str| -> Result<AtomicFile> {
-        let path = dir.join(file);
-        AtomicFile::create(&path).map_err(|source| Error::Output { path, source })
-    };
-    let put = |pending: &mut Vec<AtomicFile>, file: &str, data: &[u8]| -> Result<()> {
-        let mut f = create(file)?;
-        f.write_all(data).map_err(|source| Error::Write {
-            path: dir.join(file),
-            source,
-        })?;
-        pending.push(f);
-        Ok(())
-    };
-    let out_err = |file: &str| {
-        let path = dir.join(file);
-        move |source| Error::Output { path, source }
-    };
-    // `boot/` never goes into an initrd (LinuxKit drops it too).
-    let mut rootfs = assembled.tree.clone();
-    rootfs.remove("boot");
-
-    for format in formats {
-        let kernel = || {
-            assembled
-                .kernel
-                .as_ref()
-                .ok_or(Error::NoKernel { format: *format })
-        };
-        match format {
-            Format::KernelInitrd => {
-                let k = kernel()?;
-                put(&mut pending, &format!("{name}-kernel"), &k.kernel)?;
-                let img = format!("{name}-initrd.img");
-                put(
-                    &mut pending,
-                    &img,
-                    &initrd(&rootfs, k, &opts, &dir.join(&img))?,
-                )?;
-                put(
-                    &mut pending,
-                    &format!("{name}-cmdline"),
-                    k.cmdline.as_bytes(),
-                )?;
-            }
-            Format::TarKernelInitrd => {
-                let k = kernel()?;
-                let file = format!("{name}-initrd.tar");
-                let mut t = Tree::new();
-                let place = |t: &mut Tree, p: &str, n: Node| t.insert(p, n).map_err(out_err(&file));
-                place(&mut t, "kernel", file_node(k.kernel.clone(), 0o644))?;
-                place(
-                    &mut t,
-                    "initrd.img",
-                    file_node(initrd(&rootfs, k, &opts, &dir.join(&file))?, 0o644),
-                )?;
-                place(
-                    &mut t,
-                    "cmdline",
-                    file_node(k.cmdline.clone().into_bytes(), 0o644),
-                )?;
-                if let Some(u) = &k.ucode {
-                    place(&mut t, "ucode.cpio", file_node(u.clone(), 0o644))?;
-                }
-                let f = create(&file)?;
-                pending.push(keel_rootfs::write_tar(&t, f, &opts).map_err(out_err(&file))?);
-            }
-            Format::Tar => {
-                let file = format!("{name}.tar");
-                let mut t = assembled.tree.clone();
-                if let Some(k) = &assembled.kernel {
-                    let place = |t: &mut Tree, p: &str, n: Node| {
-                        t.remove(p);
-                        t.insert(p, n).map_err(out_err(&file))
-                    };
-                    place(&mut t, "boot/kernel", file_node(k.kernel.clone(), 0o644))?;
-                    place(
-                        &mut t,
-                        "boot/cmdline",
-                        file_node(k.cmdline.clone().into_bytes(), 0o644),
-                    )?;
-                    if let Some(u) = &k.ucode {
-                        place(&mut t, "boot/ucode.cpio", file_node(u.clone(), 0o644))?;
-                    }
-                }
-                let f = create(&file)?;
-                pending.push(keel_rootfs::write_tar(&t, f, &opts).map_err(out_err(&file))?);
-            }
-        }
-    }
-    let mut written = Vec::new();
-    for f in pending {
-        let path = f.dest().to_path_buf();
-        f.commit().map_err(|source| Error::Output {
-            path: path.clone(),
-            source,
-        })?;
-        written.push(path);
-    }
-    Ok(written)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_parse_by_linuxkit_name() {
-        assert_eq!(
-            "kernel+initrd".parse::<Format>().unwrap(),
-            Format::KernelInitrd
-        );
-        assert_eq!(
-            "tar-kernel-initrd".parse::<Format>().unwrap(),
-            Format::TarKernelInitrd
-        );
-        let err = "iso-bios".parse::<Format>().unwrap_err().to_string();
-        assert!(
-            err.contains("expected one of: kernel+initrd, tar, tar-kernel-initrd"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn output_name_defaults_to_the_first_file() {
@@ -630,7 +415,7 @@ mod tests {
             dir: ".".into(),
             name: None,
             arch: Arch::X86_64,
-            size: "1G".into(),
+            size: None,
             dry_run: false,
             pull: false,
             locked: false,

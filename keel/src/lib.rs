@@ -6,5 +6,6 @@ pub mod build;
 pub mod cache;
 pub mod kernel;
 pub mod lock;
+pub mod output;
 pub mod pkg;
 pub mod run;

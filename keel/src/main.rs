@@ -75,7 +75,8 @@ enum PkgCommand {
 
 #[derive(Debug, Args)]
 struct BuildArgs {
-    /// Output format (repeatable): kernel+initrd, tar, tar-kernel-initrd.
+    /// Output format (repeatable): kernel+initrd, tar, tar-kernel-initrd, uki, raw-efi,
+    /// qcow2-efi, vhd, dynamic-vhd, vmdk, aws.
     #[arg(
         short = 'f',
         long = "format",
@@ -92,9 +93,10 @@ struct BuildArgs {
     /// Target architecture: x86_64 (amd64) or aarch64 (arm64). Default: the host's.
     #[arg(long)]
     arch: Option<keel_image::Arch>,
-    /// Size of disk outputs, e.g. 1024M or 2G.
-    #[arg(long, default_value = "1024M")]
-    size: String,
+    /// Size of disk outputs, e.g. 1024M or 2G (a bare number is MiB). Default: as small as
+    /// the content allows.
+    #[arg(long)]
+    size: Option<String>,
     /// Print the merged YAML and stop.
     #[arg(long)]
     dry_run: bool,

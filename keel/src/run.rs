@@ -52,9 +52,16 @@ trait QemuArch {
     fn qemu(self) -> &'static str;
     fn console(self) -> &'static str;
     fn default_firmware(self) -> &'static str;
+    /// The variable-store template that goes with firmware `code`, if there is one.
+    fn firmware_vars(self, code: &Path) -> Option<PathBuf>;
 }
 
 impl QemuArch for Arch {
+    fn firmware_vars(self, code: &Path) -> Option<PathBuf> {
+        let name = code.file_name()?.to_str()?;
+        let vars = code.with_file_name(name.replacen("CODE", "VARS", 1));
+        (vars != code && vars.is_file()).then_some(vars)
+    }
     fn qemu(self) -> &'static str {
         match self {
             Arch::X86_64 => "qemu-system-x86_64",
@@ -299,9 +306,10 @@ pub fn command(opts: &Options, accel: Accel) -> Result<Command, Error> {
         arg(&mut cmd, "-monitor", "none");
     }
 
+    // keel's disk formats are all EFI disks; aarch64 has no BIOS path at all.
     if opts.uefi
-        || matches!(boot, Boot::Efi(_))
-        || opts.arch == Arch::Aarch64 && matches!(boot, Boot::Iso(_) | Boot::Disk(_))
+        || matches!(boot, Boot::Efi(_) | Boot::Disk(_))
+        || opts.arch == Arch::Aarch64 && matches!(boot, Boot::Iso(_))
     {
         let fw = opts
             .firmware
@@ -318,6 +326,21 @@ pub fn command(opts: &Options, accel: Accel) -> Result<Command, Error> {
                 fw.display()
             ),
         );
+        // The variable store must be writable and per VM: a copy in the state directory.
+        if let Some(template) = opts.arch.firmware_vars(&fw) {
+            let vars = state.join("efivars.fd");
+            if !vars.exists() {
+                fs::copy(&template, &vars).map_err(|source| Error::State {
+                    path: vars.clone(),
+                    source,
+                })?;
+            }
+            arg(
+                &mut cmd,
+                "-drive",
+                &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            );
+        }
     }
 
     let append = |base: &str| -> String {
@@ -361,33 +384,14 @@ pub fn command(opts: &Options, accel: Accel) -> Result<Command, Error> {
             );
         }
         Boot::Iso(iso) => arg(&mut cmd, "-cdrom", &iso.to_string_lossy()),
-        Boot::Efi(efi) => {
-            // A UKI boots from a FAT directory exposed as the ESP.
-            let esp = state.join("esp");
-            let boot_dir = esp.join("EFI/BOOT");
-            fs::create_dir_all(&boot_dir).map_err(|source| Error::State {
-                path: boot_dir.clone(),
-                source,
-            })?;
-            let name = match opts.arch {
-                Arch::X86_64 => "BOOTX64.EFI",
-                Arch::Aarch64 => "BOOTAA64.EFI",
-            };
-            fs::copy(efi, boot_dir.join(name)).map_err(|source| Error::State {
-                path: boot_dir.clone(),
-                source,
-            })?;
-            arg(
-                &mut cmd,
-                "-drive",
-                &format!("file=fat:rw:{},format=raw,if=virtio", esp.display()),
-            );
-        }
+        // The firmware loads a UKI given as the kernel; its cmdline and initrd are inside.
+        Boot::Efi(efi) => arg(&mut cmd, "-kernel", &efi.to_string_lossy()),
         Boot::Disk(disk) => {
-            let format = if disk.extension().is_some_and(|e| e == "qcow2") {
-                "qcow2"
-            } else {
-                "raw"
+            let format = match disk.extension().and_then(|e| e.to_str()) {
+                Some("qcow2") => "qcow2",
+                Some("vhd") => "vpc",
+                Some("vmdk") => "vmdk",
+                _ => "raw",
             };
             arg(
                 &mut cmd,

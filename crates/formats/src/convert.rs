@@ -1,0 +1,219 @@
+//! Image containers made by `qemu-img convert` from a raw disk: qcow2, VMDK and dynamic VHD.
+//!
+//! QEMU's writers are the reference implementations of these formats and what LinuxKit uses,
+//! so keel converts rather than reimplements them. Two of them put non-reproducible values in
+//! their headers, which are then fixed here: the dynamic VHD's footer (creation time and a
+//! random UUID, in the copy at the start and at the end) and the VMDK's content ID.
+
+use crate::error::{Error, Result};
+use crate::gpt::Guid;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::process::Command;
+
+/// A container `qemu-img` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Container {
+    /// qcow2 (compat 1.1), as `qcow2-bios` and `qcow2-efi`.
+    Qcow2,
+    /// Monolithic sparse VMDK.
+    Vmdk,
+    /// Dynamic VHD (`vpc`, `subformat=dynamic`, `force_size`).
+    DynamicVhd,
+}
+
+impl Container {
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Container::Qcow2 => &["-O", "qcow2", "-o", "compat=1.1"],
+            Container::Vmdk => &["-O", "vmdk"],
+            Container::DynamicVhd => &["-O", "vpc", "-o", "subformat=dynamic,force_size=on"],
+        }
+    }
+}
+
+/// Converts the raw disk `raw` into `to` and streams the result into `out`. `mtime` (Unix
+/// seconds) and `seed` replace the clock and randomness `qemu-img` would put in the header.
+pub fn convert(
+    raw: &Path,
+    to: Container,
+    mtime: u64,
+    seed: &[u8],
+    out: &mut impl Write,
+) -> Result<()> {
+    let dir = tempfile::tempdir().map_err(Error::Write)?;
+    let dest = dir.path().join("image");
+    let output = Command::new("qemu-img")
+        .arg("convert")
+        .args(["-q", "-f", "raw"])
+        .args(to.args())
+        .arg(raw)
+        .arg(&dest)
+        .env("TZ", "UTC")
+        .output()
+        .map_err(|source| Error::Spawn {
+            program: "qemu-img",
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(Error::Tool {
+            program: "qemu-img",
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .open(&dest)
+        .map_err(Error::Write)?;
+    match to {
+        Container::Qcow2 => {}
+        Container::Vmdk => fix_vmdk_cid(&mut file, seed).map_err(Error::Write)?,
+        Container::DynamicVhd => fix_vhd_footers(&mut file, mtime, seed).map_err(Error::Write)?,
+    }
+    file.seek(SeekFrom::Start(0)).map_err(Error::Write)?;
+    io::copy(&mut file, out).map_err(Error::Write)?;
+    Ok(())
+}
+
+/// Rewrites the `CID=` (and a `parentCID` of `ffffffff` stays) in a monolithic sparse VMDK's
+/// embedded descriptor with a value derived from `seed`.
+fn fix_vmdk_cid(file: &mut File, seed: &[u8]) -> io::Result<()> {
+    // The descriptor starts at the sector given in the sparse header (offset 28, u64 LE).
+    let mut header = [0u8; 512];
+    file.read_exact(&mut header)?;
+    if &header[..4] != b"KDMV" {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a sparse VMDK",
+        ));
+    }
+    let at = u64::from_le_bytes(header[28..36].try_into().unwrap_or_default()) * 512;
+    let len = u64::from_le_bytes(header[36..44].try_into().unwrap_or_default()) * 512;
+    let mut desc = vec![0u8; len.min(1 << 20) as usize];
+    file.seek(SeekFrom::Start(at))?;
+    file.read_exact(&mut desc)?;
+    let key = b"\nCID=";
+    let Some(pos) = desc.windows(key.len()).position(|w| w == key) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "VMDK descriptor has no CID",
+        ));
+    };
+    let cid = Guid::derive(seed, "vmdk-cid").bytes();
+    let text = format!(
+        "{:08x}",
+        u32::from_le_bytes([cid[0], cid[1], cid[2], cid[3]]) | 1
+    );
+    let start = pos + key.len();
+    if desc
+        .get(start..start + 8)
+        .is_none_or(|v| !v.iter().all(u8::is_ascii_hexdigit))
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "VMDK CID is not 8 hex digits",
+        ));
+    }
+    file.seek(SeekFrom::Start(at + start as u64))?;
+    file.write_all(text.as_bytes())
+}
+
+/// Sets the timestamp and unique ID of both footers of a dynamic VHD and recomputes their
+/// checksums.
+fn fix_vhd_footers(file: &mut File, mtime: u64, seed: &[u8]) -> io::Result<()> {
+    let len = file.seek(SeekFrom::End(0))?;
+    for at in [0, len - 512] {
+        let mut f = [0u8; 512];
+        file.seek(SeekFrom::Start(at))?;
+        file.read_exact(&mut f)?;
+        if &f[..8] != b"conectix" {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "no VHD footer"));
+        }
+        let stamp = u32::try_from(mtime.saturating_sub(946_684_800)).unwrap_or(u32::MAX);
+        f[24..28].copy_from_slice(&stamp.to_be_bytes());
+        f[68..84].copy_from_slice(&Guid::derive(seed, "vhd").bytes());
+        f[64..68].fill(0);
+        let sum: u32 = f.iter().map(|b| u32::from(*b)).sum();
+        f[64..68].copy_from_slice(&(!sum).to_be_bytes());
+        file.seek(SeekFrom::Start(at))?;
+        file.write_all(&f)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_image::Arch;
+
+    fn qemu_img(args: &[&str]) -> (bool, String) {
+        let out = Command::new("qemu-img").args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+
+    #[test]
+    fn containers_check_and_are_deterministic() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("disk.raw");
+        let uki: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        let mut file = File::create(&raw).unwrap();
+        let size = crate::write_raw_efi(&mut file, &uki, Arch::X86_64, Some(48 << 20)).unwrap();
+        drop(file);
+        for (to, format) in [
+            (Container::Qcow2, "qcow2"),
+            (Container::Vmdk, "vmdk"),
+            (Container::DynamicVhd, "vpc"),
+        ] {
+            let mut a = Vec::new();
+            convert(&raw, to, 1_700_000_000, b"seed", &mut a).unwrap();
+            let mut b = Vec::new();
+            convert(&raw, to, 1_700_000_000, b"seed", &mut b).unwrap();
+            assert!(a == b, "{format}: two conversions differ");
+
+            let path = dir.path().join(format!("out.{format}"));
+            std::fs::write(&path, &a).unwrap();
+            let path = path.to_str().unwrap();
+            let (ok, info) = qemu_img(&["info", "--output=json", path]);
+            assert!(ok, "{info}");
+            let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+            assert_eq!(info["format"], format, "{info}");
+            assert_eq!(info["virtual-size"], size, "{format}: {info}");
+            if to != Container::DynamicVhd {
+                let (ok, out) = qemu_img(&["check", path]);
+                assert!(ok, "{format}: {out}");
+            }
+            // The data reads back as the raw disk.
+            let (ok, out) = qemu_img(&[
+                "compare",
+                "-f",
+                "raw",
+                "-F",
+                format,
+                raw.to_str().unwrap(),
+                path,
+            ]);
+            assert!(ok, "{format}: {out}");
+        }
+    }
+
+    #[test]
+    fn qemu_img_failure_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = convert(
+            &dir.path().join("missing"),
+            Container::Qcow2,
+            0,
+            b"",
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Tool { .. }), "{err}");
+    }
+}

@@ -1,0 +1,65 @@
+//! The error type of every format writer.
+
+use std::path::PathBuf;
+
+/// Why an output could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "invalid size {0:?}: expected a number with an optional K, M, G or T suffix (no suffix: MiB)"
+    )]
+    InvalidSize(String),
+    #[error("{what} needs {needed} bytes ({needed_mib} MiB) but --size is {given} bytes", needed_mib = .needed.div_ceil(1 << 20))]
+    TooSmall {
+        what: &'static str,
+        needed: u64,
+        given: u64,
+    },
+    #[error("{what} of {size} bytes is larger than the format allows ({max} bytes)")]
+    TooLarge {
+        what: &'static str,
+        size: u64,
+        max: u64,
+    },
+    #[error("invalid EFI stub: {0}")]
+    Stub(&'static str),
+    #[error("the EFI stub has no room for {needed} more section headers")]
+    StubHeaderFull { needed: usize },
+    #[error("format {format} is not available for {arch}")]
+    Unsupported {
+        format: &'static str,
+        arch: keel_image::Arch,
+    },
+    #[error("cannot write the FAT file system")]
+    Fat(#[source] std::io::Error),
+    #[error("cannot write the output")]
+    Write(#[source] std::io::Error),
+    #[error("cannot run {program}")]
+    Spawn {
+        program: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} failed ({status}): {stderr}")]
+    Tool {
+        program: &'static str,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot fetch the Debian package {package}")]
+    Package {
+        package: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the Debian package {package} has no file {path}")]
+    MissingFile { package: String, path: String },
+}
+
+pub(crate) type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,304 @@
+//! GUID partition tables, written natively and streamed: protective MBR, primary header and
+//! entries, the partitions' contents, then the backup entries and header.
+//!
+//! GUIDs are derived from the disk's content (see [`Guid::derive`]), so the same inputs give
+//! the same bytes; two different systems still get different disk GUIDs.
+
+use crate::error::{Error, Result};
+use sha2::{Digest, Sha256};
+use std::io::{self, Write};
+
+/// Bytes per logical block.
+pub const SECTOR: u64 = 512;
+/// Where the first partition starts: 1 MiB, the alignment every partitioner uses.
+pub const FIRST_LBA: u64 = 2048;
+/// Partition entries in each table (the minimum the specification allows, 16 KiB).
+const ENTRIES: u64 = 128;
+const ENTRY_SIZE: u64 = 128;
+/// Sectors taken by one partition entry array.
+const ENTRY_SECTORS: u64 = ENTRIES * ENTRY_SIZE / SECTOR;
+
+/// A GUID, stored as its on-disk bytes (the first three fields little-endian).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guid([u8; 16]);
+
+impl Guid {
+    /// The EFI system partition type, `C12A7328-F81F-11D2-BA4B-00A0C93EC93B`.
+    pub const ESP: Guid = Guid::from_fields(
+        0xC12A_7328,
+        0xF81F,
+        0x11D2,
+        [0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B],
+    );
+    /// The Linux file system data type, `0FC63DAF-8483-4772-8E79-3D69D8477DE4`.
+    pub const LINUX_DATA: Guid = Guid::from_fields(
+        0x0FC6_3DAF,
+        0x8483,
+        0x4772,
+        [0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4],
+    );
+
+    /// A GUID from its textual fields.
+    pub const fn from_fields(a: u32, b: u16, c: u16, d: [u8; 8]) -> Guid {
+        let a = a.to_le_bytes();
+        let b = b.to_le_bytes();
+        let c = c.to_le_bytes();
+        Guid([
+            a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d[0], d[1], d[2], d[3], d[4], d[5],
+            d[6], d[7],
+        ])
+    }
+
+    /// A version-4-shaped GUID derived from `seed` and `purpose` by SHA-256: stable for the
+    /// same inputs, distinct for different ones.
+    pub fn derive(seed: &[u8], purpose: &str) -> Guid {
+        let mut h = Sha256::new();
+        h.update(purpose.as_bytes());
+        h.update([0]);
+        h.update(seed);
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&h.finalize()[..16]);
+        // Version 4 (byte 7 holds the high byte of the little-endian third field), RFC 4122
+        // variant.
+        b[7] = (b[7] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        Guid(b)
+    }
+
+    /// The on-disk bytes.
+    pub fn bytes(&self) -> [u8; 16] {
+        self.0
+    }
+}
+
+/// One partition and its contents.
+#[derive(Debug, Clone, Copy)]
+pub struct Partition<'a> {
+    pub type_guid: Guid,
+    pub guid: Guid,
+    /// The partition name (up to 36 UTF-16 code units).
+    pub name: &'a str,
+    /// First sector (at least [`FIRST_LBA`], after the previous partition).
+    pub first_lba: u64,
+    /// Length in sectors; `data` shorter than that is padded with zeros.
+    pub sectors: u64,
+    pub data: &'a [u8],
+}
+
+/// The smallest disk, in bytes, holding partitions that end at sector `end_lba` (exclusive):
+/// the backup entries and header follow.
+pub fn disk_size_for(end_lba: u64) -> u64 {
+    (end_lba + ENTRY_SECTORS + 1) * SECTOR
+}
+
+fn put_u32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(b: &mut [u8], off: usize, v: u64) {
+    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+fn zeros(out: &mut impl Write, mut n: u64) -> io::Result<()> {
+    static CHUNK: [u8; 1 << 16] = [0; 1 << 16];
+    while n > 0 {
+        let k = n.min(CHUNK.len() as u64);
+        out.write_all(&CHUNK[..k as usize])?;
+        n -= k;
+    }
+    Ok(())
+}
+
+/// A protective MBR covering the whole disk, as the UEFI specification describes it.
+fn protective_mbr(total_sectors: u64) -> [u8; SECTOR as usize] {
+    let mut mbr = [0u8; SECTOR as usize];
+    let e = 446;
+    mbr[e + 1..e + 4].copy_from_slice(&[0x00, 0x02, 0x00]);
+    mbr[e + 4] = 0xEE;
+    mbr[e + 5..e + 8].copy_from_slice(&[0xFF, 0xFF, 0xFF]);
+    put_u32(&mut mbr, e + 8, 1);
+    put_u32(
+        &mut mbr,
+        e + 12,
+        u32::try_from(total_sectors - 1).unwrap_or(u32::MAX),
+    );
+    mbr[510] = 0x55;
+    mbr[511] = 0xAA;
+    mbr
+}
+
+fn entry_array(parts: &[Partition<'_>]) -> Vec<u8> {
+    let mut a = vec![0u8; (ENTRIES * ENTRY_SIZE) as usize];
+    for (i, p) in parts.iter().enumerate() {
+        let e = &mut a[i * ENTRY_SIZE as usize..(i + 1) * ENTRY_SIZE as usize];
+        e[..16].copy_from_slice(&p.type_guid.0);
+        e[16..32].copy_from_slice(&p.guid.0);
+        put_u64(e, 32, p.first_lba);
+        put_u64(e, 40, p.first_lba + p.sectors - 1);
+        for (j, unit) in p.name.encode_utf16().take(36).enumerate() {
+            e[56 + 2 * j..58 + 2 * j].copy_from_slice(&unit.to_le_bytes());
+        }
+    }
+    a
+}
+
+fn header(disk: Guid, total_sectors: u64, backup: bool, entries_crc: u32) -> [u8; SECTOR as usize] {
+    let last = total_sectors - 1;
+    let (me, other, entries_lba) = if backup {
+        (last, 1, last - ENTRY_SECTORS)
+    } else {
+        (1, last, 2)
+    };
+    let mut h = [0u8; SECTOR as usize];
+    h[..8].copy_from_slice(b"EFI PART");
+    put_u32(&mut h, 8, 0x0001_0000);
+    put_u32(&mut h, 12, 92);
+    put_u64(&mut h, 24, me);
+    put_u64(&mut h, 32, other);
+    put_u64(&mut h, 40, 2 + ENTRY_SECTORS);
+    put_u64(&mut h, 48, last - ENTRY_SECTORS - 1);
+    h[56..72].copy_from_slice(&disk.0);
+    put_u64(&mut h, 72, entries_lba);
+    put_u32(&mut h, 80, ENTRIES as u32);
+    put_u32(&mut h, 84, ENTRY_SIZE as u32);
+    put_u32(&mut h, 88, entries_crc);
+    let crc = crc32fast::hash(&h[..92]);
+    put_u32(&mut h, 16, crc);
+    h
+}
+
+/// Writes a whole GPT disk of `size` bytes (a multiple of [`SECTOR`]) holding `parts`, which
+/// must be sorted, not overlap and fit between the tables.
+pub fn write_disk(
+    out: &mut impl Write,
+    size: u64,
+    disk: Guid,
+    parts: &[Partition<'_>],
+) -> Result<()> {
+    let mut end = FIRST_LBA;
+    for p in parts {
+        if p.first_lba < end || p.data.len() as u64 > p.sectors * SECTOR {
+            return Err(Error::Write(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "partitions overlap or overflow",
+            )));
+        }
+        end = p.first_lba + p.sectors;
+    }
+    let needed = disk_size_for(end);
+    if size < needed {
+        return Err(Error::TooSmall {
+            what: "the disk",
+            needed,
+            given: size,
+        });
+    }
+    let total = size / SECTOR;
+    let entries = entry_array(parts);
+    let crc = crc32fast::hash(&entries);
+    let w = |r: io::Result<()>| r.map_err(Error::Write);
+    w(out.write_all(&protective_mbr(total)))?;
+    w(out.write_all(&header(disk, total, false, crc)))?;
+    w(out.write_all(&entries))?;
+    let mut at = 2 + ENTRY_SECTORS;
+    for p in parts {
+        w(zeros(out, (p.first_lba - at) * SECTOR))?;
+        w(out.write_all(p.data))?;
+        w(zeros(out, p.sectors * SECTOR - p.data.len() as u64))?;
+        at = p.first_lba + p.sectors;
+    }
+    w(zeros(out, (total - 1 - ENTRY_SECTORS - at) * SECTOR))?;
+    w(out.write_all(&entries))?;
+    w(out.write_all(&header(disk, total, true, crc)))?;
+    w(zeros(out, size - total * SECTOR))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u64_at(b: &[u8], off: usize) -> u64 {
+        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+    }
+    fn u32_at(b: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn esp_type_guid_bytes() {
+        // As `sgdisk` and the specification lay it out on disk.
+        assert_eq!(
+            Guid::ESP.bytes(),
+            [
+                0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E,
+                0xC9, 0x3B
+            ]
+        );
+        let a = Guid::derive(b"x", "disk");
+        assert_eq!(a, Guid::derive(b"x", "disk"));
+        assert_ne!(a, Guid::derive(b"x", "esp"));
+        assert_eq!(a.bytes()[7] >> 4, 4);
+    }
+
+    #[test]
+    fn tables_are_consistent() {
+        let data = vec![0xAB; 3000];
+        let size = 4 << 20;
+        let part = Partition {
+            type_guid: Guid::ESP,
+            guid: Guid::derive(b"d", "p"),
+            name: "ESP",
+            first_lba: FIRST_LBA,
+            sectors: 8,
+            data: &data,
+        };
+        let mut disk = Vec::new();
+        write_disk(&mut disk, size, Guid::derive(b"d", "disk"), &[part]).unwrap();
+        assert_eq!(disk.len() as u64, size);
+        let total = size / SECTOR;
+        assert_eq!(&disk[510..512], &[0x55, 0xAA]);
+        assert_eq!(disk[446 + 4], 0xEE);
+        let check = |lba: u64, me: u64, entries_lba: u64| {
+            let h = &disk[(lba * SECTOR) as usize..][..SECTOR as usize];
+            assert_eq!(&h[..8], b"EFI PART");
+            let mut copy = h[..92].to_vec();
+            copy[16..20].fill(0);
+            assert_eq!(u32_at(h, 16), crc32fast::hash(&copy));
+            assert_eq!(u64_at(h, 24), me);
+            assert_eq!(u64_at(h, 72), entries_lba);
+            let entries = &disk[(entries_lba * SECTOR) as usize..][..16384];
+            assert_eq!(u32_at(h, 88), crc32fast::hash(entries));
+            assert_eq!(&entries[..16], &Guid::ESP.bytes());
+            assert_eq!(u64_at(entries, 32), FIRST_LBA);
+            assert_eq!(u64_at(entries, 40), FIRST_LBA + 7);
+            assert_eq!(&entries[56..62], &[b'E', 0, b'S', 0, b'P', 0]);
+        };
+        check(1, 1, 2);
+        check(total - 1, total - 1, total - 33);
+        let start = (FIRST_LBA * SECTOR) as usize;
+        assert_eq!(&disk[start..start + 3000], &data[..]);
+        assert!(disk[start + 3000..start + 4096].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn too_small_names_the_needed_size() {
+        let data = vec![1u8; 1 << 20];
+        let part = Partition {
+            type_guid: Guid::ESP,
+            guid: Guid::derive(b"", "p"),
+            name: "ESP",
+            first_lba: FIRST_LBA,
+            sectors: 2048,
+            data: &data,
+        };
+        let mut out = Vec::new();
+        let err = write_disk(&mut out, 2 << 20, Guid::derive(b"", "d"), &[part]).unwrap_err();
+        let needed = disk_size_for(4096);
+        assert!(
+            matches!(err, Error::TooSmall { needed: n, .. } if n == needed),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&needed.to_string()), "{err}");
+        assert!(out.is_empty());
+    }
+}

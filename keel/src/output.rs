@@ -1,0 +1,470 @@
+//! Output formats: what `keel build --format` writes from an assembled system.
+//!
+//! Every output is written into an [`AtomicFile`] and all of a build's outputs are committed
+//! together at the end, so a failed build leaves nothing behind. Intermediate products (the
+//! initrd, the UKI, the raw EFI disk) are made once per build and shared by the formats that
+//! need them. Disk containers (qcow2, VMDK, dynamic VHD) are converted from the raw disk with
+//! `qemu-img`, with its timestamps and random IDs replaced (see `crates/formats`).
+
+use crate::assemble::{Assembled, KernelParts};
+use bytes::Bytes;
+use keel_image::Arch;
+use keel_rootfs::{AtomicFile, Node, NodeKind, Tree, WriteOptions};
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("format {format} needs a kernel: add a kernel section with an image")]
+    NoKernel { format: Format },
+    #[error("format {0} must be the only format of a build")]
+    Alone(Format),
+    #[error("formats {0} and {1} both write {2}; build them separately")]
+    Clash(Format, Format, String),
+    #[error("invalid --size")]
+    Size(#[source] keel_formats::Error),
+    #[error("cannot make the {format} output")]
+    Format {
+        format: Format,
+        #[source]
+        source: keel_formats::Error,
+    },
+    #[error("cannot write {}", path.display())]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: keel_rootfs::Error,
+    },
+    #[error("cannot write {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// An output format, named as LinuxKit names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `NAME-kernel`, `NAME-initrd.img` (newc cpio, gzip), `NAME-cmdline`.
+    KernelInitrd,
+    /// `NAME.tar`: the whole root filesystem, with `boot/kernel` and `boot/cmdline`.
+    Tar,
+    /// `NAME-initrd.tar`: `kernel`, `initrd.img`, `cmdline` (and `ucode.cpio`) in one tar.
+    TarKernelInitrd,
+    /// `NAME.efi`: a unified kernel image (systemd's EFI stub, kernel, initrd, cmdline).
+    Uki,
+    /// `NAME-efi.img`: a GPT disk whose EFI system partition holds the UKI.
+    RawEfi,
+    /// `NAME-efi.qcow2`: `raw-efi` as qcow2.
+    Qcow2Efi,
+    /// `NAME.vhd`: `raw-efi` with a fixed VHD footer.
+    Vhd,
+    /// `NAME.vhd`: `raw-efi` as a dynamic VHD.
+    DynamicVhd,
+    /// `NAME.vmdk`: `raw-efi` as a monolithic sparse VMDK.
+    Vmdk,
+    /// `NAME.raw`: the `raw-efi` disk, for AWS (UEFI boot mode).
+    Aws,
+}
+
+impl Format {
+    pub const ALL: [Format; 10] = [
+        Format::KernelInitrd,
+        Format::Tar,
+        Format::TarKernelInitrd,
+        Format::Uki,
+        Format::RawEfi,
+        Format::Qcow2Efi,
+        Format::Vhd,
+        Format::DynamicVhd,
+        Format::Vmdk,
+        Format::Aws,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::KernelInitrd => "kernel+initrd",
+            Format::Tar => "tar",
+            Format::TarKernelInitrd => "tar-kernel-initrd",
+            Format::Uki => "uki",
+            Format::RawEfi => "raw-efi",
+            Format::Qcow2Efi => "qcow2-efi",
+            Format::Vhd => "vhd",
+            Format::DynamicVhd => "dynamic-vhd",
+            Format::Vmdk => "vmdk",
+            Format::Aws => "aws",
+        }
+    }
+
+    /// The files a format writes, for output base name `name`.
+    pub fn files(self, name: &str) -> Vec<String> {
+        match self {
+            Format::KernelInitrd => {
+                vec![
+                    format!("{name}-kernel"),
+                    format!("{name}-initrd.img"),
+                    format!("{name}-cmdline"),
+                ]
+            }
+            Format::Tar => vec![format!("{name}.tar")],
+            Format::TarKernelInitrd => vec![format!("{name}-initrd.tar")],
+            Format::Uki => vec![format!("{name}.efi")],
+            Format::RawEfi => vec![format!("{name}-efi.img")],
+            Format::Qcow2Efi => vec![format!("{name}-efi.qcow2")],
+            Format::Vhd | Format::DynamicVhd => vec![format!("{name}.vhd")],
+            Format::Vmdk => vec![format!("{name}.vmdk")],
+            Format::Aws => vec![format!("{name}.raw")],
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown format {0:?}; expected one of: {list}", list = Format::ALL.map(Format::name).join(", "))]
+pub struct UnknownFormat(String);
+
+impl FromStr for Format {
+    type Err = UnknownFormat;
+    fn from_str(s: &str) -> std::result::Result<Self, UnknownFormat> {
+        Format::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| UnknownFormat(s.into()))
+    }
+}
+
+/// How outputs are written.
+#[derive(Debug, Clone)]
+pub struct Settings<'a> {
+    pub dir: &'a Path,
+    pub name: &'a str,
+    pub arch: Arch,
+    /// Disk size for disk formats (LinuxKit's `--size`); `None`: as small as the content allows.
+    pub size: Option<&'a str>,
+    /// Where pinned tool packages (systemd's EFI stub) are cached.
+    pub tool_cache: &'a Path,
+}
+
+fn file_node(data: impl Into<Bytes>) -> Node {
+    Node::new(NodeKind::File(data.into()), 0o644, "keel")
+}
+
+/// Products several formats share, each made at most once.
+struct Products<'a> {
+    assembled: &'a Assembled,
+    settings: &'a Settings<'a>,
+    opts: WriteOptions,
+    initrd: Option<Vec<u8>>,
+    uki: Option<Vec<u8>>,
+    raw_efi: Option<Vec<u8>>,
+}
+
+impl Products<'_> {
+    fn kernel(&self, format: Format) -> Result<&KernelParts> {
+        self.assembled
+            .kernel
+            .as_ref()
+            .ok_or(Error::NoKernel { format })
+    }
+
+    /// The root filesystem without `boot/` (never part of an initrd, as in LinuxKit).
+    fn initrd(&mut self, format: Format) -> Result<&[u8]> {
+        if self.initrd.is_none() {
+            let kernel = self.kernel(format)?;
+            let mut rootfs = self.assembled.tree.clone();
+            rootfs.remove("boot");
+            let path = self
+                .settings
+                .dir
+                .join(format!("{}-initrd.img", self.settings.name));
+            let mut out = Vec::new();
+            if let Some(ucode) = &kernel.ucode {
+                out.extend_from_slice(ucode);
+            }
+            let gz = keel_rootfs::write_cpio(&rootfs, keel_rootfs::gzip_writer(out), &self.opts)
+                .map_err(|source| Error::Output {
+                    path: path.clone(),
+                    source,
+                })?;
+            self.initrd = Some(
+                gz.finish()
+                    .map_err(|source| Error::Write { path, source })?,
+            );
+        }
+        Ok(self.initrd.as_deref().unwrap_or_default())
+    }
+
+    fn uki(&mut self, format: Format) -> Result<&[u8]> {
+        if self.uki.is_none() {
+            let initrd = self.initrd(format)?.to_vec();
+            let kernel = self.kernel(format)?;
+            let fail = |source| Error::Format { format, source };
+            let stub = keel_formats::efi_stub(self.settings.arch, self.settings.tool_cache)
+                .map_err(fail)?;
+            let parts = keel_formats::UkiParts {
+                kernel: &kernel.kernel,
+                initrd: &initrd,
+                cmdline: &kernel.cmdline,
+                os_release: Some("NAME=keel\nID=keel\n"),
+                uname: None,
+            };
+            self.uki = Some(keel_formats::build_uki(&stub, &parts).map_err(fail)?);
+        }
+        Ok(self.uki.as_deref().unwrap_or_default())
+    }
+
+    fn raw_efi(&mut self, format: Format) -> Result<&[u8]> {
+        if self.raw_efi.is_none() {
+            let size = self
+                .settings
+                .size
+                .map(keel_formats::parse_size)
+                .transpose()
+                .map_err(Error::Size)?;
+            let arch = self.settings.arch;
+            let uki = self.uki(format)?.to_vec();
+            let mut disk = Vec::new();
+            keel_formats::write_raw_efi(&mut disk, &uki, arch, size)
+                .map_err(|source| Error::Format { format, source })?;
+            self.raw_efi = Some(disk);
+        }
+        Ok(self.raw_efi.as_deref().unwrap_or_default())
+    }
+
+    /// The raw disk converted by `qemu-img` into `container`.
+    fn converted(&mut self, format: Format, container: keel_formats::Container) -> Result<Vec<u8>> {
+        let raw = self.raw_efi(format)?.to_vec();
+        let fail = |source| Error::Format { format, source };
+        let tmp = tempfile::NamedTempFile::new().map_err(|source| Error::Write {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+        std::fs::write(tmp.path(), &raw).map_err(|source| Error::Write {
+            path: tmp.path().into(),
+            source,
+        })?;
+        let seed = keel_formats::gpt::Guid::derive(&raw, "disk container").bytes();
+        let mut out = Vec::new();
+        keel_formats::convert(tmp.path(), container, self.opts.mtime, &seed, &mut out)
+            .map_err(fail)?;
+        Ok(out)
+    }
+}
+
+/// Writes every format into temporary files, then commits them all: either every output
+/// appears or none does. Returns the paths written.
+pub fn write(
+    assembled: &Assembled,
+    formats: &[Format],
+    settings: &Settings<'_>,
+) -> Result<Vec<PathBuf>> {
+    if formats.len() > 1
+        && let Some(alone) = formats.iter().find(|f| **f == Format::Tar)
+    {
+        return Err(Error::Alone(*alone));
+    }
+    for (i, a) in formats.iter().enumerate() {
+        for b in &formats[i + 1..] {
+            if let Some(file) = a
+                .files(settings.name)
+                .into_iter()
+                .find(|f| b.files(settings.name).contains(f))
+            {
+                return Err(Error::Clash(*a, *b, file));
+            }
+        }
+    }
+    let dir = settings.dir;
+    std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+        path: dir.into(),
+        source,
+    })?;
+    let mut products = Products {
+        assembled,
+        settings,
+        opts: WriteOptions::from_env(),
+        initrd: None,
+        uki: None,
+        raw_efi: None,
+    };
+    let mut pending: Vec<AtomicFile> = Vec::new();
+    let create = |file: &str| -> Result<AtomicFile> {
+        let path = dir.join(file);
+        AtomicFile::create(&path).map_err(|source| Error::Output { path, source })
+    };
+    let put = |pending: &mut Vec<AtomicFile>, file: &str, data: &[u8]| -> Result<()> {
+        let mut f = create(file)?;
+        f.write_all(data).map_err(|source| Error::Write {
+            path: dir.join(file),
+            source,
+        })?;
+        pending.push(f);
+        Ok(())
+    };
+    let out_err = |file: &str| {
+        let path = dir.join(file);
+        move |source| Error::Output { path, source }
+    };
+    let name = settings.name;
+
+    for &format in formats {
+        let file = format.files(name).remove(0);
+        match format {
+            Format::KernelInitrd => {
+                let k = products.kernel(format)?.clone();
+                put(&mut pending, &file, &k.kernel)?;
+                put(
+                    &mut pending,
+                    &format!("{name}-initrd.img"),
+                    products.initrd(format)?,
+                )?;
+                put(
+                    &mut pending,
+                    &format!("{name}-cmdline"),
+                    k.cmdline.as_bytes(),
+                )?;
+            }
+            Format::TarKernelInitrd => {
+                let k = products.kernel(format)?.clone();
+                let mut t = Tree::new();
+                let place = |t: &mut Tree, p: &str, n: Node| t.insert(p, n).map_err(out_err(&file));
+                place(&mut t, "kernel", file_node(k.kernel.clone()))?;
+                place(
+                    &mut t,
+                    "initrd.img",
+                    file_node(products.initrd(format)?.to_vec()),
+                )?;
+                place(&mut t, "cmdline", file_node(k.cmdline.clone().into_bytes()))?;
+                if let Some(u) = &k.ucode {
+                    place(&mut t, "ucode.cpio", file_node(u.clone()))?;
+                }
+                pending.push(
+                    keel_rootfs::write_tar(&t, create(&file)?, &products.opts)
+                        .map_err(out_err(&file))?,
+                );
+            }
+            Format::Tar => {
+                let mut t = assembled.tree.clone();
+                if let Some(k) = &assembled.kernel {
+                    let place = |t: &mut Tree, p: &str, n: Node| {
+                        t.remove(p);
+                        t.insert(p, n).map_err(out_err(&file))
+                    };
+                    place(&mut t, "boot/kernel", file_node(k.kernel.clone()))?;
+                    place(
+                        &mut t,
+                        "boot/cmdline",
+                        file_node(k.cmdline.clone().into_bytes()),
+                    )?;
+                    if let Some(u) = &k.ucode {
+                        place(&mut t, "boot/ucode.cpio", file_node(u.clone()))?;
+                    }
+                }
+                pending.push(
+                    keel_rootfs::write_tar(&t, create(&file)?, &products.opts)
+                        .map_err(out_err(&file))?,
+                );
+            }
+            Format::Uki => put(&mut pending, &file, products.uki(format)?)?,
+            Format::RawEfi | Format::Aws => put(&mut pending, &file, products.raw_efi(format)?)?,
+            Format::Vhd => {
+                let mut disk = products.raw_efi(format)?.to_vec();
+                let seed = keel_formats::gpt::Guid::derive(&disk, "vhd").bytes();
+                let footer =
+                    keel_formats::fixed_vhd_footer(disk.len() as u64, products.opts.mtime, &seed);
+                disk.extend_from_slice(&footer);
+                put(&mut pending, &file, &disk)?;
+            }
+            Format::Qcow2Efi => {
+                let data = products.converted(format, keel_formats::Container::Qcow2)?;
+                put(&mut pending, &file, &data)?;
+            }
+            Format::DynamicVhd => {
+                let data = products.converted(format, keel_formats::Container::DynamicVhd)?;
+                put(&mut pending, &file, &data)?;
+            }
+            Format::Vmdk => {
+                let data = products.converted(format, keel_formats::Container::Vmdk)?;
+                put(&mut pending, &file, &data)?;
+            }
+        }
+    }
+    let mut written = Vec::new();
+    for f in pending {
+        let path = f.dest().to_path_buf();
+        f.commit().map_err(|source| Error::Output {
+            path: path.clone(),
+            source,
+        })?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_parse_by_linuxkit_name() {
+        assert_eq!(
+            "kernel+initrd".parse::<Format>().unwrap(),
+            Format::KernelInitrd
+        );
+        assert_eq!(
+            "tar-kernel-initrd".parse::<Format>().unwrap(),
+            Format::TarKernelInitrd
+        );
+        assert_eq!("qcow2-efi".parse::<Format>().unwrap(), Format::Qcow2Efi);
+        let err = "iso-bios".parse::<Format>().unwrap_err().to_string();
+        assert!(
+            err.contains("expected one of: kernel+initrd, tar, tar-kernel-initrd, uki"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn file_names_follow_linuxkit() {
+        assert_eq!(Format::RawEfi.files("m"), ["m-efi.img"]);
+        assert_eq!(Format::Qcow2Efi.files("m"), ["m-efi.qcow2"]);
+        assert_eq!(Format::Aws.files("m"), ["m.raw"]);
+        assert_eq!(Format::DynamicVhd.files("m"), Format::Vhd.files("m"));
+    }
+
+    #[test]
+    fn clashing_formats_are_refused_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let assembled = Assembled {
+            tree: Tree::new(),
+            kernel: None,
+        };
+        let settings = Settings {
+            dir: dir.path(),
+            name: "m",
+            arch: Arch::X86_64,
+            size: None,
+            tool_cache: dir.path(),
+        };
+        let err = write(&assembled, &[Format::Vhd, Format::DynamicVhd], &settings).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "formats vhd and dynamic-vhd both write m.vhd; build them separately"
+        );
+        let err = write(&assembled, &[Format::RawEfi], &settings).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "format raw-efi needs a kernel: add a kernel section with an image"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
