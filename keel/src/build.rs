@@ -345,14 +345,11 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
         tool_cache: &tool_cache,
     };
     let written = crate::output::write(&assembled, &formats, &settings)?;
+    // The lock holds exactly this build's pins: references the YAML no longer names go.
     if let Some(path) = &lock_file
-        && (!changes.is_empty() || !path.exists())
+        && (pins != lock || !path.exists())
     {
-        let mut updated = lock;
-        for (reference, digest) in pins.iter() {
-            updated.insert(reference.clone(), digest.clone());
-        }
-        updated.save(path)?;
+        pins.save(path)?;
     }
     for path in &written {
         log::info!("wrote {}", path.display());

@@ -401,6 +401,23 @@ fn lock_file_pins_every_reference() {
     run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "out3", "sys.yml"])).ok();
     assert_eq!(app_in_initrd(&w, "out3"), app_binary("v2", Arch::X86_64));
     assert_eq!(read_lock(&lock_path)[APP], v2.to_string());
+
+    // A pin for a reference the YAML no longer names is dropped, as Cargo.lock does.
+    let stale = "docker.io/library/gone:1";
+    let text = String::from_utf8(read(&lock_path)).unwrap().replacen(
+        "\"images\": {",
+        &format!(
+            "\"images\": {{\n    \"{stale}\": \"sha256:{}\",",
+            "0".repeat(64)
+        ),
+        1,
+    );
+    std::fs::write(&lock_path, text).unwrap();
+    assert!(read_lock(&lock_path).contains_key(stale));
+    run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "out4", "sys.yml"])).ok();
+    let pins = read_lock(&lock_path);
+    assert!(!pins.contains_key(stale), "{pins:?}");
+    assert_eq!(pins.len(), 3);
 }
 
 #[test]

@@ -1,1 +1,256 @@
-//! placeholder
+//! The VM test harness: builds test systems with the `keel` library into a shared image store,
+//! boots them under QEMU ([`vm`]), and reads what their containers report on the console
+//! ([`Checks`]).
+//!
+//! Containers under test print lines `CHECK <key>=<value>`; PID 1 relays them to the console as
+//! `<container-id>| CHECK <key>=<value>`, which [`Checks::parse`] collects per container.
+
+pub mod vm;
+
+pub use keel::run::Arch;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Serialises builds between the test threads of one process (the file lock below serialises
+/// processes: `File::lock` does not exclude other handles of the same process reliably).
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+/// A failure to build a test system.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot prepare {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the image store {}", path.display())]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: keel_image::Error,
+    },
+    #[error("cannot build {} for {arch}", yaml.display())]
+    Build {
+        yaml: PathBuf,
+        arch: Arch,
+        #[source]
+        source: keel::build::Error,
+    },
+}
+
+/// The workspace root (the parent of this crate).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// A test system's YAML under `tests/cases/`.
+pub fn case(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("cases")
+        .join(name)
+}
+
+/// The image store shared by every test run: `KEEL_TEST_STORE`, else
+/// `<workspace>/target/keel-test-cache/store`, so kernels and packages are built once.
+pub fn store_path() -> PathBuf {
+    match std::env::var_os("KEEL_TEST_STORE") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => workspace().join("target/keel-test-cache/store"),
+    }
+}
+
+/// The outputs of one build: `prefix` is what `keel run` takes (`<dir>/<name>`); the directory
+/// is removed when this is dropped.
+#[derive(Debug)]
+pub struct Built {
+    pub prefix: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+/// Builds `yamls` (merged in order) for `arch` as kernel+initrd into a temporary directory.
+/// `@pkg:` images are built into the shared store on first use. Builds are serialised across
+/// threads and processes, since they share the store and cargo's target directory.
+pub fn build(yamls: &[&Path], arch: Arch) -> Result<Built, Error> {
+    let store_dir = store_path();
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    fs::create_dir_all(&store_dir).map_err(io(&store_dir))?;
+    let _threads = BUILD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let lock_path = store_dir.join(".keel-vmtests.lock");
+    let lock = File::create(&lock_path).map_err(io(&lock_path))?;
+    lock.lock().map_err(io(&lock_path))?;
+
+    let store = keel_image::Store::open(&store_dir).map_err(|source| Error::Store {
+        path: store_dir.clone(),
+        source,
+    })?;
+    let dir = tempfile::Builder::new()
+        .prefix("keel-vmtest-")
+        .tempdir()
+        .map_err(io(Path::new("temporary directory")))?;
+    let first = yamls.first().copied().unwrap_or(Path::new("-"));
+    let name = first
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "test".into());
+    let opts = keel::build::BuildOptions {
+        files: yamls.iter().map(|p| p.display().to_string()).collect(),
+        formats: vec![keel::build::Format::KernelInitrd],
+        dir: dir.path().to_path_buf(),
+        name: Some(name.clone()),
+        arch,
+        size: None,
+        dry_run: false,
+        pull: false,
+        locked: false,
+        insecure: false,
+    };
+    keel::build::build(&store, &opts).map_err(|source| Error::Build {
+        yaml: first.to_path_buf(),
+        arch,
+        source,
+    })?;
+    // Unlocked when `lock` is dropped (closed), here explicitly for clarity.
+    let _ = lock.unlock();
+    Ok(Built {
+        prefix: dir.path().join(name),
+        dir,
+    })
+}
+
+/// Formats an error with its whole `source()` chain.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The `CHECK key=value` lines of a console, per container id, in the order printed. A key
+/// printed twice by one container keeps its last value.
+#[derive(Debug, Default, Clone)]
+pub struct Checks {
+    by_container: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Checks {
+    /// Collects every `<id>| CHECK key=value` line of `console`.
+    pub fn parse(console: &str) -> Checks {
+        let mut checks = Checks::default();
+        for line in console.lines() {
+            let line = line.trim_end_matches('\r');
+            let Some((id, rest)) = line.split_once("| CHECK ") else {
+                continue;
+            };
+            let Some((key, value)) = rest.split_once('=') else {
+                continue;
+            };
+            // The console may interleave kernel output before the id: keep its last word.
+            let id = id.rsplit(' ').next().unwrap_or(id).trim();
+            checks
+                .by_container
+                .entry(id.to_string())
+                .or_default()
+                .insert(key.trim().to_string(), value.to_string());
+        }
+        checks
+    }
+
+    /// The value `container` reported for `key`.
+    pub fn get(&self, container: &str, key: &str) -> Option<&str> {
+        self.by_container
+            .get(container)
+            .and_then(|m| m.get(key))
+            .map(String::as_str)
+    }
+
+    /// Every `(key, value)` `container` reported, sorted by key.
+    pub fn entries(&self, container: &str) -> impl Iterator<Item = (&str, &str)> {
+        self.by_container
+            .get(container)
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
+    /// Every container that reported something.
+    pub fn containers(&self) -> impl Iterator<Item = &str> {
+        self.by_container.keys().map(String::as_str)
+    }
+}
+
+/// The `keel-init: timeline: <step>` lines of a console, in order.
+pub fn timeline(console: &str) -> Vec<String> {
+    console
+        .lines()
+        .filter_map(|l| {
+            l.split_once("timeline: ")
+                .map(|(_, s)| s.trim().to_string())
+        })
+        .collect()
+}
+
+/// Position of the first line containing `needle`, if any.
+pub fn line_of(console: &str, needle: &str) -> Option<usize> {
+    console.lines().position(|l| l.contains(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONSOLE: &str = "[    2.1] keel-init: timeline: init started\r\n\
+        000-a| CHECK cap_eff=0000000000000000\n\
+        000-a| not a check\n\
+        [    3.0] random kernel line 000-b| CHECK late=yes\n\
+        svc| CHECK json={\"a\":1}\n\
+        svc| CHECK x=1\n\
+        svc| CHECK x=2\n\
+        keel-init: timeline: onboot done\n";
+
+    #[test]
+    fn checks_are_collected_per_container() {
+        let c = Checks::parse(CONSOLE);
+        assert_eq!(c.get("000-a", "cap_eff"), Some("0000000000000000"));
+        assert_eq!(c.get("000-b", "late"), Some("yes"));
+        assert_eq!(c.get("svc", "json"), Some("{\"a\":1}"));
+        assert_eq!(c.get("svc", "x"), Some("2"), "the last value wins");
+        assert_eq!(c.get("000-a", "missing"), None);
+        assert_eq!(
+            c.entries("svc").collect::<Vec<_>>(),
+            [("json", "{\"a\":1}"), ("x", "2")]
+        );
+        assert_eq!(c.entries("nobody").count(), 0);
+        assert_eq!(
+            c.containers().collect::<Vec<_>>(),
+            ["000-a", "000-b", "svc"]
+        );
+    }
+
+    #[test]
+    fn timeline_steps_in_order() {
+        assert_eq!(timeline(CONSOLE), ["init started", "onboot done"]);
+        assert_eq!(line_of(CONSOLE, "onboot done"), Some(7));
+        assert_eq!(line_of(CONSOLE, "nowhere"), None);
+    }
+
+    #[test]
+    fn store_defaults_under_target() {
+        if std::env::var_os("KEEL_TEST_STORE").is_none() {
+            assert!(store_path().ends_with("target/keel-test-cache/store"));
+        }
+        assert!(case("x.yml").starts_with(workspace().join("tests/cases")));
+    }
+}

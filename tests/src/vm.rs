@@ -27,7 +27,12 @@ pub struct Boot {
 
 impl Boot {
     pub fn new(arch: Arch) -> Boot {
-        Boot { arch, mem_mb: 512, append: None, networking: false }
+        Boot {
+            arch,
+            mem_mb: 512,
+            append: None,
+            networking: false,
+        }
     }
 }
 
@@ -49,24 +54,39 @@ impl Vm {
             firmware: None,
             console_file: Some(console.clone()),
             state: Some(state.path().join("state")),
-            append: Some(format!("panic=-1 {}", boot.append.as_deref().unwrap_or("")).trim().to_string()),
+            append: Some(
+                format!("panic=-1 {}", boot.append.as_deref().unwrap_or(""))
+                    .trim()
+                    .to_string(),
+            ),
             networking: boot.networking,
             extra: vec!["-no-reboot".into()],
         };
-        let mut cmd = keel::run::command(&opts, Accel::Tcg)
-            .unwrap_or_else(|e| panic!("{name}: cannot prepare qemu for {}: {e:#}", prefix.display()));
+        let mut cmd = keel::run::command(&opts, Accel::Tcg).unwrap_or_else(|e| {
+            panic!(
+                "{name}: cannot prepare qemu for {}: {e:#}",
+                prefix.display()
+            )
+        });
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("{name}: cannot start qemu (run scripts/setup.sh): {e}"));
-        Vm { name: name.into(), child, console, _state: state }
+        Vm {
+            name: name.into(),
+            child,
+            console,
+            _state: state,
+        }
     }
 
     /// Everything the guest printed so far.
     pub fn console(&self) -> String {
-        fs::read(&self.console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        fs::read(&self.console)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     /// Waits until the console contains `needle`; returns the console. Panics with the console's
@@ -79,10 +99,15 @@ impl Vm {
                 return text;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                self.fail(&format!("guest stopped ({status}) before printing {needle:?}"));
+                self.fail(&format!(
+                    "guest stopped ({status}) before printing {needle:?}"
+                ));
             }
             if start.elapsed() > deadline {
-                self.fail(&format!("no {needle:?} on the console within {}s", deadline.as_secs()));
+                self.fail(&format!(
+                    "no {needle:?} on the console within {}s",
+                    deadline.as_secs()
+                ));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -96,7 +121,10 @@ impl Vm {
                 return self.console();
             }
             if start.elapsed() > deadline {
-                self.fail(&format!("guest did not power off within {}s", deadline.as_secs()));
+                self.fail(&format!(
+                    "guest did not power off within {}s",
+                    deadline.as_secs()
+                ));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -114,7 +142,10 @@ impl Vm {
             let lines: Vec<&str> = text.lines().collect();
             lines[lines.len().saturating_sub(60)..].join("\n")
         };
-        panic!("{}: {what}\n--- qemu stderr ---\n{stderr}\n--- console (last 60 lines) ---\n{tail}\n---", self.name);
+        panic!(
+            "{}: {what}\n--- qemu stderr ---\n{stderr}\n--- console (last 60 lines) ---\n{tail}\n---",
+            self.name
+        );
     }
 }
 

@@ -1,0 +1,207 @@
+//! Boot benchmark: `images/minimal.yml` (plus the reporting service of `tests/cases/bench.yml`)
+//! against a bare-kernel floor (`tests/cases/floor.yml`), under QEMU TCG, median of several boots
+//! per architecture. Prints a Markdown table for `docs/benchmarks.md`.
+//!
+//!   cargo run -p keel-vmtests --example bootbench --release -- [--runs N] [--arch x86_64|aarch64]
+
+use keel_vmtests::vm::{Boot, Vm};
+use keel_vmtests::{Arch, Checks, build, case, chain, workspace};
+use std::path::Path;
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(300);
+
+/// The kernel's printk timestamp (seconds) of the first console line containing `needle`.
+fn kernel_time(console: &str, needle: &str) -> Option<f64> {
+    let line = console.lines().find(|l| l.contains(needle))?;
+    let inside = line.trim_start().strip_prefix('[')?.split(']').next()?;
+    inside.trim().parse().ok()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// `rss/pss` in kB → (rss, pss) in MB.
+fn mem(v: &str) -> Option<(f64, f64)> {
+    let (r, p) = v.split_once('/')?;
+    Some((
+        r.parse::<f64>().ok()? / 1024.0,
+        p.parse::<f64>().ok()? / 1024.0,
+    ))
+}
+
+#[derive(Default)]
+struct Samples {
+    floor_init: Vec<f64>,
+    floor_uptime: Vec<f64>,
+    run_init: Vec<f64>,
+    pid1: Vec<f64>,
+    onboot_done: Vec<f64>,
+    services: Vec<f64>,
+    pid1_rss: Vec<f64>,
+    pid1_pss: Vec<f64>,
+    shim_rss: Vec<f64>,
+    shim_pss: Vec<f64>,
+}
+
+fn step_ms(timeline: &serde_json::Value, step: &str) -> Option<f64> {
+    let s = timeline.as_array()?.iter().find(|s| s["step"] == step)?;
+    Some(s["boottime_ms"].as_f64()? / 1000.0)
+}
+
+fn bench(arch: Arch, runs: usize) -> Result<(), String> {
+    let fail = |what: &str, console: &str| format!("{arch}: {what}\n--- console ---\n{console}");
+    let floor = build(&[&case("floor.yml")], arch).map_err(|e| chain(&e))?;
+    let minimal = workspace().join("images/minimal.yml");
+    let keel = build(&[&case("bench.yml"), &minimal], arch).map_err(|e| chain(&e))?;
+    let mut s = Samples::default();
+    for run in 0..runs {
+        let mut vm = Vm::boot(
+            &format!("floor {arch} #{run}"),
+            &floor.prefix,
+            &Boot::new(arch),
+        );
+        let console = vm.wait_exit(DEADLINE);
+        s.floor_init.push(
+            kernel_time(&console, "Run /init").ok_or_else(|| fail("no Run /init", &console))?,
+        );
+        let up = console
+            .lines()
+            .find_map(|l| {
+                l.split_once("FLOOR uptime=")
+                    .map(|(_, v)| v.trim().parse::<f64>())
+            })
+            .and_then(Result::ok)
+            .ok_or_else(|| fail("no FLOOR uptime", &console))?;
+        s.floor_uptime.push(up);
+
+        let mut vm = Vm::boot(
+            &format!("minimal {arch} #{run}"),
+            &keel.prefix,
+            &Boot::new(arch),
+        );
+        let console = vm.wait_exit(DEADLINE);
+        let checks = Checks::parse(&console);
+        s.run_init.push(
+            kernel_time(&console, "Run /init").ok_or_else(|| fail("no Run /init", &console))?,
+        );
+        let timeline: serde_json::Value = checks
+            .get("bench", "timeline")
+            .and_then(|t| serde_json::from_str(t).ok())
+            .ok_or_else(|| fail("no timeline", &console))?;
+        for (step, into) in [
+            ("init started", &mut s.pid1),
+            ("onboot done", &mut s.onboot_done),
+            ("services started", &mut s.services),
+        ] {
+            into.push(step_ms(&timeline, step).ok_or_else(|| fail(step, &console))?);
+        }
+        let (r, p) = checks
+            .get("bench", "pid1")
+            .and_then(mem)
+            .ok_or_else(|| fail("no PID 1 memory", &console))?;
+        s.pid1_rss.push(r);
+        s.pid1_pss.push(p);
+        let mut shims = 0;
+        for (key, value) in checks.entries("bench") {
+            if key.starts_with("shim")
+                && let Some((r, p)) = mem(value)
+            {
+                s.shim_rss.push(r);
+                s.shim_pss.push(p);
+                shims += 1;
+            }
+        }
+        if shims == 0 {
+            return Err(fail("no keel-shim memory", &console));
+        }
+    }
+    let size = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.len() as f64 / 1e6)
+            .unwrap_or(f64::NAN)
+    };
+    let prefix = keel.prefix.display().to_string();
+    let kernel = size(Path::new(&format!("{prefix}-kernel")));
+    let initrd = size(Path::new(&format!("{prefix}-initrd.img")));
+    let floor_initrd = size(Path::new(&format!("{}-initrd.img", floor.prefix.display())));
+
+    println!("\n### {arch} (median of {runs} boots)\n");
+    println!("| measure | value |\n|---|---|");
+    println!(
+        "| floor: kernel start → `Run /init` (bare kernel, busybox /init) | {:.2} s |",
+        median(s.floor_init)
+    );
+    println!(
+        "| floor: uptime read by that /init | {:.2} s |",
+        median(s.floor_uptime)
+    );
+    println!(
+        "| keel: kernel start → `Run /init` | {:.2} s |",
+        median(s.run_init)
+    );
+    println!(
+        "| keel: kernel start → PID 1 `init started` | {:.2} s |",
+        median(s.pid1)
+    );
+    println!(
+        "| keel: kernel start → `onboot done` | {:.2} s |",
+        median(s.onboot_done)
+    );
+    println!(
+        "| keel: kernel start → `services started` | {:.2} s |",
+        median(s.services)
+    );
+    println!(
+        "| PID 1 RSS / PSS (2 services running) | {:.2} / {:.2} MB |",
+        median(s.pid1_rss),
+        median(s.pid1_pss)
+    );
+    println!(
+        "| keel-shim RSS / PSS, per shim | {:.2} / {:.2} MB |",
+        median(s.shim_rss),
+        median(s.shim_pss)
+    );
+    println!(
+        "| kernel / initrd (minimal) / initrd (floor) | {kernel:.2} / {initrd:.2} / {floor_initrd:.2} MB |"
+    );
+    Ok(())
+}
+
+fn main() {
+    let mut runs = 5;
+    let mut arches = vec![Arch::X86_64, Arch::Aarch64];
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match (a.as_str(), args.next()) {
+            ("--runs", Some(n)) => runs = n.parse().unwrap_or(runs),
+            ("--arch", Some(a)) => match a.parse() {
+                Ok(arch) => arches = vec![arch],
+                Err(e) => {
+                    eprintln!("bootbench: {e}");
+                    std::process::exit(2);
+                }
+            },
+            _ => {
+                eprintln!("usage: bootbench [--runs N] [--arch x86_64|aarch64]");
+                std::process::exit(2);
+            }
+        }
+    }
+    for arch in arches {
+        if let Err(e) = bench(arch, runs) {
+            eprintln!("bootbench: {e}");
+            std::process::exit(1);
+        }
+    }
+}
