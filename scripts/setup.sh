@@ -27,6 +27,8 @@ packages=(
   # boot media helpers and checks
   xorriso mtools dosfstools squashfs-tools erofs-utils isolinux syslinux-common systemd-boot-efi
   cpio zstd xz-utils hyperfine
+  # clients the example-system tests use against booted guests
+  redis-tools curl
 )
 missing=()
 for p in "${packages[@]}"; do

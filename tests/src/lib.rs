@@ -78,6 +78,53 @@ pub struct Built {
 /// `@pkg:` images are built into the shared store on first use. Builds are serialised across
 /// threads and processes, since they share the store and cargo's target directory.
 pub fn build(yamls: &[&Path], arch: Arch) -> Result<Built, Error> {
+    build_formats(yamls, arch, &[keel::build::Format::KernelInitrd])
+}
+
+/// Like [`build`], with the given output formats.
+pub fn build_formats(
+    yamls: &[&Path],
+    arch: Arch,
+    formats: &[keel::build::Format],
+) -> Result<Built, Error> {
+    let (_lock, store) = lock_store()?;
+    let dir = tempfile::Builder::new()
+        .prefix("keel-vmtest-")
+        .tempdir()
+        .map_err(|source| Error::Io {
+            path: "temporary directory".into(),
+            source,
+        })?;
+    let first = yamls.first().copied().unwrap_or(Path::new("-"));
+    let name = first
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "test".into());
+    let opts = keel::build::BuildOptions {
+        files: yamls.iter().map(|p| p.display().to_string()).collect(),
+        formats: formats.to_vec(),
+        dir: dir.path().to_path_buf(),
+        name: Some(name.clone()),
+        arch,
+        size: None,
+        dry_run: false,
+        pull: false,
+        locked: false,
+        insecure: false,
+    };
+    keel::build::build(&store, &opts).map_err(|source| Error::Build {
+        yaml: first.to_path_buf(),
+        arch,
+        source,
+    })?;
+    Ok(Built {
+        prefix: dir.path().join(name),
+        dir,
+    })
+}
+
+/// The shared store, locked against other test threads and processes until the guard drops.
+pub fn lock_store() -> Result<(StoreLock, keel_image::Store), Error> {
     let store_dir = store_path();
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -93,38 +140,28 @@ pub fn build(yamls: &[&Path], arch: Arch) -> Result<Built, Error> {
         path: store_dir.clone(),
         source,
     })?;
-    let dir = tempfile::Builder::new()
-        .prefix("keel-vmtest-")
-        .tempdir()
-        .map_err(io(Path::new("temporary directory")))?;
-    let first = yamls.first().copied().unwrap_or(Path::new("-"));
-    let name = first
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "test".into());
-    let opts = keel::build::BuildOptions {
-        files: yamls.iter().map(|p| p.display().to_string()).collect(),
-        formats: vec![keel::build::Format::KernelInitrd],
-        dir: dir.path().to_path_buf(),
-        name: Some(name.clone()),
-        arch,
-        size: None,
-        dry_run: false,
-        pull: false,
-        locked: false,
-        insecure: false,
-    };
-    keel::build::build(&store, &opts).map_err(|source| Error::Build {
-        yaml: first.to_path_buf(),
-        arch,
-        source,
-    })?;
-    // Unlocked when `lock` is dropped (closed), here explicitly for clarity.
-    let _ = lock.unlock();
-    Ok(Built {
-        prefix: dir.path().join(name),
-        dir,
-    })
+    Ok((
+        StoreLock {
+            _threads,
+            _file: lock,
+        },
+        store,
+    ))
+}
+
+/// Holds the shared store for one build (see [`lock_store`]).
+#[derive(Debug)]
+pub struct StoreLock {
+    _threads: std::sync::MutexGuard<'static, ()>,
+    _file: File,
+}
+
+/// The `keel` binary of this workspace's build (`cargo test --workspace` builds it).
+pub fn keel_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    target.join("debug/keel")
 }
 
 /// Formats an error with its whole `source()` chain.

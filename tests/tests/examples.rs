@@ -1,0 +1,346 @@
+//! The example systems of `images/`, built and booted on x86_64 under QEMU (TCG), exercised
+//! from the host with real clients through `keel run qemu --publish`: `redis-cli` against
+//! `redis-os.yml`, `curl` against `nginx.yml`, every value of the sysctl package read back
+//! from the booted guest's `/proc/sys`, `persistent.yml` booted twice on one disk, and the
+//! poweroff package.
+//!
+//! The clients come from `scripts/setup.sh` (`redis-tools`, `curl`).
+
+use keel::run::{Accel, Arch, Disk, Options, Publish};
+use keel_vmtests::{Checks, build, chain, workspace};
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One guest at a time: TCG guests are CPU-bound and the machine is shared.
+static BOOT_LOCK: Mutex<()> = Mutex::new(());
+
+/// How long a TCG guest may take to boot and start its services.
+const BOOT_DEADLINE: Duration = Duration::from_secs(240);
+
+/// Keys of the sysctl package that the test kernel (Debian 6.1) does not have: the package
+/// skips them (`dev.tty.legacy_tiocsti` appeared in Linux 6.2).
+const NOT_IN_KERNEL: &[&str] = &["dev.tty.legacy_tiocsti"];
+
+/// A booted example, its serial console in a file; QEMU is killed on drop.
+struct Guest {
+    name: String,
+    child: Child,
+    console: PathBuf,
+    _state: tempfile::TempDir,
+}
+
+impl Guest {
+    fn boot(name: &str, prefix: &Path, publish: Vec<Publish>, disks: Vec<Disk>) -> Guest {
+        let state = tempfile::tempdir().expect("temporary state directory");
+        let console = state.path().join("console.log");
+        let opts = Options {
+            target: prefix.into(),
+            arch: Arch::X86_64,
+            accel: Accel::Tcg,
+            mem_mb: 512,
+            cpus: 1,
+            disks,
+            publish,
+            uefi: false,
+            firmware: None,
+            console_file: Some(console.clone()),
+            state: Some(state.path().join("state")),
+            append: Some("panic=-1".into()),
+            networking: true,
+            extra: vec!["-no-reboot".into()],
+        };
+        let mut cmd = keel::run::command(&opts, Accel::Tcg)
+            .unwrap_or_else(|e| panic!("{name}: cannot prepare qemu: {}", chain(&e)));
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: cannot start qemu (run scripts/setup.sh): {e}"));
+        Guest {
+            name: name.into(),
+            child,
+            console,
+            _state: state,
+        }
+    }
+
+    fn console(&self) -> String {
+        fs::read(&self.console)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Runs `probe` (given the guest) until it returns `Some`, or panics with the console's tail after the
+    /// deadline or when QEMU exits first.
+    fn until<T>(&mut self, what: &str, mut probe: impl FnMut(&Guest) -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = probe(self) {
+                return v;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.fail(&format!("qemu exited ({status}) before {what}"));
+            }
+            if start.elapsed() > BOOT_DEADLINE {
+                self.fail(&format!("no {what} within {}s", BOOT_DEADLINE.as_secs()));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn fail(&mut self, what: &str) -> ! {
+        let _ = self.child.kill();
+        let text = self.console();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+        panic!(
+            "{}: {what}\n--- console (last 60 lines) ---\n{tail}\n---",
+            self.name
+        );
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP port that was free on the host a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
+
+/// Runs a host client; its stdout when it exits successfully.
+fn client(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} (run scripts/setup.sh): {e}"));
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn example(name: &str) -> PathBuf {
+    workspace().join("images").join(name)
+}
+
+/// The sysctl package's settings: every `key = value` of its `/etc/sysctl.d/*.conf`, applied
+/// in name order (a later file wins), values with whitespace runs folded to one space.
+fn sysctl_settings() -> BTreeMap<String, String> {
+    let dir = workspace().join("pkg/sysctl/etc/sysctl.d");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+        .collect();
+    files.sort();
+    let mut settings = BTreeMap::new();
+    for f in files {
+        let text = fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("");
+            if let Some((k, v)) = line.split_once('=') {
+                settings.insert(k.trim().to_string(), fold(v));
+            }
+        }
+    }
+    settings
+}
+
+fn fold(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A YAML merged after an example: an onboot container, run after the example's own, that
+/// prints `CHECK <key>=<value>` (or `ABSENT`) for each of `keys` from `/proc/sys`. It has
+/// CAP_SYS_ADMIN: some keys (`net.core.bpf_jit_harden`) are readable by an admin only.
+fn sysctl_probe(dir: &Path, keys: &[&String]) -> PathBuf {
+    let mut script = String::new();
+    for k in keys {
+        let path = format!("/proc/sys/{}", k.replace('.', "/"));
+        script.push_str(&format!(
+            "if [ -e {path} ]; then echo \"CHECK {k}=$(cat {path} | tr '\\t' ' ')\"; \
+             else echo 'CHECK {k}=ABSENT'; fi; "
+        ));
+    }
+    let yaml = format!(
+        "onboot:\n  - name: sysctl-probe\n    image: \"@pkg:{}\"\n    capabilities: [CAP_SYS_ADMIN]\n    command: [\"/bin/sh\", \"-c\", {}]\n",
+        workspace().join("pkg/busybox").display(),
+        serde_json::Value::String(script)
+    );
+    let path = dir.join("sysctl-probe.yml");
+    fs::write(&path, yaml).expect("write the probe YAML");
+    path
+}
+
+#[test]
+fn redis_os_answers_redis_cli_and_applies_every_sysctl() {
+    let settings = sysctl_settings();
+    assert!(
+        settings.len() > 40,
+        "too few sysctl settings parsed: {settings:?}"
+    );
+    let keys: Vec<&String> = settings.keys().collect();
+    let probe_dir = tempfile::tempdir().expect("temporary directory");
+    let probe = sysctl_probe(probe_dir.path(), &keys);
+    let built = build(&[&example("redis-os.yml"), &probe], Arch::X86_64)
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+
+    let _one = BOOT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let port = free_port();
+    let mut guest = Guest::boot(
+        "redis-os",
+        &built.prefix,
+        vec![Publish {
+            host: port,
+            guest: 6379,
+            udp: false,
+        }],
+        vec![],
+    );
+    let p = port.to_string();
+    let pong = guest.until("PONG from redis-cli PING", |_| {
+        client("redis-cli", &["-p", &p, "PING"]).filter(|o| o == "PONG")
+    });
+    assert_eq!(pong, "PONG");
+    let value = format!("keel-{port}");
+    let set = client("redis-cli", &["-p", &p, "SET", "keel:test", &value]);
+    assert_eq!(set.as_deref(), Some("OK"), "SET failed");
+    let got = client("redis-cli", &["-p", &p, "GET", "keel:test"]);
+    assert_eq!(
+        got.as_deref(),
+        Some(value.as_str()),
+        "GET did not return what SET stored"
+    );
+
+    // The probe ran before the services started, so its output is already on the console.
+    let console = guest.console();
+    let checks = Checks::parse(&console);
+    let id = checks
+        .containers()
+        .find(|c| c.ends_with("sysctl-probe"))
+        .map(str::to_string)
+        .unwrap_or_else(|| guest.fail("the sysctl probe printed nothing"));
+    let mut wrong = Vec::new();
+    for (key, want) in &settings {
+        let got = checks.get(&id, key).map(fold);
+        match got.as_deref() {
+            Some("ABSENT") if NOT_IN_KERNEL.contains(&key.as_str()) => {}
+            Some(v) if v == want => {}
+            other => wrong.push(format!("{key}: want {want:?}, guest has {other:?}")),
+        }
+    }
+    if !wrong.is_empty() {
+        guest.fail(&format!("sysctl values differ:\n  {}", wrong.join("\n  ")));
+    }
+}
+
+#[test]
+fn nginx_serves_its_page_to_curl() {
+    let built =
+        build(&[&example("nginx.yml")], Arch::X86_64).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    let _one = BOOT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let port = free_port();
+    let mut guest = Guest::boot(
+        "nginx",
+        &built.prefix,
+        vec![Publish {
+            host: port,
+            guest: 80,
+            udp: false,
+        }],
+        vec![],
+    );
+    let url = format!("http://127.0.0.1:{port}/");
+    let page = guest.until("nginx's page from curl", |_| {
+        client("curl", &["-fsS", "--max-time", "5", &url])
+    });
+    assert!(
+        page.contains("Welcome to nginx on keel!"),
+        "unexpected page from {url}:\n{page}"
+    );
+    let missing = format!("http://127.0.0.1:{port}/no-such-page");
+    assert_eq!(
+        client("curl", &["-fsS", "--max-time", "5", &missing]),
+        None,
+        "a missing page must fail (404)"
+    );
+}
+
+#[test]
+fn poweroff_package_powers_the_machine_off() {
+    let ws = workspace();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let yaml = dir.path().join("poweroff.yml");
+    let text = format!(
+        "kernel:\n  image: \"@pkg:{ws}/kernel/debian-6.1\"\n  cmdline: \"console=ttyS0\"\n\
+         init:\n  - \"@pkg:{ws}/pkg/init\"\n\
+         onboot:\n  - name: poweroff\n    image: \"@pkg:{ws}/pkg/poweroff\"\n    command: [\"/bin/poweroff\", \"1\"]\n\
+         services:\n  - name: idle\n    image: \"@pkg:{ws}/pkg/busybox\"\n    command: [\"/bin/sleep\", \"3600\"]\n",
+        ws = ws.display()
+    );
+    fs::write(&yaml, text).expect("write the poweroff YAML");
+    let built = build(&[&yaml], Arch::X86_64).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    let _one = BOOT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let mut vm = keel_vmtests::vm::Vm::boot(
+        "poweroff",
+        &built.prefix,
+        &keel_vmtests::vm::Boot::new(Arch::X86_64),
+    );
+    let console = vm.wait_exit(BOOT_DEADLINE);
+    assert!(
+        console.contains("poweroff: asking PID 1 to power off"),
+        "the poweroff container did not run:\n{console}"
+    );
+}
+
+#[test]
+fn persistent_keeps_its_counter_across_boots() {
+    let built = build(&[&example("persistent.yml")], Arch::X86_64)
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    let disk_dir = tempfile::tempdir().expect("temporary directory");
+    let disk = Disk {
+        path: Some(disk_dir.path().join("data.qcow2")),
+        size: Some("64M".into()),
+        format: None,
+    };
+    let _one = BOOT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    for boot in 1..=2 {
+        let mut guest = Guest::boot(
+            &format!("persistent boot {boot}"),
+            &built.prefix,
+            vec![],
+            vec![disk.clone()],
+        );
+        let boots = guest.until("the counter's report", |g| {
+            let checks = Checks::parse(&g.console());
+            checks.get("002-counter", "boots").map(str::to_string)
+        });
+        assert_eq!(
+            boots,
+            boot.to_string(),
+            "boot {boot} read a wrong counter from the data disk"
+        );
+        let console = guest.console();
+        let formatted = console.contains("format: making ext4 labelled keel-data");
+        assert_eq!(
+            formatted,
+            boot == 1,
+            "the disk must be formatted on the first boot only"
+        );
+        // `guest` is dropped here: QEMU is killed; the counter was synced before it reported.
+    }
+}
