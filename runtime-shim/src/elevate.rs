@@ -5,6 +5,9 @@
 //! permitted and bounding sets also hold `CAP_SYS_ADMIN` and `CAP_SETPCAP`, and by dropping
 //! those again in the executor right after the filter is in (see [`Restore::apply`]).
 //!
+//! The same copy also carries the other changes the shim makes to what libcontainer sees (a
+//! bind of `/dev` taken out, see [`crate::devbind`]): [`derive`] is the one place making it.
+//!
 //! The copy lives in a private directory (`<RUN_DIR>/shim/<id>/config.json`, root path made
 //! absolute) so the bundle itself, possibly on a read-only root, is never written.
 
@@ -13,6 +16,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use caps::{CapSet, CapsHashSet};
+
+use crate::devbind::{self, DevBind};
 use keel_bundle::{CONFIG_FILE, RUN_DIR};
 use libcontainer::capabilities::CapabilityExt;
 use libcontainer::oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities, Spec};
@@ -76,10 +81,47 @@ impl Restore {
     }
 }
 
-/// The spec libcontainer should see, and what to restore, when `spec`'s capabilities would
-/// leave no `CAP_SYS_ADMIN` to install seccomp with; `None` when it keeps that capability.
-/// Only needed without `noNewPrivileges`; the caller checks that.
-pub fn elevated(spec: &Spec, bundle: &Path) -> Result<Option<(Spec, Restore)>, ElevateError> {
+/// The spec libcontainer gets when it differs from the bundle's, with what the shim must do
+/// around libcontainer because of the difference.
+#[derive(Debug, Clone)]
+pub struct Derived {
+    /// The spec to write to the private directory (root path absolute).
+    pub spec: Spec,
+    /// Capabilities to drop once seccomp is in, when they were raised.
+    pub restore: Option<Restore>,
+    /// The `/dev` bind the shim attaches itself.
+    pub dev_bind: Option<DevBind>,
+}
+
+/// The one place deriving the spec libcontainer sees from the bundle's: capabilities raised
+/// for seccomp when `elevate` (no `noNewPrivileges` and a seccomp profile; see [`raise`]),
+/// and a bind of `/dev` taken out (see [`devbind::take`]). `None` when the bundle's spec can
+/// be used as it is.
+pub fn derive(spec: &Spec, bundle: &Path, elevate: bool) -> Result<Option<Derived>, ElevateError> {
+    let mut out = spec.clone();
+    let restore = if elevate { raise(&mut out)? } else { None };
+    let dev_bind = devbind::take(&mut out);
+    if restore.is_none() && dev_bind.is_none() {
+        return Ok(None);
+    }
+    if let Some(root) = spec.root() {
+        let mut root = root.clone();
+        if root.path().is_relative() {
+            root.set_path(bundle.join(root.path()));
+        }
+        out.set_root(Some(root));
+    }
+    Ok(Some(Derived {
+        spec: out,
+        restore,
+        dev_bind,
+    }))
+}
+
+/// Raises `spec`'s capabilities when they would leave no `CAP_SYS_ADMIN` to install seccomp
+/// with, and returns what to restore; `None` (and `spec` unchanged) when it keeps that
+/// capability.
+fn raise(spec: &mut Spec) -> Result<Option<Restore>, ElevateError> {
     let process = spec.process().as_ref().ok_or(ElevateError::NoProcess)?;
     // No capabilities section, or no effective/permitted limit: everything stays.
     let Some(caps) = process.capabilities() else {
@@ -106,21 +148,13 @@ pub fn elevated(spec: &Spec, bundle: &Path) -> Result<Option<(Spec, Restore)>, E
     raised.set_bounding(Some(bounding));
     raised.set_permitted(add(caps.permitted().as_ref()));
     raised.set_effective(add(caps.effective().as_ref()));
-    let mut out = spec.clone();
     let mut p = process.clone();
     p.set_capabilities(Some(raised));
-    out.set_process(Some(p));
-    if let Some(root) = spec.root() {
-        let mut root = root.clone();
-        if root.path().is_relative() {
-            root.set_path(bundle.join(root.path()));
-        }
-        out.set_root(Some(root));
-    }
-    Ok(Some((out, restore)))
+    spec.set_process(Some(p));
+    Ok(Some(restore))
 }
 
-/// Where the elevated copy of container `id`'s spec lives.
+/// Where the derived copy of container `id`'s spec lives.
 pub fn private_bundle(id: &str) -> PathBuf {
     Path::new(RUN_DIR).join("shim").join(id)
 }
@@ -149,7 +183,8 @@ mod tests {
             r#"{"cwd":"/","user":{"uid":0,"gid":0},"capabilities":{
                 "bounding":["CAP_KILL"],"effective":["CAP_KILL"],"permitted":["CAP_KILL"]}}"#,
         );
-        let (out, restore) = elevated(&s, Path::new("/b")).unwrap().unwrap();
+        let d = derive(&s, Path::new("/b"), true).unwrap().unwrap();
+        let (out, restore) = (d.spec, d.restore.unwrap());
         let c = out
             .process()
             .as_ref()
@@ -167,18 +202,41 @@ mod tests {
         assert_eq!(restore.bounding, kill);
         assert_eq!(restore.effective, kill);
         assert_eq!(out.root().as_ref().unwrap().path(), Path::new("/b/rootfs"));
+        assert!(d.dev_bind.is_none());
     }
 
     #[test]
     fn only_effective_limits_need_raising() {
         let s = spec(r#"{"cwd":"/","user":{"uid":0,"gid":0}}"#);
-        assert!(elevated(&s, Path::new("/b")).unwrap().is_none());
+        assert!(derive(&s, Path::new("/b"), true).unwrap().is_none());
         let s = spec(r#"{"cwd":"/","user":{"uid":0,"gid":0},"capabilities":{"bounding":[]}}"#);
-        assert!(elevated(&s, Path::new("/b")).unwrap().is_none());
+        assert!(derive(&s, Path::new("/b"), true).unwrap().is_none());
         let s = spec(
             r#"{"cwd":"/","user":{"uid":0,"gid":0},"capabilities":{"effective":["CAP_SYS_ADMIN"]}}"#,
         );
-        assert!(elevated(&s, Path::new("/b")).unwrap().is_none());
+        assert!(derive(&s, Path::new("/b"), true).unwrap().is_none());
+        let s = spec(r#"{"cwd":"/","user":{"uid":0,"gid":0},"capabilities":{"effective":[]}}"#);
+        assert!(derive(&s, Path::new("/b"), false).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_dev_bind_alone_derives_a_spec() {
+        let mut s = spec(r#"{"cwd":"/","user":{"uid":0,"gid":0},"capabilities":{"effective":[]}}"#);
+        s.set_mounts(Some(
+            serde_json::from_str(r#"[{"destination":"/dev","source":"/dev","options":["rbind"]}]"#)
+                .unwrap(),
+        ));
+        let d = derive(&s, Path::new("/b"), false).unwrap().unwrap();
+        assert!(d.restore.is_none());
+        assert_eq!(d.dev_bind.unwrap().source, Path::new("/dev"));
+        assert_eq!(d.spec.process(), s.process(), "capabilities untouched");
+        let m = d.spec.mounts().as_ref().unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].typ().as_deref(), Some("tmpfs"));
+        assert_eq!(
+            d.spec.root().as_ref().unwrap().path(),
+            Path::new("/b/rootfs")
+        );
     }
 
     #[test]
@@ -186,7 +244,8 @@ mod tests {
         let s = spec(
             r#"{"cwd":"/","user":{"uid":0,"gid":0},"capabilities":{"permitted":["CAP_CHOWN"]}}"#,
         );
-        let (out, restore) = elevated(&s, Path::new("/b")).unwrap().unwrap();
+        let d = derive(&s, Path::new("/b"), true).unwrap().unwrap();
+        let (out, restore) = (d.spec, d.restore.unwrap());
         let c = out
             .process()
             .as_ref()

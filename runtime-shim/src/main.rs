@@ -8,6 +8,7 @@
 //! writes straight into the shim's stdout/stderr. `KEEL_SHIM_LOG` (error, warn, info,
 //! debug, trace; default info) sets how much the shim and libcontainer report.
 
+mod devbind;
 mod devices;
 mod elevate;
 mod events;

@@ -24,6 +24,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use crate::devbind::{DevBind, DevBindError};
 use crate::devices::{self, DevicesError};
 use crate::elevate::{self, ElevateError};
 use crate::events::report;
@@ -55,8 +56,10 @@ pub enum RunError {
     Seccomp(#[source] SeccompError),
     #[error("invalid device rules")]
     Devices(#[source] DevicesError),
-    #[error("cannot prepare capabilities for seccomp")]
+    #[error("cannot prepare the spec for libcontainer")]
     Elevate(#[source] ElevateError),
+    #[error("cannot bind /dev")]
+    DevBind(#[source] DevBindError),
     #[error("cannot set up signal handling")]
     Signals(#[source] Errno),
     #[error("runtime.json step failed")]
@@ -125,7 +128,7 @@ pub fn block_signals() -> Result<SignalFd, RunError> {
 struct Cleanup {
     prepared: Prepared,
     container: Option<Container>,
-    /// The private spec directory, when the spec was elevated.
+    /// The private spec directory, when the spec was derived.
     private: Option<PathBuf>,
 }
 
@@ -169,10 +172,8 @@ pub fn run(bundle: &Path, id: &str) -> Result<i32, RunError> {
     };
     // libcontainer sets no_new_privs only for `Some(true)`.
     let nnp = spec.process().as_ref().and_then(|p| p.no_new_privileges()) == Some(true);
-    let elevated = match seccomp {
-        Some(_) if !nnp => elevate::elevated(&spec, &bundle).map_err(RunError::Elevate)?,
-        _ => None,
-    };
+    let derived =
+        elevate::derive(&spec, &bundle, seccomp.is_some() && !nnp).map_err(RunError::Elevate)?;
     let linux = spec.linux().as_ref();
     let device_rules = devices::rules_for(
         linux
@@ -185,13 +186,13 @@ pub fn run(bundle: &Path, id: &str) -> Result<i32, RunError> {
     let signals = block_signals()?;
     remove_stale(id);
     // libcontainer reads the spec from `<dir>/config.json`: the bundle, or a private copy.
-    let (spec_dir, restore) = match elevated {
-        Some((raised, restore)) => {
+    let (spec_dir, restore, dev_bind) = match derived {
+        Some(d) => {
             let dir = elevate::private_bundle(id);
-            elevate::write(&dir, &raised).map_err(RunError::Elevate)?;
-            (dir, Some(restore))
+            elevate::write(&dir, &d.spec).map_err(RunError::Elevate)?;
+            (dir, d.restore, d.dev_bind)
         }
-        None => (bundle.clone(), None),
+        None => (bundle.clone(), None, None),
     };
 
     let private = (spec_dir != bundle).then(|| spec_dir.clone());
@@ -209,6 +210,14 @@ pub fn run(bundle: &Path, id: &str) -> Result<i32, RunError> {
         private,
     };
 
+    // Cloned in this (the root) mount namespace, attached in the container's once built.
+    let dev_tree = match dev_bind.as_ref().map(DevBind::open).transpose() {
+        Ok(t) => t,
+        Err(err) => {
+            cleanup.finish();
+            return Err(RunError::DevBind(err));
+        }
+    };
     let created = create(&spec_dir, id, ShimExecutor::new(seccomp, restore));
     let container = match created {
         Ok(c) => cleanup.container.insert(c),
@@ -231,6 +240,10 @@ pub fn run(bundle: &Path, id: &str) -> Result<i32, RunError> {
     };
     let prestart = devices
         .map_err(RunError::Devices)
+        .and_then(|()| match &dev_tree {
+            Some(tree) => tree.attach(pid.as_raw()).map_err(RunError::DevBind),
+            None => Ok(()),
+        })
         .and_then(|()| {
             netlink::apply_interfaces(pid.as_raw(), &runtime.interfaces)
                 .map_err(RunError::Interfaces)

@@ -3,6 +3,7 @@
 //! Each wrapper is small and returns `std::io::Result`; callers add context. Safe wrappers
 //! from `nix` are used elsewhere; only what `nix` does not offer safely is here.
 
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
@@ -221,6 +222,174 @@ pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+/// `MOUNT_ATTR_RDONLY` from `<linux/mount.h>`.
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// `struct mount_attr` from `<linux/mount.h>`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC [| AT_RECURSIVE])`: a
+/// detached copy of the mount at `path` (and those below it when `recursive`).
+pub fn open_tree_clone(path: &CStr, recursive: bool) -> io::Result<OwnedFd> {
+    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a successful open_tree returns a new fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
+/// `mount_setattr` on the mount tree `tree` (an `open_tree` fd): sets `attr_set` (e.g.
+/// [`MOUNT_ATTR_RDONLY`]) and, when not zero, the propagation type (`MS_SHARED`, ...).
+pub fn mount_setattr(
+    tree: BorrowedFd,
+    recursive: bool,
+    attr_set: u64,
+    propagation: u64,
+) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation,
+        userns_fd: 0,
+    };
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    // SAFETY: `attr` is a live `#[repr(C)]` `struct mount_attr` of the size passed and the
+    // path an empty NUL-terminated string; the kernel only reads them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The step of [`attach_in_namespace`] that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachStep {
+    Fork,
+    Setns,
+    MoveMount,
+    Wait,
+}
+
+impl std::fmt::Display for AttachStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Fork => "fork",
+            Self::Setns => "setns",
+            Self::MoveMount => "move_mount",
+            Self::Wait => "wait",
+        })
+    }
+}
+
+/// Attaches the detached mount tree `tree` on `target` inside the mount namespace `mnt_ns`
+/// (an open `/proc/<pid>/ns/mnt`), from a forked child so this process's own namespace is
+/// unchanged. The child only makes raw system calls (async-signal-safe after `fork`) and
+/// reports a failure's errno through a pipe.
+pub fn attach_in_namespace(
+    mnt_ns: BorrowedFd,
+    tree: BorrowedFd,
+    target: &CStr,
+) -> Result<(), (AttachStep, io::Error)> {
+    let (r, w) = nix::unistd::pipe().map_err(|e| (AttachStep::Fork, io::Error::from(e)))?;
+    // SAFETY: the child below calls only async-signal-safe functions (setns, syscall,
+    // write, _exit) on values prepared before the fork, then exits without unwinding.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err((AttachStep::Fork, io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        let fail = |step: u8| -> ! {
+            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            let mut msg = [0u8; 5];
+            msg[0] = step;
+            msg[1..].copy_from_slice(&errno.to_ne_bytes());
+            // SAFETY: `msg` is a valid buffer; `_exit` never returns and runs no destructors.
+            unsafe {
+                libc::write(w.as_raw_fd(), msg.as_ptr().cast(), msg.len());
+                libc::_exit(1)
+            }
+        };
+        // SAFETY: setns on a namespace fd this process holds open; only this child moves.
+        if unsafe { libc::setns(mnt_ns.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+            fail(1);
+        }
+        // SAFETY: `tree` is an open_tree fd, both paths valid NUL-terminated strings.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if rc != 0 {
+            fail(2);
+        }
+        // SAFETY: `_exit` ends the child without running the parent's destructors.
+        unsafe { libc::_exit(0) }
+    }
+    drop(w);
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for the child just forked; `status` is a valid out pointer.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } >= 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err((AttachStep::Wait, err));
+        }
+    }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        return Ok(());
+    }
+    let mut msg = [0u8; 5];
+    let got = std::io::Read::read(&mut std::fs::File::from(r), &mut msg).unwrap_or(0);
+    if got != msg.len() {
+        return Err((
+            AttachStep::Wait,
+            io::Error::other(format!("helper ended with status {status:#x}")),
+        ));
+    }
+    let errno = i32::from_ne_bytes([msg[1], msg[2], msg[3], msg[4]]);
+    let step = if msg[0] == 1 {
+        AttachStep::Setns
+    } else {
+        AttachStep::MoveMount
+    };
+    Err((step, io::Error::from_raw_os_error(errno)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,5 +414,16 @@ mod tests {
         set_cloexec(r.as_raw_fd()).unwrap();
         assert!(!fd_is_open(-1));
         assert!(set_cloexec(-1).is_err());
+    }
+
+    #[test]
+    fn open_tree_clones_or_says_why() {
+        let err = open_tree_clone(c"/nonexistent-keel-path", false).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        // Cloning needs CAP_SYS_ADMIN; without it the kernel says EPERM.
+        match open_tree_clone(c"/", true) {
+            Ok(tree) => assert!(fd_is_open(tree.as_raw_fd())),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EPERM)),
+        }
     }
 }
