@@ -369,7 +369,7 @@ impl Init {
                     self.sup.output(index, &line);
                 }
                 Item::Event(ev) => {
-                    if let ShimEvent::Exited { status } = ev {
+                    if let ShimEvent::Exited { status, .. } = ev {
                         log::debug!("{id}: shim reports exit {status}");
                     }
                     self.sup.shim_event(pid, ev);

@@ -228,7 +228,10 @@ mod tests {
             events,
             [
                 ShimEvent::Started { pid: 5 },
-                ShimEvent::Exited { status: 0 }
+                ShimEvent::Exited {
+                    status: 0,
+                    oom_killed: false
+                }
             ]
         );
         assert!(io.fds().is_empty());

@@ -263,10 +263,33 @@ pub fn run(bundle: &Path, id: &str) -> Result<i32, RunError> {
     report(&ShimEvent::Started { pid: pid.as_raw() });
 
     let waited = wait_for(pid, &signals);
+    // Before cleanup removes the cgroup, whose counters say whether the OOM killer struck.
+    let oom_killed = oom_kills(&spec) > 0;
     cleanup.finish();
     let status = waited?;
-    report(&ShimEvent::Exited { status });
+    report(&ShimEvent::Exited { status, oom_killed });
     Ok(status)
+}
+
+/// The `oom_kill` count in the container's cgroup `memory.events` (0 when unreadable).
+fn oom_kills(spec: &Spec) -> u64 {
+    let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) else {
+        return 0;
+    };
+    let events = Path::new("/sys/fs/cgroup")
+        .join(path.strip_prefix("/").unwrap_or(&path))
+        .join("memory.events");
+    std::fs::read_to_string(events)
+        .map(|text| parse_oom_kills(&text))
+        .unwrap_or(0)
+}
+
+/// `oom_kill N` from a cgroup v2 `memory.events` file.
+fn parse_oom_kills(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("oom_kill "))
+        .find_map(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn create(bundle: &Path, id: &str, executor: ShimExecutor) -> Result<Container, RunError> {
@@ -333,6 +356,14 @@ pub fn wait_for(pid: Pid, signals: &SignalFd) -> Result<i32, RunError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn oom_kills_come_from_memory_events() {
+        let text = "low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n";
+        assert_eq!(parse_oom_kills(text), 2);
+        assert_eq!(parse_oom_kills("low 0\n"), 0);
+        assert_eq!(parse_oom_kills(""), 0);
+    }
+
     use super::*;
 
     #[test]

@@ -160,6 +160,8 @@ pub struct Record {
     pub shim_pid: Option<i32>,
     /// Status of the last run (128+signal when killed).
     pub exit_status: Option<i32>,
+    /// Why the last run ended, when the status alone does not say (`oom-killed`).
+    pub exit_reason: Option<String>,
     /// When the last run was started.
     pub created: Option<SystemTime>,
     pub restarts: u32,
@@ -171,6 +173,7 @@ pub struct Record {
     started_at: Option<Instant>,
     started: bool,
     reported_exit: Option<i32>,
+    reported_oom: bool,
     timeout_at: Option<Instant>,
     timed_out: bool,
     stop: Option<Stop>,
@@ -255,6 +258,7 @@ impl Supervisor {
             pid: None,
             shim_pid: None,
             exit_status: None,
+            exit_reason: None,
             created: None,
             restarts: 0,
             supervision,
@@ -263,6 +267,7 @@ impl Supervisor {
             started_at: None,
             started: false,
             reported_exit: None,
+            reported_oom: false,
             timeout_at: None,
             timed_out: false,
             stop: None,
@@ -471,7 +476,10 @@ impl Supervisor {
                     rec.error = Some(message);
                 }
             }
-            ShimEvent::Exited { status } => rec.reported_exit = Some(status),
+            ShimEvent::Exited { status, oom_killed } => {
+                rec.reported_exit = Some(status);
+                rec.reported_oom = oom_killed;
+            }
         }
     }
 
@@ -497,6 +505,7 @@ impl Supervisor {
         }
         let exit = reported.unwrap_or(status);
         rec.exit_status = Some(exit);
+        rec.exit_reason = std::mem::take(&mut rec.reported_oom).then(|| "oom-killed".to_owned());
         rec.pid = None;
         rec.shim_pid = None;
         rec.timeout_at = None;
@@ -521,8 +530,13 @@ impl Supervisor {
             if exit == 0 {
                 log::info!("{what}: exited with status 0 after {} ms", took.as_millis());
             } else {
+                let reason = rec
+                    .exit_reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default();
                 log::warn!(
-                    "{what}: exited with status {exit} after {} ms",
+                    "{what}: exited with status {exit}{reason} after {} ms",
                     took.as_millis()
                 );
             }
@@ -822,6 +836,7 @@ impl Supervisor {
                 restarts: r.restarts,
                 kind: r.kind.as_str().into(),
                 exit_status: r.exit_status,
+                exit_reason: r.exit_reason.clone(),
                 ready: r.ready,
             })
             .collect()
@@ -962,6 +977,46 @@ mod tests {
     }
 
     #[test]
+    fn oom_kills_are_reported_with_the_exit_and_cleared_by_the_next() {
+        let t0 = Now::system();
+        let mut s = Supervisor::new(Settings::default());
+        s.add(bundle(Kind::Service, "hog", Ok(Runtime::default())));
+        s.boot();
+        s.take_actions();
+        s.spawned(0, 10, t0);
+        s.shim_event(10, ShimEvent::Started { pid: 11 });
+        s.shim_event(
+            10,
+            ShimEvent::Exited {
+                status: 137,
+                oom_killed: true,
+            },
+        );
+        s.child_exited(10, 137, at(t0, 1));
+        let info = &s.list()[0];
+        assert_eq!(info.exit_status, Some(137));
+        assert_eq!(info.exit_reason.as_deref(), Some("oom-killed"));
+
+        // Restarted after its backoff; an ordinary exit clears the reason.
+        s.take_actions();
+        s.tick(at(t0, 2));
+        assert_eq!(spawns(&s.take_actions()), [0]);
+        s.spawned(0, 20, at(t0, 2));
+        s.shim_event(20, ShimEvent::Started { pid: 21 });
+        s.shim_event(
+            20,
+            ShimEvent::Exited {
+                status: 1,
+                oom_killed: false,
+            },
+        );
+        s.child_exited(20, 1, at(t0, 3));
+        let info = &s.list()[0];
+        assert_eq!(info.exit_status, Some(1));
+        assert_eq!(info.exit_reason, None);
+    }
+
+    #[test]
     fn onboot_runs_in_order_then_services_together() {
         let t0 = Now::system();
         let mut s = system();
@@ -978,7 +1033,13 @@ mod tests {
             s.take_actions().is_empty(),
             "nothing else starts while onboot runs"
         );
-        s.shim_event(100, ShimEvent::Exited { status: 3 });
+        s.shim_event(
+            100,
+            ShimEvent::Exited {
+                status: 3,
+                oom_killed: false,
+            },
+        );
         assert!(s.child_exited(100, 3, at(t0, 1)));
         assert_eq!(s.records()[0].status, Status::Stopped);
         assert_eq!(s.records()[0].exit_status, Some(3));
@@ -1031,7 +1092,13 @@ mod tests {
         s.shim_event(20, ShimEvent::Started { pid: 21 });
         s.child_exited(10, 139, t0);
         assert_eq!(signals(&s.take_actions()), [(11, Signal::SIGKILL)]);
-        s.shim_event(20, ShimEvent::Exited { status: 0 });
+        s.shim_event(
+            20,
+            ShimEvent::Exited {
+                status: 0,
+                oom_killed: false,
+            },
+        );
         s.child_exited(20, 0, t0);
         assert!(
             signals(&s.take_actions()).is_empty(),
@@ -1103,12 +1170,24 @@ mod tests {
             signals(&s.take_actions()),
             [(10, Signal::SIGTERM), (20, Signal::SIGTERM)]
         );
-        s.shim_event(10, ShimEvent::Exited { status: 143 });
+        s.shim_event(
+            10,
+            ShimEvent::Exited {
+                status: 143,
+                oom_killed: false,
+            },
+        );
         s.child_exited(10, 143, at(t0, 101));
         assert!(!s.is_halted());
         s.tick(at(t0, 110));
         assert_eq!(signals(&s.take_actions()), [(21, Signal::SIGKILL)]);
-        s.shim_event(20, ShimEvent::Exited { status: 137 });
+        s.shim_event(
+            20,
+            ShimEvent::Exited {
+                status: 137,
+                oom_killed: false,
+            },
+        );
         s.child_exited(20, 137, at(t0, 110));
         assert!(s.is_halted());
         assert_eq!(s.records()[1].exit_status, Some(137));
@@ -1152,7 +1231,13 @@ mod tests {
         s.spawned(2, 30, at(t0, 1));
         s.child_exited(30, 0, at(t0, 2));
         assert_eq!(signals(&s.take_actions()), [(10, Signal::SIGTERM)]);
-        s.shim_event(10, ShimEvent::Exited { status: 0 });
+        s.shim_event(
+            10,
+            ShimEvent::Exited {
+                status: 0,
+                oom_killed: false,
+            },
+        );
         s.child_exited(10, 0, at(t0, 3));
         assert!(s.is_halted());
     }
@@ -1234,7 +1319,13 @@ mod tests {
 
     /// The shim `shim` reports its container's exit, then exits.
     fn exit(s: &mut Supervisor, shim: i32, status: i32, now: Now) {
-        s.shim_event(shim, ShimEvent::Exited { status });
+        s.shim_event(
+            shim,
+            ShimEvent::Exited {
+                status,
+                oom_killed: false,
+            },
+        );
         assert!(s.child_exited(shim, status, now));
     }
 

@@ -95,6 +95,9 @@ pub struct ContainerInfo {
     pub kind: String,
     /// Exit status of the last run (128+signal when killed); absent while it never ended.
     pub exit_status: Option<i32>,
+    /// Why the last run ended when the status alone does not say: `oom-killed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_reason: Option<String>,
     /// Whether services depending on it may start (see `keel.readiness`).
     pub ready: bool,
 }
@@ -173,6 +176,7 @@ mod tests {
                 restarts: 1,
                 kind: "service".into(),
                 exit_status: None,
+                exit_reason: None,
                 ready: true,
             }],
         };

@@ -276,7 +276,7 @@ fn restart_and_shutdown_aarch64() {
 #[test]
 fn stress_x86_64() {
     let (_built, mut vm) = boot("sup-stress.yml", Arch::X86_64, 1024);
-    vm.wait_for("check| CHECK done=1", Duration::from_secs(600));
+    vm.wait_for("check| CHECK done=1", Duration::from_secs(1500));
     let console = vm.console();
     keep(&console, "sup-stress", Arch::X86_64);
     drop(vm);
@@ -365,6 +365,7 @@ fn stress_x86_64() {
     );
     let hog = container(&checks, "check", "list", "hog");
     assert_eq!(hog["exit_status"], 137, "{hog}");
+    assert_eq!(hog["exit_reason"], "oom-killed", "{hog}");
     assert!(restarts(&hog) >= 2, "{hog}");
     assert!(
         console

@@ -55,7 +55,13 @@ pub enum ShimEvent {
     /// A diagnostic from the shim itself (not the container's output).
     Log { level: String, message: String },
     /// The container's process ended with this status (also the shim's exit status).
-    Exited { status: i32 },
+    Exited {
+        status: i32,
+        /// The kernel's OOM killer killed a process of the container (its cgroup's
+        /// `memory.events` counted an `oom_kill`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        oom_killed: bool,
+    },
 }
 
 /// The cgroup (below `/sys/fs/cgroup`) a container gets when its YAML names none.
@@ -297,6 +303,27 @@ mod tests {
         let text = serde_json::to_string(&e).unwrap();
         assert_eq!(text, r#"{"event":"started","pid":42}"#);
         assert_eq!(serde_json::from_str::<ShimEvent>(&text).unwrap(), e);
+    }
+
+    #[test]
+    fn exit_events_say_when_the_oom_killer_struck() {
+        let plain = ShimEvent::Exited {
+            status: 0,
+            oom_killed: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"event":"exited","status":0}"#
+        );
+        let oom: ShimEvent =
+            serde_json::from_str(r#"{"event":"exited","status":137,"oom_killed":true}"#).unwrap();
+        assert_eq!(
+            oom,
+            ShimEvent::Exited {
+                status: 137,
+                oom_killed: true
+            }
+        );
     }
 
     #[test]

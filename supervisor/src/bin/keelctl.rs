@@ -375,8 +375,10 @@ fn list_table(containers: &[ContainerInfo]) -> String {
         .to_vec(),
     ];
     for c in containers {
-        let status = match (c.status.as_str(), c.exit_status) {
-            ("stopped" | "failed", Some(code)) => format!("{} ({code})", c.status),
+        let status = match (c.status.as_str(), c.exit_status, &c.exit_reason) {
+            ("running", ..) | (_, None, _) => c.status.clone(),
+            (_, Some(code), Some(reason)) => format!("{} ({code}, {reason})", c.status),
+            ("stopped" | "failed", Some(code), None) => format!("{} ({code})", c.status),
             _ => c.status.clone(),
         };
         rows.push(vec![
@@ -538,6 +540,7 @@ mod tests {
             restarts: 0,
             kind: "onboot".into(),
             exit_status: Some(1),
+            exit_reason: None,
             ready: false,
         };
         let out = list_table(&[c]);

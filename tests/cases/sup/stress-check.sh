@@ -52,7 +52,7 @@ while [ "$i" -lt 10000 ]; do
 done
 t1=$(now_ms)
 touch /run/sup-go
-wait_status nsorphans 240 stopped && ns_done=1 || ns_done=0
+wait_status nsorphans 1200 stopped && ns_done=1 || ns_done=0
 # Zombies are reaped as they come; a few may be in flight for a moment.
 i=0
 while [ "$(zombies)" != 0 ] && [ "$i" -lt 20 ]; do sleep 0.5; i=$((i + 1)); done
