@@ -108,17 +108,28 @@ fn fix_vmdk_cid(file: &mut File, seed: &[u8]) -> io::Result<()> {
         u32::from_le_bytes([cid[0], cid[1], cid[2], cid[3]]) | 1
     );
     let start = pos + key.len();
-    if desc
-        .get(start..start + 8)
-        .is_none_or(|v| !v.iter().all(u8::is_ascii_hexdigit))
-    {
+    // qemu-img writes the CID with `%x`: 1 to 8 digits. Rewrite the whole descriptor with a
+    // fixed-width value, re-padded with NULs, so the bytes do not depend on the random one.
+    let end = desc[start..]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map(|n| start + n)
+        .filter(|&e| e > start && desc[start..e].iter().all(u8::is_ascii_hexdigit))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "VMDK CID is not hexadecimal"))?;
+    let mut fixed = Vec::with_capacity(desc.len());
+    fixed.extend_from_slice(&desc[..start]);
+    fixed.extend_from_slice(text.as_bytes());
+    fixed.extend_from_slice(&desc[end..]);
+    let text_len = fixed.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    if text_len > desc.len() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            "VMDK CID is not 8 hex digits",
+            "VMDK descriptor overflows its area",
         ));
     }
-    file.seek(SeekFrom::Start(at + start as u64))?;
-    file.write_all(text.as_bytes())
+    fixed.resize(desc.len(), 0);
+    file.seek(SeekFrom::Start(at))?;
+    file.write_all(&fixed)
 }
 
 /// Sets the timestamp and unique ID of both footers of a dynamic VHD and recomputes their
@@ -146,6 +157,55 @@ fn fix_vhd_footers(file: &mut File, mtime: u64, seed: &[u8]) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// A sparse VMDK header (sector 0) and a one-sector embedded descriptor with this CID.
+    fn fake_vmdk(cid: &str) -> tempfile::NamedTempFile {
+        let mut header = [0u8; 512];
+        header[..4].copy_from_slice(b"KDMV");
+        header[28..36].copy_from_slice(&1u64.to_le_bytes());
+        header[36..44].copy_from_slice(&1u64.to_le_bytes());
+        let mut desc = format!(
+            "# Disk DescriptorFile\nversion=1\nCID={cid}\nparentCID=ffffffff\ncreateType=\"monolithicSparse\"\n"
+        )
+        .into_bytes();
+        desc.resize(512, 0);
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&header).unwrap();
+        f.write_all(&desc).unwrap();
+        f
+    }
+
+    #[test]
+    fn vmdk_cid_is_rewritten_whatever_its_width() {
+        let fixed = |cid: &str| {
+            let f = fake_vmdk(cid);
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(f.path())
+                .unwrap();
+            fix_vmdk_cid(&mut file, b"seed").unwrap();
+            std::fs::read(f.path()).unwrap()
+        };
+        let short = fixed("7a3");
+        assert_eq!(
+            short,
+            fixed("1234abcd"),
+            "the random CID's width leaks into the output"
+        );
+        let text = String::from_utf8_lossy(&short[512..]).into_owned();
+        let cid = text.lines().find_map(|l| l.strip_prefix("CID=")).unwrap();
+        assert_eq!(cid.len(), 8, "{text}");
+        assert!(text.contains("\nparentCID=ffffffff\ncreateType="), "{text}");
+        assert_eq!(short.len(), 1024);
+        assert!(
+            fix_vmdk_cid(
+                &mut std::fs::File::open(fake_vmdk("xyz").path()).unwrap(),
+                b"s"
+            )
+            .is_err()
+        );
+    }
+
     use super::*;
     use keel_image::Arch;
 
