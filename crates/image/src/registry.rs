@@ -573,51 +573,12 @@ impl Client {
         url: &str,
         accept: Option<&str>,
     ) -> RResult<ureq::http::Response<ureq::Body>> {
-        let mut challenged = false;
-        loop {
-            let mut req = self.agent.get(url);
-            if let Some(accept) = accept {
-                req = req.header("Accept", accept);
-            }
-            match &self.auth {
-                Auth::None => {}
-                Auth::Basic(b) => req = req.header("Authorization", format!("Basic {b}")),
-                Auth::Bearer(t) => req = req.header("Authorization", format!("Bearer {t}")),
-            }
-            let mut resp = req.call().map_err(|e| http_error(url, e))?;
-            let status = resp.status().as_u16();
-            if (200..300).contains(&status) {
-                return Ok(resp);
-            }
-            if status == 401 && !challenged {
-                challenged = true;
-                let header = resp
-                    .headers()
-                    .get("www-authenticate")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                self.answer(&header)?;
-                continue;
-            }
-            if status == 401 || status == 403 {
-                return Err(RegistryError::Unauthorized {
-                    registry: self.registry.clone(),
-                    url: url.to_owned(),
-                });
-            }
-            let body = resp
-                .body_mut()
-                .with_config()
-                .limit(64 * 1024)
-                .read_to_string()
-                .unwrap_or_default();
-            return Err(RegistryError::Status {
-                url: url.to_owned(),
-                status,
-                message: registry_message(&body),
-            });
-        }
+        let headers: Vec<(&str, String)> = accept
+            .map(|a| ("Accept", a.to_owned()))
+            .into_iter()
+            .collect();
+        let resp = self.send("GET", url, &headers, None)?;
+        self.check(url, resp)
     }
 
     /// Set up authorisation for a `WWW-Authenticate` challenge.
