@@ -275,10 +275,19 @@ fn restart_and_shutdown_aarch64() {
 /// Scenarios 3, 5 and 6 of issue 4 in one boot of `sup-stress.yml`.
 #[test]
 fn stress_x86_64() {
-    let (_built, mut vm) = boot("sup-stress.yml", Arch::X86_64, 1024);
+    stress(Arch::X86_64);
+}
+
+#[test]
+fn stress_aarch64() {
+    stress(Arch::Aarch64);
+}
+
+fn stress(arch: Arch) {
+    let (_built, mut vm) = boot("sup-stress.yml", arch, 1024);
     vm.wait_for("check| CHECK done=1", Duration::from_secs(1500));
     let console = vm.console();
-    keep(&console, "sup-stress", Arch::X86_64);
+    keep(&console, "sup-stress", arch);
     drop(vm);
     let checks = Checks::parse(&console);
     let get = |key: &str| {
@@ -398,10 +407,19 @@ fn triple(text: &str) -> (u64, u64, u64) {
 /// Scenario 7 of issue 4 and the supervisor benchmark, in one boot of `sup-bench.yml`.
 #[test]
 fn hostile_socket_and_benchmark_x86_64() {
-    let (_built, mut vm) = boot("sup-bench.yml", Arch::X86_64, 1024);
+    hostile_socket_and_benchmark(Arch::X86_64);
+}
+
+#[test]
+fn hostile_socket_and_benchmark_aarch64() {
+    hostile_socket_and_benchmark(Arch::Aarch64);
+}
+
+fn hostile_socket_and_benchmark(arch: Arch) {
+    let (_built, mut vm) = boot("sup-bench.yml", arch, 1024);
     vm.wait_for("bench| CHECK poweroff=1", Duration::from_secs(900));
     let console = vm.wait_exit(Duration::from_secs(120));
-    keep(&console, "sup-bench", Arch::X86_64);
+    keep(&console, "sup-bench", arch);
     let checks = Checks::parse(&console);
     let get = |key: &str| {
         checks
