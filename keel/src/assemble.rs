@@ -165,7 +165,7 @@ fn place(tree: &mut Tree, path: &str, node: Node) -> Result<()> {
     })
 }
 
-fn file(data: impl Into<Bytes>, mode: u32, origin: &str) -> Node {
+pub(crate) fn file(data: impl Into<Bytes>, mode: u32, origin: &str) -> Node {
     Node::new(NodeKind::File(data.into()), mode, origin)
 }
 
@@ -412,9 +412,8 @@ pub fn assemble(store: &Store, config: &Config, images: &Images) -> Result<Assem
             &format!("{}/{}", bundle.dir, keel_bundle::RUNTIME_FILE),
             file(bundle.runtime_json()?, 0o644, &origin),
         )?;
-        // Sections are directories even when empty, so the guest can tell "none" from "broken".
-        let _ = section;
     }
+    // Sections are directories even when empty, so the guest can tell "none" from "broken".
     for section in [Section::Onboot, Section::Onshutdown, Section::Services] {
         let dir = format!("{}/{}", keel_bundle::CONTAINERS_DIR, section.as_str());
         root.mkdir_all(&dir, 0o755, 0, 0, "keel")

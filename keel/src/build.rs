@@ -128,7 +128,7 @@ pub fn load(files: &[String], store: Option<&Store>) -> Result<Config> {
 }
 
 /// An error and its causes on one line (`a: b: c`), for messages embedded in other errors.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut cause = err.source();
     while let Some(c) = cause {

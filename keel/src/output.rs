@@ -9,7 +9,7 @@
 use crate::assemble::{Assembled, KernelParts};
 use bytes::Bytes;
 use keel_image::Arch;
-use keel_rootfs::{AtomicFile, Node, NodeKind, Tree, WriteOptions};
+use keel_rootfs::{AtomicFile, Node, Tree, WriteOptions};
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -155,8 +155,9 @@ pub struct Settings<'a> {
     pub tool_cache: &'a Path,
 }
 
+/// A generated file of an output (root-owned, 0644).
 fn file_node(data: impl Into<Bytes>) -> Node {
-    Node::new(NodeKind::File(data.into()), 0o644, "keel")
+    crate::assemble::file(data, 0o644, "keel")
 }
 
 /// Products several formats share, each made at most once.

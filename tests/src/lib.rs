@@ -165,16 +165,7 @@ pub fn keel_bin() -> PathBuf {
 }
 
 /// Formats an error with its whole `source()` chain.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use keel::build::error_chain as chain;
 
 /// The `CHECK key=value` lines of a console, per container id, in the order printed. A key
 /// printed twice by one container keeps its last value.
