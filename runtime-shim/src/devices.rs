@@ -11,7 +11,7 @@
 use std::fs;
 use std::io;
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use libcontainer::oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType};
 
@@ -251,7 +251,7 @@ fn cgroup_dir(pid: i32) -> Result<PathBuf, DevicesError> {
         .map_err(|e| DevicesError::Cgroup(pid, e))?;
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
-        .map(|p| Path::new("/sys/fs/cgroup").join(p.trim_start_matches('/')))
+        .map(crate::prepare::cgroup_dir)
         .ok_or_else(|| DevicesError::Cgroup(pid, io::Error::from(io::ErrorKind::NotFound)))
 }
 

@@ -210,13 +210,19 @@ fn prepare_inner(
         mkdir_all(&absolute_in(&rootfs, dir))?;
     }
     for cgroup in &runtime.cgroups {
-        let path = Path::new("/sys/fs/cgroup").join(cgroup.trim_start_matches('/'));
+        let path = cgroup_dir(cgroup);
         // LinuxKit logs and goes on: the container's own cgroup is libcontainer's.
         if let Err(err) = mkdir_all(&path) {
             log::warn!("{err}: {}", err_source(&err));
         }
     }
     Ok(())
+}
+
+/// The cgroup v2 directory of a cgroup path (absolute or relative to the root cgroup).
+pub fn cgroup_dir(path: impl AsRef<Path>) -> PathBuf {
+    let path = path.as_ref();
+    Path::new("/sys/fs/cgroup").join(path.strip_prefix("/").unwrap_or(path))
 }
 
 fn err_source(err: &PrepareError) -> String {
@@ -348,6 +354,14 @@ pub fn bind_namespaces(pid: i32, binds: &BindNamespaces) -> Result<(), PrepareEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_paths_are_under_the_cgroup2_root() {
+        let want = Path::new("/sys/fs/cgroup/keel/services/web");
+        assert_eq!(cgroup_dir("/keel/services/web"), want);
+        assert_eq!(cgroup_dir("keel/services/web"), want);
+        assert_eq!(cgroup_dir("/"), Path::new("/sys/fs/cgroup"));
+    }
 
     fn opts(list: &[&str]) -> MountOptions {
         parse_options(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())

@@ -218,6 +218,7 @@ pub fn run(bundle: &Path, id: &str) -> Result<i32, RunError> {
             return Err(RunError::DevBind(err));
         }
     };
+    make_cgroup_parents(&spec);
     let created = create(&spec_dir, id, ShimExecutor::new(seccomp, restore));
     let container = match created {
         Ok(c) => cleanup.container.insert(c),
@@ -276,9 +277,7 @@ fn oom_kills(spec: &Spec) -> u64 {
     let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) else {
         return 0;
     };
-    let events = Path::new("/sys/fs/cgroup")
-        .join(path.strip_prefix("/").unwrap_or(&path))
-        .join("memory.events");
+    let events = prepare::cgroup_dir(&path).join("memory.events");
     std::fs::read_to_string(events)
         .map(|text| parse_oom_kills(&text))
         .unwrap_or(0)
@@ -290,6 +289,26 @@ fn parse_oom_kills(text: &str) -> u64 {
         .filter_map(|l| l.strip_prefix("oom_kill "))
         .find_map(|n| n.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Creates the parent directories of the container's cgroup. libcgroups makes each component
+/// with a check-then-create, so two containers under one new parent (services started
+/// together) can fail with EEXIST; `create_dir_all` treats a directory that appeared meanwhile
+/// as made. Failures are left for libcgroups to report.
+fn make_cgroup_parents(spec: &Spec) {
+    let Some(path) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+    else {
+        return;
+    };
+    let Some(parent) = prepare::cgroup_dir(path).parent().map(Path::to_path_buf) else {
+        return;
+    };
+    if let Err(err) = fs::create_dir_all(&parent) {
+        log::debug!("cannot create cgroup {}: {err}", parent.display());
+    }
 }
 
 fn create(bundle: &Path, id: &str, executor: ShimExecutor) -> Result<Container, RunError> {

@@ -103,6 +103,20 @@ fn keep(console: &str, name: &str, arch: Arch) {
     }
 }
 
+/// No container failed to be created: services start together at boot (a race between them,
+/// such as two creating one parent cgroup, shows up here).
+fn assert_every_create_succeeded(console: &str) {
+    let failed: Vec<&str> = console
+        .lines()
+        .filter(|l| l.contains("cannot create container"))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "containers failed to be created:\n{}",
+        failed.join("\n")
+    );
+}
+
 /// Builds `yaml` for `arch` and boots it with `mem_mb` of memory.
 fn boot(yaml: &str, arch: Arch, mem_mb: u32) -> (keel_vmtests::Built, Vm) {
     let built = build(&[&case(yaml)], arch).unwrap_or_else(|e| panic!("{}", chain(&e)));
@@ -118,6 +132,7 @@ fn restart_and_shutdown(arch: Arch) {
     vm.wait_for("check| CHECK poweroff=1", Duration::from_secs(300));
     let console = vm.wait_exit(Duration::from_secs(120));
     keep(&console, "sup-restart", arch);
+    assert_every_create_succeeded(&console);
     let checks = Checks::parse(&console);
     let list = |id: &str| container(&checks, "check", "list", id);
 
@@ -288,6 +303,7 @@ fn stress(arch: Arch) {
     vm.wait_for("check| CHECK done=1", Duration::from_secs(1500));
     let console = vm.console();
     keep(&console, "sup-stress", arch);
+    assert_every_create_succeeded(&console);
     drop(vm);
     let checks = Checks::parse(&console);
     let get = |key: &str| {
@@ -301,9 +317,11 @@ fn stress(arch: Arch) {
             .unwrap_or_else(|_| panic!("{key}={:?}", get(key)))
     };
 
-    // Flood: `keelctl list` p95 under 1.5 s over 20 calls while `yes` writes 1000-byte lines as
-    // fast as it can. The guest has one TCG vCPU, which the flood keeps busy: every keelctl
-    // process waits for its share of it (seen: p95 700–830 ms flooded, 50 ms quiet).
+    // Flood: every one of 20 `keelctl list` calls answers while `yes` writes 1000-byte lines as
+    // fast as it can: the log pipes never starve the control socket. How fast it answers is a
+    // benchmark (docs/benchmarks.md, printed below), not asserted here: the guest has one TCG
+    // vCPU, which the flood keeps busy, and the host may be busy too (seen: p95 0.7–0.8 s on an
+    // idle host, 4.3 s beside two compilers). The bound only catches a stall.
     let millis = |key: &str| -> Vec<u64> {
         let mut v: Vec<u64> = get(key)
             .split(',')
@@ -319,8 +337,8 @@ fn stress(arch: Arch) {
     assert_eq!((lat.len(), quiet.len()), (20, 20), "{lat:?} {quiet:?}");
     let p95 = lat[18];
     assert!(
-        p95 < 1500,
-        "keelctl list p95 {p95} ms under the flood: {lat:?}"
+        p95 < 15_000,
+        "keelctl list stalled under the flood: p95 {p95} ms of {lat:?}"
     );
     // Rotation: it happened, and never more than 3 files of at most 1 MiB.
     assert_eq!(get("rotated"), "1", "flood.log was never rotated twice");
@@ -420,6 +438,7 @@ fn hostile_socket_and_benchmark(arch: Arch) {
     vm.wait_for("bench| CHECK poweroff=1", Duration::from_secs(900));
     let console = vm.wait_exit(Duration::from_secs(120));
     keep(&console, "sup-bench", arch);
+    assert_every_create_succeeded(&console);
     let checks = Checks::parse(&console);
     let get = |key: &str| {
         checks

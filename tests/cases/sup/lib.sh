@@ -18,11 +18,14 @@ status_of() { keelctl list | awk -v n="$1" '$1 == n { print $3 }'; }
 # The PID column of `keelctl list` for container $1.
 pid_of() { keelctl list | awk -v n="$1" '$1 == n { print $2 }'; }
 
-# Waits up to $2 half-seconds until container $1's status is $3; returns 1 if it never is.
+# Waits up to $2 half-seconds until container $1's status is $3; returns 1 if it never is
+# (at once if the container failed and $3 is not "failed").
 wait_status() {
   _i=0
   while [ "$_i" -lt "$2" ]; do
-    [ "$(status_of "$1")" = "$3" ] && return 0
+    _s=$(status_of "$1")
+    [ "$_s" = "$3" ] && return 0
+    [ "$_s" = failed ] && return 1
     sleep 0.5
     _i=$((_i + 1))
   done
