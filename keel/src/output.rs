@@ -2,9 +2,9 @@
 //!
 //! Every output is written into an [`AtomicFile`] and all of a build's outputs are committed
 //! together at the end, so a failed build leaves nothing behind. Intermediate products (the
-//! initrd, the UKI, the raw EFI disk) are made once per build and shared by the formats that
-//! need them. Disk containers (qcow2, VMDK, dynamic VHD) are converted from the raw disk with
-//! `qemu-img`, with its timestamps and random IDs replaced (see `crates/formats`).
+//! initrd, the UKI, the raw EFI disk, the BIOS ISO) are made once per build and shared by the
+//! formats that need them. Disk containers (qcow2, VMDK, dynamic VHD) are converted from the raw
+//! disks with `qemu-img`, with its timestamps and random IDs replaced (see `crates/formats`).
 
 use crate::assemble::{Assembled, KernelParts};
 use bytes::Bytes;
@@ -25,6 +25,12 @@ pub enum Error {
     Clash(Format, Format, String),
     #[error("invalid --size")]
     Size(#[source] keel_formats::Error),
+    #[error("cannot build format {format} for this architecture")]
+    Arch {
+        format: Format,
+        #[source]
+        source: keel_formats::Error,
+    },
     #[error("cannot make the {format} output")]
     Format {
         format: Format,
@@ -70,10 +76,22 @@ pub enum Format {
     Vmdk,
     /// `NAME.raw`: the `raw-efi` disk, for AWS (UEFI boot mode).
     Aws,
+    /// `NAME.img.tar.gz`: the `raw-efi` disk (whole GiB) as `disk.raw` in a GNU tar, for GCE.
+    Gcp,
+    /// `NAME-efi.iso`: an ISO whose El Torito EFI image is an ESP holding the UKI.
+    IsoEfi,
+    /// `NAME-efi-initrd.iso`: GRUB in the El Torito ESP boots kernel and initrd from the ISO.
+    IsoEfiInitrd,
+    /// `NAME.iso` (x86_64): isolinux booting kernel and initrd; isohybrid, so also a disk.
+    IsoBios,
+    /// `NAME-bios.img` (x86_64): the `iso-bios` image as a disk, grown to `--size`.
+    RawBios,
+    /// `NAME.qcow2` (x86_64): `raw-bios` as qcow2.
+    Qcow2Bios,
 }
 
 impl Format {
-    pub const ALL: [Format; 10] = [
+    pub const ALL: [Format; 16] = [
         Format::KernelInitrd,
         Format::Tar,
         Format::TarKernelInitrd,
@@ -84,6 +102,12 @@ impl Format {
         Format::DynamicVhd,
         Format::Vmdk,
         Format::Aws,
+        Format::Gcp,
+        Format::IsoEfi,
+        Format::IsoEfiInitrd,
+        Format::IsoBios,
+        Format::RawBios,
+        Format::Qcow2Bios,
     ];
 
     pub fn name(self) -> &'static str {
@@ -98,7 +122,18 @@ impl Format {
             Format::DynamicVhd => "dynamic-vhd",
             Format::Vmdk => "vmdk",
             Format::Aws => "aws",
+            Format::Gcp => "gcp",
+            Format::IsoEfi => "iso-efi",
+            Format::IsoEfiInitrd => "iso-efi-initrd",
+            Format::IsoBios => "iso-bios",
+            Format::RawBios => "raw-bios",
+            Format::Qcow2Bios => "qcow2-bios",
         }
+    }
+
+    /// Whether the format boots through a PC BIOS (x86_64 only).
+    pub fn is_bios(self) -> bool {
+        matches!(self, Format::IsoBios | Format::RawBios | Format::Qcow2Bios)
     }
 
     /// The files a format writes, for output base name `name`.
@@ -119,6 +154,12 @@ impl Format {
             Format::Vhd | Format::DynamicVhd => vec![format!("{name}.vhd")],
             Format::Vmdk => vec![format!("{name}.vmdk")],
             Format::Aws => vec![format!("{name}.raw")],
+            Format::Gcp => vec![format!("{name}.img.tar.gz")],
+            Format::IsoEfi => vec![format!("{name}-efi.iso")],
+            Format::IsoEfiInitrd => vec![format!("{name}-efi-initrd.iso")],
+            Format::IsoBios => vec![format!("{name}.iso")],
+            Format::RawBios => vec![format!("{name}-bios.img")],
+            Format::Qcow2Bios => vec![format!("{name}.qcow2")],
         }
     }
 }
@@ -151,7 +192,7 @@ pub struct Settings<'a> {
     pub arch: Arch,
     /// Disk size for disk formats (LinuxKit's `--size`); `None`: as small as the content allows.
     pub size: Option<&'a str>,
-    /// Where pinned tool packages (systemd's EFI stub) are cached.
+    /// Where pinned tool packages (systemd's EFI stub, isolinux) are cached.
     pub tool_cache: &'a Path,
 }
 
@@ -168,9 +209,46 @@ struct Products<'a> {
     initrd: Option<Vec<u8>>,
     uki: Option<Vec<u8>>,
     raw_efi: Option<Vec<u8>>,
+    iso_bios: Option<Vec<u8>>,
 }
 
 impl Products<'_> {
+    /// `--size` in bytes, if given.
+    fn size(&self) -> Result<Option<u64>> {
+        self.settings
+            .size
+            .map(keel_formats::parse_size)
+            .transpose()
+            .map_err(Error::Size)
+    }
+
+    /// The isohybrid `iso-bios` image, which `raw-bios` and `qcow2-bios` are made from.
+    fn iso_bios(&mut self, format: Format) -> Result<&[u8]> {
+        if self.iso_bios.is_none() {
+            let initrd = self.initrd(format)?.to_vec();
+            let kernel = self.kernel(format)?;
+            let fail = |source| Error::Format { format, source };
+            let isolinux = keel_formats::tools::isolinux(self.settings.tool_cache).map_err(fail)?;
+            let parts = keel_formats::BootParts {
+                kernel: &kernel.kernel,
+                initrd: &initrd,
+                cmdline: &kernel.cmdline,
+            };
+            let iso = keel_formats::iso_bios(&parts, &isolinux, self.opts.mtime).map_err(fail)?;
+            self.iso_bios = Some(iso);
+        }
+        Ok(self.iso_bios.as_deref().unwrap_or_default())
+    }
+
+    /// The `raw-bios` disk: the isohybrid image grown to `--size`.
+    fn raw_bios(&mut self, format: Format) -> Result<Vec<u8>> {
+        let size = self.size()?;
+        let iso = self.iso_bios(format)?;
+        let mut disk = Vec::new();
+        keel_formats::write_raw_bios(&mut disk, iso, size)
+            .map_err(|source| Error::Format { format, source })?;
+        Ok(disk)
+    }
     fn kernel(&self, format: Format) -> Result<&KernelParts> {
         self.assembled
             .kernel
@@ -226,12 +304,7 @@ impl Products<'_> {
 
     fn raw_efi(&mut self, format: Format) -> Result<&[u8]> {
         if self.raw_efi.is_none() {
-            let size = self
-                .settings
-                .size
-                .map(keel_formats::parse_size)
-                .transpose()
-                .map_err(Error::Size)?;
+            let size = self.size()?;
             let arch = self.settings.arch;
             let uki = self.uki(format)?.to_vec();
             let mut disk = Vec::new();
@@ -242,9 +315,14 @@ impl Products<'_> {
         Ok(self.raw_efi.as_deref().unwrap_or_default())
     }
 
-    /// The raw disk converted by `qemu-img` into `container`.
+    /// The raw disk (`raw-bios` for a BIOS format, else `raw-efi`) converted by `qemu-img`
+    /// into `container`.
     fn converted(&mut self, format: Format, container: keel_formats::Container) -> Result<Vec<u8>> {
-        let raw = self.raw_efi(format)?.to_vec();
+        let raw = if format.is_bios() {
+            self.raw_bios(format)?
+        } else {
+            self.raw_efi(format)?.to_vec()
+        };
         let fail = |source| Error::Format { format, source };
         let tmp = tempfile::NamedTempFile::new().map_err(|source| Error::Write {
             path: std::env::temp_dir(),
@@ -285,6 +363,12 @@ pub fn write(
             }
         }
     }
+    for &format in formats {
+        if format.is_bios() {
+            keel_formats::check_bios_arch(format.name(), settings.arch)
+                .map_err(|source| Error::Arch { format, source })?;
+        }
+    }
     let dir = settings.dir;
     std::fs::create_dir_all(dir).map_err(|source| Error::Write {
         path: dir.into(),
@@ -297,6 +381,7 @@ pub fn write(
         initrd: None,
         uki: None,
         raw_efi: None,
+        iso_bios: None,
     };
     let mut pending: Vec<AtomicFile> = Vec::new();
     let create = |file: &str| -> Result<AtomicFile> {
@@ -398,6 +483,48 @@ pub fn write(
                 let data = products.converted(format, keel_formats::Container::Vmdk)?;
                 put(&mut pending, &file, &data)?;
             }
+            Format::Gcp => {
+                let size = products.size()?;
+                let arch = settings.arch;
+                let mtime = products.opts.mtime;
+                let uki = products.uki(format)?;
+                let mut data = Vec::new();
+                keel_formats::write_gcp(&mut data, uki, arch, size, mtime)
+                    .map_err(|source| Error::Format { format, source })?;
+                put(&mut pending, &file, &data)?;
+            }
+            Format::IsoEfi => {
+                let (arch, mtime) = (settings.arch, products.opts.mtime);
+                let uki = products.uki(format)?;
+                let iso = keel_formats::iso_efi(uki, arch, mtime)
+                    .map_err(|source| Error::Format { format, source })?;
+                put(&mut pending, &file, &iso)?;
+            }
+            Format::IsoEfiInitrd => {
+                let initrd = products.initrd(format)?.to_vec();
+                let kernel = products.kernel(format)?;
+                let fail = |source| Error::Format { format, source };
+                let grub = keel_formats::tools::grub_cd(settings.arch, settings.tool_cache)
+                    .map_err(fail)?;
+                let parts = keel_formats::BootParts {
+                    kernel: &kernel.kernel,
+                    initrd: &initrd,
+                    cmdline: &kernel.cmdline,
+                };
+                let iso =
+                    keel_formats::iso_efi_initrd(&parts, &grub, settings.arch, products.opts.mtime)
+                        .map_err(fail)?;
+                put(&mut pending, &file, &iso)?;
+            }
+            Format::IsoBios => put(&mut pending, &file, products.iso_bios(format)?)?,
+            Format::RawBios => {
+                let disk = products.raw_bios(format)?;
+                put(&mut pending, &file, &disk)?;
+            }
+            Format::Qcow2Bios => {
+                let data = products.converted(format, keel_formats::Container::Qcow2)?;
+                put(&mut pending, &file, &data)?;
+            }
         }
     }
     let mut written = Vec::new();
@@ -427,7 +554,13 @@ mod tests {
             Format::TarKernelInitrd
         );
         assert_eq!("qcow2-efi".parse::<Format>().unwrap(), Format::Qcow2Efi);
-        let err = "iso-bios".parse::<Format>().unwrap_err().to_string();
+        assert_eq!("iso-bios".parse::<Format>().unwrap(), Format::IsoBios);
+        assert_eq!("gcp".parse::<Format>().unwrap(), Format::Gcp);
+        assert_eq!(
+            "iso-efi-initrd".parse::<Format>().unwrap(),
+            Format::IsoEfiInitrd
+        );
+        let err = "kernel+squashfs".parse::<Format>().unwrap_err().to_string();
         assert!(
             err.contains("expected one of: kernel+initrd, tar, tar-kernel-initrd, uki"),
             "{err}"
@@ -440,6 +573,23 @@ mod tests {
         assert_eq!(Format::Qcow2Efi.files("m"), ["m-efi.qcow2"]);
         assert_eq!(Format::Aws.files("m"), ["m.raw"]);
         assert_eq!(Format::DynamicVhd.files("m"), Format::Vhd.files("m"));
+        assert_eq!(Format::IsoEfi.files("m"), ["m-efi.iso"]);
+        assert_eq!(Format::IsoEfiInitrd.files("m"), ["m-efi-initrd.iso"]);
+        assert_eq!(Format::IsoBios.files("m"), ["m.iso"]);
+        assert_eq!(Format::RawBios.files("m"), ["m-bios.img"]);
+        assert_eq!(Format::Qcow2Bios.files("m"), ["m.qcow2"]);
+        assert_eq!(Format::Gcp.files("m"), ["m.img.tar.gz"]);
+        // Every format writes names of its own.
+        for (i, a) in Format::ALL.iter().enumerate() {
+            for b in &Format::ALL[i + 1..] {
+                if (*a, *b) != (Format::Vhd, Format::DynamicVhd) {
+                    assert!(
+                        a.files("m").iter().all(|f| !b.files("m").contains(f)),
+                        "{a} {b}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -467,5 +617,34 @@ mod tests {
             "format raw-efi needs a kernel: add a kernel section with an image"
         );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn bios_formats_are_refused_on_aarch64_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let assembled = Assembled {
+            tree: Tree::new(),
+            kernel: None,
+        };
+        let settings = Settings {
+            dir: &out,
+            name: "m",
+            arch: Arch::Aarch64,
+            size: None,
+            tool_cache: dir.path(),
+        };
+        for format in [Format::IsoBios, Format::RawBios, Format::Qcow2Bios] {
+            let err = write(&assembled, &[Format::IsoEfi, format], &settings).unwrap_err();
+            let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+            assert_eq!(
+                chain,
+                format!(
+                    "cannot build format {format} for this architecture: format {format} is not \
+                     available for aarch64: it is for x86_64 only"
+                )
+            );
+        }
+        assert!(!out.exists());
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! `cargo run -p keel-formats --example mkformat -- FORMAT ARCH KERNEL INITRD CMDLINE_FILE OUT [SIZE]`
 //!
-//! FORMAT is `uki`, `raw-efi`, `qcow2-efi`, `vhd`, `dynamic-vhd` or `vmdk`; ARCH `x86_64` or
-//! `aarch64`. The EFI stub is fetched into `$KEEL_CACHE/debs` (default `/tmp/keel-debs`).
+//! FORMAT is `uki`, `raw-efi`, `qcow2-efi`, `vhd`, `dynamic-vhd`, `vmdk`, `iso-efi`, `iso-efi-initrd`, `iso-bios`
+//! or `raw-bios`; ARCH `x86_64` or `aarch64`. The EFI stub and isolinux are fetched into
+//! `$KEEL_CACHE/debs` (default `/tmp/keel-debs`).
 
 use keel_formats::{Container, UkiParts, build_uki, efi_stub, write_raw_efi};
 use keel_image::Arch;
@@ -40,8 +41,32 @@ fn main() -> Result<(), Box<dyn Error>> {
     )?;
     let mtime = keel_rootfs::source_date_epoch();
     let mut file = keel_rootfs::AtomicFile::create(out)?;
+    let bios = || -> Result<Vec<u8>, Box<dyn Error>> {
+        keel_formats::check_bios_arch("iso-bios", arch)?;
+        let parts = keel_formats::BootParts {
+            kernel: &kernel,
+            initrd: &initrd,
+            cmdline: cmdline.trim(),
+        };
+        let isolinux = keel_formats::tools::isolinux(&cache)?;
+        Ok(keel_formats::iso_bios(&parts, &isolinux, mtime)?)
+    };
     match format.as_str() {
         "uki" => file.write_all(&uki)?,
+        "iso-efi" => file.write_all(&keel_formats::iso_efi(&uki, arch, mtime)?)?,
+        "iso-bios" => file.write_all(&bios()?)?,
+        "iso-efi-initrd" => {
+            let parts = keel_formats::BootParts {
+                kernel: &kernel,
+                initrd: &initrd,
+                cmdline: cmdline.trim(),
+            };
+            let grub = keel_formats::tools::grub_cd(arch, &cache)?;
+            file.write_all(&keel_formats::iso_efi_initrd(&parts, &grub, arch, mtime)?)?;
+        }
+        "raw-bios" => {
+            keel_formats::write_raw_bios(&mut file, &bios()?, size)?;
+        }
         "raw-efi" => {
             write_raw_efi(&mut file, &uki, arch, size)?;
         }

@@ -25,11 +25,15 @@ pub enum Error {
     Stub(&'static str),
     #[error("the EFI stub has no room for {needed} more section headers")]
     StubHeaderFull { needed: usize },
-    #[error("format {format} is not available for {arch}")]
+    #[error("format {format} is not available for {arch}: it is for {supported} only")]
     Unsupported {
         format: &'static str,
-        arch: keel_image::Arch,
+        /// The architecture as `uname -m` names it (`aarch64`), as `--arch` takes it.
+        arch: &'static str,
+        supported: &'static str,
     },
+    #[error("invalid boot loader: {0}")]
+    Boot(&'static str),
     #[error("cannot write the FAT file system")]
     Fat(#[source] std::io::Error),
     #[error("cannot write the output")]
@@ -58,6 +62,8 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("cannot put {path:?} in an ISO 9660 image: {reason}")]
+    IsoName { path: String, reason: &'static str },
     #[error("the Debian package {package} has no file {path}")]
     MissingFile { package: String, path: String },
 }

@@ -7,8 +7,12 @@
 //! - [`uki`]: a unified kernel image (systemd's EFI stub + kernel + initrd + cmdline).
 //! - [`efi`]: `raw-efi`, a GPT disk with an EFI system partition holding the UKI.
 //! - [`esp`], [`gpt`]: the FAT and GPT writers beneath it.
-//! - [`vhd`]: the fixed VHD footer (`vhd`, `aws` and `gcp` are raw disks, this one with a
-//!   footer).
+//! - [`iso`]: `iso-efi`, `iso-efi-initrd` (GRUB), `iso-bios` (isolinux, isohybrid) and
+//!   `raw-bios`.
+//! - [`iso9660`]: ISO 9660 images (Rock Ridge names, El Torito boot catalog): the `--data`
+//!   CD and the `iso-*` formats.
+//! - [`gcp`]: the `raw-efi` disk as `disk.raw` in a GNU `.tar.gz`, as GCE imports it.
+//! - [`vhd`]: the fixed VHD footer (`vhd` and `aws` are raw disks, this one with a footer).
 //! - [`convert`]: qcow2, VMDK and dynamic VHD through `qemu-img convert`.
 //! - [`tools`]: the pinned Debian packages boot binaries come from.
 //!
@@ -19,7 +23,10 @@ pub mod convert;
 pub mod efi;
 mod error;
 pub mod esp;
+pub mod gcp;
 pub mod gpt;
+pub mod iso;
+pub mod iso9660;
 pub mod tools;
 pub mod uki;
 pub mod vhd;
@@ -27,6 +34,11 @@ pub mod vhd;
 pub use convert::{Container, convert};
 pub use efi::{efi_boot_path, efi_esp, raw_efi_size, write_raw_efi};
 pub use error::Error;
+pub use gcp::{gcp_disk_size, write_gcp};
+pub use iso::{
+    BootParts, Isolinux, check_bios_arch, iso_bios, iso_efi, iso_efi_initrd, write_raw_bios,
+};
+pub use iso9660::{BiosBoot, Iso, IsoFile, IsoOptions, build_iso, data_iso};
 pub use tools::efi_stub;
 pub use uki::{UkiParts, build_uki};
 pub use vhd::fixed_vhd_footer;

@@ -1,4 +1,5 @@
-//! Boot binaries from pinned Debian packages: systemd's EFI stub for UKIs.
+//! Boot binaries from pinned Debian packages: systemd's EFI stub for UKIs, isolinux for the
+//! BIOS formats, GRUB for `iso-efi-initrd`.
 //!
 //! The pins live in this table (package, exact version, sha256 of the `.deb`, file inside it),
 //! the simplest honest form: a `.deb` is fetched once through [`keel_debian`] into a cache
@@ -7,6 +8,7 @@
 //! together.
 
 use crate::error::{Error, Result};
+use crate::iso::Isolinux;
 use keel_debian::PinnedPackage;
 use keel_image::Arch;
 use std::path::Path;
@@ -41,6 +43,70 @@ pub fn efi_stub_pin(arch: Arch) -> ToolFile {
             path: "usr/lib/systemd/boot/efi/linuxaa64.efi.stub",
         },
     }
+}
+
+/// The syslinux upload both isolinux packages come from (bookworm's; `Architecture: all`,
+/// pinned as the amd64 archive lists them).
+const SYSLINUX_VERSION: &str = "3:6.04~git20190206.bf6db5b4+dfsg1-3";
+
+/// isolinux's files: `isolinux.bin` and `isohdpfx.bin` (package `isolinux`) and
+/// `ldlinux.c32` (package `syslinux-common`), in that order.
+pub fn isolinux_pins() -> [ToolFile; 3] {
+    let isolinux = |path| ToolFile {
+        package: "isolinux",
+        version: SYSLINUX_VERSION,
+        arch: "amd64",
+        sha256: "cb14af88adc2c3844976cd2de61571d2af94d2fb65c277fe4acf3dc8a5d25aae",
+        path,
+    };
+    [
+        isolinux("usr/lib/ISOLINUX/isolinux.bin"),
+        isolinux("usr/lib/ISOLINUX/isohdpfx.bin"),
+        ToolFile {
+            package: "syslinux-common",
+            version: SYSLINUX_VERSION,
+            arch: "amd64",
+            sha256: "f7e4ead7fdfe5cb6117d8d2485d75e53570a8cf680c81a432f92c1774f878875",
+            path: "usr/lib/syslinux/modules/bios/ldlinux.c32",
+        },
+    ]
+}
+
+/// Debian's monolithic GRUB for CDs (`iso9660` built in; it finds its volume by
+/// `/.disk/info` and reads `/boot/grub/grub.cfg`), bookworm's 2.06, as signed for shim (the
+/// signature is inert without Secure Boot).
+pub fn grub_cd_pin(arch: Arch) -> ToolFile {
+    match arch {
+        Arch::X86_64 => ToolFile {
+            package: "grub-efi-amd64-signed",
+            version: "1+2.06+13+deb12u2",
+            arch: "amd64",
+            sha256: "fbe2b28166a6dca8111bbf6a30d52d4781973c3a0440d8080f901e039b1f83f2",
+            path: "usr/lib/grub/x86_64-efi-signed/gcdx64.efi.signed",
+        },
+        Arch::Aarch64 => ToolFile {
+            package: "grub-efi-arm64-signed",
+            version: "1+2.06+13+deb12u2",
+            arch: "arm64",
+            sha256: "0035392c773553c70bb22079146b0365ff8220419997837289cc1591c2233e8e",
+            path: "usr/lib/grub/arm64-efi-signed/gcdaa64.efi.signed",
+        },
+    }
+}
+
+/// The CD GRUB for `arch`, from the pinned package, for [`crate::iso::iso_efi_initrd`].
+pub fn grub_cd(arch: Arch, cache_dir: &Path) -> Result<Vec<u8>> {
+    fetch(&grub_cd_pin(arch), cache_dir)
+}
+
+/// isolinux from the pinned packages, for [`crate::iso_bios`].
+pub fn isolinux(cache_dir: &Path) -> Result<Isolinux> {
+    let [bin, hdpfx, ldlinux] = isolinux_pins();
+    Ok(Isolinux {
+        isolinux_bin: fetch(&bin, cache_dir)?,
+        isohdpfx: fetch(&hdpfx, cache_dir)?,
+        ldlinux_c32: fetch(&ldlinux, cache_dir)?,
+    })
 }
 
 /// The bytes of `tool`, from its package in `cache_dir` (downloaded and verified first if
@@ -83,6 +149,43 @@ mod tests {
 
     /// Fetches the real pinned stubs (Debian's archive is reachable from build machines) into
     /// a cache shared between runs, and builds a UKI from each.
+    /// The pinned isolinux files are the ones the host's packages install, when it has them.
+    #[test]
+    fn pinned_isolinux() {
+        let cache = std::env::temp_dir().join("keel-formats-test-debs");
+        let l = isolinux(&cache).unwrap();
+        assert_eq!(l.isohdpfx.len(), 432);
+        assert_eq!(&l.isolinux_bin[0x40..0x44], &0x7078_c0fbu32.to_le_bytes());
+        // ldlinux.c32 is an ELF module.
+        assert_eq!(&l.ldlinux_c32[..4], b"\x7fELF");
+        for (pin, data) in
+            isolinux_pins()
+                .iter()
+                .zip([&l.isolinux_bin, &l.isohdpfx, &l.ldlinux_c32])
+        {
+            let host = Path::new("/").join(pin.path);
+            if let Ok(host) = std::fs::read(&host) {
+                assert!(host == *data, "{} differs from the host's", pin.path);
+            }
+        }
+    }
+
+    #[test]
+    fn pinned_cd_grubs_are_pe_images_for_their_machine() {
+        let cache = std::env::temp_dir().join("keel-formats-test-debs");
+        for arch in Arch::ALL {
+            let grub = grub_cd(arch, &cache).unwrap();
+            let pe = goblin::pe::PE::parse(&grub).unwrap();
+            let expected = match arch {
+                Arch::X86_64 => goblin::pe::header::COFF_MACHINE_X86_64,
+                Arch::Aarch64 => goblin::pe::header::COFF_MACHINE_ARM64,
+            };
+            assert_eq!(pe.header.coff_header.machine, expected, "{arch}");
+            // The embedded early config that finds the CD.
+            assert!(grub.windows(11).any(|w| w == b"/.disk/info"), "{arch}");
+        }
+    }
+
     #[test]
     fn pinned_stubs_build_ukis() {
         let cache = std::env::temp_dir().join("keel-formats-test-debs");
