@@ -28,7 +28,7 @@ packages=(
   xorriso mtools dosfstools squashfs-tools erofs-utils isolinux syslinux-common systemd-boot-efi
   cpio zstd xz-utils hyperfine
   # clients the example-system tests use against booted guests
-  redis-tools curl
+  redis-tools curl openssh-client
 )
 missing=()
 for p in "${packages[@]}"; do

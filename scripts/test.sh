@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 
 step() { printf '\n=== %s\n' "$*"; }
-guest=(-p keel-init -p keel-shim -p keel-supervisor)
+guest=(-p keel-init -p keel-shim -p keel-supervisor -p keel-metadata)
 
 step "format"
 cargo fmt --all -- --check

@@ -76,7 +76,8 @@ enum PkgCommand {
 #[derive(Debug, Args)]
 struct BuildArgs {
     /// Output format (repeatable): kernel+initrd, tar, tar-kernel-initrd, uki, raw-efi,
-    /// qcow2-efi, vhd, dynamic-vhd, vmdk, aws.
+    /// qcow2-efi, vhd, dynamic-vhd, vmdk, aws, gcp, iso-efi, iso-efi-initrd, iso-bios,
+    /// raw-bios, qcow2-bios.
     #[arg(
         short = 'f',
         long = "format",
@@ -170,6 +171,13 @@ struct QemuArgs {
     /// Networking: user (default) or none.
     #[arg(long, default_value = "user")]
     networking: String,
+    /// User data for the metadata package: attached as a volume labelled cidata holding a
+    /// file `config` (LinuxKit's --data).
+    #[arg(long, conflicts_with = "data_file")]
+    data: Option<String>,
+    /// Like --data, with the contents of FILE.
+    #[arg(long, value_name = "FILE")]
+    data_file: Option<PathBuf>,
     target: PathBuf,
     /// Extra arguments for QEMU, after "--".
     #[arg(last = true)]
@@ -268,7 +276,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print!("{text}");
         }
         Command::Run(RunCommand::Qemu(args)) => {
-            let opts = RunOptions {
+            let data = match (args.data, &args.data_file) {
+                (Some(text), _) => Some(text.into_bytes()),
+                (None, Some(file)) => Some(
+                    std::fs::read(file)
+                        .with_context(|| format!("cannot read --data-file {}", file.display()))?,
+                ),
+                (None, None) => None,
+            };
+            let mut opts = RunOptions {
                 target: args.target,
                 arch: args.arch.unwrap_or_else(keel_image::Arch::host),
                 accel: args.accel,
@@ -288,6 +304,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 extra: args.qemu_args,
             };
+            if let Some(data) = data {
+                let drive = keel::run::data_volume(&keel::run::state_dir(&opts), &data)?;
+                opts.extra.splice(0..0, drive);
+            }
             let code = keel::run::run(&opts)?;
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }

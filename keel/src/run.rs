@@ -3,7 +3,7 @@
 //! The argument is a `keel build` prefix (`out/minimal` → `minimal-kernel`, `-initrd.img`,
 //! `-cmdline`, or `-squashfs.img`) or a file (`.iso`, a disk image, an `.efi`). This module owns
 //! finding the artifacts, choosing the accelerator (KVM when it works, TCG otherwise), the state
-//! directory, disks, port forwards and the QEMU command line.
+//! directory, disks, port forwards, the `--data` volume and the QEMU command line.
 
 use std::fmt;
 use std::fs;
@@ -43,6 +43,14 @@ pub enum Error {
     },
     #[error("qemu-img create {path} failed: {stderr}")]
     DiskCreate { path: PathBuf, stderr: String },
+    #[error("cannot make the --data volume")]
+    DataIso(#[source] keel_formats::Error),
+    #[error("cannot write the --data volume {path}")]
+    DataWrite {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 pub use keel_image::Arch;
@@ -242,12 +250,44 @@ impl Boot {
 }
 
 /// The state directory of a run: `--state`, else `<prefix>-state`.
-fn state_dir(opts: &Options) -> PathBuf {
+pub fn state_dir(opts: &Options) -> PathBuf {
     opts.state.clone().unwrap_or_else(|| {
         let mut s = opts.target.as_os_str().to_owned();
         s.push("-state");
         PathBuf::from(s)
     })
+}
+
+/// Volume label of the `--data` image: cloud-init's NoCloud label, which the metadata package
+/// looks for on every block device.
+pub const DATA_LABEL: &str = "cidata";
+
+/// LinuxKit's `--data`: writes `data` as the file `config` of an ISO 9660 image labelled
+/// [`DATA_LABEL`] to `<state>/data.iso` and returns the QEMU arguments that attach it, for
+/// [`Options::extra`]. It is attached as a read-only virtio disk, not a CD-ROM drive: the
+/// Debian cloud kernels have the CD drivers (`sr_mod`, `virtio_scsi`, `ahci`) only as modules
+/// keel's kernel recipe does not carry, and aarch64's `virt` machine has no IDE; the metadata
+/// package finds the volume by its label wherever it is.
+pub fn data_volume(state: &Path, data: &[u8]) -> Result<Vec<String>, Error> {
+    fs::create_dir_all(state).map_err(|source| Error::State {
+        path: state.into(),
+        source,
+    })?;
+    let iso = keel_formats::data_iso(
+        DATA_LABEL,
+        &[("config", data)],
+        keel_rootfs::source_date_epoch(),
+    )
+    .map_err(Error::DataIso)?;
+    let path = state.join("data.iso");
+    fs::write(&path, iso).map_err(|source| Error::DataWrite {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(vec![
+        "-drive".into(),
+        format!("file={},format=raw,if=virtio,readonly=on", path.display()),
+    ])
 }
 
 /// A stable, locally administered MAC address kept in the state directory.
@@ -656,6 +696,34 @@ mod tests {
         assert!(joined.ends_with(" -s"), "{joined}");
         let mac = fs::read_to_string(dir.path().join("sys-state/mac-addr")).unwrap();
         assert!(joined.contains(&format!("mac={}", mac.trim())), "{joined}");
+    }
+
+    #[test]
+    fn data_volume_is_a_cidata_iso_holding_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let data = br#"{"ssh": {"authorized_keys": {"perm": "0600", "content": "k"}}}"#;
+        let args = data_volume(&state, data).unwrap();
+        let iso = state.join("data.iso");
+        assert_eq!(
+            args,
+            [
+                "-drive".to_string(),
+                format!("file={},format=raw,if=virtio,readonly=on", iso.display())
+            ]
+        );
+        let bytes = fs::read(&iso).unwrap();
+        // The primary volume descriptor (sector 16) and its volume identifier.
+        let pvd = &bytes[16 * 2048..17 * 2048];
+        assert_eq!(&pvd[..6], b"\x01CD001");
+        assert_eq!(
+            String::from_utf8_lossy(&pvd[40..72]).trim_end(),
+            DATA_LABEL.to_uppercase()
+        );
+        assert!(
+            bytes.windows(data.len()).any(|w| w == data),
+            "the data is not in the image"
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! The example systems of `images/`, built and booted on x86_64 under QEMU (TCG), exercised
-//! from the host with real clients through `keel run qemu --publish`: `redis-cli` against
-//! `redis-os.yml`, `curl` against `nginx.yml`, every value of the sysctl package read back
-//! from the booted guest's `/proc/sys`, `persistent.yml` booted twice on one disk, and the
-//! poweroff package.
+//! The example systems of `images/`, built and booted under QEMU (TCG), exercised from the host
+//! with real clients through `keel run qemu --publish`: `redis-cli` against `redis-os.yml`,
+//! `curl` against `nginx.yml`, `ssh` with a key given as user data (`--data`) against
+//! `sshd.yml`, every value of the sysctl package read back from the booted guest's
+//! `/proc/sys`, `persistent.yml` booted twice on one disk, and the poweroff package. On
+//! x86_64 all of them; on aarch64 `redis-os.yml` and `persistent.yml` (`minimal.yml` boots on
+//! aarch64 in `formats.rs`).
 //!
-//! The clients come from `scripts/setup.sh` (`redis-tools`, `curl`).
+//! The clients come from `scripts/setup.sh` (`redis-tools`, `curl`, `openssh-client`).
 
 use keel::run::{Accel, Arch, Disk, Options, Publish};
 use keel_vmtests::{Checks, build, chain, workspace};
@@ -26,6 +28,37 @@ const BOOT_DEADLINE: Duration = Duration::from_secs(240);
 /// skips them (`dev.tty.legacy_tiocsti` appeared in Linux 6.2).
 const NOT_IN_KERNEL: &[&str] = &["dev.tty.legacy_tiocsti"];
 
+/// How a guest is started: its architecture, port forwards, disks and user data.
+struct Setup {
+    arch: Arch,
+    publish: Vec<Publish>,
+    disks: Vec<Disk>,
+    /// Given as `keel run qemu --data`.
+    data: Option<String>,
+}
+
+impl Setup {
+    fn new(arch: Arch) -> Setup {
+        Setup {
+            arch,
+            publish: vec![],
+            disks: vec![],
+            data: None,
+        }
+    }
+
+    /// Forwards `guest`'s TCP port to a free host port; returns that port.
+    fn forward(&mut self, guest: u16) -> u16 {
+        let host = free_port();
+        self.publish.push(Publish {
+            host,
+            guest,
+            udp: false,
+        });
+        host
+    }
+}
+
 /// A booted example, its serial console in a file; QEMU is killed on drop.
 struct Guest {
     name: String,
@@ -35,17 +68,17 @@ struct Guest {
 }
 
 impl Guest {
-    fn boot(name: &str, prefix: &Path, publish: Vec<Publish>, disks: Vec<Disk>) -> Guest {
+    fn boot(name: &str, prefix: &Path, setup: &Setup) -> Guest {
         let state = tempfile::tempdir().expect("temporary state directory");
         let console = state.path().join("console.log");
-        let opts = Options {
+        let mut opts = Options {
             target: prefix.into(),
-            arch: Arch::X86_64,
+            arch: setup.arch,
             accel: Accel::Tcg,
             mem_mb: 512,
             cpus: 1,
-            disks,
-            publish,
+            disks: setup.disks.clone(),
+            publish: setup.publish.clone(),
             uefi: false,
             firmware: None,
             console_file: Some(console.clone()),
@@ -54,6 +87,11 @@ impl Guest {
             networking: true,
             extra: vec!["-no-reboot".into()],
         };
+        if let Some(data) = &setup.data {
+            let drive = keel::run::data_volume(&keel::run::state_dir(&opts), data.as_bytes())
+                .unwrap_or_else(|e| panic!("{name}: cannot make the --data volume: {}", chain(&e)));
+            opts.extra.extend(drive);
+        }
         let mut cmd = keel::run::command(&opts, Accel::Tcg)
             .unwrap_or_else(|e| panic!("{name}: cannot prepare qemu: {}", chain(&e)));
         let child = cmd
@@ -200,31 +238,7 @@ fn redis_os_answers_redis_cli_and_applies_every_sysctl() {
         .unwrap_or_else(|e| panic!("{}", chain(&e)));
 
     let _one = BOOT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let port = free_port();
-    let mut guest = Guest::boot(
-        "redis-os",
-        &built.prefix,
-        vec![Publish {
-            host: port,
-            guest: 6379,
-            udp: false,
-        }],
-        vec![],
-    );
-    let p = port.to_string();
-    let pong = guest.until("PONG from redis-cli PING", |_| {
-        client("redis-cli", &["-p", &p, "PING"]).filter(|o| o == "PONG")
-    });
-    assert_eq!(pong, "PONG");
-    let value = format!("keel-{port}");
-    let set = client("redis-cli", &["-p", &p, "SET", "keel:test", &value]);
-    assert_eq!(set.as_deref(), Some("OK"), "SET failed");
-    let got = client("redis-cli", &["-p", &p, "GET", "keel:test"]);
-    assert_eq!(
-        got.as_deref(),
-        Some(value.as_str()),
-        "GET did not return what SET stored"
-    );
+    let mut guest = redis_round_trip("redis-os", &built.prefix, Arch::X86_64);
 
     // The probe ran before the services started, so its output is already on the console.
     let console = guest.console();
@@ -253,17 +267,9 @@ fn nginx_serves_its_page_to_curl() {
     let built =
         build(&[&example("nginx.yml")], Arch::X86_64).unwrap_or_else(|e| panic!("{}", chain(&e)));
     let _one = BOOT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let port = free_port();
-    let mut guest = Guest::boot(
-        "nginx",
-        &built.prefix,
-        vec![Publish {
-            host: port,
-            guest: 80,
-            udp: false,
-        }],
-        vec![],
-    );
+    let mut setup = Setup::new(Arch::X86_64);
+    let port = setup.forward(80);
+    let mut guest = Guest::boot("nginx", &built.prefix, &setup);
     let url = format!("http://127.0.0.1:{port}/");
     let page = guest.until("nginx's page from curl", |_| {
         client("curl", &["-fsS", "--max-time", "5", &url])
@@ -309,21 +315,126 @@ fn poweroff_package_powers_the_machine_off() {
 
 #[test]
 fn persistent_keeps_its_counter_across_boots() {
-    let built = build(&[&example("persistent.yml")], Arch::X86_64)
+    persistent_twice(Arch::X86_64);
+}
+
+#[test]
+fn sshd_takes_the_key_from_metadata_and_runs_keelctl() {
+    let built =
+        build(&[&example("sshd.yml")], Arch::X86_64).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    let keys = tempfile::tempdir().expect("temporary directory");
+    let key = ssh_key(keys.path(), "user");
+    let stranger = ssh_key(keys.path(), "stranger");
+    let public = fs::read_to_string(key.with_extension("pub")).expect("read the public key");
+    let data = serde_json::json!({
+        "ssh": {"authorized_keys": {"perm": "0600", "content": public}},
+        "hostname": {"content": "keel-sshd-test"},
+    });
+
+    let _one = BOOT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let mut setup = Setup::new(Arch::X86_64);
+    let port = setup.forward(22);
+    setup.data = Some(data.to_string());
+    let mut guest = Guest::boot("sshd", &built.prefix, &setup);
+    let script = "keelctl list && echo MODE=$(busybox stat -c %a /run/config/ssh/authorized_keys) \
+                  && echo HOST=$(busybox cat /proc/sys/kernel/hostname)";
+    let out = guest.until("`keelctl list` over ssh", |_| {
+        ssh(&key, port, script).filter(|o| o.contains("HOST="))
+    });
+    let state = |id: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .map(|l| {
+                // ID, PID, then the status (one or two words) up to the bundle path.
+                let status: Vec<&str> = l
+                    .split_whitespace()
+                    .skip(2)
+                    .take_while(|w| !w.starts_with('/'))
+                    .collect();
+                status.join(" ")
+            })
+    };
+    assert_eq!(state("sshd").as_deref(), Some("running"), "{out}");
+    assert_eq!(state("getty").as_deref(), Some("running"), "{out}");
+    assert_eq!(
+        state("001-metadata").as_deref(),
+        Some("stopped (0)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("MODE=600"),
+        "authorized_keys mode is not the data's perm:\n{out}"
+    );
+    assert!(
+        out.contains("HOST=keel-sshd-test"),
+        "hostname from metadata not set:\n{out}"
+    );
+    assert_eq!(
+        ssh(&stranger, port, "true"),
+        None,
+        "a key that is not in the metadata must be refused"
+    );
+    let console = guest.console();
+    assert!(
+        console.contains("metadata: hostname set to keel-sshd-test"),
+        "the metadata package did not report the hostname"
+    );
+}
+
+#[test]
+fn redis_os_answers_redis_cli_on_aarch64() {
+    let built = build(&[&example("redis-os.yml")], Arch::Aarch64)
         .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    let _one = BOOT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    redis_round_trip("redis-os (aarch64)", &built.prefix, Arch::Aarch64);
+}
+
+#[test]
+fn persistent_keeps_its_counter_across_boots_on_aarch64() {
+    persistent_twice(Arch::Aarch64);
+}
+
+/// Boots a Redis example and checks `redis-cli` PING and a SET/GET round trip; the caller holds
+/// [`BOOT_LOCK`].
+fn redis_round_trip(name: &str, prefix: &Path, arch: Arch) -> Guest {
+    let mut setup = Setup::new(arch);
+    let port = setup.forward(6379);
+    let mut guest = Guest::boot(name, prefix, &setup);
+    let p = port.to_string();
+    let pong = guest.until("PONG from redis-cli PING", |_| {
+        client("redis-cli", &["-p", &p, "PING"]).filter(|o| o == "PONG")
+    });
+    assert_eq!(pong, "PONG");
+    let value = format!("keel-{port}");
+    let set = client("redis-cli", &["-p", &p, "SET", "keel:test", &value]);
+    assert_eq!(set.as_deref(), Some("OK"), "{name}: SET failed");
+    let got = client("redis-cli", &["-p", &p, "GET", "keel:test"]);
+    assert_eq!(
+        got.as_deref(),
+        Some(value.as_str()),
+        "{name}: GET did not return what SET stored"
+    );
+    guest
+}
+
+/// Boots `persistent.yml` twice on one data disk: formatted on the first boot only, and the
+/// counter the first boot wrote is read back by the second.
+fn persistent_twice(arch: Arch) {
+    let built =
+        build(&[&example("persistent.yml")], arch).unwrap_or_else(|e| panic!("{}", chain(&e)));
     let disk_dir = tempfile::tempdir().expect("temporary directory");
-    let disk = Disk {
+    let mut setup = Setup::new(arch);
+    setup.disks.push(Disk {
         path: Some(disk_dir.path().join("data.qcow2")),
         size: Some("64M".into()),
         format: None,
-    };
+    });
     let _one = BOOT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     for boot in 1..=2 {
         let mut guest = Guest::boot(
-            &format!("persistent boot {boot}"),
+            &format!("persistent ({arch}) boot {boot}"),
             &built.prefix,
-            vec![],
-            vec![disk.clone()],
+            &setup,
         );
         let boots = guest.until("the counter's report", |g| {
             let checks = Checks::parse(&g.console());
@@ -332,15 +443,58 @@ fn persistent_keeps_its_counter_across_boots() {
         assert_eq!(
             boots,
             boot.to_string(),
-            "boot {boot} read a wrong counter from the data disk"
+            "{arch} boot {boot} read a wrong counter from the data disk"
         );
         let console = guest.console();
         let formatted = console.contains("format: making ext4 labelled keel-data");
         assert_eq!(
             formatted,
             boot == 1,
-            "the disk must be formatted on the first boot only"
+            "the disk must be formatted on the first boot only ({arch})"
         );
         // `guest` is dropped here: QEMU is killed; the counter was synced before it reported.
     }
+}
+
+/// A new passwordless ed25519 key pair made by `ssh-keygen`; the private key's path.
+fn ssh_key(dir: &Path, name: &str) -> PathBuf {
+    let key = dir.join(name);
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run ssh-keygen (run scripts/setup.sh): {e}"));
+    assert!(status.success(), "ssh-keygen failed");
+    key
+}
+
+/// Runs `command` as root in the guest with the real `ssh` client and only `key`; its output
+/// when it succeeds.
+fn ssh(key: &Path, port: u16, command: &str) -> Option<String> {
+    let key = key.display().to_string();
+    let port = port.to_string();
+    client(
+        "ssh",
+        &[
+            "-i",
+            &key,
+            "-p",
+            &port,
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+            "root@127.0.0.1",
+            command,
+        ],
+    )
 }
