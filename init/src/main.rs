@@ -9,6 +9,7 @@ mod logger;
 mod modules;
 mod net;
 mod power;
+mod realroot;
 mod rootfs;
 mod run;
 mod shim;
@@ -64,6 +65,7 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 }
 
 fn boot(mut timeline: Timeline) -> PowerAction {
+    switch_to_real_root();
     // Signals first, so nothing sent during the boot is lost.
     let signals = match sys::signalfd() {
         Ok(s) => s,
@@ -118,6 +120,26 @@ fn boot(mut timeline: Timeline) -> PowerAction {
         }
     }
     Init::new(sup, timeline, cmdline, signals).run()
+}
+
+/// On an initramfs that holds no system (no `/containers`: the `kernel+squashfs` format's
+/// loader) with `root=` on the command line, boots the system from that device instead: mounts
+/// it and executes its init. Returns when there is nothing to switch to, or on failure (logged),
+/// with the initramfs still the root.
+fn switch_to_real_root() {
+    if !rootfs::on_initramfs() || Path::new("/").join(keel_bundle::CONTAINERS_DIR).exists() {
+        return;
+    }
+    for e in realroot::mount_loader() {
+        log::error!("{}", chain(&e));
+    }
+    let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let Some(spec) = realroot::RootSpec::from_cmdline(&text) else {
+        realroot::unmount_loader();
+        return;
+    };
+    let err = realroot::switch(&spec, &load_modules);
+    log::error!("{}; staying on the initramfs", chain(&err));
 }
 
 /// `modprobe [-q] [-b] [--] NAME...` as the kernel's `request_module` calls it: each name is a

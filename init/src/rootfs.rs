@@ -23,6 +23,11 @@ pub enum RootError {
     Move(#[source] nix::Error),
 }
 
+/// Whether `/` is an initramfs (rootfs, ramfs or tmpfs).
+pub fn on_initramfs() -> bool {
+    sys::fs_magic(Path::new("/")).is_ok_and(|m| m == RAMFS_MAGIC || m == TMPFS_MAGIC)
+}
+
 /// On an initramfs (rootfs/ramfs/tmpfs) root, rbind `/` onto a directory, move that mount onto
 /// `/` and chroot into it: `pivot_root` fails on the initramfs itself. Copies nothing. Returns
 /// whether it switched (false on a squashfs/ISO/disk root).

@@ -199,6 +199,25 @@ pub fn umount(target: &Path, detach: bool) -> nix::Result<()> {
     nix::mount::umount2(target, flags)
 }
 
+/// `execv(2)` of `path` with this process's arguments after the first; returns only on
+/// failure.
+pub fn exec(path: &Path) -> nix::Error {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(program) = CString::new(path.as_os_str().as_bytes()) else {
+        return nix::Error::EINVAL;
+    };
+    let mut args = vec![program.clone()];
+    args.extend(
+        std::env::args_os()
+            .skip(1)
+            .filter_map(|a| CString::new(a.as_bytes()).ok()),
+    );
+    match nix::unistd::execv(&program, &args) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
+}
+
 /// The kernel release (`uname -r`).
 pub fn kernel_release() -> String {
     nix::sys::utsname::uname()

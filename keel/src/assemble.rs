@@ -59,6 +59,10 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(
+        "kernel+squashfs needs keel's init in the root (/init and /lib/modules): list \"@pkg:pkg/init\" or keel/init under init:"
+    )]
+    NoLoader,
+    #[error(
         "no image resolved for {0} (internal error: every reference is resolved before assembly)"
     )]
     Unresolved(String),
@@ -103,6 +107,39 @@ const EXCLUDED: &[&str] = &[
 ];
 /// Directories every image root has.
 const ENSURED_DIRS: &[&str] = &["dev", "dev/pts", "dev/shm", "etc", "proc", "sys"];
+
+/// Paths of the root the `kernel+squashfs` loader initramfs carries: the init and its links,
+/// the console node and the mount points the loader uses; everything under `lib/modules` too.
+const LOADER_PATHS: &[&str] = &[
+    "init",
+    "sbin",
+    "sbin/init",
+    "sbin/modprobe",
+    "dev",
+    "dev/console",
+    "proc",
+    "sys",
+];
+
+/// The `kernel+squashfs` format's initramfs, taken from the root: keel's init with the kernel's
+/// modules. Finding no `/containers` there, PID 1 loads the modules the `root=` device needs,
+/// mounts it and executes the init on it (Debian's kernels have virtio and squashfs as
+/// modules, so the kernel cannot mount that root by itself).
+pub fn loader_tree(root: &Tree) -> Result<Tree> {
+    if root.get("init").is_none() || root.get("lib/modules").is_none() {
+        return Err(Error::NoLoader);
+    }
+    let mut loader = Tree::new();
+    for (path, node) in root.iter() {
+        let keep = LOADER_PATHS.iter().any(|p| path == Path::new(p))
+            || path.starts_with("lib/modules")
+            || path == Path::new("lib");
+        if keep {
+            place(&mut loader, &path.to_string_lossy(), node.clone())?;
+        }
+    }
+    Ok(loader)
+}
 
 /// Flattens an image's layers into a tree, verifying every layer blob.
 pub fn image_tree(store: &Store, image: &Image, origin: &str) -> Result<Tree> {
@@ -639,6 +676,55 @@ fn add_files(root: &mut Tree, config: &Config, ids: &keel_config::IdMap) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loader_keeps_init_modules_and_mount_points_only() {
+        let mut root = Tree::new();
+        assert!(matches!(loader_tree(&root), Err(Error::NoLoader)));
+        root.insert("init", file("elf", 0o755, "init")).unwrap();
+        root.insert("sbin/init", symlink("/init", "init")).unwrap();
+        root.insert("sbin/modprobe", symlink("/init", "init"))
+            .unwrap();
+        root.insert("sbin/getty", file("elf", 0o755, "getty"))
+            .unwrap();
+        root.insert(
+            "lib/modules/6.1.0/kernel/fs/squashfs.ko",
+            file("ko", 0o644, "kernel"),
+        )
+        .unwrap();
+        root.insert("lib/libc.so", file("so", 0o644, "busybox"))
+            .unwrap();
+        root.insert(
+            "containers/services/web/config.json",
+            file("{}", 0o644, "web"),
+        )
+        .unwrap();
+        root.insert("etc/passwd", file("root", 0o644, "init"))
+            .unwrap();
+        root.mkdir_all("proc", 0o555, 0, 0, "init").unwrap();
+        let loader = loader_tree(&root).unwrap();
+        let paths: Vec<String> = loader
+            .iter()
+            .map(|(p, _)| p.display().to_string())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "init",
+                "lib",
+                "lib/modules",
+                "lib/modules/6.1.0",
+                "lib/modules/6.1.0/kernel",
+                "lib/modules/6.1.0/kernel/fs",
+                "lib/modules/6.1.0/kernel/fs/squashfs.ko",
+                "proc",
+                "sbin",
+                "sbin/init",
+                "sbin/modprobe",
+            ]
+        );
+        assert_eq!(loader.get("proc").unwrap().mode, 0o555);
+    }
 
     #[test]
     fn mount_points_match_their_bind_source() {

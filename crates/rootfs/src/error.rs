@@ -78,6 +78,13 @@ pub enum Error {
         what: &'static str,
         format: &'static str,
     },
+    /// The squashfs writer refused an entry or failed to write.
+    #[error("cannot write squashfs entry {path:?}")]
+    Squashfs {
+        path: PathBuf,
+        #[source]
+        source: backhand::BackhandError,
+    },
     /// Writing an archive failed.
     #[error("cannot write archive")]
     Write(#[source] io::Error),

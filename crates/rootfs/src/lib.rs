@@ -1,9 +1,9 @@
 //! Root filesystem trees for keel builds.
 //!
 //! A build flattens many OCI image layers plus generated files into one [`Tree`] (an in-memory
-//! filesystem), then writes it out as a PAX tar ([`write_tar`]) or a newc cpio initramfs
-//! ([`write_cpio`]), optionally through deterministic gzip ([`gzip_writer`]), into an
-//! [`AtomicFile`] so that a failed build leaves nothing behind.
+//! filesystem), then writes it out as a PAX tar ([`write_tar`]), a newc cpio initramfs
+//! ([`write_cpio`]) or a squashfs image ([`write_squashfs`]), optionally through deterministic
+//! gzip ([`gzip_writer`]), into an [`AtomicFile`] so that a failed build leaves nothing behind.
 //!
 //! Output is byte-reproducible: entries are sorted (every directory before its contents), owners
 //! are numeric, mtimes come from [`WriteOptions`] (normally [`source_date_epoch`]), inode numbers
@@ -18,6 +18,7 @@ mod cpio;
 mod error;
 mod gzip;
 mod layer;
+mod squashfs;
 mod tarball;
 mod tree;
 
@@ -28,6 +29,7 @@ pub use atomic::AtomicFile;
 pub use cpio::write_cpio;
 pub use error::Error;
 pub use gzip::{GzipWriter, gzip_writer};
+pub use squashfs::write_squashfs;
 pub use tarball::{SOURCE_PAX_KEY, write_tar};
 pub use tree::{Node, NodeKind, Tree};
 
