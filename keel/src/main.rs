@@ -75,7 +75,7 @@ enum PkgCommand {
 
 #[derive(Debug, Args)]
 struct BuildArgs {
-    /// Output format (repeatable): kernel+initrd, tar, tar-kernel-initrd, uki, raw-efi,
+    /// Output format (repeatable): kernel+initrd, kernel+squashfs, tar, tar-kernel-initrd, uki, raw-efi,
     /// qcow2-efi, vhd, dynamic-vhd, vmdk, aws, gcp, iso-efi, iso-efi-initrd, iso-bios,
     /// raw-bios, qcow2-bios.
     #[arg(

@@ -37,6 +37,8 @@ pub enum Error {
         #[source]
         source: keel_formats::Error,
     },
+    #[error("cannot make the kernel+squashfs loader initramfs")]
+    Loader(#[source] crate::assemble::Error),
     #[error("cannot write {}", path.display())]
     Output {
         path: PathBuf,
@@ -58,6 +60,10 @@ type Result<T> = std::result::Result<T, Error>;
 pub enum Format {
     /// `NAME-kernel`, `NAME-initrd.img` (newc cpio, gzip), `NAME-cmdline`.
     KernelInitrd,
+    /// `NAME-kernel`, `NAME-squashfs.img` (the root), `NAME-squashfs-initrd.img` (keel's init
+    /// and the kernel's modules, which mount it: Debian's kernels have squashfs and virtio as
+    /// modules), `NAME-cmdline`.
+    KernelSquashfs,
     /// `NAME.tar`: the whole root filesystem, with `boot/kernel` and `boot/cmdline`.
     Tar,
     /// `NAME-initrd.tar`: `kernel`, `initrd.img`, `cmdline` (and `ucode.cpio`) in one tar.
@@ -91,8 +97,9 @@ pub enum Format {
 }
 
 impl Format {
-    pub const ALL: [Format; 16] = [
+    pub const ALL: [Format; 17] = [
         Format::KernelInitrd,
+        Format::KernelSquashfs,
         Format::Tar,
         Format::TarKernelInitrd,
         Format::Uki,
@@ -113,6 +120,7 @@ impl Format {
     pub fn name(self) -> &'static str {
         match self {
             Format::KernelInitrd => "kernel+initrd",
+            Format::KernelSquashfs => "kernel+squashfs",
             Format::Tar => "tar",
             Format::TarKernelInitrd => "tar-kernel-initrd",
             Format::Uki => "uki",
@@ -143,6 +151,14 @@ impl Format {
                 vec![
                     format!("{name}-kernel"),
                     format!("{name}-initrd.img"),
+                    format!("{name}-cmdline"),
+                ]
+            }
+            Format::KernelSquashfs => {
+                vec![
+                    format!("{name}-kernel"),
+                    format!("{name}-squashfs.img"),
+                    format!("{name}-squashfs-initrd.img"),
                     format!("{name}-cmdline"),
                 ]
             }
@@ -420,6 +436,42 @@ pub fn write(
                     k.cmdline.as_bytes(),
                 )?;
             }
+            Format::KernelSquashfs => {
+                let k = products.kernel(format)?.clone();
+                put(&mut pending, &file, &k.kernel)?;
+                let mut rootfs = assembled.tree.clone();
+                rootfs.remove("boot");
+                let squashfs = format!("{name}-squashfs.img");
+                let image = keel_rootfs::write_squashfs(
+                    &rootfs,
+                    std::io::Cursor::new(Vec::new()),
+                    &products.opts,
+                )
+                .map_err(out_err(&squashfs))?;
+                put(&mut pending, &squashfs, image.get_ref())?;
+                let loader = crate::assemble::loader_tree(&rootfs).map_err(Error::Loader)?;
+                let initrd = format!("{name}-squashfs-initrd.img");
+                let mut head = Vec::new();
+                if let Some(ucode) = &k.ucode {
+                    head.extend_from_slice(ucode);
+                }
+                let gz = keel_rootfs::write_cpio(
+                    &loader,
+                    keel_rootfs::gzip_writer(head),
+                    &products.opts,
+                )
+                .map_err(out_err(&initrd))?;
+                let bytes = gz.finish().map_err(|source| Error::Write {
+                    path: dir.join(&initrd),
+                    source,
+                })?;
+                put(&mut pending, &initrd, &bytes)?;
+                put(
+                    &mut pending,
+                    &format!("{name}-cmdline"),
+                    k.cmdline.as_bytes(),
+                )?;
+            }
             Format::TarKernelInitrd => {
                 let k = products.kernel(format)?.clone();
                 let mut t = Tree::new();
@@ -560,9 +612,15 @@ mod tests {
             "iso-efi-initrd".parse::<Format>().unwrap(),
             Format::IsoEfiInitrd
         );
-        let err = "kernel+squashfs".parse::<Format>().unwrap_err().to_string();
+        assert_eq!(
+            "kernel+squashfs".parse::<Format>().unwrap(),
+            Format::KernelSquashfs
+        );
+        let err = "vhdx".parse::<Format>().unwrap_err().to_string();
         assert!(
-            err.contains("expected one of: kernel+initrd, tar, tar-kernel-initrd, uki"),
+            err.contains(
+                "expected one of: kernel+initrd, kernel+squashfs, tar, tar-kernel-initrd, uki"
+            ),
             "{err}"
         );
     }
@@ -579,10 +637,22 @@ mod tests {
         assert_eq!(Format::RawBios.files("m"), ["m-bios.img"]);
         assert_eq!(Format::Qcow2Bios.files("m"), ["m.qcow2"]);
         assert_eq!(Format::Gcp.files("m"), ["m.img.tar.gz"]);
-        // Every format writes names of its own.
+        assert_eq!(
+            Format::KernelSquashfs.files("m"),
+            [
+                "m-kernel",
+                "m-squashfs.img",
+                "m-squashfs-initrd.img",
+                "m-cmdline"
+            ]
+        );
+        // Every format writes names of its own, but for two pairs that are one or the other.
         for (i, a) in Format::ALL.iter().enumerate() {
             for b in &Format::ALL[i + 1..] {
-                if (*a, *b) != (Format::Vhd, Format::DynamicVhd) {
+                let pair = (*a, *b);
+                if pair != (Format::Vhd, Format::DynamicVhd)
+                    && pair != (Format::KernelInitrd, Format::KernelSquashfs)
+                {
                     assert!(
                         a.files("m").iter().all(|f| !b.files("m").contains(f)),
                         "{a} {b}"

@@ -201,6 +201,8 @@ pub enum Boot {
     KernelSquashfs {
         kernel: PathBuf,
         squashfs: PathBuf,
+        /// keel's loader initramfs (`PREFIX-squashfs-initrd.img`), which mounts the squashfs.
+        initrd: Option<PathBuf>,
         cmdline: String,
     },
     Iso(PathBuf),
@@ -231,9 +233,11 @@ impl Boot {
                 });
             }
             if with("-squashfs.img").is_file() {
+                let initrd = with("-squashfs-initrd.img");
                 return Ok(Boot::KernelSquashfs {
                     kernel,
                     squashfs: with("-squashfs.img"),
+                    initrd: initrd.is_file().then_some(initrd),
                     cmdline: cmdline(),
                 });
             }
@@ -288,6 +292,84 @@ pub fn data_volume(state: &Path, data: &[u8]) -> Result<Vec<String>, Error> {
         "-drive".into(),
         format!("file={},format=raw,if=virtio,readonly=on", path.display()),
     ])
+}
+
+/// Whether `boot` needs UEFI firmware rather than SeaBIOS: aarch64 has no BIOS path at all; on
+/// x86_64 a UKI does, an ISO does unless its El Torito catalog has a BIOS entry (`iso-bios`),
+/// and a disk does when it has a GPT (`raw-efi` and its conversions; `raw-bios` is MBR only).
+fn needs_uefi(boot: &Boot, arch: Arch, state: &Path) -> bool {
+    if arch == Arch::Aarch64 {
+        return matches!(boot, Boot::Efi(_) | Boot::Disk(_) | Boot::Iso(_));
+    }
+    match boot {
+        Boot::KernelInitrd { .. } | Boot::KernelSquashfs { .. } => false,
+        Boot::Efi(_) => true,
+        Boot::Iso(iso) => !iso_boots_bios(iso),
+        Boot::Disk(disk) => disk_head(disk, state).is_none_or(|head| has_gpt(&head)),
+    }
+}
+
+/// The El Torito catalog's validation entry names platform 0 (x86 BIOS) for its default entry.
+fn iso_boots_bios(iso: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let read_at = |offset: u64, len: usize| -> Option<Vec<u8>> {
+        let mut f = fs::File::open(iso).ok()?;
+        f.seek(SeekFrom::Start(offset)).ok()?;
+        let mut buf = vec![0; len];
+        f.read_exact(&mut buf).ok()?;
+        Some(buf)
+    };
+    let Some(record) = read_at(17 * 2048, 2048) else {
+        return false;
+    };
+    el_torito_catalog(&record)
+        .and_then(|lba| read_at(u64::from(lba) * 2048, 64))
+        .is_some_and(|catalog| catalog_boots_bios(&catalog))
+}
+
+/// The boot catalog's sector, from an El Torito boot record volume descriptor.
+fn el_torito_catalog(record: &[u8]) -> Option<u32> {
+    let is_boot_record = record.len() >= 0x4b
+        && record[0] == 0
+        && &record[1..6] == b"CD001"
+        && record[7..30] == *b"EL TORITO SPECIFICATION";
+    is_boot_record
+        .then(|| u32::from_le_bytes([record[0x47], record[0x48], record[0x49], record[0x4a]]))
+}
+
+fn catalog_boots_bios(catalog: &[u8]) -> bool {
+    catalog.len() >= 33 && catalog[0] == 1 && catalog[1] == 0 && catalog[32] == 0x88
+}
+
+/// The first 1 KiB of a disk image as the guest sees it (through `qemu-img dd` for qcow2,
+/// VHD and VMDK containers); `None` if it cannot be read.
+fn disk_head(disk: &Path, state: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut head = vec![0; 1024];
+    fs::File::open(disk).ok()?.read_exact(&mut head).ok()?;
+    let container = head.starts_with(b"QFI\xfb")
+        || head.starts_with(b"KDMV")
+        || head.starts_with(b"conectix")
+        || head.starts_with(b"# Disk DescriptorFile");
+    if !container {
+        return Some(head);
+    }
+    let out = state.join("disk-head.bin");
+    let status = Command::new("qemu-img")
+        .args(["dd", "-O", "raw", "bs=512", "count=2"])
+        .arg(format!("if={}", disk.display()))
+        .arg(format!("of={}", out.display()))
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
+    let head = status.success().then(|| fs::read(&out).ok()).flatten();
+    let _ = fs::remove_file(&out);
+    head
+}
+
+/// A GPT header ("EFI PART") in the second sector.
+fn has_gpt(head: &[u8]) -> bool {
+    head.get(512..520) == Some(b"EFI PART")
 }
 
 /// A stable, locally administered MAC address kept in the state directory.
@@ -346,11 +428,7 @@ pub fn command(opts: &Options, accel: Accel) -> Result<Command, Error> {
         arg(&mut cmd, "-monitor", "none");
     }
 
-    // keel's disk formats are all EFI disks; aarch64 has no BIOS path at all.
-    if opts.uefi
-        || matches!(boot, Boot::Efi(_) | Boot::Disk(_))
-        || opts.arch == Arch::Aarch64 && matches!(boot, Boot::Iso(_))
-    {
+    if opts.uefi || needs_uefi(&boot, opts.arch, &state) {
         let fw = opts
             .firmware
             .clone()
@@ -406,9 +484,13 @@ pub fn command(opts: &Options, accel: Accel) -> Result<Command, Error> {
         Boot::KernelSquashfs {
             kernel,
             squashfs,
+            initrd,
             cmdline,
         } => {
             arg(&mut cmd, "-kernel", &kernel.to_string_lossy());
+            if let Some(initrd) = initrd {
+                arg(&mut cmd, "-initrd", &initrd.to_string_lossy());
+            }
             arg(
                 &mut cmd,
                 "-drive",
@@ -696,6 +778,51 @@ mod tests {
         assert!(joined.ends_with(" -s"), "{joined}");
         let mac = fs::read_to_string(dir.path().join("sys-state/mac-addr")).unwrap();
         assert!(joined.contains(&format!("mac={}", mac.trim())), "{joined}");
+    }
+
+    #[test]
+    fn firmware_follows_the_boot_media() {
+        let mut record = vec![0u8; 2048];
+        record[1..6].copy_from_slice(b"CD001");
+        record[6] = 1;
+        record[7..30].copy_from_slice(b"EL TORITO SPECIFICATION");
+        record[0x47..0x4b].copy_from_slice(&20u32.to_le_bytes());
+        assert_eq!(el_torito_catalog(&record), Some(20));
+        record[0] = 1; // a primary volume descriptor, not a boot record
+        assert_eq!(el_torito_catalog(&record), None);
+
+        let mut catalog = vec![0u8; 64];
+        catalog[0] = 1;
+        catalog[32] = 0x88;
+        assert!(catalog_boots_bios(&catalog));
+        catalog[1] = 0xEF;
+        assert!(!catalog_boots_bios(&catalog));
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = vec![0u8; 4096];
+        disk[510..512].copy_from_slice(&[0x55, 0xAA]);
+        let mbr = dir.path().join("bios.img");
+        fs::write(&mbr, &disk).unwrap();
+        disk[512..520].copy_from_slice(b"EFI PART");
+        let gpt = dir.path().join("efi.img");
+        fs::write(&gpt, &disk).unwrap();
+        let state = dir.path();
+        assert!(!needs_uefi(&Boot::Disk(mbr.clone()), Arch::X86_64, state));
+        assert!(needs_uefi(&Boot::Disk(gpt.clone()), Arch::X86_64, state));
+        assert!(needs_uefi(&Boot::Disk(mbr.clone()), Arch::Aarch64, state));
+        // A qcow2 container is looked into, not at.
+        let qcow2 = dir.path().join("bios.qcow2");
+        let converted = Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&mbr)
+            .arg(&qcow2)
+            .status()
+            .is_ok_and(|s| s.success());
+        if converted {
+            assert!(!needs_uefi(&Boot::Disk(qcow2), Arch::X86_64, state));
+        } else {
+            eprintln!("qemu-img missing: container probe not checked (run scripts/setup.sh)");
+        }
     }
 
     #[test]

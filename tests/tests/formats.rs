@@ -188,6 +188,25 @@ fn x86_64_disk_and_efi_formats_boot_under_ovmf() {
     boots_to_services("vmdk x86_64", &with(p, ".vmdk"), arch);
 }
 
+/// `kernel+squashfs`: the loader initramfs mounts the squashfs root (`root=/dev/vda`, which
+/// `keel run qemu` adds) and the system boots from it, on both architectures.
+#[test]
+fn kernel_squashfs_boots_on_both_architectures() {
+    let built: Vec<_> = [Arch::X86_64, Arch::Aarch64]
+        .into_iter()
+        .map(|arch| (arch, build(arch, &[Format::KernelSquashfs])))
+        .collect();
+    std::thread::scope(|s| {
+        for (arch, b) in &built {
+            assert!(with(&b.prefix, "-squashfs.img").is_file());
+            assert!(!with(&b.prefix, "-initrd.img").exists());
+            s.spawn(move || {
+                boots_to_services(&format!("kernel+squashfs {arch}"), &b.prefix, *arch)
+            });
+        }
+    });
+}
+
 #[test]
 fn aarch64_efi_formats_boot_under_aavmf() {
     let arch = Arch::Aarch64;
@@ -351,13 +370,16 @@ fn formats_are_byte_reproducible() {
     );
     for (arch, formats) in [
         ("x86_64", "-f uki -f raw-efi -f qcow2-efi -f vhd -f vmdk"),
-        ("x86_64", "-f dynamic-vhd -f aws"),
+        ("x86_64", "-f dynamic-vhd -f aws -f kernel+squashfs"),
         (
             "x86_64",
             "-f iso-bios -f iso-efi -f iso-efi-initrd -f raw-bios -f qcow2-bios -f gcp",
         ),
         ("aarch64", "-f uki -f raw-efi -f qcow2-efi -f vhd -f vmdk"),
-        ("aarch64", "-f iso-efi -f iso-efi-initrd -f gcp"),
+        (
+            "aarch64",
+            "-f iso-efi -f iso-efi-initrd -f gcp -f kernel+squashfs",
+        ),
     ] {
         let out = tempfile::tempdir().unwrap();
         let run = |sub: &str, tz: &str, umask: &str, cwd: &Path| {

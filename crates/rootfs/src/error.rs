@@ -78,13 +78,12 @@ pub enum Error {
         what: &'static str,
         format: &'static str,
     },
-    /// The squashfs writer refused an entry or failed to write.
-    #[error("cannot write squashfs entry {path:?}")]
-    Squashfs {
-        path: PathBuf,
-        #[source]
-        source: backhand::BackhandError,
-    },
+    /// `sqfstar` (squashfs-tools) could not be run.
+    #[error("cannot run sqfstar (install squashfs-tools)")]
+    SquashfsTool(#[source] io::Error),
+    /// `sqfstar` failed; its messages.
+    #[error("sqfstar failed: {0}")]
+    Squashfs(String),
     /// Writing an archive failed.
     #[error("cannot write archive")]
     Write(#[source] io::Error),
