@@ -315,14 +315,30 @@ fn layer_writing_through_a_symlinked_parent_is_refused() {
 }
 
 #[test]
+fn bios_formats_are_refused_on_aarch64_before_writing() {
+    let w = Work::empty();
+    w.write("x.yml", "onboot: []\n");
+    let out = run(&mut w.keel([
+        "build", "--arch", "aarch64", "-f", "uki", "-f", "iso-bios", "--dir", "out", "x.yml",
+    ]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("iso-bios") && out.stderr.contains("x86_64 only"),
+        "{}",
+        out.stderr
+    );
+    assert!(!w.path("out/x.efi").exists());
+}
+
+#[test]
 fn unknown_format_and_arch_are_usage_errors() {
     let w = Work::empty();
     w.write("x.yml", "onboot: []\n");
-    let out = run(&mut w.keel(["build", "-f", "iso-bios", "--dir", "out", "x.yml"]));
+    let out = run(&mut w.keel(["build", "-f", "vhdx", "--dir", "out", "x.yml"]));
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(
         out.stderr
-            .contains("expected one of: kernel+initrd, tar, tar-kernel-initrd"),
+            .contains("expected one of: kernel+initrd, kernel+squashfs, tar, tar-kernel-initrd"),
         "{}",
         out.stderr
     );
