@@ -36,15 +36,16 @@ pub enum Op {
     },
 }
 
-const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+pub const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)
     .union(MsFlags::MS_NOEXEC)
     .union(MsFlags::MS_RELATIME);
-const NOSUID_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+pub const NOSUID_NOEXEC: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NOEXEC)
     .union(MsFlags::MS_RELATIME);
 
-const fn mount(
+/// A mount of `fstype` (also its source) on `target`, made when missing.
+pub const fn mount(
     fstype: &'static str,
     target: &'static str,
     flags: MsFlags,

@@ -19,34 +19,9 @@ const ROOT_WAIT: Duration = Duration::from_secs(60);
 
 /// What the loader needs of `/proc/cmdline`; mounted by [`LOADER`] and unmounted again.
 pub const LOADER: &[Op] = &[
-    Op::Mount {
-        source: "proc",
-        target: "/proc",
-        fstype: "proc",
-        flags: MsFlags::MS_NOSUID
-            .union(MsFlags::MS_NODEV)
-            .union(MsFlags::MS_NOEXEC),
-        data: "",
-        create: true,
-    },
-    Op::Mount {
-        source: "sysfs",
-        target: "/sys",
-        fstype: "sysfs",
-        flags: MsFlags::MS_NOSUID
-            .union(MsFlags::MS_NODEV)
-            .union(MsFlags::MS_NOEXEC),
-        data: "",
-        create: true,
-    },
-    Op::Mount {
-        source: "devtmpfs",
-        target: "/dev",
-        fstype: "devtmpfs",
-        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
-        data: "mode=0755",
-        create: true,
-    },
+    boot::mount("proc", "/proc", boot::NOSUID_NODEV_NOEXEC, ""),
+    boot::mount("sysfs", "/sys", boot::NOSUID_NODEV_NOEXEC, ""),
+    boot::mount("devtmpfs", "/dev", boot::NOSUID_NOEXEC, "mode=0755"),
 ];
 
 /// `root=` and `rootfstype=` of the kernel command line.

@@ -217,6 +217,28 @@ fn file_node(data: impl Into<Bytes>) -> Node {
     crate::assemble::file(data, 0o644, "keel")
 }
 
+/// `tree` as a gzip newc initramfs, after the kernel's microcode archive if it has one;
+/// `path` names the output in errors.
+fn initramfs(
+    tree: &Tree,
+    kernel: &KernelParts,
+    opts: &WriteOptions,
+    path: PathBuf,
+) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    if let Some(ucode) = &kernel.ucode {
+        out.extend_from_slice(ucode);
+    }
+    let gz =
+        keel_rootfs::write_cpio(tree, keel_rootfs::gzip_writer(out), opts).map_err(|source| {
+            Error::Output {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    gz.finish().map_err(|source| Error::Write { path, source })
+}
+
 /// Products several formats share, each made at most once.
 struct Products<'a> {
     assembled: &'a Assembled,
@@ -282,19 +304,7 @@ impl Products<'_> {
                 .settings
                 .dir
                 .join(format!("{}-initrd.img", self.settings.name));
-            let mut out = Vec::new();
-            if let Some(ucode) = &kernel.ucode {
-                out.extend_from_slice(ucode);
-            }
-            let gz = keel_rootfs::write_cpio(&rootfs, keel_rootfs::gzip_writer(out), &self.opts)
-                .map_err(|source| Error::Output {
-                    path: path.clone(),
-                    source,
-                })?;
-            self.initrd = Some(
-                gz.finish()
-                    .map_err(|source| Error::Write { path, source })?,
-            );
+            self.initrd = Some(initramfs(&rootfs, kernel, &self.opts, path)?);
         }
         Ok(self.initrd.as_deref().unwrap_or_default())
     }
@@ -451,20 +461,7 @@ pub fn write(
                 put(&mut pending, &squashfs, image.get_ref())?;
                 let loader = crate::assemble::loader_tree(&rootfs).map_err(Error::Loader)?;
                 let initrd = format!("{name}-squashfs-initrd.img");
-                let mut head = Vec::new();
-                if let Some(ucode) = &k.ucode {
-                    head.extend_from_slice(ucode);
-                }
-                let gz = keel_rootfs::write_cpio(
-                    &loader,
-                    keel_rootfs::gzip_writer(head),
-                    &products.opts,
-                )
-                .map_err(out_err(&initrd))?;
-                let bytes = gz.finish().map_err(|source| Error::Write {
-                    path: dir.join(&initrd),
-                    source,
-                })?;
+                let bytes = initramfs(&loader, &k, &products.opts, dir.join(&initrd))?;
                 put(&mut pending, &initrd, &bytes)?;
                 put(
                     &mut pending,
