@@ -60,6 +60,8 @@ pub enum Error {
     Assemble(#[from] assemble::Error),
     #[error(transparent)]
     Output(#[from] crate::output::Error),
+    #[error(transparent)]
+    Tool(#[from] crate::tools::Error),
 }
 
 type Result<T> = std::result::Result<T, Error>;
@@ -293,15 +295,19 @@ fn output_name(opts: &BuildOptions) -> String {
 
 /// `keel build`.
 pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
-    let config = load(&opts.files, (!opts.dry_run).then_some(store))?;
-    if opts.dry_run {
-        print!("{}", config.to_yaml());
-        return Ok(vec![]);
-    }
     let mut formats = opts.formats.clone();
     formats.dedup();
     if formats.is_empty() {
         formats.push(Format::KernelInitrd);
+    }
+    let name = output_name(opts);
+    if !opts.dry_run {
+        crate::output::check(&formats, &name, opts.arch)?;
+    }
+    let config = load(&opts.files, (!opts.dry_run).then_some(store))?;
+    if opts.dry_run {
+        print!("{}", config.to_yaml());
+        return Ok(vec![]);
     }
 
     let lock_file = lock_path(&opts.files);
@@ -334,15 +340,19 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
         });
     }
 
+    // Boot tools before assembly: a tool that cannot be had fails the build early.
+    for tool in formats.iter().filter_map(|f| f.tool()) {
+        if tool.arches.contains(&opts.arch) {
+            tool.ensure(store)?;
+        }
+    }
     let assembled = assemble::assemble(store, &config, &images)?;
-    let name = output_name(opts);
-    let tool_cache = store.path().join("debs");
     let settings = crate::output::Settings {
         dir: &opts.dir,
         name: &name,
         arch: opts.arch,
         size: opts.size.as_deref(),
-        tool_cache: &tool_cache,
+        store,
     };
     let written = crate::output::write(&assembled, &formats, &settings)?;
     // The lock holds exactly this build's pins: references the YAML no longer names go.

@@ -9,3 +9,4 @@ pub mod lock;
 pub mod output;
 pub mod pkg;
 pub mod run;
+pub mod tools;

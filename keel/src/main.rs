@@ -39,6 +39,9 @@ enum Command {
     /// Kernel images from the recipes under kernel/.
     #[command(subcommand)]
     Kernel(KernelCommand),
+    /// The pinned boot tool images (EFI stub, isolinux, GRUB) the disk and ISO formats use.
+    #[command(subcommand)]
+    Tools(ToolsCommand),
     /// Packages: directories with a build.yml (see docs/pkg.md).
     #[command(subcommand)]
     Pkg(PkgCommand),
@@ -209,6 +212,19 @@ enum CacheCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum ToolsCommand {
+    /// List them: pinned reference, architectures, whether the store has them, what for.
+    #[command(alias = "ls")]
+    List,
+    /// Make them in the store from their pinned Debian packages (a build does this when it
+    /// needs one); prints their references.
+    Build {
+        /// Which (efi-stub, isolinux, grub-cd). Default: all.
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum KernelCommand {
     /// Build a kernel image from a recipe directory (e.g. kernel/debian-6.1) into the store.
     Build {
@@ -347,6 +363,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Pkg(PkgCommand::ShowTag { dir }) => {
             let store = open_store()?;
             println!("{}", keel::pkg::show_tag(&dir, Some(&store))?);
+        }
+        Command::Tools(ToolsCommand::List) => print!("{}", keel::tools::list(&open_store()?)),
+        Command::Tools(ToolsCommand::Build { names }) => {
+            let tools = if names.is_empty() {
+                keel::tools::ALL.to_vec()
+            } else {
+                names
+                    .iter()
+                    .map(|n| keel::tools::find(n))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            let store = open_store()?;
+            for tool in tools {
+                println!("{}", tool.ensure(&store)?);
+            }
         }
         Command::Kernel(KernelCommand::Build { recipe, arches }) => {
             let arches = if arches.is_empty() {

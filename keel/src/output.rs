@@ -37,6 +37,12 @@ pub enum Error {
         #[source]
         source: keel_formats::Error,
     },
+    #[error("format {format} needs a boot tool")]
+    Tool {
+        format: Format,
+        #[source]
+        source: crate::tools::Error,
+    },
     #[error("cannot make the kernel+squashfs loader initramfs")]
     Loader(#[source] crate::assemble::Error),
     #[error("cannot write {}", path.display())]
@@ -144,6 +150,27 @@ impl Format {
         matches!(self, Format::IsoBios | Format::RawBios | Format::Qcow2Bios)
     }
 
+    /// The pinned boot tool image the format needs, if any.
+    pub fn tool(self) -> Option<&'static crate::tools::ToolImage> {
+        match self {
+            Format::KernelInitrd
+            | Format::KernelSquashfs
+            | Format::Tar
+            | Format::TarKernelInitrd => None,
+            Format::Uki
+            | Format::RawEfi
+            | Format::Qcow2Efi
+            | Format::Vhd
+            | Format::DynamicVhd
+            | Format::Vmdk
+            | Format::Aws
+            | Format::Gcp
+            | Format::IsoEfi => Some(&crate::tools::EFI_STUB),
+            Format::IsoEfiInitrd => Some(&crate::tools::GRUB_CD),
+            Format::IsoBios | Format::RawBios | Format::Qcow2Bios => Some(&crate::tools::ISOLINUX),
+        }
+    }
+
     /// The files a format writes, for output base name `name`.
     pub fn files(self, name: &str) -> Vec<String> {
         match self {
@@ -208,8 +235,8 @@ pub struct Settings<'a> {
     pub arch: Arch,
     /// Disk size for disk formats (LinuxKit's `--size`); `None`: as small as the content allows.
     pub size: Option<&'a str>,
-    /// Where pinned tool packages (systemd's EFI stub, isolinux) are cached.
-    pub tool_cache: &'a Path,
+    /// The store holding (or to hold) the pinned boot tool images (see [`crate::tools`]).
+    pub store: &'a keel_image::Store,
 }
 
 /// A generated file of an output (root-owned, 0644).
@@ -266,7 +293,8 @@ impl Products<'_> {
             let initrd = self.initrd(format)?.to_vec();
             let kernel = self.kernel(format)?;
             let fail = |source| Error::Format { format, source };
-            let isolinux = keel_formats::tools::isolinux(self.settings.tool_cache).map_err(fail)?;
+            let isolinux = crate::tools::isolinux(self.settings.store)
+                .map_err(|source| Error::Tool { format, source })?;
             let parts = keel_formats::BootParts {
                 kernel: &kernel.kernel,
                 initrd: &initrd,
@@ -314,8 +342,8 @@ impl Products<'_> {
             let initrd = self.initrd(format)?.to_vec();
             let kernel = self.kernel(format)?;
             let fail = |source| Error::Format { format, source };
-            let stub = keel_formats::efi_stub(self.settings.arch, self.settings.tool_cache)
-                .map_err(fail)?;
+            let stub = crate::tools::efi_stub(self.settings.store, self.settings.arch)
+                .map_err(|source| Error::Tool { format, source })?;
             let parts = keel_formats::UkiParts {
                 kernel: &kernel.kernel,
                 initrd: &initrd,
@@ -366,13 +394,9 @@ impl Products<'_> {
     }
 }
 
-/// Writes every format into temporary files, then commits them all: either every output
-/// appears or none does. Returns the paths written.
-pub fn write(
-    assembled: &Assembled,
-    formats: &[Format],
-    settings: &Settings<'_>,
-) -> Result<Vec<PathBuf>> {
+/// Refuses a set of formats that cannot be built together or for `arch`, before anything is
+/// fetched or written.
+pub fn check(formats: &[Format], name: &str, arch: Arch) -> Result<()> {
     if formats.len() > 1
         && let Some(alone) = formats.iter().find(|f| **f == Format::Tar)
     {
@@ -381,9 +405,9 @@ pub fn write(
     for (i, a) in formats.iter().enumerate() {
         for b in &formats[i + 1..] {
             if let Some(file) = a
-                .files(settings.name)
+                .files(name)
                 .into_iter()
-                .find(|f| b.files(settings.name).contains(f))
+                .find(|f| b.files(name).contains(f))
             {
                 return Err(Error::Clash(*a, *b, file));
             }
@@ -391,10 +415,21 @@ pub fn write(
     }
     for &format in formats {
         if format.is_bios() {
-            keel_formats::check_bios_arch(format.name(), settings.arch)
+            keel_formats::check_bios_arch(format.name(), arch)
                 .map_err(|source| Error::Arch { format, source })?;
         }
     }
+    Ok(())
+}
+
+/// Writes every format into temporary files, then commits them all: either every output
+/// appears or none does. Returns the paths written.
+pub fn write(
+    assembled: &Assembled,
+    formats: &[Format],
+    settings: &Settings<'_>,
+) -> Result<Vec<PathBuf>> {
+    check(formats, settings.name, settings.arch)?;
     let dir = settings.dir;
     std::fs::create_dir_all(dir).map_err(|source| Error::Write {
         path: dir.into(),
@@ -553,8 +588,8 @@ pub fn write(
                 let initrd = products.initrd(format)?.to_vec();
                 let kernel = products.kernel(format)?;
                 let fail = |source| Error::Format { format, source };
-                let grub = keel_formats::tools::grub_cd(settings.arch, settings.tool_cache)
-                    .map_err(fail)?;
+                let grub = crate::tools::grub_cd(settings.store, settings.arch)
+                    .map_err(|source| Error::Tool { format, source })?;
                 let parts = keel_formats::BootParts {
                     kernel: &kernel.kernel,
                     initrd: &initrd,
@@ -666,12 +701,14 @@ mod tests {
             tree: Tree::new(),
             kernel: None,
         };
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = keel_image::Store::open(store_dir.path()).unwrap();
         let settings = Settings {
             dir: dir.path(),
             name: "m",
             arch: Arch::X86_64,
             size: None,
-            tool_cache: dir.path(),
+            store: &store,
         };
         let err = write(&assembled, &[Format::Vhd, Format::DynamicVhd], &settings).unwrap_err();
         assert_eq!(
@@ -694,12 +731,14 @@ mod tests {
             tree: Tree::new(),
             kernel: None,
         };
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = keel_image::Store::open(store_dir.path()).unwrap();
         let settings = Settings {
             dir: &out,
             name: "m",
             arch: Arch::Aarch64,
             size: None,
-            tool_cache: dir.path(),
+            store: &store,
         };
         for format in [Format::IsoBios, Format::RawBios, Format::Qcow2Bios] {
             let err = write(&assembled, &[Format::IsoEfi, format], &settings).unwrap_err();

@@ -314,10 +314,14 @@ fn layer_writing_through_a_symlinked_parent_is_refused() {
     );
 }
 
+/// Refused before anything is pulled: the YAML names an image no registry can serve.
 #[test]
 fn bios_formats_are_refused_on_aarch64_before_writing() {
     let w = Work::empty();
-    w.write("x.yml", "onboot: []\n");
+    w.write(
+        "x.yml",
+        "kernel:\n  image: 127.0.0.1:9/team/kernel:1\nonboot: []\n",
+    );
     let out = run(&mut w.keel([
         "build", "--arch", "aarch64", "-f", "uki", "-f", "iso-bios", "--dir", "out", "x.yml",
     ]));
@@ -327,7 +331,8 @@ fn bios_formats_are_refused_on_aarch64_before_writing() {
         "{}",
         out.stderr
     );
-    assert!(!w.path("out/x.efi").exists());
+    assert!(!out.stderr.contains("127.0.0.1:9"), "{}", out.stderr);
+    assert!(!w.path("out").exists());
 }
 
 #[test]

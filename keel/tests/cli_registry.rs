@@ -172,3 +172,62 @@ fn push_to_a_registry() {
     let err = run(&mut w.keel(["push", "127.0.0.1:9/team/nope:1", &dest])).failed();
     assert!(err.contains("not in the store"), "{err}");
 }
+
+/// The boot tool images are pinned by digest, so a store can get them from any registry that
+/// mirrors them: pulled by digest into a store that cannot download Debian packages, they are
+/// used as they are.
+#[test]
+fn tool_images_travel_by_digest() {
+    let registry = Registry::start();
+    let (w, _) = Work::with_fixtures();
+    let built = run(&mut w.keel(["tools", "build", "efi-stub"])).ok();
+    let pinned: keel_image::Reference = built.stdout.trim().parse().unwrap();
+    let digest = pinned.digest().unwrap().to_string();
+    let local = format!("keel/tools/efi-stub:{}", pinned.tag().unwrap());
+    let mirror = format!("{}/mirror/efi-stub", registry.host());
+    let out = run(&mut w.keel(["push", &local, &format!("{mirror}:1")])).ok();
+    assert!(out.stdout.trim().ends_with(&digest), "{out:?}");
+
+    let (w2, _) = Work::with_fixtures();
+    // A file where the package cache would go: any download would fail.
+    std::fs::write(w2.store_dir().join("debs"), "").unwrap();
+    let listed = run(&mut w2.keel(["tools", "list"])).ok().stdout;
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("efi-stub") && l.contains("\tmissing\t")),
+        "{listed}"
+    );
+    w2.write("sys.yml", &system_yaml(APP));
+    let err = run(&mut w2.keel([
+        "build", "-f", "uki", "--arch", "x86_64", "--dir", "out", "sys.yml",
+    ]))
+    .failed();
+    assert!(
+        err.contains("making tool image keel/tools/efi-stub"),
+        "{err}"
+    );
+    assert!(err.contains("systemd-boot-efi"), "{err}");
+    assert!(!w2.path("out").exists());
+    run(&mut w2.keel([
+        "cache",
+        "pull",
+        "--arch",
+        "x86_64",
+        &format!("{mirror}@{digest}"),
+    ]))
+    .ok();
+    let listed = run(&mut w2.keel(["tools", "list"])).ok().stdout;
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("efi-stub") && l.contains("\tpresent\t")),
+        "{listed}"
+    );
+    run(&mut w2.keel([
+        "build", "-f", "uki", "--arch", "x86_64", "--dir", "out", "sys.yml",
+    ]))
+    .ok();
+    let uki = std::fs::read(w2.path("out/sys.efi")).unwrap();
+    assert_eq!(&uki[..2], b"MZ");
+}

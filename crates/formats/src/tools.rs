@@ -1,11 +1,12 @@
 //! Boot binaries from pinned Debian packages: systemd's EFI stub for UKIs, isolinux for the
 //! BIOS formats, GRUB for `iso-efi-initrd`.
 //!
-//! The pins live in this table (package, exact version, sha256 of the `.deb`, file inside it),
-//! the simplest honest form: a `.deb` is fetched once through [`keel_debian`] into a cache
-//! directory, verified against its sha256 and read without `dpkg`. To move to a newer upload,
-//! look the package up (`apt-cache show systemd-boot-efi`) and update version and sha256
-//! together.
+//! The pins live in this table (package, exact version, sha256 of the `.deb`, file inside it).
+//! A `.deb` is fetched through [`keel_debian`] into a cache directory, verified against its
+//! sha256 and read without `dpkg`. The `keel` tool turns these files into pinned OCI tool
+//! images in its store (`keel/src/tools.rs`), which is where builds take them from. To move
+//! to a newer upload, look the package up (`apt-cache show systemd-boot-efi`), update version
+//! and sha256 together, then the tool image's digest.
 
 use crate::error::{Error, Result};
 use crate::iso::Isolinux;
@@ -112,6 +113,12 @@ pub fn isolinux(cache_dir: &Path) -> Result<Isolinux> {
 /// The bytes of `tool`, from its package in `cache_dir` (downloaded and verified first if
 /// absent).
 pub fn fetch(tool: &ToolFile, cache_dir: &Path) -> Result<Vec<u8>> {
+    fetch_file(tool, tool.path, cache_dir)
+}
+
+/// The bytes of another regular file of `tool`'s package (`path` without a leading `/`), such
+/// as its copyright file.
+pub fn fetch_file(tool: &ToolFile, path: &str, cache_dir: &Path) -> Result<Vec<u8>> {
     let name = format!("{}:{}={}", tool.package, tool.arch, tool.version);
     let fail = |source: Box<dyn std::error::Error + Send + Sync>| Error::Package {
         package: name.clone(),
@@ -129,11 +136,11 @@ pub fn fetch(tool: &ToolFile, cache_dir: &Path) -> Result<Vec<u8>> {
         .entries()
         .map_err(|e| fail(e.into()))?
         .into_iter()
-        .find(|e| e.path == tool.path && e.kind == keel_debian::EntryKind::File)
+        .find(|e| e.path == path && e.kind == keel_debian::EntryKind::File)
         .map(|e| e.data)
         .ok_or_else(|| Error::MissingFile {
             package: name.clone(),
-            path: tool.path.into(),
+            path: path.into(),
         })
 }
 
