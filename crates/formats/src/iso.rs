@@ -40,6 +40,17 @@ pub fn check_bios_arch(format: &'static str, arch: Arch) -> Result<()> {
     }
 }
 
+/// The options of an ISO whose El Torito EFI entry is `/boot/efi.img`.
+fn efi_iso_options(epoch: u64) -> IsoOptions<'static> {
+    IsoOptions {
+        volume_id: VOLUME_ID,
+        epoch,
+        efi_image: Some("boot/efi.img"),
+        catalog_path: Some("boot/boot.catalog"),
+        ..IsoOptions::default()
+    }
+}
+
 /// An `iso-efi` image: the ESP holding `uki` as the El Torito EFI boot image.
 pub fn iso_efi(uki: &[u8], arch: Arch, epoch: u64) -> Result<Vec<u8>> {
     let esp = efi_esp(uki, arch)?;
@@ -47,14 +58,7 @@ pub fn iso_efi(uki: &[u8], arch: Arch, epoch: u64) -> Result<Vec<u8>> {
         path: "boot/efi.img",
         data: &esp,
     }];
-    let opts = IsoOptions {
-        volume_id: VOLUME_ID,
-        epoch,
-        efi_image: Some("boot/efi.img"),
-        catalog_path: Some("boot/boot.catalog"),
-        ..IsoOptions::default()
-    };
-    Ok(build_iso(&files, &opts)?.bytes)
+    Ok(build_iso(&files, &efi_iso_options(epoch))?.bytes)
 }
 
 /// The `grub.cfg` that boots `/boot/kernel` with `/boot/initrd.img` at once. GRUB's own
@@ -76,7 +80,7 @@ fn grub_cfg(cmdline: &str) -> Result<String> {
 }
 
 /// An `iso-efi-initrd` image: `grub` (Debian's monolithic CD GRUB, see
-/// [`crate::tools::grub_cd`]) at the removable-media path of the El Torito ESP; it finds the
+/// the tool image `keel/tools/grub-cd`) at the removable-media path of the El Torito ESP; it finds the
 /// ISO 9660 volume by `/.disk/info` and reads `/boot/grub/grub.cfg`, which boots
 /// `/boot/kernel` and `/boot/initrd.img` from the ISO: the initrd stays out of the ESP.
 pub fn iso_efi_initrd(
@@ -113,14 +117,7 @@ pub fn iso_efi_initrd(
             data: &esp,
         },
     ];
-    let opts = IsoOptions {
-        volume_id: VOLUME_ID,
-        epoch,
-        efi_image: Some("boot/efi.img"),
-        catalog_path: Some("boot/boot.catalog"),
-        ..IsoOptions::default()
-    };
-    Ok(build_iso(&files, &opts)?.bytes)
+    Ok(build_iso(&files, &efi_iso_options(epoch))?.bytes)
 }
 
 /// The isolinux files of the pinned Debian packages (see [`crate::tools::isolinux`]).
