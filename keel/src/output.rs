@@ -2,9 +2,11 @@
 //!
 //! Every output is written into an [`AtomicFile`] and all of a build's outputs are committed
 //! together at the end, so a failed build leaves nothing behind. Intermediate products (the
-//! initrd, the UKI, the raw EFI disk, the BIOS ISO) are made once per build and shared by the
-//! formats that need them. Disk containers (qcow2, VMDK, dynamic VHD) are converted from the raw
-//! disks with `qemu-img`, with its timestamps and random IDs replaced (see `crates/formats`).
+//! initrd, the UKI, the BIOS ISO) are made once per build and shared by the formats that need
+//! them. Raw disks are streamed, never held in memory, and their empty space is left as holes
+//! ([`keel_formats::SparseWriter`]), so `--size 100G` costs what the content does. Disk
+//! containers (qcow2, VMDK, dynamic VHD) are converted from a sparse raw disk with `qemu-img`,
+//! with its timestamps and random IDs replaced (see `crates/formats`).
 
 use crate::assemble::{Assembled, KernelParts};
 use bytes::Bytes;
@@ -273,7 +275,6 @@ struct Products<'a> {
     opts: WriteOptions,
     initrd: Option<Vec<u8>>,
     uki: Option<Vec<u8>>,
-    raw_efi: Option<Vec<u8>>,
     iso_bios: Option<Vec<u8>>,
 }
 
@@ -306,15 +307,6 @@ impl Products<'_> {
         Ok(self.iso_bios.as_deref().unwrap_or_default())
     }
 
-    /// The `raw-bios` disk: the isohybrid image grown to `--size`.
-    fn raw_bios(&mut self, format: Format) -> Result<Vec<u8>> {
-        let size = self.size()?;
-        let iso = self.iso_bios(format)?;
-        let mut disk = Vec::new();
-        keel_formats::write_raw_bios(&mut disk, iso, size)
-            .map_err(|source| Error::Format { format, source })?;
-        Ok(disk)
-    }
     fn kernel(&self, format: Format) -> Result<&KernelParts> {
         self.assembled
             .kernel
@@ -356,40 +348,56 @@ impl Products<'_> {
         Ok(self.uki.as_deref().unwrap_or_default())
     }
 
-    fn raw_efi(&mut self, format: Format) -> Result<&[u8]> {
-        if self.raw_efi.is_none() {
-            let size = self.size()?;
+    /// Writes the raw disk of `format` into `out`: `raw-bios` (the isohybrid image grown to
+    /// `--size`) for a BIOS format, else `raw-efi` (the UKI in an ESP on a GPT disk). Returns
+    /// its size and a seed for the IDs of containers around it: a hash of what the disk is
+    /// made from, so that the disk itself need not be read again.
+    fn write_raw(&mut self, format: Format, out: &mut impl Write) -> Result<(u64, [u8; 16])> {
+        let size = self.size()?;
+        let fail = |source| Error::Format { format, source };
+        let (size, content) = if format.is_bios() {
+            let iso = self.iso_bios(format)?;
+            let size = keel_formats::write_raw_bios(out, iso, size).map_err(fail)?;
+            (size, keel_formats::gpt::Guid::derive(iso, "raw-bios"))
+        } else {
             let arch = self.settings.arch;
-            let uki = self.uki(format)?.to_vec();
-            let mut disk = Vec::new();
-            keel_formats::write_raw_efi(&mut disk, &uki, arch, size)
-                .map_err(|source| Error::Format { format, source })?;
-            self.raw_efi = Some(disk);
-        }
-        Ok(self.raw_efi.as_deref().unwrap_or_default())
+            let uki = self.uki(format)?;
+            let size = keel_formats::write_raw_efi(out, uki, arch, size).map_err(fail)?;
+            (size, keel_formats::gpt::Guid::derive(uki, "raw-efi"))
+        };
+        let mut seed = content.bytes().to_vec();
+        seed.extend_from_slice(&size.to_le_bytes());
+        Ok((size, keel_formats::gpt::Guid::derive(&seed, "disk").bytes()))
     }
 
-    /// The raw disk (`raw-bios` for a BIOS format, else `raw-efi`) converted by `qemu-img`
-    /// into `container`.
+    /// The raw disk of `format` written sparsely into `file`; returns what [`Self::write_raw`]
+    /// does.
+    fn write_raw_sparse(
+        &mut self,
+        format: Format,
+        file: &mut (impl Write + std::io::Seek),
+        path: &Path,
+    ) -> Result<(u64, [u8; 16])> {
+        let mut sparse = keel_formats::SparseWriter::new(file);
+        let written = self.write_raw(format, &mut sparse)?;
+        sparse.finish().map_err(|source| Error::Write {
+            path: path.into(),
+            source,
+        })?;
+        Ok(written)
+    }
+
+    /// The raw disk of `format` converted by `qemu-img` into `container`.
     fn converted(&mut self, format: Format, container: keel_formats::Container) -> Result<Vec<u8>> {
-        let raw = if format.is_bios() {
-            self.raw_bios(format)?
-        } else {
-            self.raw_efi(format)?.to_vec()
-        };
         let fail = |source| Error::Format { format, source };
-        let tmp = tempfile::NamedTempFile::new().map_err(|source| Error::Write {
+        let mut tmp = tempfile::NamedTempFile::new().map_err(|source| Error::Write {
             path: std::env::temp_dir(),
             source,
         })?;
-        std::fs::write(tmp.path(), &raw).map_err(|source| Error::Write {
-            path: tmp.path().into(),
-            source,
-        })?;
-        let seed = keel_formats::gpt::Guid::derive(&raw, "disk container").bytes();
+        let path = tmp.path().to_path_buf();
+        let (_, seed) = self.write_raw_sparse(format, tmp.as_file_mut(), &path)?;
         let mut out = Vec::new();
-        keel_formats::convert(tmp.path(), container, self.opts.mtime, &seed, &mut out)
-            .map_err(fail)?;
+        keel_formats::convert(&path, container, self.opts.mtime, &seed, &mut out).map_err(fail)?;
         Ok(out)
     }
 }
@@ -441,7 +449,6 @@ pub fn write(
         opts: WriteOptions::from_env(),
         initrd: None,
         uki: None,
-        raw_efi: None,
         iso_bios: None,
     };
     let mut pending: Vec<AtomicFile> = Vec::new();
@@ -546,14 +553,20 @@ pub fn write(
                 );
             }
             Format::Uki => put(&mut pending, &file, products.uki(format)?)?,
-            Format::RawEfi | Format::Aws => put(&mut pending, &file, products.raw_efi(format)?)?,
+            Format::RawEfi | Format::Aws | Format::RawBios => {
+                let mut f = create(&file)?;
+                products.write_raw_sparse(format, &mut f, &dir.join(&file))?;
+                pending.push(f);
+            }
             Format::Vhd => {
-                let mut disk = products.raw_efi(format)?.to_vec();
-                let seed = keel_formats::gpt::Guid::derive(&disk, "vhd").bytes();
-                let footer =
-                    keel_formats::fixed_vhd_footer(disk.len() as u64, products.opts.mtime, &seed);
-                disk.extend_from_slice(&footer);
-                put(&mut pending, &file, &disk)?;
+                let mut f = create(&file)?;
+                let (size, seed) = products.write_raw_sparse(format, &mut f, &dir.join(&file))?;
+                let footer = keel_formats::fixed_vhd_footer(size, products.opts.mtime, &seed);
+                f.write_all(&footer).map_err(|source| Error::Write {
+                    path: dir.join(&file),
+                    source,
+                })?;
+                pending.push(f);
             }
             Format::Qcow2Efi => {
                 let data = products.converted(format, keel_formats::Container::Qcow2)?;
@@ -601,10 +614,6 @@ pub fn write(
                 put(&mut pending, &file, &iso)?;
             }
             Format::IsoBios => put(&mut pending, &file, products.iso_bios(format)?)?,
-            Format::RawBios => {
-                let disk = products.raw_bios(format)?;
-                put(&mut pending, &file, &disk)?;
-            }
             Format::Qcow2Bios => {
                 let data = products.converted(format, keel_formats::Container::Qcow2)?;
                 put(&mut pending, &file, &data)?;

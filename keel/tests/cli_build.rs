@@ -649,3 +649,61 @@ fn cache_export_rm_import_round_trip() {
     run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "out", "sys.yml"])).ok();
     assert_eq!(app_in_initrd(&w, "out"), app_binary("v1", Arch::X86_64));
 }
+
+/// A large `--size` costs neither memory nor disk: the empty space of a disk image is written
+/// as holes (the build used to hold the whole disk in memory), and the formats around the raw
+/// disk still see every byte of it.
+#[test]
+fn large_disks_are_written_sparsely() {
+    use std::os::unix::fs::MetadataExt;
+    let (w, _) = Work::with_fixtures();
+    w.write("sys.yml", &system_yaml(APP));
+    let size: u64 = 16 << 30;
+    run(&mut w.keel([
+        "build",
+        "--arch",
+        "x86_64",
+        "--dir",
+        "out",
+        "--size",
+        "16G",
+        "-f",
+        "raw-efi",
+        "-f",
+        "vhd",
+        "-f",
+        "qcow2-efi",
+        "-f",
+        "raw-bios",
+        "sys.yml",
+    ]))
+    .ok();
+    for (file, len) in [
+        ("sys-efi.img", size),
+        ("sys-bios.img", size),
+        ("sys.vhd", size + 512),
+    ] {
+        let meta = std::fs::metadata(w.path(&format!("out/{file}"))).unwrap();
+        assert_eq!(meta.len(), len, "{file}");
+        assert!(
+            meta.blocks() * 512 < 64 << 20,
+            "{file}: {} blocks",
+            meta.blocks()
+        );
+    }
+    // The GPT's backup header is in the last sector, past the hole.
+    let disk = std::fs::File::open(w.path("out/sys-efi.img")).unwrap();
+    let mut last = [0u8; 512];
+    std::os::unix::fs::FileExt::read_exact_at(&disk, &mut last, size - 512).unwrap();
+    assert_eq!(&last[..8], b"EFI PART");
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(w.path("out/sys-efi.qcow2"))
+        .output()
+        .expect("qemu-img runs (scripts/setup.sh installs it)");
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.contains(&format!("\"virtual-size\": {size}")),
+        "{info}"
+    );
+}

@@ -99,16 +99,6 @@ fn put_u64(b: &mut [u8], off: usize, v: u64) {
     b[off..off + 8].copy_from_slice(&v.to_le_bytes());
 }
 
-fn zeros(out: &mut impl Write, mut n: u64) -> io::Result<()> {
-    static CHUNK: [u8; 1 << 16] = [0; 1 << 16];
-    while n > 0 {
-        let k = n.min(CHUNK.len() as u64);
-        out.write_all(&CHUNK[..k as usize])?;
-        n -= k;
-    }
-    Ok(())
-}
-
 /// A protective MBR covering the whole disk, as the UEFI specification describes it.
 fn protective_mbr(total_sectors: u64) -> [u8; SECTOR as usize] {
     let mut mbr = [0u8; SECTOR as usize];
@@ -202,15 +192,21 @@ pub fn write_disk(
     w(out.write_all(&entries))?;
     let mut at = 2 + ENTRY_SECTORS;
     for p in parts {
-        w(zeros(out, (p.first_lba - at) * SECTOR))?;
+        w(crate::sparse::write_zeros(out, (p.first_lba - at) * SECTOR))?;
         w(out.write_all(p.data))?;
-        w(zeros(out, p.sectors * SECTOR - p.data.len() as u64))?;
+        w(crate::sparse::write_zeros(
+            out,
+            p.sectors * SECTOR - p.data.len() as u64,
+        ))?;
         at = p.first_lba + p.sectors;
     }
-    w(zeros(out, (total - 1 - ENTRY_SECTORS - at) * SECTOR))?;
+    w(crate::sparse::write_zeros(
+        out,
+        (total - 1 - ENTRY_SECTORS - at) * SECTOR,
+    ))?;
     w(out.write_all(&entries))?;
     w(out.write_all(&header(disk, total, true, crc)))?;
-    w(zeros(out, size - total * SECTOR))
+    w(crate::sparse::write_zeros(out, size - total * SECTOR))
 }
 
 #[cfg(test)]

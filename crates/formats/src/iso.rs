@@ -15,7 +15,6 @@ use crate::esp::{EspFile, build_esp, esp_size_for};
 use crate::iso9660::{BiosBoot, IsoFile, IsoOptions, build_iso};
 use keel_image::Arch;
 use sha2::{Digest, Sha256};
-use std::io::Read as _;
 
 /// isohybrid rounds images up to whole cylinders of 64 heads × 32 sectors: 1 MiB.
 const CYLINDER: u64 = 64 * 32 * 512;
@@ -263,7 +262,7 @@ pub fn write_raw_bios(out: &mut impl std::io::Write, iso: &[u8], size: Option<u6
         )));
     }
     out.write_all(iso).map_err(Error::Write)?;
-    std::io::copy(&mut std::io::repeat(0).take(size - needed), out).map_err(Error::Write)?;
+    crate::sparse::write_zeros(out, size - needed).map_err(Error::Write)?;
     Ok(size)
 }
 

@@ -27,6 +27,7 @@ pub mod gcp;
 pub mod gpt;
 pub mod iso;
 pub mod iso9660;
+pub mod sparse;
 pub mod tools;
 pub mod uki;
 pub mod vhd;
@@ -39,6 +40,7 @@ pub use iso::{
     BootParts, Isolinux, check_bios_arch, iso_bios, iso_efi, iso_efi_initrd, write_raw_bios,
 };
 pub use iso9660::{BiosBoot, Iso, IsoFile, IsoOptions, build_iso, data_iso};
+pub use sparse::SparseWriter;
 pub use tools::efi_stub;
 pub use uki::{UkiParts, build_uki};
 pub use vhd::fixed_vhd_footer;
