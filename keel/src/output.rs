@@ -585,10 +585,11 @@ pub fn write(
                 let arch = settings.arch;
                 let mtime = products.opts.mtime;
                 let uki = products.uki(format)?;
-                let mut data = Vec::new();
-                keel_formats::write_gcp(&mut data, uki, arch, size, mtime)
+                // Streamed: the archive of a large disk is mostly compressed zeros.
+                let mut f = create(&file)?;
+                keel_formats::write_gcp(&mut f, uki, arch, size, mtime)
                     .map_err(|source| Error::Format { format, source })?;
-                put(&mut pending, &file, &data)?;
+                pending.push(f);
             }
             Format::IsoEfi => {
                 let (arch, mtime) = (settings.arch, products.opts.mtime);
