@@ -6,6 +6,19 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 
 step() { printf '\n=== %s\n' "$*"; }
+
+# What a fresh machine sees: a throwaway image store and package cache for this run, so a pin
+# that has left Debian's archive or a missing install step fails here the day it happens, not
+# on a user's first build. KEEL_TEST_CACHE=DIR keeps and reuses DIR instead (faster local
+# iteration; everything in it is verified by digest when read). KEEL_CACHE keeps tests off the
+# user's own store.
+if [ -z "${KEEL_TEST_CACHE:-}" ]; then
+  KEEL_TEST_CACHE=$(mktemp -d "${TMPDIR:-/tmp}/keel-test-cache.XXXXXX")
+  trap 'rm -rf "$KEEL_TEST_CACHE"' EXIT
+fi
+export KEEL_TEST_CACHE
+export KEEL_CACHE="$KEEL_TEST_CACHE/user-store"
+echo "test caches: $KEEL_TEST_CACHE" >&2
 guest=(-p keel-init -p keel-shim -p keel-supervisor -p keel-metadata)
 
 step "format"

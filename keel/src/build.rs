@@ -114,12 +114,13 @@ pub fn sources(files: &[String]) -> Result<Vec<Source>> {
 }
 
 /// Parses, merges and validates the YAML inputs. `@pkg:DIR` resolves to the package's tag;
-/// with a store, packages missing from it are built first.
-pub fn load(files: &[String], store: Option<&Store>) -> Result<Config> {
+/// with a store, packages missing from it are built first (with `locked`, without changing any
+/// Debian pin).
+pub fn load(files: &[String], store: Option<&Store>, locked: bool) -> Result<Config> {
     let sources = sources(files)?;
     let pkg = |dir: &Path| {
         let reference = match store {
-            Some(store) => crate::pkg::ensure(store, dir),
+            Some(store) => crate::pkg::ensure(store, dir, locked),
             None => crate::pkg::show_tag(dir, None),
         };
         reference
@@ -304,7 +305,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
     if !opts.dry_run {
         crate::output::check(&formats, &name, opts.arch)?;
     }
-    let config = load(&opts.files, (!opts.dry_run).then_some(store))?;
+    let config = load(&opts.files, (!opts.dry_run).then_some(store), opts.locked)?;
     if opts.dry_run {
         print!("{}", config.to_yaml());
         return Ok(vec![]);
@@ -369,7 +370,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
 
 /// `keel validate`: the merged YAML, then every generated `config.json` and `runtime.json`.
 pub fn validate(store: &Store, files: &[String], arch: Arch, insecure: bool) -> Result<String> {
-    let config = load(files, Some(store))?;
+    let config = load(files, Some(store), false)?;
     let lock = lock_path(files)
         .map(|p| Lock::load(&p))
         .transpose()?

@@ -35,14 +35,33 @@ pub enum Error {
     Layer(#[source] keel_rootfs::Error),
     #[error("cannot store the kernel image")]
     Store(#[source] keel_image::Error),
+    #[error(
+        "{}: {package}={version} ({arch}) is no longer in Debian's archive; run `keel pkg update-lock {}` to move the pin to the newest kernel of its flavour (a build without --locked does this by itself)",
+        recipe.display(), dir.display()
+    )]
+    PinLeftArchive {
+        recipe: PathBuf,
+        dir: PathBuf,
+        /// `x86_64` or `aarch64`, as recipe.yml names it.
+        arch: &'static str,
+        package: String,
+        version: String,
+    },
+    #[error("cannot move the {arch} pin of {}", dir.display())]
+    Refresh {
+        dir: PathBuf,
+        arch: Arch,
+        #[source]
+        source: Box<keel_kernel::KernelError>,
+    },
 }
+
+/// One pin a refresh moved: (architecture, old package=version, new package=version).
+pub type PinMove = (Arch, String, String);
 
 /// The reference a recipe's image gets.
 pub fn tag(recipe_dir: &Path) -> Result<Reference, Error> {
-    let recipe = keel_kernel::Recipe::load(recipe_dir).map_err(|source| Error::Recipe {
-        dir: recipe_dir.into(),
-        source,
-    })?;
+    let recipe = load(recipe_dir)?;
     let text = std::fs::read(recipe.path.as_path()).unwrap_or_default();
     let mut h = Sha256::new();
     h.update(LAYOUT_VERSION.as_bytes());
@@ -85,23 +104,57 @@ fn layer(artifacts: &keel_kernel::KernelArtifacts) -> Result<Vec<u8>, Error> {
 }
 
 /// Builds the recipe for `arches` into the store and tags it; returns the reference.
-pub fn build(store: &Store, recipe_dir: &Path, arches: &[Arch]) -> Result<Reference, Error> {
-    let recipe = keel_kernel::Recipe::load(recipe_dir).map_err(|source| Error::Recipe {
-        dir: recipe_dir.into(),
-        source,
-    })?;
-    let reference = tag(recipe_dir)?;
+///
+/// A pinned kernel package that has left Debian's archive moves to the newest kernel of the same
+/// flavour (one warning, recipe.yml rewritten, and so a new tag), unless `locked`, where it is
+/// an error naming the command that moves it.
+pub fn build(
+    store: &Store,
+    recipe_dir: &Path,
+    arches: &[Arch],
+    locked: bool,
+) -> Result<Reference, Error> {
+    let mut recipe = load(recipe_dir)?;
     let deb_cache = store.path().join("debs");
     let mut manifests: Vec<(Arch, Descriptor)> = Vec::new();
     for &arch in arches {
-        let artifacts =
-            keel_kernel::build(&recipe, arch.uname(), &deb_cache).map_err(|source| {
-                Error::Build {
+        let artifacts = match keel_kernel::build(&recipe, arch.uname(), &deb_cache) {
+            // A version replaced by a newer upload, or the whole ABI package removed.
+            Err(keel_kernel::KernelError::Fetch(
+                keel_debian::AptError::NotInArchive { .. } | keel_debian::AptError::UnknownPackage { .. },
+            )) => {
+                let old = recipe.package(arch.uname()).map_err(|source| Error::Recipe {
                     dir: recipe_dir.into(),
-                    arch,
-                    source: Box::new(source),
+                    source,
+                })?;
+                let (package, version) = (old.name, old.version);
+                if locked {
+                    return Err(Error::PinLeftArchive {
+                        recipe: recipe.path.clone(),
+                        dir: recipe_dir.into(),
+                        arch: arch.uname(),
+                        package,
+                        version,
+                    });
                 }
-            })?;
+                let (moved, refreshed) = move_pin(&recipe, recipe_dir, arch, &deb_cache)?;
+                log::warn!(
+                    "{}: {} ({}) has left Debian's archive; using {} and updating recipe.yml (`--locked` refuses this)",
+                    recipe_dir.display(),
+                    moved.1,
+                    arch.uname(),
+                    moved.2
+                );
+                recipe = refreshed;
+                keel_kernel::build(&recipe, arch.uname(), &deb_cache)
+            }
+            other => other,
+        }
+        .map_err(|source| Error::Build {
+            dir: recipe_dir.into(),
+            arch,
+            source: Box::new(source),
+        })?;
         let mut config = keel_image::oci::ImageConfiguration::default();
         let mut labels = std::collections::HashMap::new();
         labels.insert(
@@ -121,7 +174,71 @@ pub fn build(store: &Store, recipe_dir: &Path, arches: &[Arch]) -> Result<Refere
         );
         manifests.push((arch, desc));
     }
+    // The tag covers recipe.yml as it is now, after any pin moved.
+    let reference = tag(recipe_dir)?;
     let index = store.write_index(&manifests).map_err(Error::Store)?;
     store.tag(&reference, index).map_err(Error::Store)?;
     Ok(reference)
+}
+
+fn load(recipe_dir: &Path) -> Result<keel_kernel::Recipe, Error> {
+    keel_kernel::Recipe::load(recipe_dir).map_err(|source| Error::Recipe {
+        dir: recipe_dir.into(),
+        source,
+    })
+}
+
+/// Moves `arch`'s pin to the newest kernel of its flavour and rewrites recipe.yml when it
+/// differs; returns the move and the recipe as now written.
+fn move_pin(
+    recipe: &keel_kernel::Recipe,
+    recipe_dir: &Path,
+    arch: Arch,
+    deb_cache: &Path,
+) -> Result<(PinMove, keel_kernel::Recipe), Error> {
+    let refresh = |source| Error::Refresh {
+        dir: recipe_dir.into(),
+        arch,
+        source: Box::new(source),
+    };
+    let old = recipe
+        .package(arch.uname())
+        .map_err(|e| refresh(e.into()))?;
+    let new = keel_kernel::newest_of_flavour(&old, deb_cache).map_err(refresh)?;
+    let moved = (
+        arch,
+        format!("{}={}", old.name, old.version),
+        format!("{}={}", new.name, new.version),
+    );
+    if new.sha256 == old.sha256 {
+        return Ok((moved, recipe.clone()));
+    }
+    let pin = keel_kernel::PackagePin {
+        name: new.name,
+        version: new.version,
+        sha256: new.sha256,
+    };
+    let written = recipe
+        .set_pin(arch.uname(), &pin)
+        .map_err(|e| refresh(e.into()))?;
+    Ok((moved, written))
+}
+
+/// `keel pkg update-lock` for a kernel recipe: every architecture's pin moves to the newest
+/// kernel of its flavour in the archive now. Returns the pins that moved.
+pub fn update_pins(store: &Store, recipe_dir: &Path) -> Result<Vec<PinMove>, Error> {
+    let mut recipe = load(recipe_dir)?;
+    let deb_cache = store.path().join("debs");
+    let mut moves = Vec::new();
+    for arch in Arch::ALL {
+        if recipe.package(arch.uname()).is_err() {
+            continue;
+        }
+        let (moved, written) = move_pin(&recipe, recipe_dir, arch, &deb_cache)?;
+        if moved.1 != moved.2 {
+            moves.push(moved);
+        }
+        recipe = written;
+    }
+    Ok(moves)
 }

@@ -66,14 +66,24 @@ enum PkgCommand {
         #[arg(long = "arch")]
         arches: Vec<keel_image::Arch>,
         /// Resolve the Debian packages again and rewrite build.lock.json.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "locked")]
         update_lock: bool,
+        /// Never change build.lock.json or recipe.yml: a pin that has left Debian's archive is
+        /// an error (the reproducible form; `keel pkg update-lock` moves the pins).
+        #[arg(long)]
+        locked: bool,
         /// Rebuild even when the store already has the package's tag.
         #[arg(long)]
         force: bool,
     },
     /// Print the reference a package directory builds to (what "@pkg:DIR" stands for).
     ShowTag { dir: PathBuf },
+    /// Move the Debian pins of packages (build.lock.json) and kernel recipes (recipe.yml) to
+    /// the archive's current versions: what to run when Debian has moved on.
+    UpdateLock {
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -107,7 +117,8 @@ struct BuildArgs {
     /// Resolve image tags from their registries again, updating the lock file.
     #[arg(long)]
     pull: bool,
-    /// Refuse to build if the lock file is missing a pin or a pin would change.
+    /// Refuse to build if the lock file is missing a pin or a pin would change, including the
+    /// Debian pins of "@pkg:" packages and kernel recipes (the reproducible form).
     #[arg(long)]
     locked: bool,
     /// Allow plain HTTP to registries that are not on loopback.
@@ -141,7 +152,8 @@ struct QemuArgs {
     /// Guest architecture. Default: the host's.
     #[arg(long)]
     arch: Option<keel_image::Arch>,
-    /// Accelerator: auto (KVM when it works, else TCG), kvm or tcg.
+    /// Accelerator: auto (KVM when a probe boot shows the guest kernel running under it, else
+    /// TCG), kvm or tcg. The choice and its reason are printed on stderr.
     #[arg(long, default_value = "auto", env = "KEEL_QEMU_ACCEL")]
     accel: Accel,
     /// Memory in MB.
@@ -168,6 +180,9 @@ struct QemuArgs {
     /// State directory (default: PREFIX-state).
     #[arg(long)]
     state: Option<PathBuf>,
+    /// The QEMU binary (default: qemu-system-x86_64 or qemu-system-aarch64 from PATH).
+    #[arg(long, value_name = "PATH")]
+    qemu: Option<PathBuf>,
     /// Append to the kernel command line.
     #[arg(long)]
     append: Option<String>,
@@ -232,6 +247,9 @@ enum KernelCommand {
         /// Architectures to build (repeatable). Default: x86_64 and aarch64.
         #[arg(long = "arch")]
         arches: Vec<keel_image::Arch>,
+        /// Never change recipe.yml: a pinned kernel that has left Debian's archive is an error.
+        #[arg(long)]
+        locked: bool,
     },
 }
 
@@ -312,6 +330,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 firmware: args.fw,
                 console_file: args.console_file,
                 state: args.state,
+                qemu: args.qemu,
                 append: args.append,
                 networking: match args.networking.as_str() {
                     "user" => true,
@@ -332,11 +351,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dir,
             arches,
             update_lock,
+            locked,
             force,
         }) => {
             let opts = keel_pkg::PkgOptions {
                 arches: (!arches.is_empty()).then_some(arches),
                 update_lock,
+                locked,
                 force,
                 ..keel_pkg::PkgOptions::default()
             };
@@ -360,6 +381,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let desc = open_store()?.push(&source, &dest, &options)?;
             println!("{dest}@{}", desc.digest());
         }
+        Command::Pkg(PkgCommand::UpdateLock { dirs }) => {
+            let store = open_store()?;
+            for dir in &dirs {
+                let changes = keel::pkg::update_lock(&store, dir)
+                    .with_context(|| format!("cannot update the pins of {}", dir.display()))?;
+                if changes.is_empty() {
+                    println!("{}: up to date", dir.display());
+                }
+                for change in changes {
+                    println!("{}: {change}", dir.display());
+                }
+            }
+        }
         Command::Pkg(PkgCommand::ShowTag { dir }) => {
             let store = open_store()?;
             println!("{}", keel::pkg::show_tag(&dir, Some(&store))?);
@@ -379,13 +413,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", tool.ensure(&store)?);
             }
         }
-        Command::Kernel(KernelCommand::Build { recipe, arches }) => {
+        Command::Kernel(KernelCommand::Build {
+            recipe,
+            arches,
+            locked,
+        }) => {
             let arches = if arches.is_empty() {
                 vec![keel_image::Arch::X86_64, keel_image::Arch::Aarch64]
             } else {
                 arches
             };
-            let reference = keel::kernel::build(&open_store()?, &recipe, &arches)?;
+            let reference = keel::kernel::build(&open_store()?, &recipe, &arches, locked)?;
             println!("{reference}");
         }
     }

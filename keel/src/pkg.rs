@@ -61,13 +61,14 @@ pub fn build(store: &Store, dir: &Path, opts: PkgOptions) -> Result<Reference, E
     }
     if crate::kernel::is_recipe(dir) {
         let arches = opts.arches.unwrap_or_else(|| Arch::ALL.to_vec());
-        return Ok(crate::kernel::build(store, dir, &arches)?);
+        return Ok(crate::kernel::build(store, dir, &arches, opts.locked)?);
     }
     Err(Error::NotAPackage(dir.into()))
 }
 
-/// The image `@pkg:DIR` stands for, built into `store` first when it is not there.
-pub fn ensure(store: &Store, dir: &Path) -> Result<Reference, Error> {
+/// The image `@pkg:DIR` stands for, built into `store` first when it is not there. With
+/// `locked`, pins are never changed: one that has left Debian's archive is an error.
+pub fn ensure(store: &Store, dir: &Path, locked: bool) -> Result<Reference, Error> {
     let reference = show_tag(dir, Some(store))?;
     let present = store.resolve(&reference).map_err(|source| Error::Store {
         reference: reference.to_string(),
@@ -80,6 +81,32 @@ pub fn ensure(store: &Store, dir: &Path) -> Result<Reference, Error> {
         "building {} ({reference} is not in the store)",
         dir.display()
     );
-    // The build's own reference: the inputs may have changed since the tag was computed.
-    build(store, dir, PkgOptions::default())
+    // The build's own reference: the inputs may have changed since the tag was computed (a pin
+    // that left the archive moves).
+    let opts = PkgOptions {
+        locked,
+        ..PkgOptions::default()
+    };
+    build(store, dir, opts)
+}
+
+/// `keel pkg update-lock DIR`: moves a package's Debian pins (build.lock.json) or a kernel
+/// recipe's kernel pins (recipe.yml) to the archive's current versions. Returns one line per
+/// change, `ARCH: what`.
+pub fn update_lock(store: &Store, dir: &Path) -> Result<Vec<String>, Error> {
+    if is_package(dir) {
+        let changes = keel_pkg::update_lock(dir, &options(Some(store)))?;
+        return Ok(changes
+            .iter()
+            .map(|(arch, change)| format!("{}: {change}", arch.uname()))
+            .collect());
+    }
+    if crate::kernel::is_recipe(dir) {
+        let moves = crate::kernel::update_pins(store, dir)?;
+        return Ok(moves
+            .iter()
+            .map(|(arch, from, to)| format!("{}: {from} -> {to}", arch.uname()))
+            .collect());
+    }
+    Err(Error::NotAPackage(dir.into()))
 }

@@ -2,8 +2,9 @@
 //!
 //! The argument is a `keel build` prefix (`out/minimal` → `minimal-kernel`, `-initrd.img`,
 //! `-cmdline`, or `-squashfs.img`) or a file (`.iso`, a disk image, an `.efi`). This module owns
-//! finding the artifacts, choosing the accelerator (KVM when it works, TCG otherwise), the state
-//! directory, disks, port forwards, the `--data` volume and the QEMU command line.
+//! finding the artifacts, choosing the accelerator (KVM when a probe boot shows it running the
+//! guest kernel, TCG otherwise), the state directory, disks, port forwards, the `--data` volume
+//! and the QEMU command line.
 
 use std::fmt;
 use std::fs;
@@ -184,6 +185,9 @@ pub struct Options {
     pub firmware: Option<PathBuf>,
     pub console_file: Option<PathBuf>,
     pub state: Option<PathBuf>,
+    /// The QEMU binary (`--qemu`); `None`: `qemu-system-x86_64` or `qemu-system-aarch64` from
+    /// `PATH`.
+    pub qemu: Option<PathBuf>,
     /// Extra kernel command line appended to the build's.
     pub append: Option<String>,
     pub networking: bool,
@@ -401,7 +405,7 @@ pub fn command(opts: &Options, accel: Accel) -> Result<Command, Error> {
     })?;
     let kvm = accel == Accel::Kvm;
 
-    let mut cmd = Command::new(opts.arch.qemu());
+    let mut cmd = Command::new(qemu_program(opts));
     let arg = |cmd: &mut Command, a: &str, b: &str| {
         cmd.arg(a).arg(b);
     };
@@ -576,40 +580,431 @@ pub fn command(opts: &Options, accel: Accel) -> Result<Command, Error> {
     Ok(cmd)
 }
 
-/// Whether KVM can run a guest of `arch` here: the host's architecture, `/dev/kvm` usable, and
-/// a probe boot of the same artifacts prints on the console within a few seconds (on some hosts
-/// `/dev/kvm` exists but guests hang). The verdict is cached per host boot.
-pub fn kvm_works(opts: &Options) -> bool {
-    if opts.arch != Arch::host()
-        || fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_err()
-    {
-        return false;
-    }
-    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let cache = std::env::temp_dir().join("keel-kvm-probe");
-    if let Ok(text) = fs::read_to_string(&cache)
-        && let Some((id, verdict)) = text.split_once(' ')
-        && id == boot_id.trim()
-    {
-        return verdict.trim() == "ok";
-    }
-    let verdict = probe_kvm(opts).unwrap_or(false);
-    let _ = fs::write(
-        &cache,
-        format!(
-            "{} {}\n",
-            boot_id.trim(),
-            if verdict { "ok" } else { "hangs" }
-        ),
-    );
-    verdict
+/// How long the KVM probe waits for the guest kernel when QEMU loads it itself (`-kernel`):
+/// under a working KVM SeaBIOS's option ROM hands over at once and, with the probe's
+/// `ignore_loglevel`, the kernel banner follows within a second or two.
+pub const PROBE_DIRECT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long the KVM probe waits when firmware boots the medium (ISO, disk, UKI): SeaBIOS or
+/// OVMF and a bootloader run first, and a `quiet` command line inside the image (which the
+/// probe cannot change) may hide the banner until keel-init's first line.
+pub const PROBE_FIRMWARE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Name of the verdict cache in `$TMPDIR`. Versioned: `keel-kvm-probe` (v1) said "ok" as soon
+/// as the firmware printed, so its verdicts must never be read again.
+const PROBE_CACHE_NAME: &str = "keel-kvm-probe.v2";
+const PROBE_CACHE_HEADER: &str = "keel-kvm-probe v2";
+
+/// Where and how long the KVM probe looks; every path injectable for tests.
+#[derive(Debug, Clone)]
+pub struct ProbeSettings {
+    /// The KVM device (`/dev/kvm`).
+    pub kvm_device: PathBuf,
+    /// The verdict cache (`$TMPDIR/keel-kvm-probe.v2`); `None`: probe every time.
+    pub cache: Option<PathBuf>,
+    /// This host boot (`/proc/sys/kernel/random/boot_id`): a reboot can load another KVM
+    /// module, so verdicts of other boots are ignored. Empty: nothing is cached.
+    pub boot_id: String,
+    /// Deadline for kernel + initrd and kernel + squashfs boots.
+    pub direct_deadline: Duration,
+    /// Deadline for boots through firmware (ISO, disk, UKI).
+    pub firmware_deadline: Duration,
 }
 
-fn probe_kvm(opts: &Options) -> Result<bool, Error> {
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings {
+            kvm_device: "/dev/kvm".into(),
+            cache: Some(std::env::temp_dir().join(PROBE_CACHE_NAME)),
+            boot_id: fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            direct_deadline: PROBE_DIRECT_DEADLINE,
+            firmware_deadline: PROBE_FIRMWARE_DEADLINE,
+        }
+    }
+}
+
+/// What a KVM probe boot showed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The guest kernel (or keel's PID 1) printed this long after QEMU started: KVM works.
+    Kernel(Duration),
+    /// No guest kernel output by the deadline; `firmware`: the console was not empty (firmware
+    /// or bootloader text, which proves nothing: on a host whose KVM runs only special guest
+    /// kernels, e.g. `kvm-pvm`, SeaBIOS prints and the kernel then hangs).
+    Silent { deadline: Duration, firmware: bool },
+    /// QEMU stopped before the guest kernel printed.
+    Exited(String),
+}
+
+/// Why an accelerator was picked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// `--accel kvm|tcg` (or `KEEL_QEMU_ACCEL`).
+    Forced,
+    /// The guest's architecture is not the host's.
+    ForeignArch { guest: Arch, host: Arch },
+    /// The KVM device cannot be opened for reading and writing.
+    NoKvm {
+        device: PathBuf,
+        error: io::ErrorKind,
+    },
+    /// A probe boot under KVM, now or (`cached`: in this file) earlier in this host boot.
+    Probe {
+        verdict: Verdict,
+        cached: Option<PathBuf>,
+    },
+    /// The probe boot could not be started; the error and its causes.
+    ProbeFailed(String),
+}
+
+/// The accelerator a run uses and why: `keel run qemu` prints it as one line on stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    pub accel: Accel,
+    pub reason: Reason,
+}
+
+/// "0.8 s", "10 s".
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+impl fmt::Display for Choice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let accel = self.accel;
+        let cached = |c: &Option<PathBuf>| match c {
+            Some(file) => format!("; cached for this host boot in {}", file.display()),
+            None => String::new(),
+        };
+        match &self.reason {
+            Reason::Forced => write!(f, "using {accel} (--accel {accel})"),
+            Reason::ForeignArch { guest, host } => write!(
+                f,
+                "using {accel}: {} guest on an {} host",
+                guest.uname(),
+                host.uname()
+            ),
+            Reason::NoKvm { device, error } => write!(
+                f,
+                "using {accel}: no usable {} ({})",
+                device.display(),
+                error.to_string().to_lowercase()
+            ),
+            Reason::Probe {
+                verdict: Verdict::Kernel(after),
+                cached: c,
+            } => write!(
+                f,
+                "using {accel} (probe: guest kernel started in {}{})",
+                seconds(*after),
+                cached(c)
+            ),
+            Reason::Probe {
+                verdict: Verdict::Silent { deadline, firmware },
+                cached: c,
+            } => write!(
+                f,
+                "using {accel}: the kvm probe saw {} in {} (/dev/kvm exists but does not run this guest{}); --accel kvm forces it",
+                if *firmware {
+                    "firmware output but no guest kernel"
+                } else {
+                    "no guest kernel output"
+                },
+                seconds(*deadline),
+                cached(c)
+            ),
+            Reason::Probe {
+                verdict: Verdict::Exited(status),
+                cached: c,
+            } => write!(
+                f,
+                "using {accel}: qemu exited under kvm before the guest kernel printed ({status}{}); --accel kvm forces it",
+                cached(c)
+            ),
+            Reason::ProbeFailed(error) => write!(
+                f,
+                "using {accel}: the kvm probe could not run ({error}); --accel kvm forces it"
+            ),
+        }
+    }
+}
+
+/// Resolves `opts.accel` to what will be used, and why. `Auto` takes KVM only when the guest
+/// is of the host's architecture, the KVM device opens, and a probe boot of the same artifacts
+/// under KVM shows the guest kernel running (see [`probe_kvm`]); the probe's verdict is cached
+/// per host boot, QEMU binary and architecture.
+pub fn choose_accel(opts: &Options) -> Choice {
+    choose_accel_with(opts, &ProbeSettings::default())
+}
+
+/// [`choose_accel`] with the probe's paths and deadlines given.
+pub fn choose_accel_with(opts: &Options, settings: &ProbeSettings) -> Choice {
+    let tcg = |reason| Choice {
+        accel: Accel::Tcg,
+        reason,
+    };
+    if opts.accel != Accel::Auto {
+        return Choice {
+            accel: opts.accel,
+            reason: Reason::Forced,
+        };
+    }
+    let host = Arch::host();
+    if opts.arch != host {
+        return tcg(Reason::ForeignArch {
+            guest: opts.arch,
+            host,
+        });
+    }
+    if let Err(e) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&settings.kvm_device)
+    {
+        return tcg(Reason::NoKvm {
+            device: settings.kvm_device.clone(),
+            error: e.kind(),
+        });
+    }
+    let cache = settings
+        .cache
+        .as_ref()
+        .filter(|_| !settings.boot_id.is_empty())
+        .map(|file| ProbeCache {
+            file: file.clone(),
+            boot_id: settings.boot_id.clone(),
+            arch: opts.arch,
+            qemu: resolve_program(&qemu_program(opts)),
+        });
+    if let Some(verdict) = cache.as_ref().and_then(ProbeCache::load) {
+        let accel = if matches!(verdict, Verdict::Kernel(_)) {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        };
+        return Choice {
+            accel,
+            reason: Reason::Probe {
+                verdict,
+                cached: cache.map(|c| c.file),
+            },
+        };
+    }
+    let deadline = match Boot::detect(&opts.target) {
+        Ok(Boot::KernelInitrd { .. } | Boot::KernelSquashfs { .. }) => settings.direct_deadline,
+        _ => settings.firmware_deadline,
+    };
+    match probe_kvm(opts, deadline) {
+        Ok(verdict) => {
+            if let Some(cache) = &cache {
+                cache.store(&verdict);
+            }
+            Choice {
+                accel: if matches!(verdict, Verdict::Kernel(_)) {
+                    Accel::Kvm
+                } else {
+                    Accel::Tcg
+                },
+                reason: Reason::Probe {
+                    verdict,
+                    cached: None,
+                },
+            }
+        }
+        Err(e) => tcg(Reason::ProbeFailed(crate::build::error_chain(&e))),
+    }
+}
+
+/// The QEMU binary of a run: `--qemu`, else `qemu-system-<arch>` from `PATH`.
+fn qemu_program(opts: &Options) -> PathBuf {
+    opts.qemu.clone().unwrap_or_else(|| opts.arch.qemu().into())
+}
+
+/// The file a program name runs (searched in `PATH` when it has no `/`), for the cache key: a
+/// verdict for one QEMU says nothing about another. The name itself when it is not found.
+fn resolve_program(program: &Path) -> PathBuf {
+    let found = if program.components().count() > 1 {
+        Some(program.to_path_buf())
+    } else {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(program))
+                .find(|p| p.is_file())
+        })
+    };
+    found
+        .and_then(|p| fs::canonicalize(p).ok())
+        .unwrap_or_else(|| program.to_path_buf())
+}
+
+/// The probe's verdicts of this host boot, one line each after a header:
+/// `BOOT_ID<TAB>ARCH<TAB>QEMU<TAB>ok<TAB>kernel MS` or `...<TAB>no<TAB>silent|firmware MS`
+/// (the reason: when the kernel printed, or the deadline that passed without it).
+#[derive(Debug, Clone)]
+struct ProbeCache {
+    file: PathBuf,
+    boot_id: String,
+    arch: Arch,
+    qemu: PathBuf,
+}
+
+/// One cache line's fields.
+struct CacheEntry {
+    boot_id: String,
+    arch: String,
+    qemu: String,
+    verdict: Verdict,
+}
+
+impl ProbeCache {
+    /// Every entry of a well-formed cache file; `None` when the file is missing or anything in
+    /// it is not understood (a v1 file, a torn write, another program's): then it is as if
+    /// there were no cache, and the next store replaces it.
+    fn entries(&self) -> Option<Vec<CacheEntry>> {
+        let text = fs::read_to_string(&self.file).ok()?;
+        let mut lines = text.lines();
+        if lines.next()? != PROBE_CACHE_HEADER {
+            return None;
+        }
+        lines
+            .map(|line| {
+                let fields: Vec<&str> = line.split('\t').collect();
+                let [boot_id, arch, qemu, ok, detail] = fields[..] else {
+                    return None;
+                };
+                let (kind, ms) = detail.split_once(' ')?;
+                let ms = Duration::from_millis(ms.parse().ok()?);
+                let verdict = match (ok, kind) {
+                    ("ok", "kernel") => Verdict::Kernel(ms),
+                    ("no", "silent" | "firmware") => Verdict::Silent {
+                        deadline: ms,
+                        firmware: kind == "firmware",
+                    },
+                    _ => return None,
+                };
+                Some(CacheEntry {
+                    boot_id: boot_id.into(),
+                    arch: arch.into(),
+                    qemu: qemu.into(),
+                    verdict,
+                })
+            })
+            .collect()
+    }
+
+    fn matches(&self, entry: &CacheEntry) -> bool {
+        entry.boot_id == self.boot_id
+            && entry.arch == self.arch.uname()
+            && Path::new(&entry.qemu) == self.qemu
+    }
+
+    /// The cached verdict for this boot, QEMU and architecture.
+    fn load(&self) -> Option<Verdict> {
+        self.entries()?
+            .into_iter()
+            .rev()
+            .find(|e| self.matches(e))
+            .map(|e| e.verdict)
+    }
+
+    /// A verdict's last two fields; `None` for one that is never stored.
+    fn fields(verdict: &Verdict) -> Option<String> {
+        match verdict {
+            Verdict::Kernel(after) => Some(format!("ok\tkernel {}", after.as_millis())),
+            Verdict::Silent { deadline, firmware } => Some(format!(
+                "no\t{} {}",
+                if *firmware { "firmware" } else { "silent" },
+                deadline.as_millis()
+            )),
+            Verdict::Exited(_) => None,
+        }
+    }
+
+    /// Records a verdict. Only a seen kernel is stored as "ok"; a deadline that passed in
+    /// silence is stored as "no" (probing again would cost the whole deadline each run); an
+    /// early QEMU exit is not stored (it costs nothing to probe again, and may be caused by
+    /// this run's arguments rather than by KVM). Best effort: a cache that cannot be written
+    /// only means probing again next time.
+    fn store(&self, verdict: &Verdict) {
+        let Some(line) = Self::fields(verdict) else {
+            return;
+        };
+        let qemu = self.qemu.to_string_lossy();
+        if qemu.contains(['\t', '\n']) || self.boot_id.contains(['\t', '\n']) {
+            return;
+        }
+        let mut text = format!("{PROBE_CACHE_HEADER}\n");
+        // Keep the other QEMUs' and architectures' verdicts of this boot.
+        for e in self.entries().unwrap_or_default() {
+            if e.boot_id == self.boot_id
+                && !self.matches(&e)
+                && let Some(old) = Self::fields(&e.verdict)
+            {
+                text.push_str(&format!("{}\t{}\t{}\t{old}\n", e.boot_id, e.arch, e.qemu));
+            }
+        }
+        text.push_str(&format!(
+            "{}\t{}\t{qemu}\t{line}\n",
+            self.boot_id,
+            self.arch.uname()
+        ));
+        // Written aside and renamed, so a concurrent run never reads half a file.
+        let dir = self.file.parent().unwrap_or(Path::new("."));
+        let written = tempfile::NamedTempFile::new_in(dir).and_then(|mut tmp| {
+            use std::io::Write;
+            tmp.write_all(text.as_bytes())?;
+            tmp.persist(&self.file).map_err(|e| e.error)?;
+            Ok(())
+        });
+        if let Err(e) = written {
+            log::debug!(
+                "cannot write the kvm probe cache {}: {e}",
+                self.file.display()
+            );
+        }
+    }
+}
+
+/// Whether the console shows the guest kernel running, not just firmware: the kernel banner
+/// (`Linux version `), a printk-timestamped line (`[    0.000000] `), or keel's PID 1, whose
+/// every console line carries `keel-init: `. Firmware and bootloader text (SeaBIOS, iPXE,
+/// "Booting from ROM..", "Probing EDD", OVMF's BdsDxe, isolinux, GRUB) never matches: on a
+/// host whose KVM runs only special guest kernels it is printed and then the guest hangs.
+fn kernel_started(console: &[u8]) -> bool {
+    let has = |needle: &[u8]| console.windows(needle.len()).any(|w| w == needle);
+    has(b"Linux version ") || has(b"keel-init: ") || has_printk_timestamp(console)
+}
+
+/// `[` spaces, seconds, `.`, six digits of microseconds, `] `.
+fn has_printk_timestamp(text: &[u8]) -> bool {
+    text.iter().enumerate().any(|(i, &b)| {
+        if b != b'[' {
+            return false;
+        }
+        let rest = &text[i + 1..];
+        let rest = &rest[rest.iter().take_while(|&&c| c == b' ').count()..];
+        let secs = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+        let rest = &rest[secs..];
+        secs > 0
+            && rest.len() >= 9
+            && rest[0] == b'.'
+            && rest[1..7].iter().all(u8::is_ascii_digit)
+            && &rest[7..9] == b"] "
+    })
+}
+
+/// Boots the run's artifacts under KVM with the console in a file and watches it until the
+/// guest kernel shows (see [`kernel_started`]), QEMU exits, or `deadline` passes; QEMU is then
+/// killed and reaped. Disks and networking are left out: the probe must not touch the run's
+/// state. For direct kernel boots `ignore_loglevel` is appended, so a `quiet` command line
+/// cannot hide the banner; firmware boots keep the image's own command line.
+pub fn probe_kvm(opts: &Options, deadline: Duration) -> Result<Verdict, Error> {
     let dir = tempfile::tempdir().map_err(|source| Error::State {
         path: std::env::temp_dir(),
         source,
@@ -620,48 +1015,53 @@ fn probe_kvm(opts: &Options) -> Result<bool, Error> {
     probe.state = Some(dir.path().join("state"));
     probe.disks.clear();
     probe.networking = false;
+    probe.append = Some(
+        format!("{} ignore_loglevel", opts.append.as_deref().unwrap_or(""))
+            .trim()
+            .to_string(),
+    );
     let mut cmd = command(&probe, Accel::Kvm)?;
+    let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|source| Error::Spawn {
-            program: opts.arch.qemu().into(),
+            program: qemu_program(opts).display().to_string(),
             source,
         })?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut printed = false;
-    while Instant::now() < deadline {
-        if fs::metadata(&log).map(|m| m.len() > 0).unwrap_or(false) {
-            printed = true;
-            break;
+    let verdict = loop {
+        let console = fs::read(&log).unwrap_or_default();
+        if kernel_started(&console) {
+            break Verdict::Kernel(start.elapsed());
         }
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                // It may have printed just before exiting.
+                let console = fs::read(&log).unwrap_or_default();
+                break if kernel_started(&console) {
+                    Verdict::Kernel(start.elapsed())
+                } else {
+                    Verdict::Exited(status.to_string())
+                };
+            }
+            Ok(None) => {}
+            Err(e) => break Verdict::Exited(e.to_string()),
+        }
+        if start.elapsed() >= deadline {
+            break Verdict::Silent {
+                deadline,
+                firmware: !console.is_empty(),
+            };
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
+    };
+    // A hung guest never exits by itself.
     let _ = child.kill();
     let _ = child.wait();
-    log::debug!(
-        "kvm probe: {}",
-        if printed {
-            "guest printed, kvm works"
-        } else {
-            "no output, using tcg"
-        }
-    );
-    Ok(printed)
-}
-
-/// Resolves `Accel::Auto` to what will be used.
-pub fn choose_accel(opts: &Options) -> Accel {
-    match opts.accel {
-        Accel::Auto if kvm_works(opts) => Accel::Kvm,
-        Accel::Auto => Accel::Tcg,
-        other => other,
-    }
+    log::debug!("kvm probe: {verdict:?}");
+    Ok(verdict)
 }
 
 impl fmt::Display for Accel {
@@ -676,11 +1076,14 @@ impl fmt::Display for Accel {
 
 /// Boots and waits for QEMU to exit; returns its exit code.
 pub fn run(opts: &Options) -> Result<i32, Error> {
-    let accel = choose_accel(opts);
-    log::info!("booting {} with {accel}", opts.target.display());
-    let mut cmd = command(opts, accel)?;
+    let choice = choose_accel(opts);
+    // Always shown (not a log record, so no -v or KEEL_LOG can hide it): which accelerator a
+    // boot uses decides whether it takes seconds or minutes, and a wrong guess looks like a hang.
+    eprintln!("keel: {choice}");
+    log::debug!("booting {}", opts.target.display());
+    let mut cmd = command(opts, choice.accel)?;
     let status = cmd.status().map_err(|source| Error::Spawn {
-        program: opts.arch.qemu().into(),
+        program: qemu_program(opts).display().to_string(),
         source,
     })?;
     Ok(status.code().unwrap_or(1))
@@ -739,10 +1142,423 @@ mod tests {
             firmware: None,
             console_file: None,
             state: None,
+            qemu: None,
             append: Some("keel.debug".into()),
             networking: true,
             extra: vec!["-s".into()],
         }
+    }
+
+    /// SeaBIOS's and iPXE's text on a q35 serial console: what a guest prints under a KVM that
+    /// cannot run its kernel (kvm-pvm) before it hangs for ever.
+    const FIRMWARE_TEXT: &str = "SeaBIOS (version 1.16.2-debian-1.16.2-1)\r\n\r\n\
+        iPXE (http://ipxe.org) 00:02.0 C000 PCI2.10 PnP PMM+3EFD0C00+3EF30C00 C000\r\n\r\n\
+        Booting from ROM..\r\nProbing EDD (edd=off to disable)... ok\r\n";
+
+    /// A kernel + initrd build prefix (QEMU is faked: the contents are never read).
+    fn fake_build(dir: &Path) -> PathBuf {
+        let prefix = dir.join("sys");
+        for (suffix, body) in [
+            ("-kernel", "k"),
+            ("-initrd.img", "i"),
+            ("-cmdline", "quiet\n"),
+        ] {
+            fs::write(format!("{}{suffix}", prefix.display()), body).unwrap();
+        }
+        prefix
+    }
+
+    /// A fake QEMU in `dir`: records its arguments (`args`) and pid (`pid`), finds the console
+    /// file in `-serial file:PATH` and runs `body` with it in `$console`.
+    fn fake_qemu(dir: &Path, body: &str) -> PathBuf {
+        let d = dir.display();
+        let script = format!(
+            "#!/bin/sh\necho \"$@\" > '{d}/args'\necho $$ > '{d}/pid'\nconsole=\n\
+             while [ $# -gt 0 ]; do\n  case \"$1\" in -serial) console=\"${{2#file:}}\"; shift ;; esac\n  shift\ndone\n\
+             [ -n \"$console\" ] || exit 99\n{body}\n"
+        );
+        let source = dir.join("fake-qemu.txt");
+        fs::write(&source, script).unwrap();
+        // Installed by a child process, never opened for writing here: a writable descriptor
+        // that another test thread's fork inherits would make exec fail with ETXTBSY.
+        let qemu = dir.join("fake-qemu");
+        let installed = Command::new("install")
+            .args(["-m", "755"])
+            .arg(&source)
+            .arg(&qemu)
+            .status()
+            .unwrap();
+        assert!(installed.success());
+        qemu
+    }
+
+    /// Prints firmware text, then hangs.
+    fn firmware_then_hang() -> String {
+        format!(
+            "printf '{}' > \"$console\"\nexec sleep 3600",
+            FIRMWARE_TEXT.replace('\n', "\\n").replace('\r', "\\r")
+        )
+    }
+
+    /// Prints firmware text, then the kernel banner, then runs on.
+    fn firmware_then_kernel() -> String {
+        format!(
+            "{}\nsleep 0.3\nprintf 'Linux version 6.1.0-28-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP\\r\\n' >> \"$console\"\nexec sleep 3600",
+            firmware_then_hang().trim_end_matches("exec sleep 3600")
+        )
+    }
+
+    const EXIT_AT_ONCE: &str = "exit 1";
+
+    /// Probe settings in `dir`: a stand-in KVM device the probe can open, a cache file, a
+    /// fixed boot id and 2 s deadlines.
+    fn probe_settings(dir: &Path) -> ProbeSettings {
+        let kvm = dir.join("kvm");
+        fs::write(&kvm, "").unwrap();
+        ProbeSettings {
+            kvm_device: kvm,
+            cache: Some(dir.join("keel-kvm-probe.v2")),
+            boot_id: "0118d66d-beb3-4cf3-a462-3275ec04088b".into(),
+            direct_deadline: Duration::from_secs(2),
+            firmware_deadline: Duration::from_secs(2),
+        }
+    }
+
+    fn auto_opts(dir: &Path, qemu: &Path) -> Options {
+        Options {
+            arch: Arch::host(),
+            accel: Accel::Auto,
+            qemu: Some(qemu.into()),
+            ..opts(fake_build(dir))
+        }
+    }
+
+    fn gone(pid_file: &Path) -> bool {
+        let pid = fs::read_to_string(pid_file).unwrap();
+        // The pid may in theory be reused: then it must not be the fake's `sleep 3600`.
+        fs::read(format!("/proc/{}/cmdline", pid.trim()))
+            .map_or(true, |c| c != b"sleep\x003600\x00")
+    }
+
+    #[test]
+    fn firmware_text_is_not_a_working_kvm() {
+        let dir = tempfile::tempdir().unwrap();
+        let qemu = fake_qemu(dir.path(), &firmware_then_hang());
+        let settings = probe_settings(dir.path());
+        let opts = auto_opts(dir.path(), &qemu);
+        let start = Instant::now();
+        let choice = choose_accel_with(&opts, &settings);
+        let took = start.elapsed();
+        assert_eq!(
+            choice,
+            Choice {
+                accel: Accel::Tcg,
+                reason: Reason::Probe {
+                    verdict: Verdict::Silent {
+                        deadline: Duration::from_secs(2),
+                        firmware: true
+                    },
+                    cached: None
+                }
+            }
+        );
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+            "{took:?}"
+        );
+        assert!(
+            gone(&dir.path().join("pid")),
+            "the hung fake qemu was not killed"
+        );
+        let args = fs::read_to_string(dir.path().join("args")).unwrap();
+        assert!(args.contains("-accel kvm"), "{args}");
+        assert!(
+            args.contains("-append console=") && args.contains("ignore_loglevel"),
+            "{args}"
+        );
+        assert!(
+            !args.contains(
+                &opts
+                    .target
+                    .with_file_name("sys-state")
+                    .display()
+                    .to_string()
+            ),
+            "{args}"
+        );
+        assert_eq!(
+            choice.to_string(),
+            "using tcg: the kvm probe saw firmware output but no guest kernel in 2 s \
+             (/dev/kvm exists but does not run this guest); --accel kvm forces it"
+        );
+        // "no" is kept (probing again costs the whole deadline), never "ok".
+        let cache = fs::read_to_string(settings.cache.as_ref().unwrap()).unwrap();
+        assert!(cache.starts_with("keel-kvm-probe v2\n"), "{cache}");
+        assert!(!cache.contains("\tok\t"), "{cache}");
+        assert!(cache.contains("\tno\tfirmware 2000\n"), "{cache}");
+        let again = choose_accel_with(&opts, &settings);
+        assert_eq!(again.accel, Accel::Tcg);
+        assert!(
+            again.to_string().contains("cached for this host boot in"),
+            "{again}"
+        );
+    }
+
+    #[test]
+    fn a_kernel_banner_is_a_working_kvm() {
+        let dir = tempfile::tempdir().unwrap();
+        let qemu = fake_qemu(dir.path(), &firmware_then_kernel());
+        let settings = probe_settings(dir.path());
+        let opts = auto_opts(dir.path(), &qemu);
+        let choice = choose_accel_with(&opts, &settings);
+        let Reason::Probe {
+            verdict: Verdict::Kernel(after),
+            cached: None,
+        } = choice.reason
+        else {
+            panic!("{choice:?}")
+        };
+        assert_eq!(choice.accel, Accel::Kvm);
+        assert!(after < Duration::from_secs(2), "{after:?}");
+        assert!(
+            choice
+                .to_string()
+                .starts_with("using kvm (probe: guest kernel started in "),
+            "{choice}"
+        );
+        assert!(
+            gone(&dir.path().join("pid")),
+            "the fake qemu was not killed"
+        );
+        let cache = fs::read_to_string(settings.cache.as_ref().unwrap()).unwrap();
+        assert!(cache.contains("\tok\tkernel "), "{cache}");
+        // The next run takes the cached verdict and does not probe.
+        fs::remove_file(dir.path().join("args")).unwrap();
+        let again = choose_accel_with(&opts, &settings);
+        assert_eq!(again.accel, Accel::Kvm);
+        assert!(
+            matches!(
+                again.reason,
+                Reason::Probe {
+                    cached: Some(_),
+                    ..
+                }
+            ),
+            "{again:?}"
+        );
+        assert!(
+            !dir.path().join("args").exists(),
+            "probed again despite the cache"
+        );
+    }
+
+    #[test]
+    fn a_qemu_that_exits_is_not_a_working_kvm() {
+        let dir = tempfile::tempdir().unwrap();
+        let qemu = fake_qemu(dir.path(), EXIT_AT_ONCE);
+        let settings = probe_settings(dir.path());
+        let start = Instant::now();
+        let choice = choose_accel_with(&auto_opts(dir.path(), &qemu), &settings);
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert_eq!(choice.accel, Accel::Tcg);
+        assert_eq!(
+            choice.reason,
+            Reason::Probe {
+                verdict: Verdict::Exited("exit status: 1".into()),
+                cached: None
+            }
+        );
+        // Cheap to probe again, and maybe not KVM's fault: not cached.
+        assert!(!settings.cache.as_ref().unwrap().exists());
+    }
+
+    #[test]
+    fn stale_or_malformed_caches_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let qemu = fake_qemu(dir.path(), EXIT_AT_ONCE);
+        let settings = probe_settings(dir.path());
+        let opts = auto_opts(dir.path(), &qemu);
+        let file = settings.cache.clone().unwrap();
+        let boot = &settings.boot_id;
+        let key = format!(
+            "{boot}\t{}\t{}",
+            Arch::host().uname(),
+            resolve_program(&qemu).display()
+        );
+        for text in [
+            // v1: "BOOT_ID ok", written when the firmware printed.
+            format!("{boot} ok\n"),
+            format!("{key}\tok\tkernel 800\n"),
+            format!("keel-kvm-probe v2\n{key}\tok\n"),
+            format!("keel-kvm-probe v2\n{key}\tok\tkernel soon\n"),
+            format!("keel-kvm-probe v2\n{key}\tok\tsilent 2000\n"),
+            format!("keel-kvm-probe v2\n{key}\tok\tkernel 800\ngarbage\n"),
+        ] {
+            fs::write(&file, &text).unwrap();
+            let choice = choose_accel_with(&opts, &settings);
+            assert!(
+                matches!(
+                    choice.reason,
+                    Reason::Probe {
+                        verdict: Verdict::Exited(_),
+                        cached: None
+                    }
+                ),
+                "{text:?} was believed: {choice:?}"
+            );
+        }
+        // keel no longer reads the v1 file at all.
+        let default = ProbeSettings::default().cache.unwrap();
+        assert_eq!(default.file_name().unwrap(), "keel-kvm-probe.v2");
+    }
+
+    #[test]
+    fn a_cached_ok_counts_only_for_its_qemu_arch_and_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let qemu = fake_qemu(dir.path(), EXIT_AT_ONCE);
+        let settings = probe_settings(dir.path());
+        let opts = auto_opts(dir.path(), &qemu);
+        let file = settings.cache.clone().unwrap();
+        let boot = &settings.boot_id;
+        let host = Arch::host().uname();
+        let other_arch = if host == "x86_64" {
+            "aarch64"
+        } else {
+            "x86_64"
+        };
+        let this_qemu = resolve_program(&qemu).display().to_string();
+        for line in [
+            format!("{boot}\t{host}\t/usr/bin/qemu-system-{host}\tok\tkernel 800"),
+            format!("{boot}\t{other_arch}\t{this_qemu}\tok\tkernel 800"),
+            format!("00000000-0000-0000-0000-000000000000\t{host}\t{this_qemu}\tok\tkernel 800"),
+        ] {
+            fs::write(&file, format!("keel-kvm-probe v2\n{line}\n")).unwrap();
+            let choice = choose_accel_with(&opts, &settings);
+            assert!(
+                matches!(
+                    choice.reason,
+                    Reason::Probe {
+                        verdict: Verdict::Exited(_),
+                        cached: None
+                    }
+                ),
+                "{line:?} was believed: {choice:?}"
+            );
+        }
+        // The same entry for this QEMU is taken without a probe boot.
+        fs::write(
+            &file,
+            format!("keel-kvm-probe v2\n{boot}\t{host}\t{this_qemu}\tok\tkernel 800\n"),
+        )
+        .unwrap();
+        fs::remove_file(dir.path().join("args")).unwrap();
+        let choice = choose_accel_with(&opts, &settings);
+        assert_eq!(choice.accel, Accel::Kvm);
+        assert_eq!(
+            choice.to_string(),
+            format!(
+                "using kvm (probe: guest kernel started in 0.8 s; cached for this host boot in {})",
+                file.display()
+            )
+        );
+        assert!(!dir.path().join("args").exists());
+    }
+
+    #[test]
+    fn a_new_verdict_keeps_other_qemus_and_drops_other_boots() {
+        let dir = tempfile::tempdir().unwrap();
+        let qemu = fake_qemu(dir.path(), &firmware_then_hang());
+        let settings = probe_settings(dir.path());
+        let file = settings.cache.clone().unwrap();
+        let boot = &settings.boot_id;
+        let host = Arch::host().uname();
+        let other = format!("{boot}\t{host}\t/opt/qemu/bin/qemu-system-{host}\tok\tkernel 500");
+        let old_boot = format!("11111111-0000-0000-0000-000000000000\t{host}\t/x\tok\tkernel 500");
+        fs::write(&file, format!("keel-kvm-probe v2\n{other}\n{old_boot}\n")).unwrap();
+        let choice = choose_accel_with(&auto_opts(dir.path(), &qemu), &settings);
+        assert_eq!(choice.accel, Accel::Tcg);
+        let cache = fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = cache.lines().collect();
+        assert_eq!(lines.len(), 3, "{cache}");
+        assert_eq!(lines[1], other);
+        assert!(lines[2].ends_with("\tno\tfirmware 2000"), "{cache}");
+    }
+
+    #[test]
+    fn kernel_markers_are_not_firmware_text() {
+        for firmware in [
+            FIRMWARE_TEXT,
+            "BdsDxe: loading Boot0001 \"UEFI QEMU DVD-ROM QM00003 \" from PciRoot(0x0)/Pci(0x1F,0x2)\r\n\
+             BdsDxe: starting Boot0001\r\n",
+            "ISOLINUX 6.04 20200816 ETCD Copyright (C) 1994-2015 H. Peter Anvin et al\r\n",
+            "Welcome to GRUB!\r\n",
+            "EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID device path\r\n",
+            "[0.5] x [   1.23] y [ .123456] z [   1.1234567] ",
+            "",
+        ] {
+            assert!(!kernel_started(firmware.as_bytes()), "{firmware:?}");
+        }
+        for kernel in [
+            "Linux version 6.1.0-28-cloud-amd64 (debian-kernel@lists.debian.org)",
+            "[    0.000000] Command line: console=ttyS0",
+            "SeaBIOS\r\n[   12.345678] virtio_blk virtio1: [vda] 1024 512-byte logical blocks",
+            "[    1.234567] keel-init: timeline: init started",
+            "keel-init: timeline: init started",
+        ] {
+            assert!(kernel_started(kernel.as_bytes()), "{kernel:?}");
+        }
+    }
+
+    #[test]
+    fn the_choice_line_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = probe_settings(dir.path());
+        let mut o = auto_opts(dir.path(), Path::new("/nonexistent/qemu"));
+        for accel in [Accel::Tcg, Accel::Kvm] {
+            o.accel = accel;
+            assert_eq!(
+                choose_accel_with(&o, &settings).to_string(),
+                format!("using {accel} (--accel {accel})")
+            );
+        }
+        o.accel = Accel::Auto;
+        settings.kvm_device = dir.path().join("no-kvm");
+        assert_eq!(
+            choose_accel_with(&o, &settings).to_string(),
+            format!(
+                "using tcg: no usable {} (entity not found)",
+                settings.kvm_device.display()
+            )
+        );
+        o.arch = if Arch::host() == Arch::X86_64 {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        };
+        assert_eq!(
+            choose_accel_with(&o, &settings).to_string(),
+            format!(
+                "using tcg: {} guest on an {} host",
+                o.arch.uname(),
+                Arch::host().uname()
+            )
+        );
+        // A QEMU that cannot be started: TCG, and the error in the line.
+        o.arch = Arch::host();
+        settings = probe_settings(dir.path());
+        let choice = choose_accel_with(&o, &settings);
+        assert_eq!(choice.accel, Accel::Tcg);
+        assert!(
+            choice.to_string().starts_with(
+                "using tcg: the kvm probe could not run (cannot run /nonexistent/qemu: "
+            ),
+            "{choice}"
+        );
+        // And --qemu is what the run itself starts.
+        assert_eq!(
+            command(&o, Accel::Tcg).unwrap().get_program(),
+            "/nonexistent/qemu"
+        );
     }
 
     #[test]

@@ -343,11 +343,11 @@ pub fn isolinux(store: &Store) -> Result<keel_formats::Isolinux> {
 mod tests {
     use super::*;
 
-    /// A fresh store whose package cache is the one the formats crate's tests share, so the
-    /// real pinned packages are downloaded once per machine.
+    /// A fresh store whose package cache is the test run's shared one, so the real pinned
+    /// packages are downloaded once per run.
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let debs = std::env::temp_dir().join("keel-formats-test-debs");
+        let debs = keel_testutil::deb_cache();
         std::fs::create_dir_all(&debs).unwrap();
         let store = Store::open(dir.path().join("store")).unwrap();
         std::os::unix::fs::symlink(&debs, store.path().join("debs")).unwrap();

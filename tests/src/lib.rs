@@ -57,13 +57,11 @@ pub fn case(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The image store shared by every test run: `KEEL_TEST_STORE`, else
-/// `<workspace>/target/keel-test-cache/store`, so kernels and packages are built once.
+/// The image store the VM tests of one run share ([`keel_testutil::store_dir`]: under
+/// `KEEL_TEST_CACHE`, else `target/keel-test-cache/store`), so kernels and packages are built
+/// once per run.
 pub fn store_path() -> PathBuf {
-    match std::env::var_os("KEEL_TEST_STORE") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => workspace().join("target/keel-test-cache/store"),
-    }
+    keel_testutil::store_dir()
 }
 
 /// The outputs of one build: `prefix` is what `keel run` takes (`<dir>/<name>`); the directory
@@ -275,10 +273,8 @@ mod tests {
     }
 
     #[test]
-    fn store_defaults_under_target() {
-        if std::env::var_os("KEEL_TEST_STORE").is_none() {
-            assert!(store_path().ends_with("target/keel-test-cache/store"));
-        }
+    fn store_is_in_the_run_cache() {
+        assert_eq!(store_path(), keel_testutil::cache_root().join("store"));
         assert!(case("x.yml").starts_with(workspace().join("tests/cases")));
     }
 }

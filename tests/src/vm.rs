@@ -54,6 +54,7 @@ impl Vm {
             firmware: None,
             console_file: Some(console.clone()),
             state: Some(state.path().join("state")),
+            qemu: None,
             append: Some(
                 format!("panic=-1 {}", boot.append.as_deref().unwrap_or(""))
                     .trim()

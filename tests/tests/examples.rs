@@ -83,6 +83,7 @@ impl Guest {
             firmware: None,
             console_file: Some(console.clone()),
             state: Some(state.path().join("state")),
+            qemu: None,
             append: Some("panic=-1".into()),
             networking: true,
             extra: vec!["-no-reboot".into()],

@@ -75,6 +75,19 @@ impl Control {
             .map(|(_, value)| value.as_str())
     }
 
+    /// Sets a field, replacing its value when present (names compare case-insensitively), else
+    /// appending it: a package's own `control` lacks the archive's `SHA256`, which a pin adds.
+    pub fn set(&mut self, name: &str, value: &str) {
+        match self
+            .fields
+            .iter_mut()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        {
+            Some((_, old)) => value.clone_into(old),
+            None => self.fields.push((name.to_owned(), value.to_owned())),
+        }
+    }
+
     /// Every field, in file order.
     pub fn fields(&self) -> impl Iterator<Item = (&str, &str)> {
         self.fields.iter().map(|(k, v)| (k.as_str(), v.as_str()))
@@ -145,6 +158,16 @@ Version: 1\n";
             ["kmod", "linux-base", "initramfs-tools"]
         );
         assert!(control.relations("Pre-Depends").is_empty());
+    }
+
+    #[test]
+    fn set_replaces_or_appends() {
+        let mut control = Control::parse(TEXT).unwrap();
+        control.set("version", "6.1.192-3");
+        control.set("SHA256", "ab");
+        assert_eq!(control.get("Version"), Some("6.1.192-3"));
+        assert_eq!(control.get("sha256"), Some("ab"));
+        assert_eq!(control.fields().count(), 5);
     }
 
     #[test]

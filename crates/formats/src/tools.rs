@@ -155,11 +155,11 @@ mod tests {
     use crate::uki::{UkiParts, build_uki};
 
     /// Fetches the real pinned stubs (Debian's archive is reachable from build machines) into
-    /// a cache shared between runs, and builds a UKI from each.
+    /// the test run's shared cache, and builds a UKI from each.
     /// The pinned isolinux files are the ones the host's packages install, when it has them.
     #[test]
     fn pinned_isolinux() {
-        let cache = std::env::temp_dir().join("keel-formats-test-debs");
+        let cache = keel_testutil::deb_cache();
         let l = isolinux(&cache).unwrap();
         assert_eq!(l.isohdpfx.len(), 432);
         assert_eq!(&l.isolinux_bin[0x40..0x44], &0x7078_c0fbu32.to_le_bytes());
@@ -179,7 +179,7 @@ mod tests {
 
     #[test]
     fn pinned_cd_grubs_are_pe_images_for_their_machine() {
-        let cache = std::env::temp_dir().join("keel-formats-test-debs");
+        let cache = keel_testutil::deb_cache();
         for arch in Arch::ALL {
             let grub = grub_cd(arch, &cache).unwrap();
             let pe = goblin::pe::PE::parse(&grub).unwrap();
@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn pinned_stubs_build_ukis() {
-        let cache = std::env::temp_dir().join("keel-formats-test-debs");
+        let cache = keel_testutil::deb_cache();
         for arch in Arch::ALL {
             let stub = efi_stub(arch, &cache).unwrap();
             let uki = build_uki(

@@ -43,7 +43,7 @@ use thiserror::Error;
 
 pub use depmod::{DepmodError, ModuleDb, module_closure};
 pub use modinfo::{ModInfo, ModinfoError};
-pub use recipe::{PackagePin, Recipe, RecipeError};
+pub use recipe::{PackagePin, Recipe, RecipeError, flavour_metapackage};
 
 /// The modification time of generated files when `SOURCE_DATE_EPOCH` is unset:
 /// 2017-04-18T16:30:00Z, as LinuxKit uses.
@@ -183,6 +183,20 @@ pub fn resolve_meta_package(
             arch: debian.to_owned(),
         })?;
     Ok(apt.resolve(&image)?)
+}
+
+/// The newest kernel of the same flavour as `pin` in the archive now: through the flavour's
+/// meta-package ([`recipe::flavour_metapackage`]) when the name has an ABI part, else the
+/// candidate of the same package. This is where a recipe's pin moves when its version has
+/// left the archive.
+pub fn newest_of_flavour(
+    pin: &keel_debian::PinnedPackage,
+    deb_cache: &Path,
+) -> Result<keel_debian::PinnedPackage, KernelError> {
+    match recipe::flavour_metapackage(&pin.name) {
+        Some(meta) => resolve_meta_package(&meta, &pin.arch, deb_cache),
+        None => Ok(keel_debian::Apt::new(deb_cache, &pin.arch)?.resolve(&pin.name)?),
+    }
 }
 
 /// Builds kernel artifacts from an unpacked kernel package, shipping `modules` (and their

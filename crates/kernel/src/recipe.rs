@@ -186,6 +186,84 @@ impl Recipe {
     }
 }
 
+/// The meta-package that follows a pinned kernel's flavour: Debian names its kernels
+/// `linux-image-<ABI>-<flavour>` (`linux-image-6.1.0-56-cloud-amd64`) and the package that always
+/// depends on the newest one `linux-image-<flavour>` (`linux-image-cloud-amd64`). `None` for a
+/// name without an ABI part.
+pub fn flavour_metapackage(package: &str) -> Option<String> {
+    let rest = package.strip_prefix("linux-image-")?;
+    let mut parts = rest.splitn(3, '-');
+    let (version, abi, flavour) = (parts.next()?, parts.next()?, parts.next()?);
+    let dotted = version.contains('.')
+        && version
+            .split('.')
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let abi_number = !abi.is_empty() && abi.bytes().all(|b| b.is_ascii_digit());
+    (dotted && abi_number && !flavour.is_empty()).then(|| format!("linux-image-{flavour}"))
+}
+
+impl Recipe {
+    /// Rewrites the recipe file so that `arch` pins `new`, keeping every other byte: the line
+    /// holding the old pin's sha256 must also hold its name and version (the flow style
+    /// `{ name: …, version: "…", sha256: "…" }`), else nothing is written and the error says
+    /// what to edit by hand. Returns the reloaded recipe.
+    pub fn set_pin(&self, arch: &str, new: &PackagePin) -> Result<Recipe, RecipeError> {
+        let old = self.package(arch)?;
+        let text = std::fs::read_to_string(&self.path).map_err(|source| RecipeError::Read {
+            path: self.path.clone(),
+            source,
+        })?;
+        let by_hand = || RecipeError::Invalid {
+            path: self.path.clone(),
+            problem: format!(
+                "cannot rewrite the {arch} pin automatically; set it by hand to name: {}, version: \"{}\", sha256: \"{}\"",
+                new.name, new.version, new.sha256
+            ),
+        };
+        let mut lines: Vec<String> = text.split_inclusive('\n').map(str::to_owned).collect();
+        let mut hits = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains(&old.sha256))
+            .map(|(i, _)| i);
+        let (Some(index), None) = (hits.next(), hits.next()) else {
+            return Err(by_hand());
+        };
+        let line = &lines[index];
+        let quoted_version = format!("\"{}\"", old.version);
+        if !line.contains(&old.name) || !line.contains(&quoted_version) {
+            return Err(by_hand());
+        }
+        lines[index] = line
+            .replacen(&old.sha256, &new.sha256, 1)
+            .replacen(&old.name, &new.name, 1)
+            .replacen(&quoted_version, &format!("\"{}\"", new.version), 1);
+        let updated = lines.concat();
+        let reloaded = Recipe::parse(&updated, &self.path)?;
+        let other = if keel_debian::debian_arch(arch) == Some("amd64") {
+            (&self.aarch64, &reloaded.aarch64)
+        } else {
+            (&self.x86_64, &reloaded.x86_64)
+        };
+        if reloaded.package(arch)?.sha256 != new.sha256 || other.0 != other.1 {
+            return Err(by_hand());
+        }
+        let tmp = self.path.with_extension("yml.tmp");
+        let write = || -> std::io::Result<()> {
+            std::fs::write(&tmp, &updated)?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        write().map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            RecipeError::Read {
+                path: self.path.clone(),
+                source,
+            }
+        })?;
+        Ok(reloaded)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +320,71 @@ modules: [virtio_blk, virtio-rng]
             Recipe::parse(&bad_module, Path::new("r")),
             Err(RecipeError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn flavours_follow_debian_names() {
+        assert_eq!(
+            flavour_metapackage("linux-image-6.1.0-56-cloud-amd64").as_deref(),
+            Some("linux-image-cloud-amd64")
+        );
+        assert_eq!(
+            flavour_metapackage("linux-image-6.12.48+deb12-arm64").as_deref(),
+            None
+        );
+        assert_eq!(
+            flavour_metapackage("linux-image-6.1.0-57-rt-arm64").as_deref(),
+            Some("linux-image-rt-arm64")
+        );
+        for odd in [
+            "linux-image-cloud-amd64",
+            "linux-headers-6.1.0-5-amd64",
+            "linux-image-6.1.0-x-amd64",
+        ] {
+            assert_eq!(flavour_metapackage(odd), None, "{odd}");
+        }
+    }
+
+    #[test]
+    fn set_pin_rewrites_one_line_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let aarch64 = format!(
+            "  aarch64: {{ name: linux-image-6.1.0-56-cloud-arm64, version: \"6.1.192-2\", sha256: \"{}\" }}\nmodules:",
+            "b".repeat(64)
+        );
+        let text = format!(
+            "# a comment that stays\n{}",
+            GOOD.trim_start().replace("modules:", &aarch64)
+        );
+        std::fs::write(dir.path().join(RECIPE_FILE), &text).unwrap();
+        let recipe = Recipe::load(dir.path()).unwrap();
+        let new = PackagePin {
+            name: "linux-image-6.1.0-57-cloud-amd64".into(),
+            version: "6.1.192-3".into(),
+            sha256: "c".repeat(64),
+        };
+        let reloaded = recipe.set_pin("x86_64", &new).unwrap();
+        assert_eq!(reloaded.x86_64.as_ref(), Some(&new));
+        assert_eq!(reloaded.aarch64, recipe.aarch64);
+        let written = std::fs::read_to_string(dir.path().join(RECIPE_FILE)).unwrap();
+        assert_eq!(Recipe::load(dir.path()).unwrap(), reloaded);
+        assert!(written.starts_with("# a comment that stays\n"));
+        assert_eq!(written.lines().count(), text.lines().count());
+        assert!(written.contains("version: 6.1.192   # informative"));
+
+        // A pin spread over several lines is not guessed at: nothing is written.
+        let block = GOOD.replace(
+            "x86_64:  { name: linux-image-6.1.0-56-cloud-amd64, version: \"6.1.192-2\", sha256: ",
+            "x86_64:\n    name: linux-image-6.1.0-56-cloud-amd64\n    version: \"6.1.192-2\"\n    sha256: ",
+        ).replace("\" }", "\"");
+        std::fs::write(dir.path().join(RECIPE_FILE), &block).unwrap();
+        let recipe = Recipe::load(dir.path()).unwrap();
+        let err = recipe.set_pin("x86_64", &new).unwrap_err();
+        assert!(err.to_string().contains("set it by hand"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(RECIPE_FILE)).unwrap(),
+            block
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Builds the real `kernel/debian-6.1` recipe for both architectures: downloads the pinned
-//! Debian packages (cached by digest under `target/keel-test-cache/debs`, so only the first run
-//! uses the network) and checks the kernel binaries and the module selection.
+//! Debian packages (cached by digest in the test run's cache, `keel_testutil::deb_cache()`) and
+//! checks the kernel binaries and the module selection.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -14,11 +14,7 @@ fn recipe() -> Recipe {
 }
 
 fn cache() -> PathBuf {
-    // CARGO_TARGET_TMPDIR is <target>/tmp.
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("keel-test-cache/debs")
+    keel_testutil::deb_cache()
 }
 
 fn tar_paths(tar: &[u8]) -> BTreeSet<String> {

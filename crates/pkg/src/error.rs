@@ -61,6 +61,29 @@ pub enum Error {
         #[source]
         source: Box<keel_debian::AptError>,
     },
+    /// `--locked`: pinned packages have left Debian's archive; refreshing the pins would change
+    /// the lock file.
+    #[error(
+        "{}: {} ({arch}) no longer in Debian's archive; run `keel pkg update-lock {}` to move the pins to the archive's current versions (a build without --locked does this by itself)",
+        lock.display(), gone.join(", "), dir.display()
+    )]
+    PinsLeftArchive {
+        lock: PathBuf,
+        dir: PathBuf,
+        arch: String,
+        /// `name=version` of each pin that is gone.
+        gone: Vec<String>,
+    },
+    /// `--locked`: the lock file is missing or was resolved for other `debs:`.
+    #[error(
+        "{}: {problem}; run `keel pkg update-lock {}` to resolve the pins (a build without --locked does this by itself)",
+        lock.display(), dir.display()
+    )]
+    LockOutdated {
+        lock: PathBuf,
+        dir: PathBuf,
+        problem: String,
+    },
     /// A fetched package could not be unpacked.
     #[error("cannot unpack Debian package {package}")]
     Unpack {

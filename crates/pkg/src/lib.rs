@@ -18,9 +18,10 @@ mod sources;
 
 pub use assemble::CONFIG_LABEL;
 pub use error::{Error, Result};
-pub use lock::{LOCK_FILE, Lock};
+pub use lock::{LOCK_FILE, Lock, PinChange};
 
 use keel_config::build_yml::{self, BuildManifest};
+use keel_debian::{Apt, AptError, Control, PinnedPackage};
 use keel_image::{Arch, Reference, Store};
 use lock::{ArchLock, Pin};
 use sha2::{Digest as _, Sha256};
@@ -40,6 +41,9 @@ pub struct PkgOptions {
     pub arches: Option<Vec<Arch>>,
     /// Resolve the Debian closure again and rewrite `build.lock.json`.
     pub update_lock: bool,
+    /// Never change `build.lock.json` (`--locked`): a missing or stale lock, or a pin that has
+    /// left Debian's archive, is an error naming the command that refreshes the pins.
+    pub locked: bool,
     /// Rebuild even when the store already has the computed tag.
     pub force: bool,
     /// The cargo program (default `cargo`).
@@ -53,6 +57,7 @@ impl Default for PkgOptions {
         PkgOptions {
             arches: None,
             update_lock: false,
+            locked: false,
             force: false,
             cargo: PathBuf::from("cargo"),
             deb_cache: None,
@@ -62,6 +67,8 @@ impl Default for PkgOptions {
 
 /// Everything a build consumes, read and resolved once.
 struct Prepared {
+    /// build.yml's bytes, hashed into the tag.
+    yml: Vec<u8>,
     manifest: BuildManifest,
     arches: Vec<Arch>,
     pins: BTreeMap<Arch, Vec<Pin>>,
@@ -85,15 +92,26 @@ pub fn show_tag(dir: &Path, opts: &PkgOptions) -> Result<Reference> {
 
 /// Builds the package in `dir` into `store` and tags it with [`show_tag`]'s reference. When
 /// the store already has that tag (and `opts.force` is off) nothing is rebuilt.
+///
+/// Before assembling, every pinned `.deb` is fetched: a pin whose version has left Debian's
+/// archive is re-resolved to the archive's current version (one warning per package, the lock
+/// rewritten, and so a new tag), or refused under `opts.locked`.
 pub fn build(store: &Store, dir: &Path, opts: &PkgOptions) -> Result<Reference> {
     let deb_cache = opts
         .deb_cache
         .clone()
         .unwrap_or_else(|| store.path().join("debs"));
-    let (p, reference) = prepare(dir, opts, &deb_cache)?;
+    let (mut p, mut reference) = prepare(dir, opts, &deb_cache)?;
     if !opts.force && store.resolve(&reference)?.is_some() {
         log::info!("{reference} is up to date");
         return Ok(reference);
+    }
+    if fetch_pins(dir, &mut p, opts, &deb_cache)? {
+        reference = p.reference()?;
+        if !opts.force && store.resolve(&reference)?.is_some() {
+            log::info!("{reference} is up to date");
+            return Ok(reference);
+        }
     }
     let wopts = keel_rootfs::WriteOptions { mtime: p.mtime };
     let mut manifests = Vec::with_capacity(p.arches.len());
@@ -113,7 +131,151 @@ pub fn build(store: &Store, dir: &Path, opts: &PkgOptions) -> Result<Reference> 
     Ok(reference)
 }
 
-fn prepare(dir: &Path, opts: &PkgOptions, deb_cache: &Path) -> Result<(Prepared, Reference)> {
+/// `keel pkg update-lock`: resolves every architecture's closure against the archive as it is
+/// now, rewrites `build.lock.json`, and returns what changed per architecture.
+pub fn update_lock(dir: &Path, opts: &PkgOptions) -> Result<Vec<(Arch, PinChange)>> {
+    let deb_cache = match &opts.deb_cache {
+        Some(d) => d.clone(),
+        None => Store::default_path()?.join("debs"),
+    };
+    let (_, manifest) = read_manifest(dir)?;
+    let arches = select_arches(&manifest, opts)?;
+    let before = Lock::read(dir)?.unwrap_or_default();
+    let opts = PkgOptions {
+        update_lock: true,
+        locked: false,
+        ..opts.clone()
+    };
+    let after = locked_pins(dir, &manifest, &arches, &opts, &deb_cache)?;
+    let mut out = Vec::new();
+    for (arch, pins) in after {
+        let old = before
+            .arches
+            .get(arch.uname())
+            .map(|l| l.packages.as_slice())
+            .unwrap_or_default();
+        out.extend(lock::changes(old, &pins).into_iter().map(|c| (arch, c)));
+    }
+    Ok(out)
+}
+
+/// A pin as [`keel_debian`] takes it.
+fn pinned(pin: &Pin, debian_arch: &str) -> PinnedPackage {
+    PinnedPackage {
+        name: pin.name.clone(),
+        version: pin.version.clone(),
+        arch: debian_arch.to_owned(),
+        sha256: pin.sha256.clone(),
+    }
+}
+
+/// Downloads (or finds in the cache) every pinned `.deb` of `p`. Pins that have left the
+/// archive are re-resolved — the rest of the lock kept as it is — and the lock file rewritten,
+/// like `cargo` treats a `Cargo.lock` entry that no longer resolves; under `opts.locked` they
+/// are an error instead. Returns whether any pin changed.
+fn fetch_pins(dir: &Path, p: &mut Prepared, opts: &PkgOptions, deb_cache: &Path) -> Result<bool> {
+    let mut changed = false;
+    for &arch in &p.arches {
+        let debian_arch = arch.oci_name();
+        let apt = Apt::new(deb_cache, debian_arch).map_err(|source| Error::Resolve {
+            package: String::new(),
+            arch: debian_arch.to_owned(),
+            source: Box::new(source),
+        })?;
+        let fetch_err = |pin: &Pin| {
+            let (package, version) = (pin.name.clone(), pin.version.clone());
+            move |source| Error::Fetch {
+                package,
+                version,
+                arch: debian_arch.to_owned(),
+                source: Box::new(source),
+            }
+        };
+        let pins = p.pins.get(&arch).cloned().unwrap_or_default();
+        let mut gone = Vec::new();
+        for pin in &pins {
+            match apt.download(&pinned(pin, debian_arch)) {
+                Ok(_) => {}
+                // A version replaced by a newer upload, or a package the archive dropped.
+                Err(AptError::NotInArchive { .. } | AptError::UnknownPackage { .. }) => {
+                    gone.push(pin.clone())
+                }
+                Err(e) => return Err(fetch_err(pin)(e)),
+            }
+        }
+        if gone.is_empty() {
+            continue;
+        }
+        if opts.locked {
+            return Err(Error::PinsLeftArchive {
+                lock: dir.join(LOCK_FILE),
+                dir: dir.to_owned(),
+                arch: arch.uname().to_owned(),
+                gone: gone
+                    .iter()
+                    .map(|g| format!("{}={}", g.name, g.version))
+                    .collect(),
+            });
+        }
+        // Every kept pin's .deb is in the cache now: its own control paragraph tells what it
+        // depends on, without asking the archive for a version it may also drop one day.
+        let mut kept = BTreeMap::new();
+        for pin in pins.iter().filter(|pin| !gone.contains(pin)) {
+            let path = apt.cached_path(&pin.sha256);
+            let deb = keel_debian::unpack(&path).map_err(|source| Error::Unpack {
+                package: pin.name.clone(),
+                source,
+            })?;
+            let mut control: Control = deb.control().clone();
+            control.set("Version", &pin.version);
+            control.set("SHA256", &pin.sha256);
+            kept.insert(pin.name.clone(), control);
+        }
+        let roots = lock::roots(&debs_of(&p.manifest));
+        let refreshed = lock::closure(
+            &lock::Preferring {
+                archive: &apt,
+                kept,
+            },
+            &roots,
+        )?;
+        let gone_names: Vec<&str> = gone.iter().map(|g| g.name.as_str()).collect();
+        for change in lock::changes(&pins, &refreshed) {
+            match &change {
+                PinChange::Moved { name, from, to } if gone_names.contains(&name.as_str()) => {
+                    log::warn!(
+                        "{}: {name} {from} ({}) has left Debian's archive; using {to} and updating {LOCK_FILE} (`--locked` refuses this)",
+                        dir.display(),
+                        arch.uname()
+                    );
+                }
+                other => log::warn!("{}: {other} ({}) with it", dir.display(), arch.uname()),
+            }
+        }
+        for pin in &refreshed {
+            apt.download(&pinned(pin, debian_arch))
+                .map_err(fetch_err(pin))?;
+        }
+        let mut lock = Lock::read(dir)?.unwrap_or_default();
+        lock.arches.insert(
+            arch.uname().to_owned(),
+            ArchLock {
+                debs: roots,
+                packages: refreshed.clone(),
+            },
+        );
+        lock.write(dir)?;
+        p.pins.insert(arch, refreshed);
+        changed = true;
+    }
+    Ok(changed)
+}
+
+fn debs_of(manifest: &BuildManifest) -> Vec<String> {
+    manifest.debs.iter().map(|d| d.value.clone()).collect()
+}
+
+fn read_manifest(dir: &Path) -> Result<(Vec<u8>, BuildManifest)> {
     let yml_path = dir.join(BUILD_YML);
     let yml = std::fs::read(&yml_path).map_err(|source| Error::Io {
         action: "read",
@@ -124,6 +286,11 @@ fn prepare(dir: &Path, opts: &PkgOptions, deb_cache: &Path) -> Result<(Prepared,
         &yml_path.display().to_string(),
         &String::from_utf8_lossy(&yml),
     )?;
+    Ok((yml, manifest))
+}
+
+fn prepare(dir: &Path, opts: &PkgOptions, deb_cache: &Path) -> Result<(Prepared, Reference)> {
+    let (yml, manifest) = read_manifest(dir)?;
     let arches = select_arches(&manifest, opts)?;
     let pins = locked_pins(dir, &manifest, &arches, opts, deb_cache)?;
     let mut binaries = BTreeMap::new();
@@ -136,6 +303,7 @@ fn prepare(dir: &Path, opts: &PkgOptions, deb_cache: &Path) -> Result<(Prepared,
     }
     let sources = sources::collect(dir, &manifest)?;
     let p = Prepared {
+        yml,
         manifest,
         arches,
         pins,
@@ -143,13 +311,20 @@ fn prepare(dir: &Path, opts: &PkgOptions, deb_cache: &Path) -> Result<(Prepared,
         sources,
         mtime: keel_rootfs::WriteOptions::from_env().mtime,
     };
-    let hash = input_hash(&p, &yml);
-    let text = format!("{}:{}", p.manifest.image.as_str(), &hash[..16]);
-    let reference = text.parse().map_err(|source| Error::Reference {
-        image: p.manifest.image.value.clone(),
-        source,
-    })?;
+    let reference = p.reference()?;
     Ok((p, reference))
+}
+
+impl Prepared {
+    /// `<image>:<first 16 hex digits of the input hash>`.
+    fn reference(&self) -> Result<Reference> {
+        let hash = input_hash(self);
+        let text = format!("{}:{}", self.manifest.image.as_str(), &hash[..16]);
+        text.parse().map_err(|source| Error::Reference {
+            image: self.manifest.image.value.clone(),
+            source,
+        })
+    }
 }
 
 /// The requested architectures, sorted; each must be listed in build.yml (default: both).
@@ -198,8 +373,7 @@ fn locked_pins(
     opts: &PkgOptions,
     deb_cache: &Path,
 ) -> Result<BTreeMap<Arch, Vec<Pin>>> {
-    let debs: Vec<String> = manifest.debs.iter().map(|d| d.value.clone()).collect();
-    let roots = lock::roots(&debs);
+    let roots = lock::roots(&debs_of(manifest));
     let existing = Lock::read(dir)?;
     let mut lock = existing.clone().unwrap_or_default();
     let mut out = BTreeMap::new();
@@ -212,6 +386,20 @@ fn locked_pins(
         let packages = match current {
             Some(l) => l.packages.clone(),
             None if roots.is_empty() => Vec::new(),
+            None if opts.locked => {
+                let problem = match lock.arches.get(key) {
+                    Some(_) => {
+                        format!("the {key} pins were resolved for other debs than build.yml lists")
+                    }
+                    None if existing.is_none() => "missing".to_owned(),
+                    None => format!("no pins for {key}"),
+                };
+                return Err(Error::LockOutdated {
+                    lock: dir.join(LOCK_FILE),
+                    dir: dir.to_owned(),
+                    problem,
+                });
+            }
             None => {
                 log::info!("resolving {} for {arch}", roots.join(", "));
                 let apt = keel_debian::Apt::new(deb_cache, arch.oci_name()).map_err(|source| {
@@ -253,10 +441,10 @@ impl InputHasher {
 
 /// sha256 (hex) over: the format version, build.yml, the build timestamp, the source files
 /// (path, kind, mode, bytes; sorted), then per architecture (sorted) the pins and the binaries.
-fn input_hash(p: &Prepared, yml: &[u8]) -> String {
+fn input_hash(p: &Prepared) -> String {
     let mut h = InputHasher(Sha256::new());
     h.field(FORMAT);
-    h.field(yml);
+    h.field(&p.yml);
     h.field(p.mtime.to_string());
     h.field(p.sources.len().to_string());
     for (path, input) in &p.sources {

@@ -116,6 +116,85 @@ impl Archive for Apt {
     }
 }
 
+/// Answers with the kept pins' own control paragraphs and asks the archive for everything
+/// else, so that a refresh moves only what has to move: the pins that left the archive, and
+/// whatever their new versions need that the lock lacks.
+pub(crate) struct Preferring<'a> {
+    pub archive: &'a dyn Archive,
+    /// Package name → the pinned version's control (with its `Version` and `SHA256`).
+    pub kept: BTreeMap<String, Control>,
+}
+
+impl Archive for Preferring<'_> {
+    fn candidate(&self, name: &str) -> std::result::Result<Option<Control>, AptError> {
+        match self.kept.get(name) {
+            Some(control) => Ok(Some(control.clone())),
+            None => self.archive.candidate(name),
+        }
+    }
+
+    fn arch(&self) -> &str {
+        self.archive.arch()
+    }
+}
+
+/// How one architecture's pins changed when they were resolved again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinChange {
+    /// Same package, another version.
+    Moved {
+        name: String,
+        from: String,
+        to: String,
+    },
+    /// A package the closure did not have.
+    Added { name: String, version: String },
+    /// A package the closure no longer needs.
+    Removed { name: String, version: String },
+}
+
+impl std::fmt::Display for PinChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PinChange::Moved { name, from, to } => write!(f, "{name} {from} -> {to}"),
+            PinChange::Added { name, version } => write!(f, "{name} {version} added"),
+            PinChange::Removed { name, version } => write!(f, "{name} {version} removed"),
+        }
+    }
+}
+
+/// What differs between two closures, by package name.
+pub fn changes(old: &[Pin], new: &[Pin]) -> Vec<PinChange> {
+    let old: BTreeMap<&str, &Pin> = old.iter().map(|p| (p.name.as_str(), p)).collect();
+    let new: BTreeMap<&str, &Pin> = new.iter().map(|p| (p.name.as_str(), p)).collect();
+    let mut out = Vec::new();
+    for (name, pin) in &new {
+        match old.get(name) {
+            Some(before) if before.version != pin.version || before.sha256 != pin.sha256 => {
+                out.push(PinChange::Moved {
+                    name: (*name).to_owned(),
+                    from: before.version.clone(),
+                    to: pin.version.clone(),
+                });
+            }
+            Some(_) => {}
+            None => out.push(PinChange::Added {
+                name: (*name).to_owned(),
+                version: pin.version.clone(),
+            }),
+        }
+    }
+    for (name, pin) in &old {
+        if !new.contains_key(name) {
+            out.push(PinChange::Removed {
+                name: (*name).to_owned(),
+                version: pin.version.clone(),
+            });
+        }
+    }
+    out
+}
+
 /// The alternatives of one relation item (`a (>= 1) | b:any [amd64]`), names only.
 fn alternatives(item: &str) -> Vec<String> {
     item.split('|')
@@ -353,6 +432,56 @@ Depends: nothing-here | virtual-too
             e.to_string(),
             "cannot resolve Debian package missing for amd64"
         );
+    }
+
+    #[test]
+    fn preferring_keeps_pins_and_moves_only_what_is_gone() {
+        // The lock pinned libc6 2.36-8 (kept) and app 0.9 (gone); app's new version also needs
+        // libfoo, which the lock did not have.
+        let f = Fixture::new(ARCHIVE);
+        let mut kept_libc = f.packages["libc6"].clone();
+        kept_libc.set("Version", "2.36-8");
+        kept_libc.set("SHA256", "c8");
+        let p = Preferring {
+            archive: &f,
+            kept: BTreeMap::from([("libc6".to_owned(), kept_libc)]),
+        };
+        let new = closure(&p, &["app".to_owned()]).unwrap();
+        let libc = new.iter().find(|p| p.name == "libc6").unwrap();
+        assert_eq!(
+            (libc.version.as_str(), libc.sha256.as_str()),
+            ("2.36-8", "c8")
+        );
+        let old = vec![
+            Pin {
+                name: "app".into(),
+                version: "0.9".into(),
+                sha256: "a9".into(),
+            },
+            libc.clone(),
+            Pin {
+                name: "oldlib".into(),
+                version: "1".into(),
+                sha256: "01".into(),
+            },
+        ];
+        let text: Vec<String> = changes(&old, &new)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "app 0.9 -> 1.0-1",
+                "gcc-12-base 12.2.0-14 added",
+                "libfoo 1.2-3 added",
+                "libgcc-s1 12.2.0-14 added",
+                "postfix 3.7 added",
+                "zlib1g 1:1.2.13 added",
+                "oldlib 1 removed"
+            ]
+        );
+        assert!(changes(&new, &new).is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Builds the real `pkg/busybox` package for both architectures from Debian's archive (the
-//! `.deb` files are cached by digest under `target/keel-test-cache/debs`, so only the first run
-//! uses the network; the lock file is created beside build.yml on the first run and used as is
-//! afterwards) and checks the image, its reproducibility and the lock's sha256 check.
+//! `.deb` files are cached by digest in the test run's cache, `keel_testutil::deb_cache()`; the
+//! lock file is used as committed) and checks the image, its reproducibility, the lock's sha256
+//! check, and what happens to a pin that has left the archive.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -15,11 +15,7 @@ fn package() -> PathBuf {
 }
 
 fn cache() -> PathBuf {
-    // CARGO_TARGET_TMPDIR is <target>/tmp.
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("keel-test-cache/debs")
+    keel_testutil::deb_cache()
 }
 
 fn opts() -> PkgOptions {

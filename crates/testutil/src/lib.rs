@@ -1,12 +1,36 @@
-//! Fixtures for keel's test suites (dev-dependency only): a real OCI registry server
-//! (`docker-registry`, Debian's packaging of distribution/distribution) on loopback, and
-//! pushing into it with `skopeo`. Both come from `scripts/setup.sh`; a missing one fails the
-//! test with a message saying so.
+//! Fixtures for keel's test suites (dev-dependency only): the caches a test run shares, a real
+//! OCI registry server (`docker-registry`, Debian's packaging of distribution/distribution) on
+//! loopback, and pushing into it with `skopeo`. Both programs come from `scripts/setup.sh`; a
+//! missing one fails the test with a message saying so.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The caches the suites of one test run share (so a kernel or a `.deb` is fetched once per
+/// run): `KEEL_TEST_CACHE`, else `<target>/keel-test-cache`. `scripts/test.sh` points it at a
+/// fresh directory, so a run sees what a fresh machine sees: a pin that has left Debian's
+/// archive fails the day it happens, not on a user's first build.
+pub fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KEEL_TEST_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    target.join("keel-test-cache")
+}
+
+/// The shared `.deb` cache (files named by their sha256, verified when read).
+pub fn deb_cache() -> PathBuf {
+    cache_root().join("debs")
+}
+
+/// The shared image store of the VM tests.
+pub fn store_dir() -> PathBuf {
+    cache_root().join("store")
+}
 
 /// Where Debian installs the registry server.
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
