@@ -61,6 +61,19 @@ pub const fn mount(
     }
 }
 
+/// Marks the mount on `target` unbindable: a recursive bind of a directory above it (a YAML
+/// bind of `/run`, `/var/run` or `/`) leaves it out, and a bind of it fails.
+const fn unbindable(target: &'static str) -> Op {
+    Op::Mount {
+        source: "none",
+        target,
+        fstype: "none",
+        flags: MsFlags::MS_UNBINDABLE,
+        data: "",
+        create: false,
+    }
+}
+
 const fn optional(fstype: &'static str, target: &'static str) -> Op {
     Op::Mount {
         source: fstype,
@@ -168,11 +181,37 @@ pub const EARLY: &[Op] = &[
         target: "/run",
         link: "/var/run",
     },
+    // Root-only: the runtime state below it lets whoever writes it run code as the shim.
     Op::Mkdir {
         path: keel_bundle::RUN_DIR,
-        mode: 0o755,
+        mode: 0o700,
     },
+    Op::Mkdir {
+        path: keel_bundle::CONTROL_DIR,
+        mode: 0o700,
+    },
+    // The runtime state: its own root-only tmpfs mounts, made unbindable by [`SEALED`].
+    mount(
+        "tmpfs",
+        keel_bundle::STATE_DIR,
+        NOSUID_NODEV_NOEXEC,
+        "mode=0700",
+    ),
+    mount(
+        "tmpfs",
+        keel_bundle::SHIM_DIR,
+        NOSUID_NODEV_NOEXEC,
+        "mode=0700",
+    ),
     mount("cgroup2", "/sys/fs/cgroup", NOSUID_NODEV_NOEXEC, ""),
+];
+
+/// Applied after the root is sealed (which makes every mount shared): the runtime state made
+/// unbindable, so that LinuxKit's common binds of `/run`, `/var/run` or `/` into containers
+/// (dhcpcd, getty, metadata) leave it out (see docs/security.md).
+pub const SEALED: &[Op] = &[
+    unbindable(keel_bundle::STATE_DIR),
+    unbindable(keel_bundle::SHIM_DIR),
 ];
 
 /// Pseudo filesystems mounted when the kernel has them (their mount points exist only then).

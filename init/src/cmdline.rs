@@ -2,6 +2,12 @@
 
 use std::time::Duration;
 
+/// The longest `keel.onboot_timeout=`: the bound YAML timeouts have too. A larger value is
+/// reported with the unknown knobs and the default is used: a typo on the kernel command line
+/// must not make PID 1 compute a deadline past the clock's range (a panic, then a reboot
+/// loop on every boot).
+pub const MAX_ONBOOT_TIMEOUT: Duration = keel_bundle::Supervision::MAX_DURATION;
+
 /// Settings read from `/proc/cmdline`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cmdline {
@@ -9,7 +15,8 @@ pub struct Cmdline {
     pub debug: bool,
     /// `keel.console=1`: service output to the console too (onboot output always goes there).
     pub console: bool,
-    /// `keel.onboot_timeout=<seconds>`: default time an onboot container may run.
+    /// `keel.onboot_timeout=<seconds>`: default time an onboot container may run, at most
+    /// [`MAX_ONBOOT_TIMEOUT`].
     pub onboot_timeout: Duration,
     /// Knobs that were not understood, for a warning once logging is up.
     pub unknown: Vec<String>,
@@ -51,7 +58,9 @@ impl Cmdline {
                 "console" => flag(value).map(|v| c.console = v).is_some(),
                 "onboot_timeout" => value
                     .and_then(|v| v.parse::<u64>().ok())
-                    .map(|s| c.onboot_timeout = Duration::from_secs(s))
+                    .map(Duration::from_secs)
+                    .filter(|t| *t <= MAX_ONBOOT_TIMEOUT)
+                    .map(|t| c.onboot_timeout = t)
                     .is_some(),
                 _ => false,
             };
@@ -83,5 +92,27 @@ mod tests {
         assert!(!c.debug);
         assert_eq!(c.onboot_timeout, Duration::from_secs(60));
         assert_eq!(c.unknown, ["keel.onboot_timeout=soon", "keel.frobnicate"]);
+    }
+
+    #[test]
+    fn out_of_range_timeouts_keep_the_default() {
+        for word in [
+            "keel.onboot_timeout=18446744073709551615",
+            "keel.onboot_timeout=18446744073709551616",
+            "keel.onboot_timeout=86401",
+            "keel.onboot_timeout=-1",
+            "keel.onboot_timeout=",
+            "keel.onboot_timeout",
+        ] {
+            let c = Cmdline::parse(word);
+            assert_eq!(c.onboot_timeout, Duration::from_secs(60), "{word}");
+            assert_eq!(c.unknown, [word]);
+        }
+        let c = Cmdline::parse("keel.onboot_timeout=86400");
+        assert_eq!(c.onboot_timeout, MAX_ONBOOT_TIMEOUT);
+        assert!(c.unknown.is_empty());
+        // The last valid one wins; an invalid one after it changes nothing.
+        let c = Cmdline::parse("keel.onboot_timeout=5 keel.onboot_timeout=99999999999");
+        assert_eq!(c.onboot_timeout, Duration::from_secs(5));
     }
 }

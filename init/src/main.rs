@@ -96,6 +96,9 @@ fn boot(mut timeline: Timeline) -> PowerAction {
     log::debug!("{skipped} optional filesystems absent");
     rootfs::enable_cgroup_controllers(Path::new("/sys/fs/cgroup"));
     rootfs::seal_root();
+    for e in &boot::apply(&mut boot::System, boot::SEALED).0 {
+        log::error!("{}", chain(e));
+    }
     if let Err(e) = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n") {
         log::warn!("cannot set printk_devkmsg: {e}");
     }

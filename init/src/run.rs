@@ -86,7 +86,11 @@ fn exit_code(status: WaitStatus) -> Option<(i32, i32)> {
 impl Init {
     pub fn new(sup: Supervisor, timeline: Timeline, cmdline: Cmdline, signals: SignalFd) -> Self {
         let control = match ControlServer::bind(Path::new(keel_bundle::CONTROL_SOCKET), 0) {
-            Ok(s) => Some(s),
+            Ok(mut s) => {
+                // Which cgroup is which container, and what each may ask (`control:`).
+                s.set_access(sup.control_access());
+                Some(s)
+            }
             Err(e) => {
                 log::error!("control socket: {}", crate::chain(&e));
                 None

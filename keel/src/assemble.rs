@@ -141,15 +141,23 @@ pub fn loader_tree(root: &Tree) -> Result<Tree> {
     Ok(loader)
 }
 
-/// Flattens an image's layers into a tree, verifying every layer blob.
-pub fn image_tree(store: &Store, image: &Image, origin: &str) -> Result<Tree> {
+/// Flattens an image's layers into a tree, verifying every layer blob. The layers may
+/// decompress to at most `max` bytes, each and together (`keel build --max-image-size`): every
+/// image is flattened in memory, so this protects the host running keel.
+pub fn image_tree(store: &Store, image: &Image, origin: &str, max: u64) -> Result<Tree> {
     let mut tree = Tree::new();
+    let mut budget = keel_rootfs::ImageBudget::new(keel_rootfs::SizeLimits {
+        layer: max,
+        image: max,
+    });
     for layer in image.layers() {
         let mut reader = store.open_layer(layer).map_err(|source| Error::Image {
             reference: image.reference.clone(),
             source,
         })?;
-        if let Err(source) = tree.apply_layer(Path::new(""), &mut reader, origin) {
+        if let Err(source) =
+            tree.apply_layer_within(Path::new(""), &mut reader, origin, &mut budget)
+        {
             // A damaged blob often fails as a broken compressed stream before its digest can
             // be checked: say which blob is corrupt rather than how decompression failed.
             verify_blob(store, image, layer)?;
@@ -289,15 +297,30 @@ fn image<'a>(images: &'a Images, reference: &str) -> Result<&'a Image> {
         .ok_or_else(|| Error::Unresolved(reference.into()))
 }
 
+/// How [`assemble`] builds.
+#[derive(Debug, Clone, Copy)]
+pub struct AssembleOptions {
+    /// The target architecture (the default seccomp profile names its system calls).
+    pub arch: keel_image::Arch,
+    /// The most an image's layers may decompress to, each and together.
+    pub max_image_size: u64,
+}
+
 /// Assembles the root filesystem of `config` from `images` (every reference it names).
-pub fn assemble(store: &Store, config: &Config, images: &Images) -> Result<Assembled> {
+pub fn assemble(
+    store: &Store,
+    config: &Config,
+    images: &Images,
+    opts: AssembleOptions,
+) -> Result<Assembled> {
+    let max_image_size = opts.max_image_size;
     let mut root = Tree::new();
 
     let kernel = match &config.kernel {
         Some(k) if k.image.is_some() => {
             let reference = k.image.as_ref().map(|i| i.as_str()).unwrap_or_default();
             let img = image(images, reference)?;
-            let tree = image_tree(store, img, "kernel")?;
+            let tree = image_tree(store, img, "kernel", max_image_size)?;
             let get = |name: &str| -> Result<Bytes> {
                 match tree.get(name).map(|n| &n.kind) {
                     Some(NodeKind::File(data)) => Ok(data.clone()),
@@ -336,7 +359,12 @@ pub fn assemble(store: &Store, config: &Config, images: &Images) -> Result<Assem
 
     for (i, reference) in config.init.iter().enumerate() {
         let origin = format!("init[{i}] {}", reference.as_str());
-        let mut tree = image_tree(store, image(images, reference.as_str())?, &origin)?;
+        let mut tree = image_tree(
+            store,
+            image(images, reference.as_str())?,
+            &origin,
+            max_image_size,
+        )?;
         filter(&mut tree, Role::Init, &origin)?;
         graft(&mut root, "", &tree)?;
     }
@@ -358,7 +386,7 @@ pub fn assemble(store: &Store, config: &Config, images: &Images) -> Result<Assem
         }
         if let Some(reference) = &volume.image {
             let img = image(images, reference.as_str())?;
-            let mut tree = image_tree(store, img, &origin)?;
+            let mut tree = image_tree(store, img, &origin, max_image_size)?;
             filter(&mut tree, Role::Volume, &origin)?;
             graft(&mut root, &format!("{dir}/lower"), &tree)?;
         }
@@ -375,7 +403,7 @@ pub fn assemble(store: &Store, config: &Config, images: &Images) -> Result<Assem
             img.config.config().as_ref().unwrap_or(&Default::default()),
             reference,
         )?;
-        let ctx = SpecContext::new(config, &ids, section, index);
+        let ctx = SpecContext::new(config, &ids, section, index, opts.arch.uname());
         let bundle =
             keel_config::generate(spec, img.config.config().as_ref(), label.as_ref(), &ctx)?;
 
@@ -402,7 +430,7 @@ pub fn assemble(store: &Store, config: &Config, images: &Images) -> Result<Assem
                 shared.clone()
             }
             _ => {
-                let mut tree = image_tree(store, img, &origin)?;
+                let mut tree = image_tree(store, img, &origin, max_image_size)?;
                 filter(&mut tree, Role::Container, &origin)?;
                 graft(&mut root, &own_root, &tree)?;
                 shared_roots.insert(img.manifest_digest.clone(), own_root.clone());
@@ -676,6 +704,49 @@ fn add_files(root: &mut Tree, config: &Config, ids: &keel_config::IdMap) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_past_the_size_limit_is_refused_naming_its_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tar = |name: &str| {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(3000);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_cksum();
+            b.append_data(&mut h, name, &[0u8; 3000][..]).unwrap();
+            b.into_inner().unwrap()
+        };
+        let config = keel_image::oci::ImageConfigurationBuilder::default()
+            .build()
+            .unwrap();
+        let arch = keel_image::Arch::X86_64;
+        let desc = store
+            .write_image(arch, config, &[tar("a"), tar("b")])
+            .unwrap();
+        let reference: keel_image::Reference = "test/big:1".parse().unwrap();
+        store.tag(&reference, desc).unwrap();
+        let image = store.image(&reference, arch).unwrap();
+        // Each layer is 4.5 KiB of tar (header, data, end-of-archive blocks): together they
+        // fit in 16 KiB, and the second passes 8 KiB.
+        image_tree(&store, &image, "onboot[0] test/big:1", 16 << 10).unwrap();
+        let err = image_tree(&store, &image, "onboot[0] test/big:1", 8 << 10).unwrap_err();
+        let text = format!("{:#}", anyhow::Error::from(err));
+        let second = image.layers()[1].digest().to_string();
+        assert!(
+            text.contains(&format!("cannot unpack layer {second} of image ")),
+            "{text}"
+        );
+        assert!(text.contains("test/big:1"), "{text}");
+        assert!(
+            text.contains("image passes the limit of 8 KiB uncompressed; raise it with `keel build --max-image-size SIZE`"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn loader_keeps_init_modules_and_mount_points_only() {

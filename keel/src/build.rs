@@ -67,6 +67,7 @@ pub enum Error {
 type Result<T> = std::result::Result<T, Error>;
 
 pub use crate::output::Format;
+pub use keel_rootfs::DEFAULT_MAX_IMAGE_SIZE;
 
 /// Everything `keel build` takes.
 #[derive(Debug, Clone)]
@@ -83,6 +84,8 @@ pub struct BuildOptions {
     pub pull: bool,
     pub locked: bool,
     pub insecure: bool,
+    /// The most an image's layers may decompress to, each and together (`--max-image-size`).
+    pub max_image_size: u64,
 }
 
 /// Reads the YAML inputs.
@@ -347,7 +350,15 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
             tool.ensure(store)?;
         }
     }
-    let assembled = assemble::assemble(store, &config, &images)?;
+    let assembled = assemble::assemble(
+        store,
+        &config,
+        &images,
+        assemble::AssembleOptions {
+            arch: opts.arch,
+            max_image_size: opts.max_image_size,
+        },
+    )?;
     let settings = crate::output::Settings {
         dir: &opts.dir,
         name: &name,
@@ -395,7 +406,7 @@ pub fn validate(store: &Store, files: &[String], arch: Arch, insecure: bool) -> 
             .ok_or_else(|| assemble::Error::Unresolved(spec.image.value.clone()))?;
         let image_config = image.config.config().clone().unwrap_or_default();
         let label = keel_config::image_label(&image_config, &image.reference)?;
-        let ctx = keel_config::SpecContext::new(&config, &ids, section, index);
+        let ctx = keel_config::SpecContext::new(&config, &ids, section, index, arch.uname());
         let bundle = keel_config::generate(spec, Some(&image_config), label.as_ref(), &ctx)?;
         out.push_str(&format!(
             "\n# {}/config.json\n{}",
@@ -428,6 +439,7 @@ mod tests {
             pull: false,
             locked: false,
             insecure: false,
+            max_image_size: keel_rootfs::DEFAULT_MAX_IMAGE_SIZE,
         };
         assert_eq!(output_name(&opts), "minimal");
         opts.files = vec!["-".into()];

@@ -124,6 +124,15 @@ struct BuildArgs {
     /// Allow plain HTTP to registries that are not on loopback.
     #[arg(long)]
     insecure_registry: bool,
+    /// Refuse an image whose layers decompress to more than SIZE (each layer, and all of an
+    /// image's layers together), e.g. 8G (a bare number is MiB). Default: 4G.
+    #[arg(
+        long,
+        value_name = "SIZE",
+        env = "KEEL_MAX_IMAGE_SIZE",
+        value_parser = |s: &str| keel_formats::parse_size(s).map_err(|e| e.to_string())
+    )]
+    max_image_size: Option<u64>,
     /// YAML files, merged in order; "-" is standard input.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<String>,
@@ -297,6 +306,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 pull: args.pull,
                 locked: args.locked,
                 insecure: args.insecure_registry,
+                max_image_size: args
+                    .max_image_size
+                    .unwrap_or(keel_rootfs::DEFAULT_MAX_IMAGE_SIZE),
             };
             keel::build::build(&open_store()?, &opts)?;
         }

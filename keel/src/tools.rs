@@ -254,8 +254,13 @@ impl ToolImage {
         let image = store
             .image(&reference, arch)
             .map_err(|e| Error::Store(shown.clone(), e))?;
-        let tree = crate::assemble::image_tree(store, &image, self.name)
-            .map_err(|e| Error::Unpack(shown.clone(), Box::new(e)))?;
+        let tree = crate::assemble::image_tree(
+            store,
+            &image,
+            self.name,
+            keel_rootfs::DEFAULT_MAX_IMAGE_SIZE,
+        )
+        .map_err(|e| Error::Unpack(shown.clone(), Box::new(e)))?;
         let mut out = Vec::with_capacity(N);
         for path in paths {
             match tree.get(path).map(|n| &n.kind) {
@@ -384,7 +389,13 @@ mod tests {
         assert!(from_image.ldlinux_c32 == from_deb.ldlinux_c32);
         // Each package's copyright file travels with it.
         let image = store.image(&GRUB_CD.reference(), Arch::Aarch64).unwrap();
-        let tree = crate::assemble::image_tree(&store, &image, "test").unwrap();
+        let tree = crate::assemble::image_tree(
+            &store,
+            &image,
+            "test",
+            keel_rootfs::DEFAULT_MAX_IMAGE_SIZE,
+        )
+        .unwrap();
         assert!(
             tree.get("usr/share/doc/grub-efi-arm64-signed/copyright")
                 .is_some()

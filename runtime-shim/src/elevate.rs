@@ -8,8 +8,11 @@
 //! The same copy also carries the other changes the shim makes to what libcontainer sees (a
 //! bind of `/dev` taken out, see [`crate::devbind`]): [`derive`] is the one place making it.
 //!
-//! The copy lives in a private directory (`<RUN_DIR>/shim/<id>/config.json`, root path made
-//! absolute) so the bundle itself, possibly on a read-only root, is never written.
+//! The copy lives in a private directory (`<SHIM_DIR>/<id>/config.json`, root path made
+//! absolute) so the bundle itself, possibly on a read-only root, is never written. libcontainer
+//! records that directory as the container's bundle, so the copy also holds a link back to the
+//! bundle it came from ([`ORIGIN`]): `keel-shim exec` reads the container's own settings
+//! there, never the elevated ones (see [`original_bundle`]).
 
 use std::fs;
 use std::io;
@@ -18,9 +21,12 @@ use std::path::{Path, PathBuf};
 use caps::{CapSet, CapsHashSet};
 
 use crate::devbind::{self, DevBind};
-use keel_bundle::{CONFIG_FILE, RUN_DIR};
+use keel_bundle::{CONFIG_FILE, SHIM_DIR};
 use libcontainer::capabilities::CapabilityExt;
-use libcontainer::oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities, Spec};
+use libcontainer::oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities, Process, Spec};
+
+/// The link, in a private spec directory, to the bundle the spec was derived from.
+pub const ORIGIN: &str = "bundle";
 
 /// Errors preparing the elevated spec.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +37,10 @@ pub enum ElevateError {
     Serialise(#[source] serde_json::Error),
     #[error("the spec has no process")]
     NoProcess,
+    #[error("cannot link {0} to its bundle")]
+    Link(PathBuf, #[source] io::Error),
+    #[error("cannot read the bundle link {0}")]
+    Origin(PathBuf, #[source] io::Error),
 }
 
 /// Capabilities granted only until the filter is installed.
@@ -55,7 +65,8 @@ pub fn final_effective(c: &LinuxCapabilities) -> Option<&Capabilities> {
 }
 
 impl Restore {
-    fn of(c: &LinuxCapabilities, effective: &Capabilities) -> Self {
+    /// The sets of `c`, whose final effective set is `effective`.
+    pub fn of(c: &LinuxCapabilities, effective: &Capabilities) -> Self {
         Self {
             // libcontainer empties the bounding set when the spec has none.
             bounding: c.bounding().as_ref().map(to_caps).unwrap_or_default(),
@@ -99,7 +110,14 @@ pub struct Derived {
 /// be used as it is.
 pub fn derive(spec: &Spec, bundle: &Path, elevate: bool) -> Result<Option<Derived>, ElevateError> {
     let mut out = spec.clone();
-    let restore = if elevate { raise(&mut out)? } else { None };
+    let restore = if elevate {
+        let mut process = spec.process().clone().ok_or(ElevateError::NoProcess)?;
+        let restore = raise(&mut process);
+        out.set_process(Some(process));
+        restore
+    } else {
+        None
+    };
     let dev_bind = devbind::take(&mut out);
     if restore.is_none() && dev_bind.is_none() {
         return Ok(None);
@@ -118,20 +136,15 @@ pub fn derive(spec: &Spec, bundle: &Path, elevate: bool) -> Result<Option<Derive
     }))
 }
 
-/// Raises `spec`'s capabilities when they would leave no `CAP_SYS_ADMIN` to install seccomp
-/// with, and returns what to restore; `None` (and `spec` unchanged) when it keeps that
-/// capability.
-fn raise(spec: &mut Spec) -> Result<Option<Restore>, ElevateError> {
-    let process = spec.process().as_ref().ok_or(ElevateError::NoProcess)?;
+/// Raises `process`'s capabilities when they would leave no `CAP_SYS_ADMIN` to install
+/// seccomp with, and returns what to restore; `None` (and `process` unchanged) when it keeps
+/// that capability. Used for the container's init ([`derive`]) and for `keel-shim exec`.
+pub fn raise(process: &mut Process) -> Option<Restore> {
     // No capabilities section, or no effective/permitted limit: everything stays.
-    let Some(caps) = process.capabilities() else {
-        return Ok(None);
-    };
-    let Some(effective) = final_effective(caps) else {
-        return Ok(None);
-    };
+    let caps = process.capabilities().as_ref()?;
+    let effective = final_effective(caps)?;
     if effective.contains(&Capability::SysAdmin) {
-        return Ok(None);
+        return None;
     }
     let restore = Restore::of(caps, effective);
     let mut raised = caps.clone();
@@ -148,23 +161,43 @@ fn raise(spec: &mut Spec) -> Result<Option<Restore>, ElevateError> {
     raised.set_bounding(Some(bounding));
     raised.set_permitted(add(caps.permitted().as_ref()));
     raised.set_effective(add(caps.effective().as_ref()));
-    let mut p = process.clone();
-    p.set_capabilities(Some(raised));
-    spec.set_process(Some(p));
-    Ok(Some(restore))
+    process.set_capabilities(Some(raised));
+    Some(restore)
 }
 
 /// Where the derived copy of container `id`'s spec lives.
 pub fn private_bundle(id: &str) -> PathBuf {
-    Path::new(RUN_DIR).join("shim").join(id)
+    Path::new(SHIM_DIR).join(id)
 }
 
-/// Writes `spec` as the `config.json` of `dir` (created).
-pub fn write(dir: &Path, spec: &Spec) -> Result<(), ElevateError> {
+/// Writes `spec` as the `config.json` of `dir` (created), with the [`ORIGIN`] link to
+/// `bundle`, the bundle it was derived from.
+pub fn write(dir: &Path, spec: &Spec, bundle: &Path) -> Result<(), ElevateError> {
     let path = dir.join(CONFIG_FILE);
     let text = serde_json::to_vec(spec).map_err(ElevateError::Serialise)?;
     fs::create_dir_all(dir).map_err(|e| ElevateError::Write(path.clone(), e))?;
-    fs::write(&path, text).map_err(|e| ElevateError::Write(path, e))
+    fs::write(&path, text).map_err(|e| ElevateError::Write(path, e))?;
+    let link = dir.join(ORIGIN);
+    // A shim that died may have left one behind.
+    match fs::remove_file(&link) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ElevateError::Link(link, e)),
+    }
+    std::os::unix::fs::symlink(bundle, &link).map_err(|e| ElevateError::Link(link, e))
+}
+
+/// The bundle a container was made from, given the directory libcontainer recorded as its
+/// bundle: the origin of a private copy (a directory under `shim_dir`, `SHIM_DIR` outside
+/// tests), else that directory.
+pub fn original_bundle(recorded: &Path, shim_dir: &Path) -> Result<PathBuf, ElevateError> {
+    // Only the shim's own directory is trusted to hold a link: a bundle elsewhere is the
+    // container's own, whatever files it has.
+    if !recorded.starts_with(shim_dir) {
+        return Ok(recorded.to_path_buf());
+    }
+    let link = recorded.join(ORIGIN);
+    fs::read_link(&link).map_err(|e| ElevateError::Origin(link, e))
 }
 
 #[cfg(test)]
@@ -237,6 +270,27 @@ mod tests {
             d.spec.root().as_ref().unwrap().path(),
             Path::new("/b/rootfs")
         );
+    }
+
+    #[test]
+    fn private_copies_link_back_to_their_bundle() {
+        let base = std::env::temp_dir().join(format!("keel-shim-origin-{}", std::process::id()));
+        let shim_dir = base.join("shim");
+        let private = shim_dir.join("web");
+        let bundle = base.join("containers/services/web");
+        let s = spec(r#"{"cwd":"/","user":{"uid":0,"gid":0},"capabilities":{"effective":[]}}"#);
+        write(&private, &s, &bundle).unwrap();
+        // Written twice (a stale copy), the link is replaced.
+        write(&private, &s, &bundle).unwrap();
+        assert_eq!(original_bundle(&private, &shim_dir).unwrap(), bundle);
+        // A bundle outside the shim's directory is the original, whatever it holds.
+        assert_eq!(original_bundle(&bundle, &shim_dir).unwrap(), bundle);
+        fs::remove_file(private.join(ORIGIN)).unwrap();
+        assert!(matches!(
+            original_bundle(&private, &shim_dir),
+            Err(ElevateError::Origin(..))
+        ));
+        fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

@@ -159,17 +159,7 @@ pub fn run(bundle: &Path, id: &str) -> Result<i32, RunError> {
     let config_path = bundle.join(CONFIG_FILE);
     let spec = Spec::load(&config_path).map_err(|e| RunError::Spec(config_path.clone(), e))?;
     let runtime = read_runtime(&bundle)?;
-    let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-        Some(profile) => {
-            let compiled = seccomp::compile(profile).map_err(RunError::Seccomp)?;
-            log::debug!(
-                "seccomp profile compiled into {} stacked filters",
-                compiled.len()
-            );
-            Some(compiled)
-        }
-        None => None,
-    };
+    let seccomp = seccomp::compile_spec(&spec).map_err(RunError::Seccomp)?;
     // libcontainer sets no_new_privs only for `Some(true)`.
     let nnp = spec.process().as_ref().and_then(|p| p.no_new_privileges()) == Some(true);
     let derived =
@@ -189,7 +179,7 @@ pub fn run(bundle: &Path, id: &str) -> Result<i32, RunError> {
     let (spec_dir, restore, dev_bind) = match derived {
         Some(d) => {
             let dir = elevate::private_bundle(id);
-            elevate::write(&dir, &d.spec).map_err(RunError::Elevate)?;
+            elevate::write(&dir, &d.spec, &bundle).map_err(RunError::Elevate)?;
             (dir, d.restore, d.dev_bind)
         }
         None => (bundle.clone(), None, None),

@@ -18,7 +18,7 @@ use std::str::FromStr;
 
 use libcontainer::oci_spec::runtime::{
     LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompFilterFlag,
-    LinuxSeccompOperator, LinuxSyscall,
+    LinuxSeccompOperator, LinuxSyscall, Spec,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -40,7 +40,7 @@ pub enum SeccompError {
     ArgIndex(usize),
     #[error("seccomp operator SCMP_CMP_MASKED_EQ needs valueTwo")]
     MaskedEqValue,
-    #[error("seccomp is not supported on this architecture")]
+    #[error("seccomp is supported on x86_64 and aarch64 only")]
     Arch,
     #[error("cannot build seccomp filter")]
     Build(#[source] seccompiler::BackendError),
@@ -70,15 +70,33 @@ impl Compiled {
     }
 }
 
+/// The architecture the shim runs on: keel's two (the syscall tables compiled in).
 fn target_arch() -> Result<TargetArch, SeccompError> {
-    TargetArch::try_from(std::env::consts::ARCH).map_err(|_| SeccompError::Arch)
+    match std::env::consts::ARCH {
+        "x86_64" => Ok(TargetArch::x86_64),
+        "aarch64" => Ok(TargetArch::aarch64),
+        _ => Err(SeccompError::Arch),
+    }
 }
 
-/// Native syscall number of `name`, if the architecture has it.
-fn syscall_nr(name: &str) -> Option<i64> {
-    syscalls::Sysno::from_str(name)
-        .ok()
-        .map(|s| i64::from(s.id()))
+/// The number of syscall `name` (libseccomp's name, as OCI profiles use) on `arch`, if that
+/// architecture has it. The `syscalls` crate's tables match libseccomp's except for aarch64's
+/// syscall 79, which it calls `fstatat` where libseccomp (and so every OCI profile) says
+/// `newfstatat`; without the alias, stat() would fail under any profile on aarch64.
+fn syscall_nr(name: &str, arch: TargetArch) -> Option<i64> {
+    let id = match arch {
+        TargetArch::x86_64 => syscalls::x86_64::Sysno::from_str(name).ok()?.id(),
+        TargetArch::aarch64 => {
+            let name = if name == "newfstatat" {
+                "fstatat"
+            } else {
+                name
+            };
+            syscalls::aarch64::Sysno::from_str(name).ok()?.id()
+        }
+        TargetArch::riscv64 => return None,
+    };
+    Some(i64::from(id))
 }
 
 /// The action a rule or default turns into.
@@ -165,6 +183,20 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Compiled, SeccompError> {
     compile_for(profile, target_arch()?)
 }
 
+/// Compiles `spec`'s `linux.seccomp`, if it has one: the one translation both the container's
+/// init and the commands `keel-shim exec` runs in it get.
+pub fn compile_spec(spec: &Spec) -> Result<Option<Compiled>, SeccompError> {
+    let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
+        return Ok(None);
+    };
+    let compiled = compile(profile)?;
+    log::debug!(
+        "seccomp profile compiled into {} stacked filters",
+        compiled.len()
+    );
+    Ok(Some(compiled))
+}
+
 fn compile_for(profile: &LinuxSeccomp, arch: TargetArch) -> Result<Compiled, SeccompError> {
     if profile.listener_path().is_some() {
         return Err(SeccompError::Listener);
@@ -196,7 +228,7 @@ fn compile_for(profile: &LinuxSeccomp, arch: TargetArch) -> Result<Compiled, Sec
         let act = action(syscall.action(), syscall.errno_ret())?;
         let rules = rules(syscall)?;
         for name in syscall.names() {
-            let Some(nr) = syscall_nr(name) else {
+            let Some(nr) = syscall_nr(name, arch) else {
                 log::debug!("seccomp: syscall {name} unknown on {arch:?}, skipped");
                 continue;
             };
@@ -363,9 +395,149 @@ mod tests {
 
     #[test]
     fn known_names_resolve() {
-        assert!(syscall_nr("read").is_some());
-        assert!(syscall_nr("openat").is_some());
-        assert!(syscall_nr("definitely_not_a_syscall").is_none());
+        for arch in [TargetArch::x86_64, TargetArch::aarch64] {
+            assert!(syscall_nr("read", arch).is_some());
+            assert!(syscall_nr("openat", arch).is_some());
+            assert!(syscall_nr("definitely_not_a_syscall", arch).is_none());
+        }
+        // Each architecture's own table, whatever the host.
+        assert_eq!(syscall_nr("read", TargetArch::x86_64), Some(0));
+        assert_eq!(syscall_nr("read", TargetArch::aarch64), Some(63));
+        assert_eq!(syscall_nr("open", TargetArch::aarch64), None);
+        assert_eq!(syscall_nr("arch_prctl", TargetArch::x86_64), Some(158));
+    }
+
+    #[test]
+    fn newfstatat_is_libseccomps_name_on_both_arches() {
+        assert_eq!(syscall_nr("newfstatat", TargetArch::x86_64), Some(262));
+        assert_eq!(syscall_nr("newfstatat", TargetArch::aarch64), Some(79));
+    }
+
+    fn default_profile(caps: &[&str], arch: &str) -> LinuxSeccomp {
+        let caps: Vec<String> = caps.iter().map(|c| c.to_string()).collect();
+        let value = keel_config::seccomp_default::default_profile(&caps, arch).unwrap();
+        serde_json::from_value(value).unwrap()
+    }
+
+    /// keel's default profile compiles for both architectures, whatever the capabilities.
+    #[test]
+    fn default_profile_translates_on_both_arches() {
+        let all = [
+            "CAP_SYS_ADMIN",
+            "CAP_SYS_PTRACE",
+            "CAP_SYS_BOOT",
+            "CAP_SYS_MODULE",
+            "CAP_BPF",
+            "CAP_PERFMON",
+            "CAP_SYSLOG",
+            "CAP_SYS_TIME",
+            "CAP_SYS_RAWIO",
+        ];
+        for (name, arch) in [
+            ("x86_64", TargetArch::x86_64),
+            ("aarch64", TargetArch::aarch64),
+        ] {
+            // The default filter, plus clone3's ENOSYS filter without CAP_SYS_ADMIN.
+            let none = compile_for(&default_profile(&[], name), arch).unwrap();
+            assert_eq!(none.len(), 2, "{name}");
+            let admin = compile_for(&default_profile(&["CAP_SYS_ADMIN"], name), arch).unwrap();
+            assert_eq!(admin.len(), 1, "{name}");
+            let every = compile_for(&default_profile(&all, name), arch).unwrap();
+            assert_eq!(every.len(), 1, "{name}");
+            assert_ne!(none, admin);
+            // The kernel refuses programs over BPF_MAXINSNS; aarch64 cannot be installed here.
+            for c in [&none, &admin, &every] {
+                for p in &c.programs {
+                    assert!(p.len() <= 4096, "{name}: {} instructions", p.len());
+                }
+            }
+        }
+    }
+
+    /// Runs `check` in a forked child after installing `c` there; the child's exit code is
+    /// `check`'s (2 if the filter could not be installed).
+    fn in_filtered_child(c: &Compiled, check: fn() -> i32) -> i32 {
+        use nix::sys::wait::{WaitStatus, waitpid};
+        use nix::unistd::{ForkResult, fork};
+        // SAFETY: the child only makes raw syscalls (no allocation, no locks) and _exits.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) has no memory arguments.
+                let _ = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+                let code = match c.install() {
+                    Err(_) => 2,
+                    Ok(()) => check(),
+                };
+                // SAFETY: _exit is always safe to call in a forked child.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => match waitpid(child, None).unwrap() {
+                WaitStatus::Exited(_, code) => code,
+                other => panic!("child ended with {other:?}"),
+            },
+        }
+    }
+
+    /// The errno of a raw syscall returning -1, or 0 when it succeeded.
+    fn errno_of(ret: libc::c_long) -> i32 {
+        if ret == -1 {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        } else {
+            0
+        }
+    }
+
+    /// The default profile, installed, behaves as Docker's: privileged calls fail with
+    /// EPERM, clone3 with ENOSYS (so libc falls back to clone), ordinary calls work.
+    #[test]
+    fn default_profile_denies_in_a_child() {
+        let c = compile(&default_profile(&[], std::env::consts::ARCH)).unwrap();
+        fn check() -> i32 {
+            // SAFETY: every call below passes no pointers (or null ones the kernel checks
+            // after seccomp has decided).
+            let results = unsafe {
+                [
+                    // (got, want)
+                    (errno_of(libc::syscall(libc::SYS_getppid)), 0),
+                    (errno_of(libc::syscall(libc::SYS_unshare, 0)), libc::EPERM),
+                    (
+                        errno_of(libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0)),
+                        libc::EPERM,
+                    ),
+                    (
+                        errno_of(libc::syscall(libc::SYS_clone3, 0, 0)),
+                        libc::ENOSYS,
+                    ),
+                    (
+                        errno_of(libc::syscall(libc::SYS_socket, libc::AF_VSOCK, 1, 0)),
+                        libc::EPERM,
+                    ),
+                    (
+                        errno_of(libc::syscall(libc::SYS_io_uring_setup, 1, 0)),
+                        libc::EPERM,
+                    ),
+                    (
+                        errno_of(libc::syscall(libc::SYS_socket, libc::AF_UNIX, 1, 0)),
+                        0,
+                    ),
+                    (
+                        errno_of(libc::syscall(libc::SYS_personality, 0xffff_ffff_u32)),
+                        0,
+                    ),
+                    (
+                        errno_of(libc::syscall(libc::SYS_personality, 0x0040_0000)),
+                        libc::EPERM,
+                    ),
+                ]
+            };
+            for (i, (got, want)) in results.into_iter().enumerate() {
+                if got != want {
+                    return 10 + i32::try_from(i).unwrap_or(0);
+                }
+            }
+            0
+        }
+        assert_eq!(in_filtered_child(&c, check), 0);
     }
 
     /// Installs a filter in a forked child and checks the syscall really fails there.

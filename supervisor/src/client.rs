@@ -51,12 +51,14 @@ pub fn call(path: &Path, request: &Request) -> Result<Response, ClientError> {
         .map_err(ClientError::Io)?;
     let mut line = serde_json::to_vec(request).map_err(ClientError::Decode)?;
     line.push(b'\n');
-    stream.write_all(&line).map_err(ClientError::Io)?;
+    let written = stream.write_all(&line);
     let mut reply = String::new();
-    BufReader::new(stream)
-        .read_line(&mut reply)
-        .map_err(ClientError::Io)?;
+    let read = BufReader::new(stream).read_line(&mut reply);
+    // A refused client is answered and dropped at once, perhaps before its request was sent:
+    // the refusal says more than the broken pipe.
     if reply.is_empty() {
+        written.map_err(ClientError::Io)?;
+        read.map_err(ClientError::Io)?;
         return Err(ClientError::Closed);
     }
     serde_json::from_str(&reply).map_err(ClientError::Decode)

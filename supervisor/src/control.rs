@@ -7,6 +7,11 @@ use crate::protocol::{LogLine, Request, Response, TimelineStep};
 use nix::sys::signal::Signal;
 use std::path::Path;
 
+/// Most bytes of log text in one `logs` answer: the oldest lines asked for are left out beyond
+/// it, so the answer stays well inside [`crate::server::MAX_RESPONSE`] even when every byte
+/// needs JSON escaping (six bytes for one). The ring holds up to 200 lines of 4 KiB.
+pub const MAX_LOG_BYTES: usize = 512 * 1024;
+
 /// What PID 1 must do after answering, besides sending the response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PowerRequest {
@@ -60,11 +65,24 @@ pub fn serve(
             Err(e) => Response::error(e.to_string()),
             Ok(index) => {
                 let ring = &sup.records()[index].logs;
+                let tail = ring.tail(after, lines);
+                // The newest lines that fit in the budget.
+                let mut budget = MAX_LOG_BYTES;
+                let keep = tail
+                    .iter()
+                    .rev()
+                    .take_while(|(_, line)| match budget.checked_sub(line.len()) {
+                        Some(left) => {
+                            budget = left;
+                            true
+                        }
+                        None => false,
+                    })
+                    .count();
                 Response::Logs {
-                    lines: ring
-                        .tail(after, lines)
-                        .into_iter()
-                        .map(|(seq, line)| LogLine {
+                    lines: tail[tail.len() - keep..]
+                        .iter()
+                        .map(|&(seq, line)| LogLine {
                             seq,
                             line: line.to_owned(),
                         })
@@ -117,6 +135,7 @@ mod tests {
             kind: Kind::Service,
             dir: PathBuf::from("/containers/services/web"),
             runtime: Ok(Runtime::default()),
+            cgroups_path: None,
         });
         s.boot();
         s.take_actions();
@@ -228,5 +247,34 @@ mod tests {
         );
         let (r, _) = ask(&mut s, Request::List);
         assert!(matches!(r, Response::List { containers } if containers[0].id == "web"));
+    }
+
+    #[test]
+    fn a_logs_answer_keeps_the_newest_lines_within_its_budget() {
+        let mut s = system();
+        let line = "\u{1}".repeat(4000);
+        for _ in 0..200 {
+            s.output(0, &line);
+        }
+        let (r, _) = ask(
+            &mut s,
+            Request::Logs {
+                id: "web".into(),
+                lines: None,
+                after: None,
+            },
+        );
+        let Response::Logs { lines, next } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(next, 200);
+        assert_eq!(lines.len(), MAX_LOG_BYTES / 4000);
+        assert_eq!(lines.last().map(|l| l.seq), Some(199));
+        let encoded = serde_json::to_vec(&Response::Logs { lines, next }).unwrap();
+        assert!(
+            encoded.len() < crate::server::MAX_RESPONSE,
+            "{}",
+            encoded.len()
+        );
     }
 }

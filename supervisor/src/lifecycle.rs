@@ -12,10 +12,12 @@
 //! dependency order: SIGTERM to each shim (which forwards it), SIGKILL to the container after
 //! the grace period, SIGKILL to the shim if it still lingers.
 
+use crate::access::ContainerAccess;
 use crate::bundles::{Bundle, Kind};
 use crate::output::LogRing;
 use crate::protocol::ContainerInfo;
 use crate::restart::Restarter;
+use crate::time::after;
 use keel_bundle::{Readiness, ShimEvent, Supervision};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
@@ -166,6 +168,8 @@ pub struct Record {
     pub created: Option<SystemTime>,
     pub restarts: u32,
     pub supervision: Supervision,
+    /// Its cgroup, when its `config.json` names one (see [`Bundle::cgroups_path`]).
+    pub cgroups_path: Option<String>,
     /// Why it failed, when it did.
     pub error: Option<String>,
     /// The last lines of its output.
@@ -262,6 +266,7 @@ impl Supervisor {
             created: None,
             restarts: 0,
             supervision,
+            cgroups_path: bundle.cgroups_path,
             error,
             logs: LogRing::new(self.settings.log_lines),
             started_at: None,
@@ -376,6 +381,22 @@ impl Supervisor {
         &self.records
     }
 
+    /// What the control socket needs to recognise each container's processes and know their
+    /// grant: every container with a known cgroup, granted or not (a container without a
+    /// grant must be recognised to be refused). Fixed once the bundles are added.
+    pub fn control_access(&self) -> Vec<ContainerAccess> {
+        self.records
+            .iter()
+            .filter_map(|r| {
+                Some(ContainerAccess {
+                    id: r.id.clone(),
+                    cgroup: r.cgroups_path.clone()?,
+                    grant: r.supervision.control,
+                })
+            })
+            .collect()
+    }
+
     /// Starts the boot sequence: the first onboot container, or the services if there is none.
     pub fn boot(&mut self) {
         if self.phase == Phase::Idle {
@@ -409,7 +430,7 @@ impl Supervisor {
         rec.started_at = Some(now.mono);
         if rec.kind != Kind::Service {
             let timeout = rec.supervision.timeout.unwrap_or(default_timeout);
-            rec.timeout_at = Some(now.mono + timeout);
+            rec.timeout_at = Some(after(now.mono, timeout));
         }
         log::debug!("{} {}: shim pid {shim_pid}", rec.kind.as_str(), rec.id);
     }
@@ -591,7 +612,7 @@ impl Supervisor {
         });
         rec.stop = Some(Stop {
             stage: StopStage::Term,
-            deadline: now.mono + grace,
+            deadline: after(now.mono, grace),
         });
     }
 
@@ -610,10 +631,12 @@ impl Supervisor {
                     .stop_grace_period
                     .unwrap_or(self.settings.stop_grace);
                 // Stops may run one after the other (a dependency chain).
-                budget += grace + 3 * KILL_WAIT;
+                budget = budget
+                    .saturating_add(grace)
+                    .saturating_add(KILL_WAIT.saturating_mul(3));
             }
         }
-        self.phase = Phase::Stopping(now.mono + budget);
+        self.phase = Phase::Stopping(after(now.mono, budget));
         self.stop_next(now);
         self.check_halted();
     }
@@ -654,7 +677,7 @@ impl Supervisor {
             .started_at
             .map_or(Duration::ZERO, |t| now.mono.saturating_duration_since(t));
         if let Some(delay) = rec.restarter.on_exit(exit, ran, now.mono) {
-            rec.restart_at = Some(now.mono + delay);
+            rec.restart_at = Some(after(now.mono, delay));
             rec.status = if rec.restarter.crashloop() {
                 Status::Crashloop
             } else {
@@ -750,7 +773,7 @@ impl Supervisor {
                 } else if let Some(t) = rec.probe_at
                     && now.mono >= t
                 {
-                    rec.probe_at = Some(now.mono + PROBE_INTERVAL);
+                    rec.probe_at = Some(after(now.mono, PROBE_INTERVAL));
                     self.actions.push(Action::Probe {
                         index,
                         readiness: rec.supervision.readiness.clone(),
@@ -790,7 +813,7 @@ impl Supervisor {
                     });
                     Stop {
                         stage,
-                        deadline: now.mono + KILL_WAIT,
+                        deadline: after(now.mono, KILL_WAIT),
                     }
                 });
             } else if rec.timeout_at.is_some_and(|t| now.mono >= t) {
@@ -807,7 +830,7 @@ impl Supervisor {
                 });
                 rec.stop = Some(Stop {
                     stage: StopStage::Term,
-                    deadline: now.mono + grace,
+                    deadline: after(now.mono, grace),
                 });
             }
         }
@@ -922,6 +945,7 @@ mod tests {
             kind,
             dir: PathBuf::from(format!("/containers/{}/{id}", kind.dir_name())),
             runtime,
+            cgroups_path: Some(keel_bundle::default_cgroups_path(kind.dir_name(), id)),
         }
     }
 
@@ -1571,6 +1595,92 @@ mod tests {
         assert_eq!(
             s.restart_service("svc", t0),
             Err(ControlError::ShuttingDown)
+        );
+    }
+
+    #[test]
+    fn huge_durations_never_panic() {
+        use crate::time::MAX_WAIT;
+        let t0 = Now::system();
+        let mut s = Supervisor::new(Settings {
+            onboot_timeout: Duration::MAX,
+            stop_grace: Duration::MAX,
+            ..Settings::default()
+        });
+        // Bundles are bounded when read from disk; these bypass that, as a bug would.
+        let huge = Runtime {
+            keel: Supervision {
+                timeout: Some(Duration::from_secs(u64::MAX)),
+                stop_grace_period: Some(Duration::MAX),
+                ..Supervision::default()
+            },
+            ..Runtime::default()
+        };
+        s.add(bundle(Kind::Onboot, "000-default", Ok(Runtime::default())));
+        s.add(bundle(Kind::Onboot, "001-huge", Ok(huge.clone())));
+        s.add(bundle(Kind::Service, "a", Ok(huge.clone())));
+        s.add(bundle(Kind::Service, "b", Ok(huge)));
+        s.boot();
+        assert_eq!(spawns(&s.take_actions()), [0]);
+        s.spawned(0, 10, t0);
+        let due = s.next_deadline().expect("a timeout");
+        assert_eq!(due, t0.mono + MAX_WAIT, "capped, not overflowed");
+        let late = Now {
+            mono: due,
+            wall: t0.wall,
+        };
+        s.tick(late);
+        assert_eq!(signals(&s.take_actions()), [(10, Signal::SIGTERM)]);
+        assert_eq!(s.next_deadline(), Some(due + MAX_WAIT), "the grace, capped");
+        s.child_exited(10, 143, late);
+        assert_eq!(spawns(&s.take_actions()), [1]);
+        s.spawned(1, 20, late);
+        assert_eq!(s.next_deadline(), Some(due + MAX_WAIT));
+        exit(&mut s, 20, 0, late);
+        assert_eq!(spawns(&s.take_actions()), [2, 3]);
+        run(&mut s, 2, 30, late);
+        run(&mut s, 3, 40, late);
+        s.stop_service("a", late).unwrap();
+        assert_eq!(signals(&s.take_actions()), [(30, Signal::SIGTERM)]);
+        // Two huge grace periods and the kill waits add up without overflow.
+        s.shutdown(late);
+        assert_eq!(signals(&s.take_actions()), [(40, Signal::SIGTERM)]);
+        assert_eq!(s.next_deadline(), Some(due + MAX_WAIT));
+        exit(&mut s, 30, 143, late);
+        exit(&mut s, 40, 143, late);
+        assert!(s.is_halted());
+    }
+
+    #[test]
+    fn control_access_lists_containers_with_a_cgroup() {
+        let mut s = Supervisor::new(Settings::default());
+        let granted = Runtime {
+            keel: Supervision {
+                control: keel_bundle::ControlGrant::Inspect,
+                ..Supervision::default()
+            },
+            ..Runtime::default()
+        };
+        s.add(bundle(Kind::Service, "status", Ok(granted)));
+        s.add(bundle(Kind::Service, "plain", Ok(Runtime::default())));
+        let mut lost = bundle(Kind::Service, "lost", Ok(Runtime::default()));
+        lost.cgroups_path = None;
+        s.add(lost);
+        let access = s.control_access();
+        assert_eq!(
+            access,
+            [
+                ContainerAccess {
+                    id: "status".into(),
+                    cgroup: "/keel/services/status".into(),
+                    grant: keel_bundle::ControlGrant::Inspect,
+                },
+                ContainerAccess {
+                    id: "plain".into(),
+                    cgroup: "/keel/services/plain".into(),
+                    grant: keel_bundle::ControlGrant::None,
+                },
+            ]
         );
     }
 }

@@ -2,10 +2,14 @@
 //! process, with their command lines from `/proc`.
 
 use crate::protocol::ProcessInfo;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Nested cgroups below the container's cgroup that are searched.
 const MAX_DEPTH: usize = 8;
+/// Bytes of a command line read: a process may have megabytes of arguments, and every one of a
+/// `ps` answer's processes is held in PID 1's memory until the client has read it.
+const MAX_COMMAND: u64 = 4096;
 
 /// Why a container's processes could not be listed.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +80,11 @@ fn collect(dir: &Path, depth: usize, pids: &mut Vec<i32>) -> Result<(), PsError>
 /// (kernel threads, zombies); `?` when the process is gone.
 fn command_line(proc_root: &Path, pid: i32) -> String {
     let dir = proc_root.join(pid.to_string());
-    match std::fs::read(dir.join("cmdline")) {
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(dir.join("cmdline"))
+        .and_then(|f| f.take(MAX_COMMAND).read_to_end(&mut bytes))
+        .map(|_| bytes);
+    match read {
         Ok(bytes) if !bytes.is_empty() => {
             let args: Vec<_> = bytes
                 .split(|&b| b == 0)
@@ -136,5 +144,14 @@ mod tests {
             processes(50, &proc_root, &cg),
             Err(PsError::NoCgroup(50))
         ));
+    }
+
+    #[test]
+    fn long_command_lines_are_cut() {
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().join("60");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("cmdline"), vec![b'a'; 1 << 20]).unwrap();
+        assert_eq!(command_line(root.path(), 60).len(), 4096);
     }
 }

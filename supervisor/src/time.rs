@@ -1,6 +1,19 @@
-//! Wall-clock formatting for the control protocol (RFC 3339, UTC), without a date crate.
+//! Wall-clock formatting for the control protocol (RFC 3339, UTC), without a date crate, and
+//! deadline arithmetic that cannot overflow.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The furthest ahead the supervisor schedules anything. Durations from `runtime.json` and the
+/// kernel command line are bounded when they are read (a day at most); this cap is the last
+/// line, so that no value, however it got in, makes `Instant + Duration` overflow and panic.
+pub const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// `now + wait`, with `wait` capped at [`MAX_WAIT`]; never panics. Should even that overflow
+/// the clock (it cannot: `Instant` counts seconds in an `i64`), the deadline is `now`, which
+/// makes it due at once rather than never.
+pub fn after(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait.min(MAX_WAIT)).unwrap_or(now)
+}
 
 /// `t` as RFC 3339 in UTC with second precision, e.g. `2026-11-23T06:11:09Z`. Times before the
 /// epoch (a guest without a real-time clock) print as the epoch.
@@ -45,7 +58,18 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    #[test]
+    fn deadlines_never_overflow() {
+        let now = Instant::now();
+        assert_eq!(
+            after(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert_eq!(after(now, Duration::MAX), now + MAX_WAIT);
+        assert_eq!(after(now, Duration::from_secs(u64::MAX)), now + MAX_WAIT);
+        assert_eq!(after(now, Duration::ZERO), now);
+    }
 
     #[test]
     fn known_dates() {

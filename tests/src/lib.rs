@@ -109,6 +109,7 @@ pub fn build_formats(
         pull: false,
         locked: false,
         insecure: false,
+        max_image_size: keel::build::DEFAULT_MAX_IMAGE_SIZE,
     };
     keel::build::build(&store, &opts).map_err(|source| Error::Build {
         yaml: first.to_path_buf(),

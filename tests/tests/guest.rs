@@ -176,13 +176,13 @@ fn fields(arch: Arch) {
     }
     const NONE: &str = "0000000000000000";
 
-    // Defaults: no capabilities at all, no seccomp, no no_new_privs, own pid namespace, host
-    // network, unmasked paths.
+    // Defaults: no capabilities at all, keel's default seccomp profile (filter mode), no
+    // no_new_privs, own pid namespace, host network, runc's masked paths (not /proc/cmdline).
     for set in ["cap_eff", "cap_prm", "cap_bnd", "cap_amb", "cap_inh"] {
         want(&c, "000-default", set, NONE);
     }
     want(&c, "000-default", "nnp", "0");
-    want(&c, "000-default", "seccomp", "0");
+    want(&c, "000-default", "seccomp", "2");
     want(&c, "000-default", "oom", "0");
     want(&c, "000-default", "uid", "0");
     want(&c, "000-default", "pid", "1");
@@ -190,7 +190,7 @@ fn fields(arch: Arch) {
     want(&c, "000-default", "netdevs", "lo,eth0");
     want(&c, "000-default", "cwd", "/");
     assert_ne!(c.get("000-default", "cmdline_bytes"), Some("0"));
-    assert_ne!(c.get("000-default", "firmware_entries"), Some("0"));
+    want(&c, "000-default", "firmware_entries", "0");
 
     // capabilities: [CAP_NET_ADMIN (12), CAP_SYS_TIME (25)] → bounding, effective, permitted and
     // inheritable; no ambient.

@@ -27,12 +27,23 @@ pub const RUNTIME_FILE: &str = "runtime.json";
 /// The root filesystem directory of a bundle (`root.path` in `config.json`).
 pub const ROOTFS_DIR: &str = "rootfs";
 
-/// The guest's runtime directory (a tmpfs).
+/// The guest's runtime directory (a tmpfs, mode 0700): the control socket's directory and the
+/// private runtime state below.
 pub const RUN_DIR: &str = "/run/keel";
+/// The directory of the control socket, which sits there alone: granting a container the
+/// socket (a bind of this directory) grants nothing else.
+pub const CONTROL_DIR: &str = "/run/keel/ctl";
 /// The control socket `keelctl` talks to.
-pub const CONTROL_SOCKET: &str = "/run/keel/control.sock";
-/// libcontainer's state root. Kept short: Unix socket paths below it are limited to 108 bytes.
-pub const STATE_DIR: &str = "/run/keel/c";
+pub const CONTROL_SOCKET: &str = "/run/keel/ctl/control.sock";
+/// libcontainer's state root (root-only). Kept short: Unix socket paths below it are limited to
+/// 108 bytes.
+pub const STATE_DIR: &str = "/run/keel/state";
+/// The shim's private copies of bundle specs (root-only).
+pub const SHIM_DIR: &str = "/run/keel/shim";
+/// Directories holding runtime state no container may reach: whoever can write them can make
+/// the shim (root, every capability, the host's mount namespace) run what they wrote. A YAML
+/// bind that would expose them is refused at build time (see `docs/security.md`).
+pub const PRIVATE_DIRS: [&str; 2] = [STATE_DIR, SHIM_DIR];
 /// Where container logs are written.
 pub const LOG_DIR: &str = "/var/log";
 
@@ -200,11 +211,56 @@ pub struct Supervision {
     /// Time between SIGTERM and SIGKILL when stopping.
     #[serde(default, with = "opt_millis", skip_serializing_if = "Option::is_none")]
     pub stop_grace_period: Option<Duration>,
+    /// What the container's processes may ask of the control socket (nothing by default).
+    #[serde(default, skip_serializing_if = "ControlGrant::is_none")]
+    pub control: ControlGrant,
 }
 
 impl Supervision {
+    /// The longest `timeout` and `stopGracePeriod` keel accepts: the host tool refuses longer
+    /// ones and the guest refuses a `runtime.json` with longer ones, so deadlines computed from
+    /// them stay far from the clock's range.
+    pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
     pub fn is_default(&self) -> bool {
         self == &Self::default()
+    }
+
+    /// The first duration above [`Supervision::MAX_DURATION`], as `(field name, value)`.
+    pub fn out_of_range(&self) -> Option<(&'static str, Duration)> {
+        [
+            ("timeout", self.timeout),
+            ("stopGracePeriod", self.stop_grace_period),
+        ]
+        .into_iter()
+        .find_map(|(name, d)| d.filter(|d| *d > Self::MAX_DURATION).map(|d| (name, d)))
+    }
+}
+
+/// Which control-socket requests a container's processes may make (YAML `control:`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ControlGrant {
+    /// None: the container is refused (the default).
+    #[default]
+    None,
+    /// Requests that only read: list, ps, logs, timeline.
+    Inspect,
+    /// Every request, including start, stop, restart, kill, exec, poweroff and reboot.
+    Admin,
+}
+
+impl ControlGrant {
+    pub fn is_none(&self) -> bool {
+        *self == ControlGrant::None
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlGrant::None => "none",
+            ControlGrant::Inspect => "inspect",
+            ControlGrant::Admin => "admin",
+        }
     }
 }
 
@@ -286,6 +342,7 @@ mod tests {
                 readiness: Readiness::Tcp(6379),
                 timeout: Some(Duration::from_millis(1500)),
                 stop_grace_period: None,
+                control: ControlGrant::None,
             },
             ..Runtime::default()
         };
@@ -295,6 +352,34 @@ mod tests {
             r#"{"keel":{"restart":"on-failure","dependsOn":["db"],"readiness":{"tcp":6379},"timeout":1500}}"#
         );
         assert_eq!(serde_json::from_str::<Runtime>(&text).unwrap(), rt);
+    }
+
+    #[test]
+    fn control_grants_are_kept_only_when_given() {
+        let mut rt = Runtime::default();
+        assert_eq!(serde_json::to_string(&rt).unwrap(), "{}");
+        rt.keel.control = ControlGrant::Inspect;
+        let text = serde_json::to_string(&rt).unwrap();
+        assert_eq!(text, r#"{"keel":{"restart":"always","control":"inspect"}}"#);
+        assert_eq!(serde_json::from_str::<Runtime>(&text).unwrap(), rt);
+        let admin: Supervision = serde_json::from_str(r#"{"control":"admin"}"#).unwrap();
+        assert_eq!(admin.control, ControlGrant::Admin);
+        assert!(serde_json::from_str::<Supervision>(r#"{"control":"root"}"#).is_err());
+        assert!(ControlGrant::Admin > ControlGrant::Inspect);
+    }
+
+    #[test]
+    fn durations_above_the_maximum_are_found() {
+        let mut s = Supervision {
+            timeout: Some(Supervision::MAX_DURATION),
+            ..Supervision::default()
+        };
+        assert_eq!(s.out_of_range(), None);
+        s.stop_grace_period = Some(Duration::MAX);
+        assert_eq!(s.out_of_range(), Some(("stopGracePeriod", Duration::MAX)));
+        // Milliseconds as runtime.json has them: u64::MAX reads without overflow.
+        let big: Supervision = serde_json::from_str(r#"{"timeout":18446744073709551615}"#).unwrap();
+        assert_eq!(big.out_of_range().map(|(n, _)| n), Some("timeout"));
     }
 
     #[test]

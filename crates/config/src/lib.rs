@@ -12,7 +12,9 @@
 pub mod build_yml;
 pub mod error;
 pub mod load;
+mod oci;
 pub mod schema;
+pub mod seccomp_default;
 pub mod spec;
 pub mod values;
 mod yaml;

@@ -98,6 +98,9 @@ fn expand_template(
 }
 
 /// Parses an image's `org.mobyproject.config` label (JSON, or any YAML). Errors name the image.
+///
+/// The label comes from whatever image was pulled, so it gets the same bounds as a YAML file
+/// (nesting depth, nodes and text with aliases expanded): a hostile label fails fast.
 pub fn parse_label(text: &str, image: &str) -> Result<ImageFields, Error> {
     let file: Arc<str> = Arc::from(format!("{image} label").as_str());
     let Some(root) = yaml::parse(&file, text)? else {
@@ -707,6 +710,41 @@ mod tests {
         .unwrap();
         assert_eq!(f.pid.as_deref().map(String::as_str), Some("host"));
         assert!(f.readonly.as_ref().is_some_and(|r| **r));
+    }
+
+    #[test]
+    fn hostile_labels_fail_fast_with_a_position() {
+        // A YAML label of nine anchors with nine aliases each (9^9 nodes expanded).
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let aliases = vec![format!("*a{}", i - 1); 9].join(", ");
+            bomb.push_str(&format!("a{i}: &a{i} [{aliases}]\n"));
+        }
+        let deep_json = format!("{}1{}", r#"{"a": "#.repeat(10_000), "}".repeat(10_000));
+        let deep_binds = format!("binds:\n{}x\n", "  - ".repeat(10_000));
+        for (text, at, why) in [
+            (bomb.as_str(), "evil:1 label:6:", "document too large"),
+            // The scanner's own limit on flow nesting (255) fires first: it looks ahead.
+            (
+                &deep_json,
+                "evil:1 label:1:",
+                "invalid YAML: recursion limit exceeded",
+            ),
+            (
+                &deep_binds,
+                "evil:1 label:2:",
+                "nesting deeper than 128 levels",
+            ),
+        ] {
+            let start = std::time::Instant::now();
+            let e = parse_label(text, "evil:1").unwrap_err().to_string();
+            assert!(e.starts_with(at) && e.contains(why), "{e}");
+            assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        }
+        // A label with a few aliases is still read.
+        let f = parse_label("binds: &b [\"/a:/a\"]\nbinds.add: *b\n", "img").unwrap();
+        assert_eq!(f.binds.as_ref().map(|b| b.len()), Some(1));
+        assert_eq!(f.binds_add, f.binds);
     }
 
     #[test]

@@ -8,16 +8,19 @@
 //! - `readiness: {tcp: PORT} | {file: PATH}` (services only): when this service counts as ready;
 //! - `timeout: DURATION` (onboot and onshutdown only): kill the container after this long;
 //! - `stopGracePeriod: DURATION`: time between SIGTERM and SIGKILL when stopping;
+//! - `control: none | inspect | admin`: what the container may ask of PID 1's control socket
+//!   (default `none`; `inspect` reads, `admin` also starts, stops, kills and powers off);
 //! - `seccomp: PROFILE`: a seccomp profile in the OCI `linux.seccomp` shape.
 //!
-//! Durations are integer seconds or strings such as `500ms`, `30s`, `2m`, `1h`, `1m30s`.
+//! Durations are integer seconds or strings such as `500ms`, `30s`, `2m`, `1h`, `1m30s`, at most
+//! 24 hours.
 //! Image spec fields are `Option`s: absent and present-but-empty differ when the YAML is merged
 //! over an image's `org.mobyproject.config` label.
 
 use crate::error::{Error, Loc, Spanned, hint};
 use crate::values;
 use crate::yaml::{Kind, Node};
-use keel_bundle::{BindNamespaces, Interface, Mount, Readiness, RestartPolicy};
+use keel_bundle::{BindNamespaces, ControlGrant, Interface, Mount, Readiness, RestartPolicy};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -353,6 +356,8 @@ pub struct ImageFields {
     pub timeout: Option<Spanned<DurationSpec>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_grace_period: Option<Spanned<DurationSpec>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control: Option<Spanned<ControlGrant>>,
     /// keel extension: a seccomp profile in the OCI `linux.seccomp` shape (LinuxKit's YAML has
     /// no way to say one).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -544,6 +549,7 @@ const IMAGE_KEYS: &[&str] = &[
     "readiness",
     "timeout",
     "stopGracePeriod",
+    "control",
     "seccomp",
 ];
 const FILE_KEYS: &[&str] = &[
@@ -966,6 +972,20 @@ pub(crate) fn image_map(n: &Node, what: &str, label: bool) -> R<ImageMap> {
             "readiness" => f.readiness = Some(readiness(v)?),
             "timeout" => f.timeout = Some(duration(v)?),
             "stopGracePeriod" => f.stop_grace_period = Some(duration(v)?),
+            "control" => {
+                let s = string(v)?;
+                let g = match s.as_str() {
+                    "none" => ControlGrant::None,
+                    "inspect" => ControlGrant::Inspect,
+                    "admin" => ControlGrant::Admin,
+                    other => {
+                        return Err(s.loc.err(format!(
+                            "invalid control {other:?}; expected none, inspect or admin"
+                        )));
+                    }
+                };
+                f.control = Some(Spanned::new(g, s.loc));
+            }
             "seccomp" => f.seccomp = Some(seccomp(v)?),
             other => return Err(unknown_key(k, other, what, &allowed)),
         }
@@ -1471,6 +1491,15 @@ const SECCOMP_OPS: &[&str] = &[
 /// `seccomp:`: the OCI profile shape, with actions and operators checked here so a profile
 /// the runtime cannot honour fails the build, not the boot.
 fn seccomp(n: &Node) -> R<Spanned<Value>> {
+    // `unconfined`: no filter, not even keel's default profile.
+    if let Kind::Scalar { text, .. } = &n.kind {
+        if text == crate::seccomp_default::UNCONFINED {
+            return Ok(Spanned::new(Value::String(text.clone()), n.loc.clone()));
+        }
+        return Err(n.loc.err(format!(
+            "seccomp: expected a profile (a mapping) or \"unconfined\", got {text:?}"
+        )));
+    }
     let v = typed(n, &SECCOMP, "seccomp")?;
     let check = |value: Option<&Value>, allowed: &[&str], what: &str| -> R<()> {
         match value.and_then(Value::as_str) {
@@ -1531,4 +1560,110 @@ pub(crate) fn typed(n: &Node, ty: &Ty, what: &str) -> R<Value> {
             Value::Object(m)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Section;
+    use crate::load::{Source, load, parse_label};
+    use crate::spec::{SpecContext, generate};
+    use keel_bundle::{ControlGrant, Supervision};
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn load_one(text: &str) -> Result<crate::Config, String> {
+        let no_pkg = |_: &Path| -> Result<String, String> { Err("none".into()) };
+        load(
+            &[Source {
+                name: "t.yml".into(),
+                text: text.into(),
+                dir: None,
+            }],
+            &no_pkg,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn supervision(text: &str, section: Section, label: Option<&str>) -> Supervision {
+        let c = load_one(text).unwrap();
+        let ids = c.ids();
+        let label = label.map(|l| parse_label(l, "img:1").unwrap());
+        let list = match section {
+            Section::Onboot => &c.onboot,
+            Section::Onshutdown => &c.onshutdown,
+            Section::Services => &c.services,
+        };
+        generate(
+            &list[0],
+            None,
+            label.as_ref(),
+            &SpecContext::new(&c, &ids, section, 0, "x86_64"),
+        )
+        .unwrap()
+        .runtime
+        .keel
+    }
+
+    #[test]
+    fn control_is_parsed_from_yaml_and_labels() {
+        let svc = "services:\n  - name: s\n    image: x\n    command: [/s]\n";
+        assert_eq!(
+            supervision(svc, Section::Services, None).control,
+            ControlGrant::None
+        );
+        let inspect = format!("{svc}    control: inspect\n");
+        assert_eq!(
+            supervision(&inspect, Section::Services, None).control,
+            ControlGrant::Inspect
+        );
+        let label = r#"{"control": "admin"}"#;
+        assert_eq!(
+            supervision(svc, Section::Services, Some(label)).control,
+            ControlGrant::Admin
+        );
+        // The YAML wins over the label, `none` included.
+        let none = format!("{svc}    control: none\n");
+        assert_eq!(
+            supervision(&none, Section::Services, Some(label)).control,
+            ControlGrant::None
+        );
+        let onboot = "onboot:\n  - name: o\n    image: x\n    command: [/o]\n    control: admin\n";
+        assert_eq!(
+            supervision(onboot, Section::Onboot, None).control,
+            ControlGrant::Admin
+        );
+        assert_eq!(
+            load_one(&format!("{svc}    control: root\n")).unwrap_err(),
+            "t.yml:5:14: invalid control \"root\"; expected none, inspect or admin"
+        );
+        let e = parse_label(r#"{"control": "everything"}"#, "img:1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid control \"everything\""), "{e}");
+    }
+
+    #[test]
+    fn durations_above_a_day_are_errors_with_their_position() {
+        let onboot = "onboot:\n  - name: o\n    image: x\n    command: [/o]\n";
+        assert_eq!(
+            load_one(&format!("{onboot}    timeout: 18446744073709551615\n")).unwrap_err(),
+            "t.yml:5:14: duration \"18446744073709551615\" is longer than the maximum of 24h (86400 seconds)"
+        );
+        assert_eq!(
+            load_one(&format!("{onboot}    stopGracePeriod: 25h\n")).unwrap_err(),
+            "t.yml:5:22: duration \"25h\" is longer than the maximum of 24h (86400 seconds)"
+        );
+        let e = parse_label(r#"{"timeout": "99999999999h"}"#, "img:1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("longer than the maximum of 24h"), "{e}");
+        let s = supervision(
+            &format!("{onboot}    timeout: 24h\n    stopGracePeriod: 86400\n"),
+            Section::Onboot,
+            None,
+        );
+        assert_eq!(s.timeout, Some(Duration::from_secs(86_400)));
+        assert_eq!(s.stop_grace_period, Some(Supervision::MAX_DURATION));
+        assert_eq!(s.out_of_range(), None);
+    }
 }

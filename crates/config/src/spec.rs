@@ -11,10 +11,10 @@
 use crate::error::{Error, Spanned};
 use crate::load::{IdMap, check_volume_bind_in, resolve_id};
 use crate::schema::{Config, ImageFields, ImageSpec, RuntimeSpec, Section, Volume};
-use crate::values;
+use crate::{oci, seccomp_default, values};
 use keel_bundle::{BindNamespaces, Mount, Runtime, Supervision};
 use oci_spec::runtime::Spec;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 /// The image configuration part of an OCI image (`config` in the image config JSON).
@@ -26,6 +26,47 @@ pub const LABEL: &str = "org.mobyproject.config";
 /// The `PATH` added when the environment has none (libcontainer fails without one).
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The defaults a container gets unless its YAML (or image label) says otherwise, and what
+/// turns each off. Containers granted `CAP_SYS_ADMIN` are host-equivalent (they can undo any of
+/// this), so they get LinuxKit's host-like `/proc` and `/sys`, as Docker's `--privileged` does.
+/// Every row is documented in `docs/security.md`.
+pub mod defaults {
+    /// runc's and Docker's masked paths: kernel memory, keys, timers and firmware tables a
+    /// container has no business reading. Off: `maskedPaths: []` or `CAP_SYS_ADMIN`.
+    pub const MASKED_PATHS: &[&str] = &[
+        "/proc/acpi",
+        "/proc/asound",
+        "/proc/interrupts",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/sys/devices/virtual/powercap",
+        "/sys/firmware",
+    ];
+    /// runc's and Docker's read-only paths: host sysctls (`kernel.core_pattern` runs a helper as
+    /// host root), SysRq, IRQ affinity. Off: `readonlyPaths: []` or `CAP_SYS_ADMIN`.
+    pub const READONLY_PATHS: &[&str] = &[
+        "/proc/bus",
+        "/proc/fs",
+        "/proc/irq",
+        "/proc/sys",
+        "/proc/sysrq-trigger",
+    ];
+    /// `pids.max` of a container whose `resources` set no `pids`: a fork bomb stops there.
+    /// Off: `resources: {pids: {limit: -1}}`.
+    pub const PIDS_LIMIT: i64 = 4096;
+    /// The size of the tmpfs holding a writable root's upper layer (a share of the machine's
+    /// memory): filling it fails with ENOSPC instead of exhausting memory. Bulk data belongs in
+    /// a `tmpfs:` entry with its own size or a bind.
+    pub const WRITABLE_LAYER_SIZE: &str = "size=25%";
+    /// The capability that makes a container host-equivalent.
+    pub const HOST_EQUIVALENT_CAP: &str = "CAP_SYS_ADMIN";
+}
+
 /// Where one container sits in the config, and what it may refer to.
 #[derive(Debug, Clone, Copy)]
 pub struct SpecContext<'a> {
@@ -36,15 +77,25 @@ pub struct SpecContext<'a> {
     pub ids: &'a IdMap,
     /// Declared volumes (bind sources that are volume names).
     pub volumes: &'a [Volume],
+    /// The target architecture (`x86_64`, `aarch64`): the default seccomp profile names its
+    /// system calls.
+    pub arch: &'a str,
 }
 
 impl<'a> SpecContext<'a> {
-    pub fn new(config: &'a Config, ids: &'a IdMap, section: Section, index: usize) -> Self {
+    pub fn new(
+        config: &'a Config,
+        ids: &'a IdMap,
+        section: Section,
+        index: usize,
+        arch: &'a str,
+    ) -> Self {
         SpecContext {
             section,
             index,
             ids,
             volumes: &config.volumes,
+            arch,
         }
     }
 }
@@ -153,7 +204,7 @@ pub fn rootfs_mounts(bundle_dir: &str, image_root: &str, layout: RootfsLayout) -
                     destination: tmp.clone(),
                     kind: Some("tmpfs".into()),
                     source: Some("tmpfs".into()),
-                    options: vec![],
+                    options: vec![defaults::WRITABLE_LAYER_SIZE.into()],
                 },
                 // Private, so nothing else sees the temporary layers.
                 Mount {
@@ -257,6 +308,32 @@ pub fn generate(
         .or(image_cwd)
         .unwrap_or_else(|| "/".into());
 
+    // Capabilities: effective = caps; bounding, permitted, inheritable = caps ∪ ambient.
+    let caps_list: Vec<Spanned<String>> = match &y.capabilities {
+        Some(c) => c.value.clone(),
+        None => l
+            .capabilities
+            .iter()
+            .chain(&y.capabilities_add)
+            .flat_map(|c| c.iter().cloned())
+            .collect(),
+    };
+    values::check_caps_merged(&caps_list)?;
+    let mut caps = values::expand_caps(&caps_list);
+    caps.sort();
+    caps.dedup();
+    let mut ambient = pick(&l.ambient, &y.ambient)
+        .map(|a| values::expand_caps(a))
+        .unwrap_or_default();
+    ambient.sort();
+    ambient.dedup();
+    let mut bounding: Vec<String> = caps.iter().chain(&ambient).cloned().collect();
+    bounding.sort();
+    bounding.dedup();
+
+    let host_equivalent = bounding.iter().any(|c| c == defaults::HOST_EQUIVALENT_CAP);
+    let bounding_for_seccomp = bounding.clone();
+
     let readonly = pick(&l.readonly, &y.readonly).is_some_and(|r| **r);
 
     // Mounts: defaults, then tmpfs, binds and mounts, each replacing the same destination.
@@ -303,12 +380,13 @@ pub fn generate(
             "mode=0620",
         ]),
     );
-    add(
-        "/sys",
-        "sysfs",
-        "sysfs",
-        ro(o(&["nosuid", "noexec", "nodev"])),
-    );
+    // sysfs is read-only without CAP_SYS_ADMIN whatever `readonly` says: writable, it lets root
+    // in any container rebind drivers, change power and firmware settings.
+    let mut sys_options = o(&["nosuid", "noexec", "nodev"]);
+    if readonly || !host_equivalent {
+        sys_options.push("ro".into());
+    }
+    add("/sys", "sysfs", "sysfs", sys_options);
     add(
         "/sys/fs/cgroup",
         "cgroup",
@@ -330,6 +408,7 @@ pub fn generate(
     };
     for b in binds {
         let bind = check_volume_bind_in(b, ctx.volumes)?;
+        check_private_state(b, &bind)?;
         add(&bind.destination, "bind", &bind.source, bind.options);
     }
     for m in pick(&l.mounts, &y.mounts).iter().flat_map(|m| m.iter()) {
@@ -341,28 +420,19 @@ pub fn generate(
         .map(|d| d.trim_start_matches('/').to_string())
         .filter(|d| !d.is_empty())
         .collect();
-    let mount_json: Vec<Value> = mounts
-        .values()
-        .map(|m| {
-            let mut j = json!({"destination": m.destination, "type": m.kind, "source": m.source});
-            if !m.options.is_empty() {
-                j["options"] = json!(m.options);
-            }
-            j
-        })
-        .collect();
+    let mounts: Vec<Mount> = mounts.into_values().collect();
 
     // Namespaces (LinuxKit order), plus uts when a hostname needs one.
-    let mut namespaces: Vec<Value> = Vec::new();
-    let ns = |namespaces: &mut Vec<Value>, tp: &str, choice: &str, new_words: &[&str]| {
+    let mut namespaces: Vec<oci::Namespace> = Vec::new();
+    let ns = |namespaces: &mut Vec<oci::Namespace>,
+              kind: &'static str,
+              choice: &str,
+              new_words: &[&str]| {
         if choice == "host" || choice == "root" {
             return false;
         }
-        if new_words.contains(&choice) {
-            namespaces.push(json!({"type": tp}));
-        } else {
-            namespaces.push(json!({"type": tp, "path": choice}));
-        }
+        let path = (!new_words.contains(&choice)).then(|| choice.to_owned());
+        namespaces.push(oci::Namespace { kind, path });
         true
     };
     ns(
@@ -385,7 +455,7 @@ pub fn generate(
         &["new"],
     );
     if hostname.is_some() && !has_uts {
-        namespaces.push(json!({"type": "uts"}));
+        namespaces.push(oci::Namespace::new("uts"));
     }
     ns(
         &mut namespaces,
@@ -399,36 +469,13 @@ pub fn generate(
         pick_str(&l.userns, &y.userns).unwrap_or("root"),
         &["new"],
     );
-    namespaces.push(json!({"type": "mount"}));
-    namespaces.push(json!({"type": "cgroup"}));
-
-    // Capabilities: effective = caps; bounding, permitted, inheritable = caps ∪ ambient.
-    let caps_list: Vec<Spanned<String>> = match &y.capabilities {
-        Some(c) => c.value.clone(),
-        None => l
-            .capabilities
-            .iter()
-            .chain(&y.capabilities_add)
-            .flat_map(|c| c.iter().cloned())
-            .collect(),
-    };
-    values::check_caps_merged(&caps_list)?;
-    let mut caps = values::expand_caps(&caps_list);
-    caps.sort();
-    caps.dedup();
-    let mut ambient = pick(&l.ambient, &y.ambient)
-        .map(|a| values::expand_caps(a))
-        .unwrap_or_default();
-    ambient.sort();
-    ambient.dedup();
-    let mut bounding: Vec<String> = caps.iter().chain(&ambient).cloned().collect();
-    bounding.sort();
-    bounding.dedup();
+    namespaces.push(oci::Namespace::new("mount"));
+    namespaces.push(oci::Namespace::new("cgroup"));
 
     let mut rlimits = Vec::new();
     for r in pick(&l.rlimits, &y.rlimits).iter().flat_map(|r| r.iter()) {
-        let (tp, soft, hard) = values::parse_rlimit(r)?;
-        rlimits.push(json!({"type": tp, "soft": soft, "hard": hard}));
+        let (kind, soft, hard) = values::parse_rlimit(r)?;
+        rlimits.push(oci::Rlimit { kind, soft, hard });
     }
 
     let uid = pick(&l.uid, &y.uid)
@@ -447,57 +494,69 @@ pub fn generate(
         additional.push(resolve_id(g, ctx.ids)?);
     }
 
-    let mut user = json!({"uid": uid, "gid": gid});
-    if !additional.is_empty() {
-        user["additionalGids"] = json!(additional);
-    }
-    let mut process = json!({
-        "terminal": false,
-        "user": user,
-        "args": args,
-        "env": env,
-        "cwd": cwd,
-        "capabilities": {
-            "bounding": bounding,
-            "effective": caps,
-            "inheritable": bounding,
-            "permitted": bounding,
-            "ambient": ambient,
+    let process = oci::Process {
+        terminal: false,
+        user: oci::User {
+            uid,
+            gid,
+            additional_gids: additional,
         },
-        "noNewPrivileges": pick(&l.no_new_privileges, &y.no_new_privileges).is_some_and(|b| **b),
-    });
-    if !rlimits.is_empty() {
-        process["rlimits"] = json!(rlimits);
-    }
-    if let Some(o) = pick(&l.oom_score_adj, &y.oom_score_adj) {
-        process["oomScoreAdj"] = json!(o.value);
-    }
+        args,
+        env,
+        cwd,
+        capabilities: oci::Capabilities {
+            bounding: bounding.clone(),
+            effective: caps,
+            inheritable: bounding.clone(),
+            permitted: bounding,
+            ambient,
+        },
+        no_new_privileges: pick(&l.no_new_privileges, &y.no_new_privileges).is_some_and(|b| **b),
+        rlimits,
+        oom_score_adj: pick(&l.oom_score_adj, &y.oom_score_adj).map(|o| o.value),
+    };
 
-    // Resources, with device cgroup rules appended.
-    let mut resources = pick(&l.resources, &y.resources)
-        .map(|r| r.value.clone())
-        .unwrap_or_else(|| json!({}));
+    // Resources (checked against their schema at load), with device cgroup rules and the pids
+    // default added.
+    let mut resources = match pick(&l.resources, &y.resources).map(|r| &r.value) {
+        Some(Value::Object(map)) => map.clone(),
+        _ => Map::new(),
+    };
+    // Deny every device first, as runc's spec does: the runtime then allows only its standard
+    // list (null, zero, full, random, urandom, tty, console, ptmx, pts) and what follows.
+    let mut device_rules = vec![to_json(&oci::DeviceRule::deny_all())?];
+    if let Some(Value::Array(given)) = resources.get("devices") {
+        device_rules.extend(given.iter().cloned());
+    }
     let mut devices = Vec::new();
-    let mut device_rules: Vec<Value> = resources
-        .get("devices")
-        .and_then(|d| d.as_array())
-        .cloned()
-        .unwrap_or_default();
     for d in pick(&l.devices, &y.devices).iter().flat_map(|d| d.iter()) {
         if d.path == "all" {
-            device_rules.push(json!({"allow": true, "type": d.kind, "access": "rwm"}));
+            device_rules.push(to_json(&oci::DeviceRule::allow(&d.kind, None))?);
             continue;
         }
         let mode_text = Spanned::new(d.mode.clone().unwrap_or_default(), d.loc.clone());
         let mode = values::parse_octal(&mode_text)?;
         let (major, minor) = (d.major.unwrap_or(0), d.minor.unwrap_or(0));
-        devices.push(json!({"path": d.path, "type": d.kind, "major": major, "minor": minor, "fileMode": mode}));
-        device_rules.push(
-            json!({"allow": true, "type": d.kind, "major": major, "minor": minor, "access": "rwm"}),
-        );
+        devices.push(oci::Device {
+            path: d.path.clone(),
+            kind: d.kind.clone(),
+            major,
+            minor,
+            file_mode: mode,
+        });
+        device_rules.push(to_json(&oci::DeviceRule::allow(
+            &d.kind,
+            Some((major, minor)),
+        ))?);
     }
-    if !device_rules.is_empty() {
-        resources["devices"] = json!(device_rules);
+    resources.insert("devices".into(), Value::Array(device_rules));
+    if !resources.contains_key("pids") {
+        resources.insert(
+            "pids".into(),
+            to_json(&oci::Pids {
+                limit: defaults::PIDS_LIMIT,
+            })?,
+        );
     }
 
     let mut cgroups_path = pick_str(&l.cgroups_path, &y.cgroups_path)
@@ -508,58 +567,73 @@ pub fn generate(
         cgroups_path.insert(0, '/');
     }
 
-    let mut linux = json!({
-        "namespaces": namespaces,
-        "resources": resources,
-        "cgroupsPath": cgroups_path,
-    });
-    if !devices.is_empty() {
-        linux["devices"] = json!(devices);
-    }
-    if let Some(s) = pick(&l.sysctl, &y.sysctl).filter(|s| !s.is_empty()) {
-        linux["sysctl"] = json!(s.value);
-    }
-    if let Some(s) = pick(&l.seccomp, &y.seccomp) {
-        linux["seccomp"] = s.value.clone();
-    }
-    if let Some(p) = pick_str(&l.rootfs_propagation, &y.rootfs_propagation) {
-        linux["rootfsPropagation"] = json!(p);
-    }
-    if let Some(m) = pick(&l.masked_paths, &y.masked_paths).filter(|m| !m.is_empty()) {
-        linux["maskedPaths"] = json!(strs(m));
-    }
-    if let Some(m) = pick(&l.readonly_paths, &y.readonly_paths).filter(|m| !m.is_empty()) {
-        linux["readonlyPaths"] = json!(strs(m));
-    }
+    // A list in the YAML (or label) replaces the default; an empty one turns it off.
+    let paths = |given: Option<&Spanned<Vec<Spanned<String>>>>, default: &[&str]| match given {
+        Some(m) => strs(m),
+        None if host_equivalent => Vec::new(),
+        None => default.iter().map(|p| (*p).to_owned()).collect(),
+    };
     let uid_maps = pick(&l.uid_mappings, &y.uid_mappings).filter(|m| !m.is_empty());
     let gid_maps = pick(&l.gid_mappings, &y.gid_mappings).filter(|m| !m.is_empty());
     if (uid_maps.is_some() || gid_maps.is_some()) && !userns {
         let at = uid_maps.or(gid_maps).map(|m| &m.loc).unwrap_or(&spec.loc);
         return Err(at.err("uidMappings/gidMappings need a user namespace; set userns: new"));
     }
-    if let Some(m) = uid_maps {
-        linux["uidMappings"] = json!(m.value);
-    }
-    if let Some(m) = gid_maps {
-        linux["gidMappings"] = json!(m.value);
-    }
-
-    let mut config = json!({
-        "ociVersion": oci_spec::runtime::VERSION,
-        "process": process,
-        "root": {"path": keel_bundle::ROOTFS_DIR, "readonly": readonly},
-        "mounts": mount_json,
-        "linux": linux,
-    });
-    if let Some(h) = hostname {
-        config["hostname"] = json!(h);
-    }
-    if let Some(a) = pick(&l.annotations, &y.annotations).filter(|a| !a.is_empty()) {
-        config["annotations"] = json!(a.value);
-    }
-    let config: Spec = serde_json::from_value(canonical(config)).map_err(|source| Error::Json {
-        what: "config.json",
-        source,
+    let linux = oci::Linux {
+        namespaces,
+        resources,
+        cgroups_path,
+        devices,
+        sysctl: pick(&l.sysctl, &y.sysctl)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.value.clone()),
+        seccomp: match pick(&l.seccomp, &y.seccomp) {
+            Some(s) if s.value.as_str() == Some(seccomp_default::UNCONFINED) => None,
+            Some(s) => Some(s.value.clone()),
+            // Host-equivalent containers could undo a filter anyway (as with Docker's
+            // --privileged); the rest get Docker's default profile for their capabilities.
+            None if host_equivalent => None,
+            None => Some(
+                seccomp_default::default_profile(&bounding_for_seccomp, ctx.arch)
+                    .map_err(|e| spec.loc.err(format!("default seccomp profile: {e}")))?,
+            ),
+        },
+        rootfs_propagation: pick_str(&l.rootfs_propagation, &y.rootfs_propagation)
+            .map(str::to_owned),
+        masked_paths: paths(
+            pick(&l.masked_paths, &y.masked_paths),
+            defaults::MASKED_PATHS,
+        ),
+        readonly_paths: paths(
+            pick(&l.readonly_paths, &y.readonly_paths),
+            defaults::READONLY_PATHS,
+        ),
+        uid_mappings: uid_maps.map(|m| m.value.clone()),
+        gid_mappings: gid_maps.map(|m| m.value.clone()),
+    };
+    let config = oci::Config {
+        oci_version: oci_spec::runtime::VERSION,
+        process,
+        root: oci::Root {
+            path: keel_bundle::ROOTFS_DIR,
+            readonly,
+        },
+        mounts,
+        linux,
+        hostname: hostname.map(str::to_owned),
+        annotations: pick(&l.annotations, &y.annotations)
+            .map(|a| a.value.clone())
+            .unwrap_or_default(),
+    };
+    let config = oci::to_spec(&config).map_err(|e| match e {
+        oci::SpecError::Json(source) => Error::Json {
+            what: "config.json",
+            source,
+        },
+        oci::SpecError::Dropped(paths) => spec.loc.err(format!(
+            "the runtime spec would silently drop {}: check the spelling of these fields (seccomp, resources)",
+            paths.join(", ")
+        )),
     })?;
 
     // runtime.json
@@ -599,6 +673,54 @@ pub fn generate(
         mount_points,
         dir,
     })
+}
+
+/// A typed value as JSON (for the parts of `resources` keel adds to the YAML's).
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, Error> {
+    serde_json::to_value(value).map_err(|source| Error::Json {
+        what: "config.json",
+        source,
+    })
+}
+
+/// Refuses a bind of a path inside keel's private runtime state ([`keel_bundle::PRIVATE_DIRS`]):
+/// whoever can write it makes the shim run what they wrote as root in the host's mount
+/// namespace. (Binds of a directory above it, such as LinuxKit's common `/run` or `/var/run`,
+/// are fine: the guest mounts the state unbindable, so a recursive bind leaves it out.)
+fn check_private_state(b: &Spanned<String>, bind: &values::Bind) -> Result<(), Error> {
+    let source = guest_path(&bind.source);
+    for private in keel_bundle::PRIVATE_DIRS {
+        let private = std::path::Path::new(private);
+        if source.starts_with(private) {
+            return Err(b.loc.err(format!(
+                "bind source {} is inside keel's private runtime state ({}), which no container may reach; to reach the control socket bind {dir}:{dir} and set \"control: inspect\" or \"control: admin\"",
+                bind.source,
+                private.display(),
+                dir = keel_bundle::CONTROL_DIR,
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A bind source as the guest resolves it: `.` and `..` applied, and the root filesystem's one
+/// symlink into `/run` (`/var/run`) followed.
+fn guest_path(source: &str) -> std::path::PathBuf {
+    use std::path::{Component, PathBuf};
+    let mut path = PathBuf::from("/");
+    for c in std::path::Path::new(source).components() {
+        match c {
+            Component::Normal(n) => path.push(n),
+            Component::ParentDir => {
+                path.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    match path.strip_prefix("/var/run") {
+        Ok(rest) => std::path::Path::new("/run").join(rest),
+        Err(_) => path,
+    }
 }
 
 /// LinuxKit's `assignRuntime`: each part from the YAML if set, else from the label.
@@ -642,6 +764,10 @@ fn supervision(l: &ImageFields, y: &ImageFields, section: Section) -> Supervisio
         s.timeout = Some(t.value.value);
     }
     s.stop_grace_period = pick(&l.stop_grace_period, &y.stop_grace_period).map(|d| d.value.value);
+    // Any section may inspect or steer the system; a YAML `control: none` revokes a label's grant.
+    if let Some(c) = pick(&l.control, &y.control) {
+        s.control = c.value;
+    }
     s
 }
 
@@ -679,7 +805,7 @@ mod tests {
             &list[0],
             None,
             label,
-            &SpecContext::new(c, &ids, section, 0),
+            &SpecContext::new(c, &ids, section, 0, "x86_64"),
         )
     }
 
@@ -728,7 +854,7 @@ mod tests {
         assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
         assert_eq!(
             v["linux"]["seccomp"]["syscalls"][0]["names"],
-            json!(["mkdir", "mkdirat"])
+            serde_json::json!(["mkdir", "mkdirat"])
         );
         assert_eq!(v["linux"]["seccomp"]["syscalls"][0]["errnoRet"], 1);
     }
@@ -866,5 +992,152 @@ mod tests {
         );
         assert!(text.find("\"a\": \"2\"").unwrap() < text.find("\"z\": \"1\"").unwrap());
         assert!(text.ends_with("}\n"));
+    }
+
+    fn linux(b: &Bundle) -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&b.config_json().unwrap()).unwrap()["linux"]
+            .clone()
+    }
+
+    fn sys_options(b: &Bundle) -> Vec<String> {
+        b.config
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination().to_str() == Some("/sys"))
+            .and_then(|m| m.options().clone())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn defaults_confine_a_plain_container() {
+        let c = config(
+            "services:
+  - name: a
+    image: x
+    command: [/a]
+",
+        );
+        let b = gen_with(&c, Section::Services, None).unwrap();
+        let l = linux(&b);
+        let masked: Vec<&str> = l["maskedPaths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(masked, defaults::MASKED_PATHS);
+        assert!(
+            l["readonlyPaths"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!("/proc/sys"))
+        );
+        assert_eq!(l["resources"]["pids"]["limit"], defaults::PIDS_LIMIT);
+        assert_eq!(
+            l["resources"]["devices"][0],
+            serde_json::json!({"allow": false, "access": "rwm"})
+        );
+        assert!(sys_options(&b).contains(&"ro".to_owned()));
+        let layer = &b.runtime.mounts[0];
+        assert_eq!(layer.kind.as_deref(), Some("tmpfs"));
+        assert_eq!(layer.options, [defaults::WRITABLE_LAYER_SIZE]);
+    }
+
+    #[test]
+    fn yaml_and_cap_sys_admin_turn_defaults_off_predictably() {
+        // CAP_SYS_ADMIN: host-like /proc and /sys (it could undo them anyway); device and pids
+        // limits stay.
+        let c = config(
+            "onboot:\n  - name: a\n    image: x\n    command: [/a]\n    capabilities: [CAP_SYS_ADMIN]\n",
+        );
+        let b = gen_with(&c, Section::Onboot, None).unwrap();
+        let l = linux(&b);
+        assert!(
+            l.get("maskedPaths").is_none() && l.get("readonlyPaths").is_none(),
+            "{l}"
+        );
+        assert!(!sys_options(&b).contains(&"ro".to_owned()));
+        assert_eq!(l["resources"]["pids"]["limit"], defaults::PIDS_LIMIT);
+        assert_eq!(l["resources"]["devices"][0]["allow"], false);
+
+        // Explicit lists replace the defaults; an empty one turns them off; pids -1 is no limit.
+        let c = config(
+            "onboot:\n  - name: a\n    image: x\n    command: [/a]\n    maskedPaths: []\n    readonlyPaths: [/proc/sys]\n    resources: {pids: {limit: -1}, devices: [{allow: true, type: c, major: 10, minor: 200, access: rwm}]}\n",
+        );
+        let l = linux(&gen_with(&c, Section::Onboot, None).unwrap());
+        assert!(l.get("maskedPaths").is_none(), "{l}");
+        assert_eq!(l["readonlyPaths"], serde_json::json!(["/proc/sys"]));
+        assert_eq!(l["resources"]["pids"]["limit"], -1);
+        // Deny-all still comes first, the YAML's own rule after it.
+        assert_eq!(l["resources"]["devices"][0]["allow"], false);
+        assert_eq!(l["resources"]["devices"][1]["minor"], 200);
+    }
+
+    #[test]
+    fn default_seccomp_unless_unconfined_or_host_equivalent() {
+        let seccomp = |extra: &str| {
+            let c = config(&format!(
+                "services:\n  - name: a\n    image: x\n    command: [/a]\n{extra}"
+            ));
+            linux(&gen_with(&c, Section::Services, None).unwrap())
+                .get("seccomp")
+                .cloned()
+        };
+        let default = seccomp("").expect("a default profile");
+        assert_eq!(default["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(
+            default["architectures"],
+            serde_json::json!(["SCMP_ARCH_X86_64"])
+        );
+        assert!(seccomp("    seccomp: unconfined\n").is_none());
+        assert!(seccomp("    capabilities: [CAP_SYS_ADMIN]\n").is_none());
+        let no_pkg = |_: &Path| -> Result<String, String> { Err("none".into()) };
+        let e = load(
+            &[Source {
+                name: "t.yml".into(),
+                text: "services:\n  - name: a\n    image: x\n    seccomp: off\n".into(),
+                dir: None,
+            }],
+            &no_pkg,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "t.yml:4:14: seccomp: expected a profile (a mapping) or \"unconfined\""
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn binds_cannot_reach_the_private_runtime_state() {
+        for source in [
+            "/run/keel/state",
+            "/run/keel/state/web",
+            "/run/keel/shim",
+            "/var/run/keel/state",
+            "/run/keel/ctl/../state",
+        ] {
+            let c = config(&format!(
+                "services:\n  - name: a\n    image: x\n    command: [/a]\n    capabilities: [all]\n    binds: [\"{source}:/x\"]\n"
+            ));
+            let e = gen_with(&c, Section::Services, None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("t.yml:6:13: bind source") && e.contains("private runtime state"),
+                "{source}: {e}"
+            );
+            assert!(e.contains("/run/keel/ctl:/run/keel/ctl"), "{e}");
+        }
+        // LinuxKit's common binds of directories above it are fine: the state is unbindable.
+        for source in ["/run", "/var/run", "/", "/run/keel", "/run/keel/ctl"] {
+            let c = config(&format!(
+                "services:\n  - name: a\n    image: x\n    command: [/a]\n    binds: [\"{source}:/x\"]\n"
+            ));
+            gen_with(&c, Section::Services, None).unwrap();
+        }
     }
 }

@@ -274,7 +274,12 @@ pub(crate) fn check_namespace(key: &str, s: &Spanned<String>) -> Result<(), Erro
     )))
 }
 
-/// Parses a duration: integer seconds, or number+unit terms (`500ms`, `30s`, `2m`, `1h`, `1m30s`).
+/// The longest `timeout` or `stopGracePeriod` (24 h, the bound the guest enforces too): a longer
+/// one is almost certainly a slip, and PID 1 computes deadlines from these values.
+pub(crate) const MAX_DURATION: Duration = keel_bundle::Supervision::MAX_DURATION;
+
+/// Parses a duration: integer seconds, or number+unit terms (`500ms`, `30s`, `2m`, `1h`, `1m30s`),
+/// at most [`MAX_DURATION`].
 pub(crate) fn parse_duration(s: &Spanned<String>) -> Result<Duration, Error> {
     let bad = || {
         s.loc.err(format!(
@@ -282,9 +287,20 @@ pub(crate) fn parse_duration(s: &Spanned<String>) -> Result<Duration, Error> {
             s.value
         ))
     };
+    let too_long = || {
+        s.loc.err(format!(
+            "duration {:?} is longer than the maximum of 24h ({} seconds)",
+            s.value,
+            MAX_DURATION.as_secs()
+        ))
+    };
     let t = s.trim();
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    if t.bytes().all(|b| b.is_ascii_digit()) && !t.is_empty() {
+        // All digits but too big for u64 is still a number, just far too long.
+        return match t.parse::<u64>() {
+            Ok(secs) if secs <= MAX_DURATION.as_secs() => Ok(Duration::from_secs(secs)),
+            _ => Err(too_long()),
+        };
     }
     let mut rest = t;
     let mut total = Duration::ZERO;
@@ -308,7 +324,12 @@ pub(crate) fn parse_duration(s: &Spanned<String>) -> Result<Duration, Error> {
             _ => return Err(bad()),
         };
         rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(num * scale).map_err(|_| bad())?;
+        // A term too large for a Duration is a valid number, just far too long.
+        let term = Duration::try_from_secs_f64(num * scale).map_err(|_| too_long())?;
+        total = total.checked_add(term).ok_or_else(too_long)?;
+    }
+    if total > MAX_DURATION {
+        return Err(too_long());
     }
     Ok(total)
 }
@@ -385,5 +406,36 @@ mod tests {
         assert_eq!(parse_duration(&sp("7")).unwrap(), Duration::from_secs(7));
         assert!(parse_duration(&sp("5x")).is_err());
         assert!(parse_duration(&sp("")).is_err());
+        assert!(parse_duration(&sp("-5")).is_err());
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        assert_eq!(parse_duration(&sp("24h")).unwrap(), MAX_DURATION);
+        assert_eq!(parse_duration(&sp("86400")).unwrap(), MAX_DURATION);
+        assert_eq!(parse_duration(&sp("23h59m60s")).unwrap(), MAX_DURATION);
+        for text in [
+            "86401",
+            "24h1ms",
+            "18446744073709551615",
+            "99999999999999999999999",
+            "18446744073709551615s",
+            "9999999999999999999999999999999h",
+            "1e400h",
+            "5124095576030431h5124095576030431h",
+        ] {
+            let e = parse_duration(&sp(text)).unwrap_err().to_string();
+            assert!(
+                e.contains("longer than the maximum of 24h") || e.contains("invalid duration"),
+                "{text}: {e}"
+            );
+        }
+        let e = parse_duration(&sp("18446744073709551615"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("longer than the maximum of 24h (86400 seconds)"),
+            "{e}"
+        );
     }
 }

@@ -3,11 +3,38 @@
 //! The tree keeps every node's line and column and each scalar's raw text, so the schema
 //! module decides types per field (`mode: 0644` stays the text `0644`) and can point at the
 //! exact place of any error.
+//!
+//! Documents are untrusted input (a user's YAML, or the `org.mobyproject.config` label of an image
+//! pulled from anywhere), so building the tree is bounded: see [`Limits`].
 
 use crate::error::{Error, Loc};
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// Bounds on the tree one document may build.
+///
+/// An alias is a deep copy of what its anchor names, so nine anchors of nine aliases each
+/// ("billion laughs") expand a few hundred bytes into 9^9 nodes; the budgets count every copy
+/// and refuse an alias *before* copying it. Nesting is bounded because building the tree (and
+/// walking or dropping it later) recurses once per level.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Nested sequences and mappings.
+    pub depth: usize,
+    /// Nodes, counting every node an alias copies.
+    pub nodes: usize,
+    /// Bytes of scalar text, counting every byte an alias copies.
+    pub bytes: usize,
+}
+
+/// The limits every document is parsed with. A large LinuxKit file has a few thousand nodes
+/// and nests less than ten levels; serde_json and serde_yaml also stop at 128 levels.
+pub(crate) const LIMITS: Limits = Limits {
+    depth: 128,
+    nodes: 100_000,
+    bytes: 64 << 20,
+};
 
 /// A YAML node.
 #[derive(Debug, Clone)]
@@ -64,12 +91,27 @@ impl Node {
     }
 }
 
-/// Parses one YAML document. An empty stream gives `None`.
+/// Parses one YAML document within [`LIMITS`]. An empty stream gives `None`.
 pub(crate) fn parse(file: &Arc<str>, text: &str) -> Result<Option<Node>, Error> {
+    parse_limited(file, text, LIMITS)
+}
+
+/// Parses one YAML document within `limits`. An empty stream gives `None`.
+pub(crate) fn parse_limited(
+    file: &Arc<str>,
+    text: &str,
+    limits: Limits,
+) -> Result<Option<Node>, Error> {
     let mut p = Builder {
         file: file.clone(),
         parser: Parser::new_from_str(text),
         anchors: HashMap::new(),
+        budget: Budget {
+            limits,
+            depth: 0,
+            nodes: 0,
+            bytes: 0,
+        },
     };
     let mut doc = None;
     loop {
@@ -96,7 +138,57 @@ pub(crate) fn parse(file: &Arc<str>, text: &str) -> Result<Option<Node>, Error> 
 struct Builder<'a> {
     file: Arc<str>,
     parser: Parser<'a, saphyr_parser::StrInput<'a>>,
-    anchors: HashMap<usize, Node>,
+    anchors: HashMap<usize, Anchored>,
+    budget: Budget,
+}
+
+/// What has been built so far, against the limits.
+struct Budget {
+    limits: Limits,
+    /// Collections open around the node being built.
+    depth: usize,
+    /// Nodes and scalar bytes built so far, alias copies included.
+    nodes: usize,
+    bytes: usize,
+}
+
+/// An anchored node and what one copy of it costs.
+struct Anchored {
+    node: Node,
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    /// Counts `nodes` more nodes and `bytes` more scalar bytes, refusing them past the limits.
+    fn charge(&mut self, nodes: usize, bytes: usize, loc: &Loc) -> Result<(), Error> {
+        let n = self.nodes.saturating_add(nodes);
+        if n > self.limits.nodes {
+            return Err(loc.err(format!(
+                "document too large: more than {} nodes (each alias counts as a copy of its anchor)",
+                self.limits.nodes
+            )));
+        }
+        let b = self.bytes.saturating_add(bytes);
+        if b > self.limits.bytes {
+            return Err(loc.err(format!(
+                "document too large: more than {} bytes of text (each alias counts as a copy of its anchor)",
+                self.limits.bytes
+            )));
+        }
+        self.nodes = n;
+        self.bytes = b;
+        Ok(())
+    }
+
+    /// Enters a sequence or mapping, refusing it past the depth limit.
+    fn enter(&mut self, loc: &Loc) -> Result<(), Error> {
+        if self.depth >= self.limits.depth {
+            return Err(loc.err(format!("nesting deeper than {} levels", self.limits.depth)));
+        }
+        self.depth += 1;
+        Ok(())
+    }
 }
 
 impl<'a> Builder<'a> {
@@ -118,17 +210,21 @@ impl<'a> Builder<'a> {
 
     fn node(&mut self, ev: Event<'a>, span: Span) -> Result<Node, Error> {
         let loc = self.loc(&span);
+        // What this node's subtree costs is what the counters grow by while building it.
+        let (nodes_before, bytes_before) = (self.budget.nodes, self.budget.bytes);
         let (node, anchor) = match ev {
             Event::Alias(id) => {
-                let mut n = self
-                    .anchors
-                    .get(&id)
-                    .cloned()
-                    .ok_or_else(|| loc.err("alias to an unknown anchor"))?;
+                let Some(a) = self.anchors.get(&id) else {
+                    return Err(loc.err("alias to an unknown anchor"));
+                };
+                // Charged before the copy is made: a refused alias never allocates.
+                self.budget.charge(a.nodes, a.bytes, &loc)?;
+                let mut n = a.node.clone();
                 n.loc = loc;
                 return Ok(n);
             }
             Event::Scalar(text, style, anchor, tag) => {
+                self.budget.charge(1, text.len(), &loc)?;
                 let tagged_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
                 let plain = style == ScalarStyle::Plain && !tagged_str;
                 let kind = if plain && matches!(&*text, "" | "~" | "null" | "Null" | "NULL") {
@@ -142,6 +238,8 @@ impl<'a> Builder<'a> {
                 (Node { kind, loc }, anchor)
             }
             Event::SequenceStart(anchor, _) => {
+                self.budget.charge(1, 0, &loc)?;
+                self.budget.enter(&loc)?;
                 let mut items = Vec::new();
                 loop {
                     let (ev, span) = self.next()?;
@@ -150,6 +248,7 @@ impl<'a> Builder<'a> {
                     }
                     items.push(self.node(ev, span)?);
                 }
+                self.budget.depth -= 1;
                 (
                     Node {
                         kind: Kind::Seq(items),
@@ -159,8 +258,13 @@ impl<'a> Builder<'a> {
                 )
             }
             Event::MappingStart(anchor, _) => {
+                self.budget.charge(1, 0, &loc)?;
+                self.budget.enter(&loc)?;
                 let mut entries: Vec<(Node, Node)> = Vec::new();
                 let mut merged: Vec<(Node, Node)> = Vec::new();
+                // Keys seen, with their lines: a list scan per key would make a mapping of
+                // many keys (or a merge of a large anchor) quadratic.
+                let mut seen: HashMap<String, usize> = HashMap::new();
                 loop {
                     let (ev, span) = self.next()?;
                     if ev == Event::MappingEnd {
@@ -194,16 +298,19 @@ impl<'a> Builder<'a> {
                         }
                         continue;
                     }
-                    if let Some((first, _)) = entries.iter().find(|(e, _)| e.text() == Some(&k)) {
-                        return Err(key.loc.err(format!(
-                            "duplicate key {k:?} (first at line {})",
-                            first.loc.line
-                        )));
+                    if let Some(first) = seen.get(&k) {
+                        return Err(key
+                            .loc
+                            .err(format!("duplicate key {k:?} (first at line {first})")));
                     }
+                    seen.insert(k, key.loc.line);
                     entries.push((key, value));
                 }
+                self.budget.depth -= 1;
                 for (k, v) in merged {
-                    if !entries.iter().any(|(e, _)| e.text() == k.text()) {
+                    let text = k.text().unwrap_or_default().to_owned();
+                    if let std::collections::hash_map::Entry::Vacant(e) = seen.entry(text) {
+                        e.insert(k.loc.line);
                         entries.push((k, v));
                     }
                 }
@@ -218,7 +325,12 @@ impl<'a> Builder<'a> {
             other => return Err(loc.err(format!("invalid YAML: unexpected {other:?}"))),
         };
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            let cost = Anchored {
+                node: node.clone(),
+                nodes: self.budget.nodes - nodes_before,
+                bytes: self.budget.bytes - bytes_before,
+            };
+            self.anchors.insert(anchor, cost);
         }
         Ok(node)
     }
@@ -399,6 +511,108 @@ mod tests {
             .map(|(k, v)| (k.text().unwrap(), v.text().unwrap()))
             .collect();
         assert_eq!(keys, [("y", "3"), ("x", "1")]);
+    }
+
+    /// Nine anchors of nine aliases each: 9^9 scalars once expanded.
+    fn alias_bomb() -> String {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let prev = format!("*a{}", i - 1);
+            text.push_str(&format!("a{i}: &a{i} [{}]\n", vec![prev; 9].join(", ")));
+        }
+        text
+    }
+
+    #[test]
+    fn alias_bomb_is_refused_before_it_expands() {
+        let start = std::time::Instant::now();
+        let e = parse(&file(), &alias_bomb()).unwrap_err().to_string();
+        // a5 would copy a4 (66 430 nodes) nine times: its first alias passes the budget.
+        assert!(e.starts_with("t.yml:6:10: document too large"), "{e}");
+        assert!(e.contains("more than 100000 nodes"), "{e}");
+        assert!(e.contains("alias"), "{e}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn aliases_are_charged_as_copies_before_copying() {
+        // 1 map + key a + seq + 3 items + key b + a copy of the 4-node seq = 11 nodes.
+        let text = "a: &x [1, 2, 3]\nb: *x\n";
+        let limits = |nodes| Limits {
+            depth: 8,
+            nodes,
+            bytes: 1 << 10,
+        };
+        assert!(parse_limited(&file(), text, limits(11)).is_ok());
+        let e = parse_limited(&file(), text, limits(10)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.yml:2:4: document too large: more than 10 nodes (each alias counts as a copy of its anchor)"
+        );
+        // Text copied by aliases counts too: "abcd" three times is 12 bytes (keys are 3).
+        let text = "a: &x abcd\nb: *x\nc: *x\n";
+        let limits = |bytes| Limits {
+            depth: 8,
+            nodes: 100,
+            bytes,
+        };
+        assert!(parse_limited(&file(), text, limits(15)).is_ok());
+        let e = parse_limited(&file(), text, limits(14)).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("t.yml:3:4: document too large: more than 14 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_with_a_position() {
+        let n = 10_000;
+        let flow_seq = format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let flow_map = format!("{}1{}", "a: {".repeat(n), "}".repeat(n));
+        // Compact nested block sequences: block nesting without quadratic indentation.
+        let block_seq = format!("{}x\n", "- ".repeat(n));
+        // Block mappings, one more space of indentation per line.
+        let block_map: String = (0..1000)
+            .map(|i| format!("{}a:\n", " ".repeat(i)))
+            .collect();
+        for (text, expected) in [
+            // The scanner looks ahead for a key after `[` and stops at its own limit first.
+            (
+                &flow_seq,
+                "t.yml:1:256: invalid YAML: recursion limit exceeded",
+            ),
+            (&flow_map, "t.yml:1:512: nesting deeper than 128 levels"),
+            (&block_seq, "t.yml:1:257: nesting deeper than 128 levels"),
+            (&block_map, "t.yml:129:129: nesting deeper than 128 levels"),
+        ] {
+            let start = std::time::Instant::now();
+            let e = parse(&file(), text).unwrap_err().to_string();
+            assert_eq!(e, expected);
+            assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        }
+        // 128 levels are fine.
+        let ok = format!("{}{}", "[".repeat(128), "]".repeat(128));
+        assert!(parse(&file(), &ok).is_ok());
+    }
+
+    #[test]
+    fn a_few_aliases_and_many_keys_still_parse() {
+        let text = "x: &b {p: 1, q: [a, b]}\ny: *b\nz:\n  <<: *b\n  p: 2\nw: [*b, *b]\n";
+        let n = parse(&file(), text).unwrap().unwrap();
+        let Kind::Map(entries) = &n.kind else {
+            panic!()
+        };
+        assert_eq!(entries.len(), 4);
+        let Kind::Map(z) = &entries[2].1.kind else {
+            panic!()
+        };
+        assert_eq!(z[0].1.text(), Some("2"));
+        // A flat mapping of many keys is linear, not quadratic, to check for duplicates.
+        let many: String = (0..40_000).map(|i| format!("k{i}: {i}\n")).collect();
+        let start = std::time::Instant::now();
+        assert!(parse(&file(), &many).is_ok());
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
     }
 
     #[test]

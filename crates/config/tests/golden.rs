@@ -79,7 +79,7 @@ fn golden() {
             let label = image
                 .map(|i| image_label(i, c.image.as_str()).unwrap())
                 .unwrap_or_default();
-            let ctx = SpecContext::new(&config, &ids, section, index);
+            let ctx = SpecContext::new(&config, &ids, section, index, "x86_64");
             let bundle = generate(c, image, label.as_ref(), &ctx).unwrap_or_else(|e| panic!("{e}"));
             let base = format!(
                 "{stem}.{}.{}",

@@ -608,6 +608,8 @@ impl Client {
         let realm = params
             .get("realm")
             .ok_or_else(|| auth_err("the Bearer challenge has no realm".into()))?;
+        let send_credentials =
+            realm_gets_credentials(&self.base, &self.registry, realm).map_err(auth_err)?;
         let scope = params
             .get("scope")
             .cloned()
@@ -620,9 +622,18 @@ impl Client {
         if let Some(service) = params.get("service") {
             url.push_str(&format!("&service={}", url_encode(service)));
         }
+        // ureq drops Authorization when it follows a redirect (its default), so a realm on the
+        // registry's host cannot forward the credentials elsewhere either.
         let mut req = self.agent.get(&url);
-        if let Some(b) = &basic {
-            req = req.header("Authorization", format!("Basic {b}"));
+        match &basic {
+            Some(b) if send_credentials => {
+                req = req.header("Authorization", format!("Basic {b}"));
+            }
+            Some(_) => log::warn!(
+                "not sending the credentials for {} to the token service at {realm}, which is on another host; asking it for an anonymous token",
+                self.registry
+            ),
+            None => {}
         }
         let mut resp = req.call().map_err(|e| http_error(&url, e))?;
         let status = resp.status().as_u16();
@@ -695,6 +706,44 @@ fn registry_message(body: &str) -> String {
             .join("; "),
         Err(_) => body.trim().chars().take(200).collect(),
     }
+}
+
+/// Whether the Basic credentials for `registry` (reached at `base`, `scheme://host[:port]`) go
+/// with the token request to a Bearer challenge's `realm`; an error refuses the realm.
+///
+/// Docker and containerd send the credentials to whatever realm the challenge names. keel sends
+/// them only to the registry's own host (any port): the credentials were given for that host,
+/// and a challenge can come from wherever a request was redirected (a blob's CDN) or from
+/// whoever fronts the registry. A realm on another host gets an anonymous token request, which
+/// is all a public image needs. The one exception is Docker Hub, whose registry
+/// (registry-1.docker.io) and token service (auth.docker.io) are one service on two hosts.
+///
+/// The realm must be https unless the registry itself is plain http (on loopback, or with
+/// `--insecure-registry`): a token, credentials or not, is not fetched in the clear.
+fn realm_gets_credentials(
+    base: &str,
+    registry: &str,
+    realm: &str,
+) -> std::result::Result<bool, String> {
+    let parts = |url: &str| -> Option<(String, String)> {
+        let uri: ureq::http::Uri = url.parse().ok()?;
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let host = uri.host()?.to_ascii_lowercase();
+        Some((scheme, host))
+    };
+    let (realm_scheme, realm_host) = parts(realm)
+        .filter(|(scheme, _)| scheme == "https" || scheme == "http")
+        .ok_or_else(|| format!("the token realm {realm:?} is not an http(s) URL"))?;
+    let (base_scheme, base_host) =
+        parts(base).ok_or_else(|| format!("invalid registry URL {base:?}"))?;
+    if realm_scheme == "http" && base_scheme == "https" {
+        return Err(format!(
+            "the token realm {realm:?} is not https (plain http is only for a loopback registry or with --insecure-registry)"
+        ));
+    }
+    let docker_hub =
+        registry == crate::reference::DEFAULT_REGISTRY && realm_host == "auth.docker.io";
+    Ok(realm_host == base_host || docker_hub)
 }
 
 /// Loopback hosts, where plain HTTP is used: `localhost`, `127.*`, `[::1]` (any port).
@@ -915,6 +964,202 @@ mod tests {
             "MANIFEST_UNKNOWN: manifest unknown"
         );
         assert_eq!(registry_message("  plain text \n"), "plain text");
+    }
+
+    #[test]
+    fn realm_rules() {
+        let check = |base, registry, realm| realm_gets_credentials(base, registry, realm);
+        // The registry's own host, any port or case, gets the credentials.
+        assert_eq!(
+            check("https://ghcr.io", "ghcr.io", "https://ghcr.io/token"),
+            Ok(true)
+        );
+        assert_eq!(
+            check("https://ghcr.io", "ghcr.io", "https://GHCR.io:8443/t"),
+            Ok(true)
+        );
+        let loopback = "http://127.0.0.1:5000";
+        assert_eq!(
+            check(loopback, "127.0.0.1:5000", "http://127.0.0.1:5001/t"),
+            Ok(true)
+        );
+        // Docker Hub's token service, for Docker Hub only.
+        let hub = "https://registry-1.docker.io";
+        assert_eq!(
+            check(hub, "docker.io", "https://auth.docker.io/token"),
+            Ok(true)
+        );
+        assert_eq!(
+            check("https://quay.io", "quay.io", "https://auth.docker.io/token"),
+            Ok(false)
+        );
+        // Any other host gets an anonymous request, however much it looks like the registry.
+        for realm in [
+            "https://evil.example/token",
+            "https://ghcr.io.evil.example/token",
+            "https://ghcr.io@evil.example/token",
+            "https://auth.ghcr.io/token",
+        ] {
+            assert_eq!(
+                check("https://ghcr.io", "ghcr.io", realm),
+                Ok(false),
+                "{realm}"
+            );
+        }
+        // Plain http only when the registry is plain http itself.
+        let e = check("https://ghcr.io", "ghcr.io", "http://ghcr.io/token").unwrap_err();
+        assert!(e.contains("not https"), "{e}");
+        assert_eq!(
+            check(loopback, "127.0.0.1:5000", "https://127.0.0.1/t"),
+            Ok(true)
+        );
+        for realm in ["/token", "ftp://ghcr.io/token", "token", ""] {
+            let e = check("https://ghcr.io", "ghcr.io", realm).unwrap_err();
+            assert!(e.contains("not an http(s) URL"), "{realm}: {e}");
+        }
+    }
+
+    /// Serves `count` connections on `listener` (for at most ten seconds), answering each with
+    /// `reply(request head)`; every request head goes to the returned channel.
+    fn serve(
+        listener: std::net::TcpListener,
+        count: usize,
+        reply: impl Fn(&str) -> String + Send + 'static,
+    ) -> std::sync::mpsc::Receiver<String> {
+        use std::io::Write;
+        let (tx, rx) = std::sync::mpsc::channel();
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let mut served = 0;
+            while served < count && std::time::Instant::now() < deadline {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                served += 1;
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let _ = stream.write_all(reply(&head).as_bytes());
+                let _ = tx.send(head);
+            }
+        });
+        rx
+    }
+
+    fn response(status: &str, headers: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+        head.split("\r\n")
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    }
+
+    /// A registry on 127.0.0.1 whose Bearer challenge names a token service on `token_ip`;
+    /// fetches a manifest with Docker credentials for the registry and returns the request
+    /// heads the token service and the registry saw.
+    fn token_request_via(token_ip: &str) -> (String, Vec<String>) {
+        let registry = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let token = std::net::TcpListener::bind((token_ip, 0)).unwrap();
+        let host = format!("127.0.0.1:{}", registry.local_addr().unwrap().port());
+        let realm = format!(
+            "http://{token_ip}:{}/token",
+            token.local_addr().unwrap().port()
+        );
+        let seen_by_registry = serve(registry, 2, move |head| {
+            if header(head, "authorization") == Some("Bearer tok") {
+                let mt = "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n";
+                response("200 OK", mt, "{}")
+            } else {
+                let challenge = format!(
+                    "WWW-Authenticate: Bearer realm=\"{realm}\",service=\"s\",scope=\"repository:team/app:pull\"\r\n"
+                );
+                response("401 Unauthorized", &challenge, "")
+            }
+        });
+        let seen_by_token = serve(token, 1, |_| response("200 OK", "", r#"{"token":"tok"}"#));
+
+        let dir = tempfile::tempdir().unwrap();
+        let auth = base64::engine::general_purpose::STANDARD.encode("user:pass");
+        std::fs::write(
+            dir.path().join("config.json"),
+            format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+        )
+        .unwrap();
+        let reference: Reference = format!("{host}/team/app:v1").parse().unwrap();
+        let options = PullOptions {
+            quiet: true,
+            docker_config: Some(dir.path().to_path_buf()),
+            ..PullOptions::default()
+        };
+        let mut client = Client::new(&reference, &options).unwrap();
+        let (data, _) = client.manifest("v1").unwrap();
+        assert_eq!(data, b"{}");
+        let wait = Duration::from_secs(10);
+        let token_head = seen_by_token.recv_timeout(wait).unwrap();
+        let registry_heads = (0..2)
+            .map(|_| seen_by_registry.recv_timeout(wait).unwrap())
+            .collect();
+        (token_head, registry_heads)
+    }
+
+    #[test]
+    fn credentials_go_to_a_token_realm_on_the_registry_host_only() {
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("user:pass")
+        );
+        // Same host (another port): the token request carries the credentials.
+        let (token, registry) = token_request_via("127.0.0.1");
+        assert!(
+            token.starts_with("GET /token?scope=repository%3Ateam%2Fapp%3Apull&service=s "),
+            "{token}"
+        );
+        assert_eq!(header(&token, "authorization"), Some(basic.as_str()));
+        assert_eq!(header(&registry[0], "authorization"), None);
+        assert_eq!(header(&registry[1], "authorization"), Some("Bearer tok"));
+        // Another host (127.0.0.2): asked for an anonymous token, the credentials stay home.
+        let (token, registry) = token_request_via("127.0.0.2");
+        assert!(token.starts_with("GET /token?"), "{token}");
+        assert_eq!(header(&token, "authorization"), None, "{token}");
+        assert!(!token.contains(&basic[6..]), "{token}");
+        assert_eq!(header(&registry[1], "authorization"), Some("Bearer tok"));
+    }
+
+    #[test]
+    fn a_plain_http_realm_is_refused_for_an_https_registry() {
+        let reference: Reference = "registry.example.com/team/app:v1".parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let options = PullOptions {
+            docker_config: Some(dir.path().to_path_buf()),
+            ..PullOptions::default()
+        };
+        let mut client = Client::new(&reference, &options).unwrap();
+        // Refused before any request is made (the realm's host does not exist).
+        let e = client
+            .answer(r#"Bearer realm="http://registry.example.com.invalid/token",service="s""#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("cannot authenticate with registry.example.com: the token realm"),
+            "{e}"
+        );
+        assert!(e.contains("is not https"), "{e}");
     }
 
     #[test]

@@ -55,6 +55,17 @@ pub enum Error {
         entry: String,
         field: &'static str,
     },
+    /// A layer, or an image's layers together, decompress to more than the limit allows.
+    #[error(
+        "{origin}: {what} passes the limit of {} uncompressed; raise it with `keel build --max-image-size SIZE`",
+        size_text(*limit)
+    )]
+    SizeLimit {
+        origin: String,
+        /// `layer` or `image`: which limit was passed.
+        what: &'static str,
+        limit: u64,
+    },
     /// Reading the layer stream failed (I/O or a malformed tar).
     #[error("{origin}: cannot read layer")]
     ReadLayer {
@@ -95,4 +106,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// A byte count as a user would write it: `4 GiB`, `512 MiB`, else `N bytes`.
+fn size_text(n: u64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", n >> shift);
+        }
+    }
+    format!("{n} bytes")
 }

@@ -1,11 +1,12 @@
 //! Applying an OCI image layer (an uncompressed tar) to a [`Tree`]: whiteouts, opaque
-//! directories, replacement rules, and the refusals that keep a hostile layer inside the tree.
+//! directories, replacement rules, and the refusals that keep a hostile layer inside the tree
+//! or within its size limits.
 
 use crate::Error;
 use crate::tree::{Blocker, Key, LinkProblem, Node, NodeKind, Tree, bytes_path, join, parent_of};
 use bytes::Bytes;
 use std::collections::HashSet;
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -14,6 +15,87 @@ use tar::EntryType;
 const WHITEOUT: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
 const XATTR_PAX_PREFIX: &str = "SCHILY.xattr.";
+
+/// The default for both [`SizeLimits`]: 4 GiB uncompressed. The tree holds every file in
+/// memory, so this bounds what one image can make the host allocate, while leaving room for
+/// the largest images a bootable system normally carries (a distribution kernel with all its
+/// modules, a full Debian userland).
+pub const DEFAULT_MAX_IMAGE_SIZE: u64 = 4 << 30;
+
+/// Caps on the uncompressed bytes (the tar stream, headers included) that layers bring in.
+///
+/// A layer blob is small on the wire but can decompress to anything (a gzip of zeros grows a
+/// thousandfold), and its tar is read into memory, so both are capped while reading: the
+/// stream stops one byte past a limit, whatever the compressed size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeLimits {
+    /// One layer.
+    pub layer: u64,
+    /// All the layers of one image together.
+    pub image: u64,
+}
+
+impl Default for SizeLimits {
+    fn default() -> Self {
+        SizeLimits {
+            layer: DEFAULT_MAX_IMAGE_SIZE,
+            image: DEFAULT_MAX_IMAGE_SIZE,
+        }
+    }
+}
+
+/// What one image may still unpack: create one per image and pass it to each of its layers.
+#[derive(Debug, Clone)]
+pub struct ImageBudget {
+    limits: SizeLimits,
+    used: u64,
+}
+
+impl ImageBudget {
+    pub fn new(limits: SizeLimits) -> Self {
+        ImageBudget { limits, used: 0 }
+    }
+
+    /// Uncompressed bytes read so far from this image's layers.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+}
+
+/// A reader that counts what it yields and fails rather than pass a limit.
+struct Capped<R> {
+    inner: R,
+    /// Bytes this layer may yield: the smaller of the layer's limit and the image's remainder.
+    allowed: u64,
+    /// Which limit `allowed` comes from, for the error.
+    scope: &'static str,
+    limit: u64,
+    read: u64,
+    exceeded: bool,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.allowed - self.read;
+        if left == 0 {
+            // Ending exactly at the limit is fine; one more byte passes it. That byte is all
+            // that is ever asked of the decompressor beyond the limit.
+            let mut probe = [0u8; 1];
+            if buf.is_empty() || self.inner.read(&mut probe)? == 0 {
+                return Ok(0);
+            }
+            self.exceeded = true;
+            return Err(io::Error::other(format!(
+                "{} passes the size limit",
+                self.scope
+            )));
+        }
+        let max = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        let n = self.inner.read(&mut buf[..max])?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
 
 /// Why a layer path is refused.
 enum BadPath {
@@ -57,10 +139,61 @@ impl Tree {
     /// components, entries below a symlink or non-directory, and hard links that are absolute,
     /// have `..` or point to nothing under `prefix`. Sockets and unknown entry types are skipped
     /// with a warning. On error the tree holds the entries applied so far.
+    ///
+    /// The layer is read to its end (past the tar's end-of-archive marker) within the default
+    /// [`SizeLimits`]; use [`Tree::apply_layer_within`] to share a budget among an image's layers.
     pub fn apply_layer(
         &mut self,
         prefix: &Path,
         layer: impl Read,
+        origin: &str,
+    ) -> Result<(), Error> {
+        let mut budget = ImageBudget::new(SizeLimits::default());
+        self.apply_layer_within(prefix, layer, origin, &mut budget)
+    }
+
+    /// [`Tree::apply_layer`], counting the layer's uncompressed bytes against `budget`: reading
+    /// stops with [`Error::SizeLimit`] as soon as the layer passes the layer limit or the image's
+    /// layers together pass the image limit. The whole stream is read, trailing data included,
+    /// so nothing is left for a caller to decompress without a limit.
+    pub fn apply_layer_within(
+        &mut self,
+        prefix: &Path,
+        layer: impl Read,
+        origin: &str,
+        budget: &mut ImageBudget,
+    ) -> Result<(), Error> {
+        let image_left = budget.limits.image.saturating_sub(budget.used);
+        let (allowed, scope, limit) = if budget.limits.layer <= image_left {
+            (budget.limits.layer, "layer", budget.limits.layer)
+        } else {
+            (image_left, "image", budget.limits.image)
+        };
+        let mut capped = Capped {
+            inner: layer,
+            allowed,
+            scope,
+            limit,
+            read: 0,
+            exceeded: false,
+        };
+        let result = self.apply_tar(prefix, &mut capped, origin);
+        budget.used = budget.used.saturating_add(capped.read);
+        if capped.exceeded {
+            return Err(Error::SizeLimit {
+                origin: origin.to_owned(),
+                what: capped.scope,
+                limit: capped.limit,
+            });
+        }
+        result
+    }
+
+    /// Applies the tar read from `layer`, then reads the rest of the stream.
+    fn apply_tar(
+        &mut self,
+        prefix: &Path,
+        mut layer: impl Read,
         origin: &str,
     ) -> Result<(), Error> {
         let origin_arc: Arc<str> = origin.into();
@@ -92,11 +225,15 @@ impl Tree {
             origin: origin.to_owned(),
             source,
         };
-        let mut archive = tar::Archive::new(layer);
+        let mut archive = tar::Archive::new(&mut layer);
         for entry in archive.entries().map_err(read_error)? {
             let mut entry = entry.map_err(read_error)?;
             self.apply_entry(&mut state, &mut entry)?;
         }
+        // A tar reader stops at the end-of-archive marker: what follows (padding, or a bomb of
+        // zeros) is still decompressed when the blob's digest is checked, so read it here,
+        // where it counts against the limits.
+        io::copy(&mut layer, &mut io::sink()).map_err(read_error)?;
         Ok(())
     }
 
@@ -611,6 +748,143 @@ mod tests {
             tree.get(&link).unwrap().kind,
             NodeKind::Symlink(name.clone().into())
         );
+    }
+
+    /// A reader that counts the bytes it hands out.
+    struct Counting<R> {
+        inner: R,
+        n: u64,
+    }
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.n += n as u64;
+            Ok(n)
+        }
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn limits(layer: u64, image: u64) -> ImageBudget {
+        ImageBudget::new(SizeLimits { layer, image })
+    }
+
+    #[test]
+    fn gzip_bomb_stops_at_the_layer_limit() {
+        // 8 MiB of zeros compress to a few KiB; the tar reader sees an end-of-archive block at
+        // once, so only reading past the marker finds the bulk.
+        let bomb = gzip(&vec![0u8; 8 << 20]);
+        assert!(bomb.len() < 64 << 10);
+        let mut decoded = Counting {
+            inner: flate2::read::GzDecoder::new(&bomb[..]),
+            n: 0,
+        };
+        let mut tree = Tree::new();
+        let mut budget = limits(64 << 10, 1 << 30);
+        let err = tree
+            .apply_layer_within(Path::new(""), &mut decoded, "onboot[0] evil:1", &mut budget)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::SizeLimit { what: "layer", limit, .. } if limit == 64 << 10),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "onboot[0] evil:1: layer passes the limit of 64 KiB uncompressed; raise it with `keel build --max-image-size SIZE`"
+        );
+        // Refused when passed, not after: one byte beyond the limit was decompressed.
+        assert_eq!(decoded.n, (64 << 10) + 1);
+        assert_eq!(budget.used(), 64 << 10);
+        // An endless stream ends the same way.
+        let err = tree
+            .apply_layer_within(
+                Path::new(""),
+                io::repeat(0),
+                "x",
+                &mut limits(4096, 1 << 30),
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::SizeLimit { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_layer_may_reach_its_limit_but_not_pass_it() {
+        let tar = layer(&[E::File("big", &[7u8; 3000])]);
+        let size = tar.len() as u64;
+        let mut tree = Tree::new();
+        let mut budget = limits(size, size);
+        tree.apply_layer_within(Path::new(""), &tar[..], "img", &mut budget)
+            .unwrap();
+        assert_eq!(budget.used(), size);
+        let err = tree
+            .apply_layer_within(Path::new(""), &tar[..], "img", &mut limits(size - 1, size))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::SizeLimit { what: "layer", .. }),
+            "{err}"
+        );
+        // Trailing data after the end-of-archive marker counts.
+        let mut padded = tar.clone();
+        padded.extend_from_slice(&[0u8; 1024]);
+        let err = tree
+            .apply_layer_within(
+                Path::new(""),
+                &padded[..],
+                "img",
+                &mut limits(size, 1 << 20),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::SizeLimit { what: "layer", .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn many_files_pass_the_image_limit_across_layers() {
+        let names: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
+        let data = [1u8; 1024];
+        let files = |range: std::ops::Range<usize>| -> Vec<u8> {
+            let entries: Vec<E<'_>> = names[range].iter().map(|n| E::File(n, &data)).collect();
+            layer(&entries)
+        };
+        // Each file is a 512-byte header and 1 KiB of data: 20 files are about 31 KiB.
+        let mut tree = Tree::new();
+        let mut budget = limits(1 << 20, 48 << 10);
+        tree.apply_layer_within(
+            Path::new(""),
+            &files(0..20)[..],
+            "services[1] big:2",
+            &mut budget,
+        )
+        .unwrap();
+        let err = tree
+            .apply_layer_within(
+                Path::new(""),
+                &files(20..40)[..],
+                "services[1] big:2",
+                &mut budget,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "services[1] big:2: image passes the limit of 48 KiB uncompressed; raise it with `keel build --max-image-size SIZE`"
+        );
+        assert_eq!(budget.used(), 48 << 10);
+        // The second layer alone fits under the same limits.
+        tree.apply_layer_within(
+            Path::new(""),
+            &files(20..40)[..],
+            "x",
+            &mut limits(1 << 20, 48 << 10),
+        )
+        .unwrap();
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub use atomic::AtomicFile;
 pub use cpio::write_cpio;
 pub use error::Error;
 pub use gzip::{GzipWriter, gzip_writer};
+pub use layer::{DEFAULT_MAX_IMAGE_SIZE, ImageBudget, SizeLimits};
 pub use squashfs::write_squashfs;
 pub use tarball::{SOURCE_PAX_KEY, write_tar};
 pub use tree::{Node, NodeKind, Tree};

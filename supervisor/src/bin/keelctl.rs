@@ -6,7 +6,7 @@ use keel_supervisor::{ContainerInfo, Request, Response, TimelineStep};
 use nix::sys::signal::Signal;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -303,6 +303,9 @@ fn exec(opts: &Options, id: &str, argv: &[String]) -> Result<ExitCode, String> {
     if c.status != "running" {
         return Err(format!("{id} is not running ({})", c.status));
     }
+    if !Path::new(keel_bundle::STATE_DIR).join(id).exists() {
+        join_host_mounts()?;
+    }
     let shim = std::env::var_os(SHIM_ENV).unwrap_or_else(|| keel_bundle::SHIM_PATH.into());
     let status = std::process::Command::new(&shim)
         .arg("exec")
@@ -319,6 +322,23 @@ fn exec(opts: &Options, id: &str, argv: &[String]) -> Result<ExitCode, String> {
         println!("{}", serde_json::json!({ "id": id, "exit_status": code }));
     }
     Ok(ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)))
+}
+
+/// Joins PID 1's mount namespace. The runtime state `exec` needs is mounted unbindable, so no
+/// container sees it; a keelctl in a host-equivalent container (`pid: host` and
+/// `CAP_SYS_ADMIN`, as getty and sshd are) can join the host's mounts, where it and the shim
+/// are — which such a container could do anyway. Anyone else gets an error saying so.
+fn join_host_mounts() -> Result<(), String> {
+    let refuse = |e: &dyn std::fmt::Display| {
+        format!(
+            "exec needs the host's runtime state, which is not visible here; run it from the console, the host (keel ctl) or a container with pid: host and CAP_SYS_ADMIN ({e})"
+        )
+    };
+    let ns = std::fs::File::open("/proc/1/ns/mnt").map_err(|e| refuse(&e))?;
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| refuse(&e))?;
+    // setns leaves the working directory in the old tree; the shim does not care, but a
+    // relative path in the command would.
+    std::env::set_current_dir("/").map_err(|e| refuse(&e))
 }
 
 fn chain(e: &ClientError) -> String {

@@ -6,7 +6,7 @@
 export PATH=/tmp/bin:/usr/sbin:/usr/bin:/sbin:/bin
 . /sup/lib.sh
 RUNS=25
-SOCK=/run/keel/control.sock
+SOCK=/run/keel/ctl/control.sock
 wait_status idle20 120 running
 
 # --- Hostile control-socket clients; `keelctl list` must work after each.
