@@ -439,7 +439,7 @@ fn persistent_twice(arch: Arch) {
         );
         let boots = guest.until("the counter's report", |g| {
             let checks = Checks::parse(&g.console());
-            checks.get("002-counter", "boots").map(str::to_string)
+            checks.get("003-counter", "boots").map(str::to_string)
         });
         assert_eq!(
             boots,
