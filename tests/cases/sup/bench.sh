@@ -30,10 +30,13 @@ stalled=$(alive)
 t1=$(now_ms)
 echo "CHECK stalled_alive=$stalled"
 echo "CHECK stalled_list_ms=$((t1 - t0))"
-# Non-root (uid 65534): the socket's mode refuses first; with the mode opened, PID 1's peer check does.
+# Non-root (uid 65534): the modes (socket 0600, its directory 0700) refuse first; with them
+# opened, PID 1's peer check does.
 echo "CHECK nobody_mode=$(su -s /bin/sh nobody -c "/usr/bin/keelctl list" 2>&1 | oneline)"
 chmod 0666 $SOCK
+chmod 0755 ${SOCK%/*}
 echo "CHECK nobody_peer=$(su -s /bin/sh nobody -c "/usr/bin/keelctl list" 2>&1 | oneline)"
+chmod 0700 ${SOCK%/*}
 chmod 0600 $SOCK
 echo "CHECK nobody_alive=$(alive)"
 echo "CHECK socket_mode=$(stat -c %a $SOCK)"
