@@ -332,7 +332,6 @@ pub fn generate(
     bounding.dedup();
 
     let host_equivalent = bounding.iter().any(|c| c == defaults::HOST_EQUIVALENT_CAP);
-    let bounding_for_seccomp = bounding.clone();
 
     let readonly = pick(&l.readonly, &y.readonly).is_some_and(|r| **r);
 
@@ -494,6 +493,17 @@ pub fn generate(
         additional.push(resolve_id(g, ctx.ids)?);
     }
 
+    let seccomp = match pick(&l.seccomp, &y.seccomp) {
+        Some(s) if s.value.as_str() == Some(seccomp_default::UNCONFINED) => None,
+        Some(s) => Some(s.value.clone()),
+        // Host-equivalent containers could undo a filter anyway (as with Docker's
+        // --privileged); the rest get Docker's default profile for their capabilities.
+        None if host_equivalent => None,
+        None => Some(
+            seccomp_default::default_profile(&bounding, ctx.arch)
+                .map_err(|e| spec.loc.err(format!("default seccomp profile: {e}")))?,
+        ),
+    };
     let process = oci::Process {
         terminal: false,
         user: oci::User {
@@ -587,17 +597,7 @@ pub fn generate(
         sysctl: pick(&l.sysctl, &y.sysctl)
             .filter(|s| !s.is_empty())
             .map(|s| s.value.clone()),
-        seccomp: match pick(&l.seccomp, &y.seccomp) {
-            Some(s) if s.value.as_str() == Some(seccomp_default::UNCONFINED) => None,
-            Some(s) => Some(s.value.clone()),
-            // Host-equivalent containers could undo a filter anyway (as with Docker's
-            // --privileged); the rest get Docker's default profile for their capabilities.
-            None if host_equivalent => None,
-            None => Some(
-                seccomp_default::default_profile(&bounding_for_seccomp, ctx.arch)
-                    .map_err(|e| spec.loc.err(format!("default seccomp profile: {e}")))?,
-            ),
-        },
+        seccomp,
         rootfs_propagation: pick_str(&l.rootfs_propagation, &y.rootfs_propagation)
             .map(str::to_owned),
         masked_paths: paths(

@@ -83,11 +83,15 @@ struct Prepared {
 /// missing or stale (and writes it), and builds the binaries (cargo is quick when they are up to
 /// date).
 pub fn show_tag(dir: &Path, opts: &PkgOptions) -> Result<Reference> {
-    let deb_cache = match &opts.deb_cache {
-        Some(d) => d.clone(),
-        None => Store::default_path()?.join("debs"),
-    };
-    Ok(prepare(dir, opts, &deb_cache)?.1)
+    Ok(prepare(dir, opts, &deb_cache(opts)?)?.1)
+}
+
+/// `opts.deb_cache`, else the default store's `debs/`.
+fn deb_cache(opts: &PkgOptions) -> Result<PathBuf> {
+    match &opts.deb_cache {
+        Some(d) => Ok(d.clone()),
+        None => Ok(Store::default_path()?.join("debs")),
+    }
 }
 
 /// Builds the package in `dir` into `store` and tags it with [`show_tag`]'s reference. When
@@ -134,10 +138,7 @@ pub fn build(store: &Store, dir: &Path, opts: &PkgOptions) -> Result<Reference> 
 /// `keel pkg update-lock`: resolves every architecture's closure against the archive as it is
 /// now, rewrites `build.lock.json`, and returns what changed per architecture.
 pub fn update_lock(dir: &Path, opts: &PkgOptions) -> Result<Vec<(Arch, PinChange)>> {
-    let deb_cache = match &opts.deb_cache {
-        Some(d) => d.clone(),
-        None => Store::default_path()?.join("debs"),
-    };
+    let deb_cache = deb_cache(opts)?;
     let (_, manifest) = read_manifest(dir)?;
     let arches = select_arches(&manifest, opts)?;
     let before = Lock::read(dir)?.unwrap_or_default();
