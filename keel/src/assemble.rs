@@ -657,7 +657,7 @@ fn add_files(root: &mut Tree, config: &Config, ids: &keel_config::IdMap) -> Resu
             FileContent::Contents(text) => {
                 file(Bytes::copy_from_slice(text.as_bytes()), mode, &origin)
             }
-            FileContent::Metadata(MetadataFormat::Yaml) => file(config.to_yaml(), mode, &origin),
+            FileContent::Metadata(MetadataFormat::Yaml) => file(config.to_yaml()?, mode, &origin),
             FileContent::Metadata(MetadataFormat::Json) => file(config.to_json()?, mode, &origin),
             FileContent::Source {
                 path: source,

@@ -310,7 +310,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
     }
     let config = load(&opts.files, (!opts.dry_run).then_some(store), opts.locked)?;
     if opts.dry_run {
-        print!("{}", config.to_yaml());
+        print!("{}", config.to_yaml()?);
         return Ok(vec![]);
     }
 
@@ -398,7 +398,7 @@ pub fn validate(store: &Store, files: &[String], arch: Arch, insecure: bool) -> 
     )?;
     let mut out = String::new();
     out.push_str("# merged configuration\n");
-    out.push_str(&config.to_yaml());
+    out.push_str(&config.to_yaml()?);
     let ids = config.ids();
     for (section, index, spec) in config.containers() {
         let image = images

@@ -171,14 +171,19 @@ impl Config {
     }
 
     /// The merged configuration as YAML (for `keel validate` and `files: metadata: yaml`).
-    pub fn to_yaml(&self) -> String {
+    pub fn to_yaml(&self) -> Result<String, Error> {
         // JSON text keeps struct field order (name, image, ...); JSON is YAML, so the
-        // positioned parser reads it back in that order.
+        // positioned parser reads it back in that order. The parser's limits apply: a merged
+        // config past them is an error, not an empty document.
         let file: Arc<str> = Arc::from("<config>");
-        match serde_json::to_string(self).map(|j| yaml::parse(&file, &j)) {
-            Ok(Ok(Some(node))) => yaml::emit(&node),
-            _ => "{}\n".into(),
-        }
+        let json = serde_json::to_string(self).map_err(|source| Error::Json {
+            what: "config YAML",
+            source,
+        })?;
+        Ok(match yaml::parse(&file, &json)? {
+            Some(node) => yaml::emit(&node),
+            None => "{}\n".into(),
+        })
     }
 
     /// The merged configuration as pretty JSON (`files: metadata: json`).
@@ -751,10 +756,10 @@ mod tests {
     fn yaml_round_trip_is_stable() {
         let text = "kernel:\n  image: k\n  cmdline: console=ttyS0\nonboot:\n  - name: a\n    image: alpine\n    capabilities.add: [CAP_NET_ADMIN]\n    uid: 0\n    gid: a\n    mounts:\n      - type: proc\nfiles:\n  - path: etc/x\n    contents: |\n      hello\n    mode: \"0644\"\n";
         let c = ok(text);
-        let y = c.to_yaml();
+        let y = c.to_yaml().unwrap();
         let again = ok(&y);
         assert_eq!(again, c);
-        assert_eq!(again.to_yaml(), y);
+        assert_eq!(again.to_yaml().unwrap(), y);
         assert!(
             y.contains("capabilities.add:\n      - CAP_NET_ADMIN\n"),
             "{y}"

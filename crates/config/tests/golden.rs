@@ -69,7 +69,7 @@ fn golden() {
         let config = load(&[source], &resolver).unwrap_or_else(|e| panic!("{e}"));
         check(
             &dir.join(format!("{stem}.merged.yml")),
-            &config.to_yaml(),
+            &config.to_yaml().unwrap(),
             bless,
             &mut failures,
         );
