@@ -45,13 +45,18 @@ pub enum Origin {
 /// compile until it is placed here.
 pub fn needs(request: &Request) -> ControlGrant {
     match request {
-        Request::List | Request::Timeline | Request::Ps { .. } | Request::Logs { .. } => {
-            ControlGrant::Inspect
-        }
+        Request::List
+        | Request::Timeline
+        | Request::Ps { .. }
+        | Request::Logs { .. }
+        | Request::Top => ControlGrant::Inspect,
         Request::Start { .. }
         | Request::Stop { .. }
         | Request::Restart { .. }
         | Request::Kill { .. }
+        | Request::Exec { .. }
+        | Request::ExecOutput { .. }
+        | Request::ExecKill { .. }
         | Request::Poweroff
         | Request::Reboot => ControlGrant::Admin,
     }
@@ -68,6 +73,10 @@ pub fn verb(request: &Request) -> &'static str {
         Request::Stop { .. } => "stop",
         Request::Restart { .. } => "restart",
         Request::Kill { .. } => "kill",
+        Request::Top => "top",
+        Request::Exec { .. } => "exec",
+        Request::ExecOutput { .. } => "exec-output",
+        Request::ExecKill { .. } => "exec-kill",
         Request::Poweroff => "poweroff",
         Request::Reboot => "reboot",
     }
@@ -175,8 +184,21 @@ pub fn decide(origin: &Origin, request: &Request) -> Result<(), String> {
             verb(request),
             needs(request).as_str()
         )),
+        // PID 1 running a command in any container is the console's and the host's: a
+        // granted container would reach every other container through it (privileged ones
+        // included). Its own keelctl runs the shim itself, with its own privileges.
+        Origin::Container { id, .. } if is_exec(request) => Err(format!(
+            "permission denied: container {id} may not ask PID 1 to exec; run keelctl exec, which uses the container's own privileges"
+        )),
         _ => Ok(()),
     }
+}
+
+fn is_exec(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Exec { .. } | Request::ExecOutput { .. } | Request::ExecKill { .. }
+    )
 }
 
 /// `s` cut to a length fit for a log line.
@@ -225,6 +247,13 @@ mod tests {
                 id: id(),
                 signal: 9,
             },
+            Request::Top,
+            Request::Exec {
+                id: id(),
+                command: vec!["id".into()],
+            },
+            Request::ExecOutput { exec: 1, after: 0 },
+            Request::ExecKill { exec: 1, signal: 2 },
             Request::Poweroff,
             Request::Reboot,
         ]
@@ -240,15 +269,33 @@ mod tests {
             .collect()
     }
 
-    const READ: [&str; 4] = ["list", "timeline", "ps", "logs"];
-    const ALL: [&str; 10] = [
-        "list", "timeline", "ps", "logs", "start", "stop", "restart", "kill", "poweroff", "reboot",
+    const READ: [&str; 5] = ["list", "timeline", "ps", "logs", "top"];
+    /// What an admin container may ask: everything but making PID 1 exec.
+    const ADMIN: [&str; 11] = [
+        "list", "timeline", "ps", "logs", "start", "stop", "restart", "kill", "top", "poweroff",
+        "reboot",
+    ];
+    const ALL: [&str; 14] = [
+        "list",
+        "timeline",
+        "ps",
+        "logs",
+        "start",
+        "stop",
+        "restart",
+        "kill",
+        "top",
+        "exec",
+        "exec-output",
+        "exec-kill",
+        "poweroff",
+        "reboot",
     ];
 
     #[test]
     fn grants_allow_their_verbs() {
         assert_eq!(allowed("0::/keel/services/web\n"), READ);
-        assert_eq!(allowed("0::/keel/services/getty\n"), ALL);
+        assert_eq!(allowed("0::/keel/services/getty\n"), ADMIN);
         assert!(allowed("0::/keel/services/plain\n").is_empty());
         // The host: the root cgroup and PID 1's own.
         assert_eq!(allowed("0::/\n"), ALL);
@@ -276,7 +323,7 @@ mod tests {
             assert!(allowed(stranger).is_empty(), "{stranger}");
         }
         // The longest match wins: a container nested in another's cgroup is itself.
-        assert_eq!(allowed("0::/podruntime/docker/inner/x\n"), ALL);
+        assert_eq!(allowed("0::/podruntime/docker/inner/x\n"), ADMIN);
         assert!(allowed("0::/podruntime/docker/other\n").is_empty());
     }
 

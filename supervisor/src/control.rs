@@ -1,9 +1,10 @@
 //! The answers to control requests: what PID 1's control-socket handler calls, kept here so
 //! every request is testable without a socket or root.
 
-use crate::lifecycle::{Now, Supervisor};
+use crate::exec::Execs;
+use crate::lifecycle::{Now, Status, Supervisor};
 use crate::procs;
-use crate::protocol::{LogLine, Request, Response, TimelineStep};
+use crate::protocol::{InitUsage, LogLine, Request, Response, TimelineStep, Usage};
 use nix::sys::signal::Signal;
 use std::path::Path;
 
@@ -27,11 +28,14 @@ pub struct Host<'a> {
     /// `/sys/fs/cgroup`.
     pub cgroup_root: &'a Path,
     pub timeline: &'a [TimelineStep],
+    /// Bytes PID 1 holds for control clients (for `top`).
+    pub buffered: usize,
 }
 
 /// Answers `request`; a power request is returned for PID 1 to begin the shutdown.
 pub fn serve(
     sup: &mut Supervisor,
+    execs: &mut Execs,
     request: Request,
     host: Host<'_>,
     now: Now,
@@ -91,6 +95,37 @@ pub fn serve(
                 }
             }
         },
+        Request::Top => Response::Top {
+            init: init_usage(host),
+            containers: usage(sup, host.cgroup_root),
+        },
+        Request::Exec { id, command } => match sup.find(&id) {
+            Err(e) => Response::error(e.to_string()),
+            Ok(_) if command.is_empty() => Response::error("exec needs a command"),
+            Ok(index) if sup.records()[index].status != Status::Running => {
+                Response::error(format!("{id} is not running"))
+            }
+            Ok(_) => match execs.start(&id, command) {
+                Ok(exec) => Response::Exec { exec },
+                Err(e) => Response::error(e.to_string()),
+            },
+        },
+        Request::ExecOutput { exec, after } => match execs.read(exec, after) {
+            Ok(c) => Response::ExecOutput {
+                output: c.output,
+                next: c.next,
+                dropped: c.dropped,
+                exit_status: c.exit_status,
+            },
+            Err(e) => Response::error(e.to_string()),
+        },
+        Request::ExecKill { exec, signal } => match Signal::try_from(signal) {
+            Err(_) => Response::error(format!("unknown signal {signal}")),
+            Ok(sig) => reply(
+                execs.kill(exec, signal),
+                format!("sent {sig} to exec {exec}"),
+            ),
+        },
         Request::Start { id } => reply(sup.start_service(&id), format!("starting {id}")),
         Request::Stop { id } => reply(sup.stop_service(&id, now), format!("stopping {id}")),
         Request::Restart { id } => reply(sup.restart_service(&id, now), format!("restarting {id}")),
@@ -100,6 +135,51 @@ pub fn serve(
         },
     };
     (response, None)
+}
+
+/// What each container's cgroup says about it.
+fn usage(sup: &Supervisor, cgroup_root: &Path) -> Vec<Usage> {
+    sup.records()
+        .iter()
+        .zip(sup.list())
+        .map(|(r, info)| {
+            let dir = r
+                .cgroups_path
+                .as_deref()
+                .map(|p| cgroup_root.join(p.trim_start_matches('/')));
+            let read = |file: &str| -> Option<String> {
+                let dir = dir.as_ref()?;
+                procs::read_small(&dir.join(file)).ok()
+            };
+            Usage {
+                id: info.id,
+                status: info.status,
+                restarts: info.restarts,
+                cpu_usec: read("cpu.stat").and_then(|t| field(&t, "usage_usec")),
+                memory_bytes: read("memory.current").and_then(|t| t.trim().parse().ok()),
+                pids: read("pids.current").and_then(|t| t.trim().parse().ok()),
+            }
+        })
+        .collect()
+}
+
+/// PID 1's own memory from `smaps_rollup` (kB there), and what it buffers for clients.
+fn init_usage(host: Host<'_>) -> InitUsage {
+    let rollup = procs::read_small(&host.proc_root.join("self/smaps_rollup")).unwrap_or_default();
+    let kib = |name: &str| field(&rollup, name).map_or(0, |k| k.saturating_mul(1024));
+    InitUsage {
+        rss_bytes: kib("Rss:"),
+        pss_bytes: kib("Pss:"),
+        buffered_bytes: u64::try_from(host.buffered).unwrap_or(u64::MAX),
+    }
+}
+
+/// The number after `name` on the line that starts with it (`usage_usec 1234`, `Rss:  12 kB`).
+fn field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
 }
 
 fn reply<E: std::error::Error>(r: Result<(), E>, message: String) -> Response {
@@ -147,8 +227,9 @@ mod tests {
             proc_root: Path::new("/nonexistent/proc"),
             cgroup_root: Path::new("/nonexistent/cgroup"),
             timeline: &[],
+            buffered: 0,
         };
-        serve(s, r, host, Now::system())
+        serve(s, &mut Execs::default(), r, host, Now::system())
     }
 
     fn error(r: (Response, Option<PowerRequest>)) -> String {
@@ -275,6 +356,101 @@ mod tests {
             encoded.len() < crate::server::MAX_RESPONSE,
             "{}",
             encoded.len()
+        );
+    }
+
+    #[test]
+    fn top_reads_cgroups_and_smaps_rollup() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = dir.path().join("cgroup/keel/services/web");
+        std::fs::create_dir_all(&cg).unwrap();
+        std::fs::write(cg.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\n").unwrap();
+        std::fs::write(cg.join("memory.current"), "4096\n").unwrap();
+        std::fs::write(cg.join("pids.current"), "3\n").unwrap();
+        std::fs::create_dir_all(dir.path().join("proc/self")).unwrap();
+        std::fs::write(
+            dir.path().join("proc/self/smaps_rollup"),
+            "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:                1200 kB\nPss:                 800 kB\n",
+        )
+        .unwrap();
+        let mut s = Supervisor::new(Settings::default());
+        s.add(Bundle {
+            kind: Kind::Service,
+            id: "web".into(),
+            dir: PathBuf::from("/containers/services/web"),
+            runtime: Ok(Runtime::default()),
+            cgroups_path: Some("/keel/services/web".into()),
+        });
+        let host = Host {
+            proc_root: &dir.path().join("proc"),
+            cgroup_root: &dir.path().join("cgroup"),
+            timeline: &[],
+            buffered: 10,
+        };
+        let (r, _) = serve(
+            &mut s,
+            &mut Execs::default(),
+            Request::Top,
+            host,
+            Now::system(),
+        );
+        let Response::Top { init, containers } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (init.rss_bytes, init.pss_bytes, init.buffered_bytes),
+            (1200 * 1024, 800 * 1024, 10)
+        );
+        assert_eq!(containers.len(), 1);
+        let web = &containers[0];
+        assert_eq!(
+            (web.cpu_usec, web.memory_bytes, web.pids),
+            (Some(1500), Some(4096), Some(3))
+        );
+    }
+
+    #[test]
+    fn exec_needs_a_running_container() {
+        let mut s = system();
+        let mut execs = Execs::default();
+        let host = Host {
+            proc_root: Path::new("/nonexistent/proc"),
+            cgroup_root: Path::new("/nonexistent/cgroup"),
+            timeline: &[],
+            buffered: 0,
+        };
+        let exec = |s: &mut Supervisor, e: &mut Execs, id: &str, argv: &[&str]| {
+            let r = Request::Exec {
+                id: id.into(),
+                command: argv.iter().map(|a| a.to_string()).collect(),
+            };
+            serve(s, e, r, host, Now::system()).0
+        };
+        let r = exec(&mut s, &mut execs, "nope", &["id"]);
+        assert!(
+            matches!(r, Response::Error { ref message } if message.contains("nope")),
+            "{r:?}"
+        );
+        let first = s.list()[0].id.clone();
+        let r = exec(&mut s, &mut execs, &first, &["id"]);
+        assert!(
+            matches!(r, Response::Error { ref message } if message.contains("not running")),
+            "{r:?}"
+        );
+        let r = exec(&mut s, &mut execs, &first, &[]);
+        assert!(matches!(r, Response::Error { .. }), "{r:?}");
+        assert!(execs.take_pending().is_empty());
+        let r = serve(
+            &mut s,
+            &mut execs,
+            Request::ExecOutput { exec: 5, after: 0 },
+            host,
+            Now::system(),
+        )
+        .0;
+        assert!(
+            matches!(r, Response::Error { ref message } if message.contains("no exec 5")),
+            "{r:?}"
         );
     }
 }

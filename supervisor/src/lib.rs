@@ -6,8 +6,10 @@
 
 pub mod access;
 pub mod bundles;
+pub mod cli;
 pub mod client;
 pub mod control;
+pub mod exec;
 pub mod lifecycle;
 pub mod output;
 pub mod procs;

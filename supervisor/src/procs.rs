@@ -1,4 +1,4 @@
-//! `keelctl ps`: the processes of a container, found through the cgroup (v2) of its main
+//! `keelctl ps` and `top`: the processes of a container, found through the cgroup (v2) of its main
 //! process, with their command lines from `/proc`.
 
 use crate::protocol::ProcessInfo;
@@ -28,6 +28,18 @@ pub enum PsError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Bytes read of a small kernel file (`memory.current`, `cpu.stat`, `smaps_rollup`).
+const MAX_SMALL_FILE: u64 = 16 * 1024;
+
+/// A small kernel file as text, at most [`MAX_SMALL_FILE`] bytes of it.
+pub fn read_small(path: &Path) -> std::io::Result<String> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_SMALL_FILE)
+        .read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// The processes in the cgroup of `pid` (and its child cgroups), read from `proc_root`

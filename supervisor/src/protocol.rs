@@ -35,6 +35,20 @@ pub enum Request {
     Restart { id: String },
     /// Send a signal (by number) to a container's process.
     Kill { id: String, signal: i32 },
+    /// CPU, memory and processes per container from their cgroups, and PID 1's own memory.
+    Top,
+    /// Runs a command in a running container with the container's own process settings, the
+    /// way `keelctl exec` does, but started by PID 1: stdin is empty and the output is kept
+    /// for [`Request::ExecOutput`]. Answered with [`Response::Exec`].
+    Exec { id: String, command: Vec<String> },
+    /// An exec's output from byte `after` on, and its exit status once it ended.
+    ExecOutput {
+        exec: u64,
+        #[serde(default)]
+        after: u64,
+    },
+    /// Sends a signal (by number) to an exec's process (ctrl-c of `keel ctl exec`).
+    ExecKill { exec: u64, signal: i32 },
     /// The orderly shutdown, then power off.
     Poweroff,
     /// The orderly shutdown, then reboot.
@@ -59,6 +73,23 @@ pub enum Response {
         lines: Vec<LogLine>,
         next: u64,
     },
+    Top {
+        init: InitUsage,
+        containers: Vec<Usage>,
+    },
+    /// An exec was started; ask for its output with this number.
+    Exec {
+        exec: u64,
+    },
+    /// Output bytes `[after, next)` (lossy UTF-8); `dropped` bytes before them were lost to the
+    /// output bound; `exit_status` once the process ended and all its output was sent.
+    ExecOutput {
+        output: String,
+        next: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        dropped: u64,
+        exit_status: Option<i32>,
+    },
     /// The request was carried out (or, for stops and shutdown, begun).
     Done {
         message: String,
@@ -75,6 +106,46 @@ impl Response {
             message: message.into(),
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One row of `top`: what a container's cgroup says (absent when it has no cgroup or the file
+/// cannot be read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Usage {
+    pub id: String,
+    pub status: String,
+    pub restarts: u32,
+    /// `cpu.stat` `usage_usec`.
+    pub cpu_usec: Option<u64>,
+    /// `memory.current`.
+    pub memory_bytes: Option<u64>,
+    /// `pids.current`.
+    pub pids: Option<u64>,
+}
+
+/// PID 1's own footprint (`/proc/self/smaps_rollup`) and what its control clients hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitUsage {
+    pub rss_bytes: u64,
+    pub pss_bytes: u64,
+    /// Bytes buffered for control clients (requests read, answers not yet sent).
+    pub buffered_bytes: u64,
+}
+
+/// A request or answer on the host channel (`keel ctl`, a virtio-serial port): the channel
+/// has no connections the guest can see, so each answer carries its request's tag and a client
+/// skips answers to requests that are not its own (left by a client killed mid-request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tagged<T> {
+    pub tag: u64,
+    pub body: T,
 }
 
 /// One row of `keelctl list` (also its `--json` object).

@@ -46,6 +46,10 @@ pub const SHIM_DIR: &str = "/run/keel/shim";
 pub const PRIVATE_DIRS: [&str; 2] = [STATE_DIR, SHIM_DIR];
 /// Where container logs are written.
 pub const LOG_DIR: &str = "/var/log";
+/// The name of the virtio-serial port `keel run` attaches for `keel ctl`: PID 1 serves the
+/// control protocol on it (framed as `keel_supervisor::protocol::Tagged`), with every request
+/// allowed, since only the host end's owner can reach it.
+pub const HOST_CHANNEL: &str = "org.keel.ctl.0";
 
 /// Where the shim lives in the root filesystem.
 pub const SHIM_PATH: &str = "/usr/libexec/keel-shim";
