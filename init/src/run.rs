@@ -8,6 +8,7 @@ use crate::shim::{Item, ShimIo, Stream};
 use crate::sys;
 use keel_bundle::ShimEvent;
 use keel_supervisor::control::{self, Host, PowerRequest};
+use keel_supervisor::exec::Execs;
 use keel_supervisor::output::{LOG_FILE_BYTES, LOG_FILES, LogFile};
 use keel_supervisor::{
     Action, ControlServer, Kind, Now, Request, Supervisor, TimelineStep, readiness,
@@ -72,6 +73,8 @@ pub struct Init {
     /// `/var/log/<id>.log` of each record that wrote output.
     logs: HashMap<usize, LogFile>,
     power: Option<PowerAction>,
+    /// Commands run in containers for the console and the host channel.
+    execs: Execs,
 }
 
 /// Wait-status as a shell would report it: exit code, or 128+signal.
@@ -106,6 +109,7 @@ impl Init {
             shims: Vec::new(),
             logs: HashMap::new(),
             power: None,
+            execs: Execs::default(),
         }
     }
 
@@ -247,14 +251,15 @@ impl Init {
         }
         let mut power = None;
         if let Some(server) = self.control.as_mut() {
-            let (sup, timeline) = (&mut self.sup, &self.timeline);
+            let (sup, timeline, execs) = (&mut self.sup, &self.timeline, &mut self.execs);
             let mut handler = |r: Request| {
                 let host = Host {
                     proc_root: Path::new("/proc"),
                     cgroup_root: Path::new("/sys/fs/cgroup"),
                     timeline: timeline.steps(),
+                    buffered: execs.buffered(),
                 };
-                let (response, asked) = control::serve(sup, r, host, Now::system());
+                let (response, asked) = control::serve(sup, execs, r, host, Now::system());
                 power = power.or(asked);
                 response
             };

@@ -488,6 +488,24 @@ pub fn assemble(
             })?;
     }
 
+    // System-wide settings for PID 1, only when the YAML asks for something: systems that do
+    // not keep their bytes.
+    if let Some(console) = config.console.as_ref().filter(|c| !c.is_default()) {
+        let system = keel_bundle::System {
+            console: console.value,
+        };
+        let json =
+            serde_json::to_vec_pretty(&system).map_err(|source| keel_config::Error::Json {
+                what: "system.json",
+                source,
+            })?;
+        place(
+            &mut root,
+            keel_bundle::SYSTEM_FILE,
+            file(json, 0o644, "keel console:"),
+        )?;
+    }
+
     add_files(&mut root, config, &ids)?;
     // After `files:`, so binds of files it adds are known.
     for point in &mount_points {

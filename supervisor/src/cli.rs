@@ -302,6 +302,25 @@ pub fn top_table(
     out
 }
 
+/// `text` with every control character but newline and tab shown as `\xNN` (C0, DEL and the
+/// C1 range): what a container wrote cannot move the cursor, retitle or reprogram the
+/// operator's terminal.
+pub fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c != '\n' && c != '\t' && c.is_control();
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\x{:02x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Bytes in binary units with one decimal (`12.5 MiB`).
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
@@ -453,6 +472,15 @@ mod tests {
         let out = timeline_table(&steps);
         assert!(out.contains("2.350s"), "{out}");
         assert!(out.contains("+0.250s"), "{out}");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(sanitize("plain\ttext\n"), "plain\ttext\n");
+        assert_eq!(
+            sanitize("\x1b]0;title\x07\x1b[2J\r\u{9b}31m\x7f"),
+            "\\x1b]0;title\\x07\\x1b[2J\\x0d\\x9b31m\\x7f"
+        );
     }
 
     #[test]

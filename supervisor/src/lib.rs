@@ -13,6 +13,7 @@ pub mod exec;
 pub mod lifecycle;
 pub mod output;
 pub mod procs;
+pub mod prompt;
 pub mod protocol;
 pub mod readiness;
 pub mod restart;

@@ -241,6 +241,48 @@ impl Supervision {
     }
 }
 
+/// `containers/system.json`: the system-wide settings PID 1 reads at boot (YAML `console:`).
+/// Absent means every default; a file PID 1 cannot read or parse is reported and the defaults
+/// are used (the console prompt stays off).
+pub const SYSTEM_FILE: &str = "containers/system.json";
+/// The most bytes of [`SYSTEM_FILE`] PID 1 reads; a longer file is refused.
+pub const MAX_SYSTEM_FILE: u64 = 64 * 1024;
+
+/// What [`SYSTEM_FILE`] holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct System {
+    #[serde(default, skip_serializing_if = "ConsoleSettings::is_default")]
+    pub console: ConsoleSettings,
+}
+
+/// YAML `console:`: the prompt PID 1 serves on the console, and how container output shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Who may use the prompt: `None` (off, the default), `Inspect` (read-only verbs) or
+    /// `Admin` (every verb).
+    #[serde(default)]
+    pub prompt: ControlGrant,
+    /// Container output reaches the console unfiltered (terminal escape sequences included);
+    /// by default control characters are shown escaped (`\x1b`).
+    #[serde(default)]
+    pub raw: bool,
+}
+
+impl ConsoleSettings {
+    pub fn is_default(&self) -> bool {
+        *self == ConsoleSettings::default()
+    }
+}
+
+impl System {
+    /// Parses [`SYSTEM_FILE`]'s text.
+    pub fn from_json(text: &str) -> Result<System, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
 /// Which control-socket requests a container's processes may make (YAML `control:`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -248,9 +290,10 @@ pub enum ControlGrant {
     /// None: the container is refused (the default).
     #[default]
     None,
-    /// Requests that only read: list, ps, logs, timeline.
+    /// Requests that only read: list, ps, logs, timeline, top.
     Inspect,
-    /// Every request, including start, stop, restart, kill, exec, poweroff and reboot.
+    /// Every request, including start, stop, restart, kill, poweroff and reboot (and, on the
+    /// console, exec).
     Admin,
 }
 

@@ -116,6 +116,10 @@ pub type IdMap = BTreeMap<String, u32>;
 impl Config {
     /// Appends `other` (a later source) to this config.
     pub fn append(&mut self, other: Config) {
+        // A later `console:` replaces an earlier one as a whole.
+        if other.console.is_some() {
+            self.console = other.console;
+        }
         if let Some(k) = other.kernel {
             let mine = self.kernel.get_or_insert_with(Default::default);
             let non_empty = |v: &Option<Spanned<String>>| v.as_ref().is_some_and(|s| !s.is_empty());
@@ -765,5 +769,35 @@ mod tests {
             "{y}"
         );
         assert!(c.to_json().unwrap().contains("\"mode\": \"0644\""));
+    }
+
+    #[test]
+    fn console_settings_parse_and_merge() {
+        use keel_bundle::{ConsoleSettings, ControlGrant};
+        let c = ok("console: inspect\n");
+        assert_eq!(
+            c.console.unwrap().value,
+            ConsoleSettings {
+                prompt: ControlGrant::Inspect,
+                raw: false
+            }
+        );
+        let c = ok("console:\n  prompt: admin\n  raw: true\n");
+        let settings = c.console.clone().unwrap().value;
+        assert_eq!((settings.prompt, settings.raw), (ControlGrant::Admin, true));
+        // What `keel validate` prints reads back the same.
+        assert_eq!(ok(&c.to_yaml().unwrap()).console.unwrap().value, settings);
+        assert_eq!(
+            ok("console: off\n").console.unwrap().value.prompt,
+            ControlGrant::None
+        );
+        let e = err("console: root\n");
+        assert!(
+            e.starts_with("t.yml:1:10: invalid console prompt \"root\""),
+            "{e}"
+        );
+        let e = err("console:\n  promt: admin\n");
+        assert!(e.contains("unknown key \"promt\" in console"), "{e}");
+        assert!(err("console:\n  raw: maybe\n").contains("true or false"));
     }
 }

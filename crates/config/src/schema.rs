@@ -20,7 +20,9 @@
 use crate::error::{Error, Loc, Spanned, hint};
 use crate::values;
 use crate::yaml::{Kind, Node};
-use keel_bundle::{BindNamespaces, ControlGrant, Interface, Mount, Readiness, RestartPolicy};
+use keel_bundle::{
+    BindNamespaces, ConsoleSettings, ControlGrant, Interface, Mount, Readiness, RestartPolicy,
+};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -48,6 +50,9 @@ pub struct Config {
     pub files: Vec<FileSpec>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// keel's `console:` (the console prompt and container output on the console).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub console: Option<Spanned<ConsoleSettings>>,
 }
 
 /// `kernel:`.
@@ -505,6 +510,7 @@ const TOP_KEYS: &[&str] = &[
     "files",
     "volumes",
     "trust",
+    "console",
 ];
 const KERNEL_KEYS: &[&str] = &["image", "cmdline", "binary", "tar", "ucode"];
 const IMAGE_KEYS: &[&str] = &[
@@ -725,6 +731,36 @@ fn duration(n: &Node) -> R<Spanned<DurationSpec>> {
     ))
 }
 
+/// `console: off|inspect|admin`, or `console: {prompt: ..., raw: true|false}`.
+fn console(n: &Node) -> R<Spanned<ConsoleSettings>> {
+    let prompt = |v: &Node| -> R<ControlGrant> {
+        let s = string(v)?;
+        Ok(match s.as_str() {
+            "off" | "none" => ControlGrant::None,
+            "inspect" => ControlGrant::Inspect,
+            "admin" => ControlGrant::Admin,
+            other => {
+                return Err(s.loc.err(format!(
+                    "invalid console prompt {other:?}; expected off, inspect or admin"
+                )));
+            }
+        })
+    };
+    let mut settings = ConsoleSettings::default();
+    if matches!(n.kind, Kind::Scalar { .. }) {
+        settings.prompt = prompt(n)?;
+        return Ok(Spanned::new(settings, n.loc.clone()));
+    }
+    for (k, key, v) in entries(n, "console")? {
+        match key {
+            "prompt" => settings.prompt = prompt(v)?,
+            "raw" => settings.raw = boolean(v)?.value,
+            other => return Err(unknown_key(k, other, "console", &["prompt", "raw"])),
+        }
+    }
+    Ok(Spanned::new(settings, n.loc.clone()))
+}
+
 /// Parses a whole document (one source) into a `Config`.
 pub(crate) fn config(root: &Node, dir: Option<&PathBuf>) -> R<Config> {
     let mut c = Config::default();
@@ -745,6 +781,7 @@ pub(crate) fn config(root: &Node, dir: Option<&PathBuf>) -> R<Config> {
                     .collect::<R<_>>()?;
             }
             "volumes" => c.volumes = items(v, "volumes")?.iter().map(volume).collect::<R<_>>()?,
+            "console" => c.console = Some(console(v)?),
             "trust" => {
                 if !matches!(v.kind, Kind::Null) {
                     for (k, key, v) in entries(v, "trust")? {
