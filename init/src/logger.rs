@@ -2,13 +2,18 @@
 //! the kernel echoes that kmsg record to the console itself). Also the console path for
 //! container output, which must never block PID 1 (a serial console drains slowly): that goes
 //! through a separate non-blocking descriptor and is dropped when full. Container output is
-//! kept out of the kernel log so a chatty service cannot flush the kernel's messages.
+//! kept out of the kernel log so a chatty service cannot flush the kernel's messages, and shown
+//! with control characters escaped (unless the YAML says `console: {raw: true}`), so no
+//! container can drive the operator's terminal.
+//!
+//! When the console prompt is on screen, a line written here first clears it and marks it for
+//! the loop to draw again below the line.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Longest message written to `/dev/kmsg` (the kernel refuses records above ~1 KiB).
 const KMSG_MAX: usize = 1000;
@@ -25,6 +30,38 @@ struct Sinks {
 struct Logger {
     sinks: Mutex<Sinks>,
     dropped: AtomicU64,
+}
+
+/// The console prompt's line is the last thing on the console.
+static PROMPT_SHOWN: AtomicBool = AtomicBool::new(false);
+/// A line was written over the prompt since the loop last looked.
+static PROMPT_OVERWRITTEN: AtomicBool = AtomicBool::new(false);
+/// Container output passes unescaped (`console: {raw: true}`).
+static RAW: AtomicBool = AtomicBool::new(false);
+
+/// Whether the console prompt is what the console shows last.
+pub fn set_prompt_shown(shown: bool) {
+    PROMPT_SHOWN.store(shown, Ordering::Relaxed);
+}
+
+/// Whether a line was written over the prompt since the last call.
+pub fn take_prompt_overwritten() -> bool {
+    PROMPT_OVERWRITTEN.swap(false, Ordering::Relaxed)
+}
+
+/// Container output to the console unescaped.
+pub fn set_raw(raw: bool) {
+    RAW.store(raw, Ordering::Relaxed);
+}
+
+/// What to write before a console line: the prompt's line cleared, if it is showing.
+fn clear_prompt() -> &'static str {
+    if PROMPT_SHOWN.swap(false, Ordering::Relaxed) {
+        PROMPT_OVERWRITTEN.store(true, Ordering::Relaxed);
+        "\r\x1b[K"
+    } else {
+        ""
+    }
 }
 
 static LOGGER: Logger = Logger {
@@ -83,7 +120,12 @@ pub fn reopen() {
 pub fn container_line(name: &str, line: &str) {
     let mut sinks = LOGGER.sinks.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(c) = sinks.console_nb.as_mut() {
-        let text = format!("{name}| {line}\n");
+        let line = if RAW.load(Ordering::Relaxed) {
+            std::borrow::Cow::Borrowed(line)
+        } else {
+            keel_supervisor::cli::sanitize(line)
+        };
+        let text = format!("{}{name}| {line}\n", clear_prompt());
         match c.write(text.as_bytes()) {
             Ok(n) if n == text.len() => {}
             _ => {
@@ -125,10 +167,18 @@ impl log::Log for Logger {
         let message = format!("{tag}{}", record.args());
         let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
         let echoed = sinks.kmsg.is_some() && prio < sinks.console_loglevel;
+        let clear = clear_prompt();
+        if echoed
+            && !clear.is_empty()
+            && let Some(c) = sinks.console.as_mut()
+        {
+            // The kernel prints the record itself: clear the prompt's line for it.
+            let _ = c.write_all(clear.as_bytes());
+        }
         if !echoed && let Some(c) = sinks.console.as_mut() {
             let t = crate::sys::boottime();
             let line = format!(
-                "[{:5}.{:06}] keel-init: {message}\n",
+                "{clear}[{:5}.{:06}] keel-init: {message}\n",
                 t.as_secs(),
                 t.subsec_micros()
             );

@@ -4,7 +4,9 @@
 //! boot goes on; a fault it cannot handle syncs and reboots.
 
 mod boot;
+mod channel;
 mod cmdline;
+mod console;
 mod logger;
 mod modules;
 mod net;

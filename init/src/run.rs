@@ -1,17 +1,20 @@
-//! PID 1's poll loop: signals (signalfd), the power button, the control socket and every shim's
-//! pipes, with the supervisor's deadlines as the poll timeout. Also the boot timeline and the
-//! final stop (kill what is left, sync, unmount).
+//! PID 1's poll loop: signals (signalfd), the power button, the control socket, the console
+//! prompt, the host channel, every shim's pipes and every exec session's output, with the
+//! supervisor's deadlines as the poll timeout. Also the boot timeline and the final stop (kill
+//! what is left, sync, unmount).
 
+use crate::channel::{self, Channel};
 use crate::cmdline::Cmdline;
+use crate::console::{self, Console};
 use crate::power;
-use crate::shim::{Item, ShimIo, Stream};
+use crate::shim::{ExecIo, Item, ShimIo, Stream};
 use crate::sys;
 use keel_bundle::ShimEvent;
 use keel_supervisor::control::{self, Host, PowerRequest};
 use keel_supervisor::exec::Execs;
 use keel_supervisor::output::{LOG_FILE_BYTES, LOG_FILES, LogFile};
 use keel_supervisor::{
-    Action, ControlServer, Kind, Now, Request, Supervisor, TimelineStep, readiness,
+    Action, ControlServer, Kind, Now, Request, Response, Supervisor, TimelineStep, readiness,
 };
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
@@ -59,6 +62,26 @@ enum Token {
     Button(usize),
     Control(RawFd),
     Pipe(usize, Stream),
+    Console,
+    Channel,
+    ExecOutput(usize),
+}
+
+/// How long after the loop starts PID 1 looks for the host channel's port (virtio-serial adds
+/// ports asynchronously after its driver loads), and how often.
+const CHANNEL_SEARCH: Duration = Duration::from_secs(30);
+const CHANNEL_RETRY: Duration = Duration::from_millis(500);
+
+/// The host channel's guest end.
+enum HostChannel {
+    /// Not found yet: look again at `next`, until `until`.
+    Searching {
+        next: Instant,
+        until: Instant,
+    },
+    Open(Channel),
+    /// No such port (not started by `keel run`), or it could not be opened.
+    Absent,
 }
 
 /// Everything the loop owns.
@@ -75,6 +98,10 @@ pub struct Init {
     power: Option<PowerAction>,
     /// Commands run in containers for the console and the host channel.
     execs: Execs,
+    /// Their processes and output pipes.
+    exec_io: Vec<ExecIo>,
+    console: Option<Console>,
+    channel: HostChannel,
 }
 
 /// Wait-status as a shell would report it: exit code, or 128+signal.
@@ -99,7 +126,22 @@ impl Init {
                 None
             }
         };
+        let system = match console::read_system(&Path::new("/").join(keel_bundle::SYSTEM_FILE)) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("{}; the console prompt stays off", crate::chain(&e));
+                keel_bundle::System::default()
+            }
+        };
+        crate::logger::set_raw(system.console.raw);
+        let now = Instant::now();
         Init {
+            console: Console::open(Path::new("/dev/console"), system.console),
+            channel: HostChannel::Searching {
+                next: now,
+                until: now + CHANNEL_SEARCH,
+            },
+            exec_io: Vec::new(),
             sup,
             timeline,
             cmdline,
@@ -146,7 +188,14 @@ impl Init {
                             log::debug!("kill {pid} {signal}: {e}");
                         }
                     }
-                    Action::Milestone(step) => self.timeline.mark(&step),
+                    Action::Milestone(step) => {
+                        self.timeline.mark(&step);
+                        if step == "services started"
+                            && let Some(c) = self.console.as_mut()
+                        {
+                            c.greet();
+                        }
+                    }
                     Action::Probe { index, readiness } => {
                         let ok = readiness::probe(&readiness);
                         self.sup.probed(index, ok);
@@ -176,10 +225,17 @@ impl Init {
     }
 
     fn poll_once(&mut self) {
+        self.search_channel(Instant::now());
         let now = Instant::now();
         let deadline = [
             self.sup.next_deadline(),
             self.control.as_ref().and_then(ControlServer::next_deadline),
+            self.console.as_ref().and_then(Console::next_deadline),
+            self.execs.next_deadline(),
+            match self.channel {
+                HostChannel::Searching { next, .. } => Some(next),
+                _ => None,
+            },
         ]
         .into_iter()
         .flatten()
@@ -211,6 +267,33 @@ impl Init {
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));
             }
         }
+        if let Some(c) = &self.console {
+            let mut flags = PollFlags::POLLIN;
+            if c.wants_write() {
+                flags |= PollFlags::POLLOUT;
+            }
+            tokens.push(Token::Console);
+            fds.push(PollFd::new(c.fd(), flags));
+        }
+        if let HostChannel::Open(c) = &self.channel
+            && let Some((read, write)) = c.interest()
+        {
+            let mut flags = PollFlags::empty();
+            if read {
+                flags |= PollFlags::POLLIN;
+            }
+            if write {
+                flags |= PollFlags::POLLOUT;
+            }
+            tokens.push(Token::Channel);
+            fds.push(PollFd::new(c.fd(), flags));
+        }
+        for (i, e) in self.exec_io.iter().enumerate() {
+            if let Some(fd) = e.fd() {
+                tokens.push(Token::ExecOutput(i));
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
+        }
         match nix::poll::poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(nix::Error::EINTR) => return,
@@ -233,6 +316,7 @@ impl Init {
 
         let mut control_ready = Vec::new();
         let mut sigchld = false;
+        let (mut console_ready, mut channel_ready) = (None, None);
         for (token, revents) in ready {
             match token {
                 Token::Signal => sigchld |= self.read_signals(),
@@ -244,41 +328,178 @@ impl Init {
                 }
                 Token::Control(fd) => control_ready.push((fd, revents)),
                 Token::Pipe(i, stream) => self.read_pipe(i, stream, false),
+                Token::Console => console_ready = Some(revents),
+                Token::Channel => channel_ready = Some(revents),
+                Token::ExecOutput(i) => self.read_exec(i, false),
             }
         }
         if sigchld {
             self.reap();
         }
-        let mut power = None;
-        if let Some(server) = self.control.as_mut() {
-            let (sup, timeline, execs) = (&mut self.sup, &self.timeline, &mut self.execs);
-            let mut handler = |r: Request| {
-                let host = Host {
-                    proc_root: Path::new("/proc"),
-                    cgroup_root: Path::new("/sys/fs/cgroup"),
-                    timeline: timeline.steps(),
-                    buffered: execs.buffered(),
-                };
-                let (response, asked) = control::serve(sup, execs, r, host, Now::system());
-                power = power.or(asked);
-                response
-            };
-            server.handle(&control_ready, Instant::now(), &mut handler);
-            server.expire(Instant::now());
-        }
+        let power = self.serve_clients(&control_ready, console_ready, channel_ready);
         match power {
             Some(PowerRequest::PowerOff) => {
-                log::info!("keelctl: power off");
+                log::info!("control request: power off");
                 self.request_stop(PowerAction::PowerOff);
             }
             Some(PowerRequest::Reboot) => {
-                log::info!("keelctl: reboot");
+                log::info!("control request: reboot");
                 self.request_stop(PowerAction::Reboot);
             }
             None => {}
         }
+        self.run_execs();
         self.shims.retain(|s| !s.finished());
         self.sup.tick(Now::system());
+        if let Some(c) = self.console.as_mut() {
+            if crate::logger::take_prompt_overwritten() {
+                c.redraw();
+            }
+            crate::logger::set_prompt_shown(c.showing_prompt());
+        }
+    }
+
+    /// Answers the control socket's clients, the console and the host channel; returns a
+    /// power request one of them made.
+    fn serve_clients(
+        &mut self,
+        control_ready: &[(RawFd, PollFlags)],
+        console_ready: Option<PollFlags>,
+        channel_ready: Option<PollFlags>,
+    ) -> Option<PowerRequest> {
+        let Init {
+            sup,
+            timeline,
+            execs,
+            control,
+            console,
+            channel,
+            ..
+        } = self;
+        let mut power = None;
+        let mut handler = |r: Request| -> Response {
+            let host = Host {
+                proc_root: Path::new("/proc"),
+                cgroup_root: Path::new("/sys/fs/cgroup"),
+                timeline: timeline.steps(),
+                buffered: execs.buffered(),
+            };
+            let (response, asked) = control::serve(sup, execs, r, host, Now::system());
+            power = power.or(asked);
+            response
+        };
+        if let Some(server) = control.as_mut() {
+            server.handle(control_ready, Instant::now(), &mut handler);
+            server.expire(Instant::now());
+        }
+        if let Some(c) = console.as_mut() {
+            if let Some(revents) = console_ready {
+                if revents.contains(PollFlags::POLLOUT) {
+                    c.writable();
+                }
+                if revents.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+                    c.readable(Instant::now(), &mut handler);
+                }
+            }
+            c.tick(Instant::now(), &mut handler);
+        }
+        if let HostChannel::Open(c) = channel
+            && let Some(revents) = channel_ready
+        {
+            if revents.contains(PollFlags::POLLIN) {
+                c.readable(&mut handler);
+            }
+            if revents.contains(PollFlags::POLLOUT) {
+                c.writable();
+            }
+            // Without a host client the port reports POLLHUP (and reads end-of-file) until
+            // the host connects, which SIGIO announces.
+            if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)
+                && !revents.contains(PollFlags::POLLIN)
+            {
+                c.hang_up();
+            }
+        }
+        power
+    }
+
+    /// Looks for the host channel's port while it may still appear.
+    fn search_channel(&mut self, now: Instant) {
+        let HostChannel::Searching { next, until } = self.channel else {
+            return;
+        };
+        if now < next {
+            return;
+        }
+        let found = channel::find_port(
+            Path::new("/sys/class/virtio-ports"),
+            Path::new("/dev"),
+            keel_bundle::HOST_CHANNEL,
+        );
+        self.channel = match found {
+            Some(path) => match Channel::open(&path) {
+                Ok(c) => {
+                    log::info!("host channel on {}", path.display());
+                    HostChannel::Open(c)
+                }
+                Err(e) => {
+                    log::error!("host channel: cannot open {}: {e}", path.display());
+                    HostChannel::Absent
+                }
+            },
+            None if now >= until => {
+                log::debug!("no host channel ({} port)", keel_bundle::HOST_CHANNEL);
+                HostChannel::Absent
+            }
+            None => HostChannel::Searching {
+                next: now + CHANNEL_RETRY,
+                until,
+            },
+        };
+    }
+
+    /// Starts the exec sessions asked for, sends the signals asked for, forgets old sessions.
+    fn run_execs(&mut self) {
+        for spawn in self.execs.take_pending() {
+            match ExecIo::spawn(spawn.exec, &spawn.container, &spawn.argv) {
+                Ok(io) => {
+                    log::info!(
+                        "exec {} in {}: {}",
+                        spawn.exec,
+                        spawn.container,
+                        keel_supervisor::cli::sanitize(&spawn.argv.join(" "))
+                    );
+                    self.execs.spawned(spawn.exec, io.pid);
+                    self.exec_io.push(io);
+                }
+                Err(e) => self.execs.spawn_failed(
+                    spawn.exec,
+                    &format!("{}: {e}", keel_bundle::SHIM_PATH),
+                    Instant::now(),
+                ),
+            }
+        }
+        for (pid, signal) in self.execs.take_signals() {
+            match Signal::try_from(signal) {
+                Ok(sig) => {
+                    if let Err(e) = sys::kill(pid, sig) {
+                        log::debug!("kill {pid} {sig}: {e}");
+                    }
+                }
+                Err(e) => log::debug!("exec: signal {signal}: {e}"),
+            }
+        }
+        self.execs.expire(Instant::now());
+    }
+
+    /// Moves what exec session `i`'s pipe holds into its session.
+    fn read_exec(&mut self, i: usize, drain: bool) {
+        if let Some(io) = self.exec_io.get_mut(i) {
+            let bytes = io.read(drain);
+            if !bytes.is_empty() {
+                self.execs.output(io.exec, &bytes);
+            }
+        }
     }
 
     /// Reads pending signals; returns whether SIGCHLD was among them.
@@ -290,6 +511,12 @@ impl Init {
             };
             match sig {
                 Signal::SIGCHLD => sigchld = true,
+                // The host channel's port changed state (the host end connected).
+                Signal::SIGIO => {
+                    if let HostChannel::Open(c) = &mut self.channel {
+                        c.wake();
+                    }
+                }
                 // SIGTERM: `kill 1`; SIGPWR: power failure; SIGUSR1/2: busybox halt/poweroff.
                 Signal::SIGTERM | Signal::SIGPWR | Signal::SIGUSR1 | Signal::SIGUSR2 => {
                     log::info!("{sig}: power off");
@@ -338,7 +565,14 @@ impl Init {
                     }
                     self.sup.child_exited(pid, code, Now::system());
                 }
-                None => log::debug!("reaped orphan {pid} ({code})"),
+                None => match self.exec_io.iter().position(|e| e.pid == pid) {
+                    Some(i) => {
+                        self.read_exec(i, true);
+                        let io = self.exec_io.remove(i);
+                        self.execs.ended(io.exec, code, Instant::now());
+                    }
+                    None => log::debug!("reaped orphan {pid} ({code})"),
+                },
             }
         }
     }

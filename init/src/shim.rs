@@ -89,7 +89,7 @@ impl ShimIo {
             .stdin(Stdio::null())
             .stdout(Stdio::from(out_w))
             .stderr(Stdio::from(err_w));
-        let child = crate::sys::spawn_clean(&mut cmd, st_w.as_raw_fd(), STATUS_FD)?;
+        let child = crate::sys::spawn_clean(&mut cmd, Some((st_w.as_raw_fd(), STATUS_FD)))?;
         // Our copies of the write ends close here (st_w explicitly, the others with `cmd`), so
         // the pipes see end-of-file when the shim and container are gone.
         drop(st_w);
@@ -166,6 +166,81 @@ impl ShimIo {
             self.pipes[slot(stream)] = None;
         }
         items
+    }
+}
+
+/// One `keel-shim exec CONTAINER -- ARGV` PID 1 runs for the console or the host channel: the
+/// shim joins the container and applies its user, capabilities and seccomp filter; the
+/// command's stdout and stderr share one pipe whose bytes go to the session in
+/// [`keel_supervisor::exec::Execs`].
+pub struct ExecIo {
+    pub exec: u64,
+    pub pid: i32,
+    output: Option<File>,
+}
+
+impl ExecIo {
+    pub fn spawn(exec: u64, container: &str, argv: &[String]) -> std::io::Result<ExecIo> {
+        let mut cmd = Command::new(SHIM_PATH);
+        cmd.arg("exec").arg(container).arg("--").args(argv);
+        Self::start(exec, cmd)
+    }
+
+    fn start(exec: u64, mut cmd: Command) -> std::io::Result<ExecIo> {
+        let (out_r, out_w) = pipe()?;
+        let err_w = out_w.try_clone()?;
+        cmd.env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out_w))
+            .stderr(Stdio::from(err_w));
+        let child = crate::sys::spawn_clean(&mut cmd, None)?;
+        drop(cmd);
+        Ok(ExecIo {
+            exec,
+            pid: i32::try_from(child.id()).unwrap_or(i32::MAX),
+            output: Some(File::from(out_r)),
+        })
+    }
+
+    /// The output pipe while open.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.output.as_ref().map(AsFd::as_fd)
+    }
+
+    /// What the pipe holds now (up to a budget, or all of it with `drain`); closes it at
+    /// end-of-file.
+    pub fn read(&mut self, drain: bool) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let Some(pipe) = self.output.as_mut() else {
+            return bytes;
+        };
+        let mut buf = [0u8; 8192];
+        let mut eof = false;
+        while drain || bytes.len() < READ_BUDGET {
+            match pipe.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    log::warn!("exec pipe: {e}");
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if eof {
+            self.output = None;
+        }
+        bytes
     }
 }
 
@@ -277,5 +352,24 @@ mod tests {
             .sum();
         assert_eq!(bytes + rest, 300_000);
         waitpid(Pid::from_raw(io.pid), None).unwrap();
+    }
+
+    #[test]
+    fn exec_output_shares_one_pipe_and_ends() {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg("echo out; echo err >&2; exit 3");
+        let mut io = ExecIo::start(5, cmd).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..500 {
+            got.extend(io.read(false));
+            if io.fd().is_none() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(io.fd().is_none(), "no end-of-file");
+        assert_eq!(String::from_utf8_lossy(&got), "out\nerr\n");
+        let status = waitpid(Pid::from_raw(io.pid), None).unwrap();
+        assert_eq!(status, WaitStatus::Exited(Pid::from_raw(io.pid), 3));
     }
 }

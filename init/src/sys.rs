@@ -8,7 +8,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command};
@@ -79,9 +79,9 @@ pub fn signalfd() -> nix::Result<SignalFd> {
 }
 
 /// Spawns `cmd` with a clean signal state (empty mask, default dispositions: PID 1 blocks
-/// everything and Rust ignores SIGPIPE) and with `keep` duplicated onto descriptor `as_fd`
-/// without close-on-exec.
-pub fn spawn_clean(cmd: &mut Command, keep: RawFd, as_fd: RawFd) -> io::Result<Child> {
+/// everything and Rust ignores SIGPIPE) and, when given, descriptor `keep` duplicated onto
+/// descriptor `as_fd` without close-on-exec.
+pub fn spawn_clean(cmd: &mut Command, keep: Option<(RawFd, RawFd)>) -> io::Result<Child> {
     let pre_exec = move || -> io::Result<()> {
         // Only async-signal-safe calls here: we are between fork and exec.
         let empty = SigSet::empty();
@@ -94,14 +94,18 @@ pub fn spawn_clean(cmd: &mut Command, keep: RawFd, as_fd: RawFd) -> io::Result<C
             // before exec is the documented use.
             unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl) }?;
         }
-        if keep == as_fd {
-            // dup2 onto itself keeps close-on-exec: clear the flag instead.
-            nix::fcntl::fcntl(
-                keep,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-            )?;
-        } else {
-            nix::unistd::dup2(keep, as_fd)?;
+        match keep {
+            None => {}
+            Some((keep, as_fd)) if keep == as_fd => {
+                // dup2 onto itself keeps close-on-exec: clear the flag instead.
+                nix::fcntl::fcntl(
+                    keep,
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                )?;
+            }
+            Some((keep, as_fd)) => {
+                nix::unistd::dup2(keep, as_fd)?;
+            }
         }
         Ok(())
     };
@@ -223,4 +227,43 @@ pub fn kernel_release() -> String {
     nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// Puts the terminal on `fd` in the mode a line editor needs: no line discipline editing, no
+/// echo, no signals from ctrl-c (it reaches the prompt as a byte), bytes as typed (no CR to
+/// NL); output processing stays on, so the kernel's and the logger's `\n` still return the
+/// carriage.
+pub fn raw_terminal(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    use nix::sys::termios::{
+        InputFlags, LocalFlags, SetArg, SpecialCharacterIndices, tcgetattr, tcsetattr,
+    };
+    let mut t = tcgetattr(fd)?;
+    t.local_flags
+        .remove(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG | LocalFlags::IEXTEN);
+    t.input_flags
+        .remove(InputFlags::ICRNL | InputFlags::INLCR | InputFlags::IGNCR | InputFlags::IXON);
+    t.control_chars[SpecialCharacterIndices::VMIN as usize] = 1;
+    t.control_chars[SpecialCharacterIndices::VTIME as usize] = 0;
+    tcsetattr(fd, SetArg::TCSANOW, &t)
+}
+
+/// Asks the kernel to send SIGIO to this process when `fd` changes state (for a virtio-serial
+/// port: when the host end connects or data arrives).
+pub fn signal_on_io(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: F_SETOWN takes an integer argument and touches no memory of ours; `raw` is a
+    // descriptor we hold open for the duration of the call.
+    if unsafe { libc::fcntl(raw, libc::F_SETOWN, libc::getpid()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_GETFL takes no argument.
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_SETFL takes an integer argument and touches no memory of ours.
+    if unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_ASYNC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

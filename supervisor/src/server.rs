@@ -13,7 +13,7 @@
 //! [`STALL_TIMEOUT`].
 
 use crate::access::{self, ContainerAccess, MAX_CGROUP_TEXT, Origin};
-use crate::protocol::{MAX_REQUEST, Request, Response};
+use crate::protocol::{MAX_REQUEST, Request, Response, Tagged};
 use crate::time::after;
 use nix::poll::PollFlags;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -136,22 +136,41 @@ impl Write for Counter {
 /// `response` as one JSON line, at most [`MAX_RESPONSE`] bytes: its size is measured first,
 /// so a large answer is never even built. One past the bound becomes an error answer.
 fn encode(response: &Response) -> Vec<u8> {
+    encode_with(response, |message| encode(&Response::error(message)))
+}
+
+/// [`encode`] for the host channel, whose answers carry the request's tag.
+pub fn encode_tagged(tag: u64, response: &Response) -> Vec<u8> {
+    let tagged = Tagged {
+        tag,
+        body: response,
+    };
+    encode_with(&tagged, |message| {
+        encode_tagged(tag, &Response::error(message))
+    })
+}
+
+/// One JSON line of `value`, or `fallback`'s (an error answer's) when it would exceed
+/// [`MAX_RESPONSE`] or cannot be encoded.
+fn encode_with<T: serde::Serialize>(
+    value: &T,
+    fallback: impl FnOnce(String) -> Vec<u8>,
+) -> Vec<u8> {
     let mut counter = Counter(0);
-    if let Err(e) = serde_json::to_writer(&mut counter, response) {
+    if let Err(e) = serde_json::to_writer(&mut counter, value) {
         let message = if counter.0 >= MAX_RESPONSE {
             format!("answer too large (over {MAX_RESPONSE} bytes)")
         } else {
             log::error!("cannot encode a control response: {e}");
             "cannot encode the answer".to_owned()
         };
-        return encode(&Response::error(message));
+        return fallback(message);
     }
     let mut out = Vec::with_capacity(counter.0 + 1);
-    if let Err(e) = serde_json::to_writer(&mut out, response) {
+    if let Err(e) = serde_json::to_writer(&mut out, value) {
         // Encoding the same value twice cannot differ; say so rather than panic if it did.
         log::error!("cannot encode a control response: {e}");
-        out.clear();
-        out.extend_from_slice(br#"{"response":"error","message":"cannot encode the answer"}"#);
+        return fallback("cannot encode the answer".to_owned());
     }
     out.push(b'\n');
     out

@@ -278,8 +278,12 @@ impl ConsoleSettings {
 
 impl System {
     /// Parses [`SYSTEM_FILE`]'s text.
+    /// Only an object is accepted (serde would also read a struct from an array).
     pub fn from_json(text: &str) -> Result<System, serde_json::Error> {
-        serde_json::from_str(text)
+        match serde_json::from_str::<serde_json::Value>(text)? {
+            v @ serde_json::Value::Object(_) => serde_json::from_value(v),
+            _ => Err(serde::de::Error::custom("expected an object")),
+        }
     }
 }
 
