@@ -4,6 +4,7 @@
 pub mod assemble;
 pub mod build;
 pub mod cache;
+pub mod ctl;
 pub mod kernel;
 pub mod lock;
 pub mod output;

@@ -45,6 +45,8 @@ enum Command {
     /// Packages: directories with a build.yml (see docs/pkg.md).
     #[command(subcommand)]
     Pkg(PkgCommand),
+    /// Talk to a running VM's PID 1 over its control channel (what keelctl does in the guest).
+    Ctl(CtlArgs),
     /// Push an image of the store (every platform it has) to a registry.
     Push {
         /// The image in the store, e.g. keel/busybox:392c156a64fc12f6.
@@ -136,6 +138,34 @@ struct BuildArgs {
     /// YAML files, merged in order; "-" is standard input.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = keel_supervisor::cli::COMMANDS)]
+struct CtlArgs {
+    /// Print JSON instead of tables (for logs: one object per line).
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for each answer.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "10",
+        value_parser = |s: &str| keel::ctl::parse_timeout(s).map_err(|e| e.to_string())
+    )]
+    timeout: std::time::Duration,
+    /// The VM: its control socket, its state directory, or the build prefix it was booted
+    /// from (PREFIX-state/ctl.sock).
+    #[arg(value_name = "TARGET")]
+    target: PathBuf,
+    /// The command and its arguments (see below).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -285,11 +315,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let store_path = match cli.cache.clone() {
-        Some(path) => path,
-        None => keel_image::Store::default_path()?,
-    };
-    let open_store = || {
+    // Only the commands that use the store need to find it (`keel ctl` and `run` do not).
+    let open_store = || -> Result<keel_image::Store> {
+        let store_path = match &cli.cache {
+            Some(path) => path.clone(),
+            None => keel_image::Store::default_path()?,
+        };
         keel_image::Store::open(&store_path)
             .with_context(|| format!("cannot open image store {}", store_path.display()))
     };
@@ -438,8 +469,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let reference = keel::kernel::build(&open_store()?, &recipe, &arches, locked)?;
             println!("{reference}");
         }
+        Command::Ctl(args) => return ctl(&args),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `keel ctl`: needs no image store.
+fn ctl(args: &CtlArgs) -> Result<ExitCode> {
+    let opts = keel::ctl::Options::parse(&args.command, args.json, args.timeout)?;
+    let code = keel::ctl::run(&args.target, &opts, &mut std::io::stdout().lock())?;
+    Ok(ExitCode::from(code))
 }
 
 impl From<CacheCommand> for keel::cache::Command {
@@ -460,5 +499,41 @@ impl From<CacheCommand> for keel::cache::Command {
                 insecure: insecure_registry,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctl_args(args: &[&str]) -> CtlArgs {
+        let cli = Cli::try_parse_from(["keel", "ctl"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Ctl(args) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ctl_takes_the_words_after_the_target() {
+        let a = ctl_args(&[
+            "--json",
+            "--timeout",
+            "2.5",
+            "out/minimal",
+            "logs",
+            "-f",
+            "web",
+        ]);
+        assert!(a.json);
+        assert_eq!(a.timeout, std::time::Duration::from_millis(2500));
+        assert_eq!(a.target, PathBuf::from("out/minimal"));
+        assert_eq!(a.command, ["logs", "-f", "web"]);
+        let a = ctl_args(&["vm.sock", "exec", "web", "ls", "-l", "--json", "-v"]);
+        assert!(!a.json);
+        assert_eq!(a.timeout, keel::ctl::DEFAULT_TIMEOUT);
+        assert_eq!(a.command, ["exec", "web", "ls", "-l", "--json", "-v"]);
+        assert!(Cli::try_parse_from(["keel", "ctl", "out/minimal"]).is_err());
+        assert!(Cli::try_parse_from(["keel", "ctl", "--timeout", "0", "x", "list"]).is_err());
     }
 }

@@ -3,8 +3,8 @@
 //! The argument is a `keel build` prefix (`out/minimal` → `minimal-kernel`, `-initrd.img`,
 //! `-cmdline`, or `-squashfs.img`) or a file (`.iso`, a disk image, an `.efi`). This module owns
 //! finding the artifacts, choosing the accelerator (KVM when a probe boot shows it running the
-//! guest kernel, TCG otherwise), the state directory, disks, port forwards, the `--data` volume
-//! and the QEMU command line.
+//! guest kernel, TCG otherwise), the state directory, disks, port forwards, the `--data` volume,
+//! the control channel's socket ([`CONTROL_SOCKET`], for `keel ctl`) and the QEMU command line.
 
 use std::fmt;
 use std::fs;
@@ -259,11 +259,81 @@ impl Boot {
 
 /// The state directory of a run: `--state`, else `<prefix>-state`.
 pub fn state_dir(opts: &Options) -> PathBuf {
-    opts.state.clone().unwrap_or_else(|| {
-        let mut s = opts.target.as_os_str().to_owned();
-        s.push("-state");
-        PathBuf::from(s)
-    })
+    opts.state
+        .clone()
+        .unwrap_or_else(|| default_state_dir(&opts.target))
+}
+
+/// The state directory of a run without `--state`: `<target>-state`.
+pub fn default_state_dir(target: &Path) -> PathBuf {
+    let mut s = target.as_os_str().to_owned();
+    s.push("-state");
+    PathBuf::from(s)
+}
+
+/// Creates the state directory (and its parents) if missing. The directory itself is made
+/// 0700: it holds the control channel's socket ([`CONTROL_SOCKET`]), and its permissions decide
+/// who may use every verb of the guest's PID 1. An existing directory is left as it is.
+fn create_state(state: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    let failed = |source| Error::State {
+        path: state.into(),
+        source,
+    };
+    if state.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = state.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(failed)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(state) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && state.is_dir() => Ok(()),
+        r => r.map_err(failed),
+    }
+}
+
+/// The control channel's socket in the state directory: QEMU listens on it and relays to the
+/// guest's virtio-serial port [`keel_bundle::HOST_CHANNEL`], which `keel ctl` talks to.
+pub const CONTROL_SOCKET: &str = "ctl.sock";
+
+/// Longest unix socket path that can be bound (`sun_path` is 108 bytes with its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// The QEMU arguments that attach the control channel at `socket` (a virtio-serial port named
+/// [`keel_bundle::HOST_CHANNEL`] relayed to a unix socket QEMU listens on), after removing a
+/// stale socket left by an earlier run; `None` (with a warning) when the path is too long to
+/// bind.
+fn control_channel(socket: &Path) -> Result<Option<[String; 6]>, Error> {
+    let len = socket.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        log::warn!(
+            "the control socket path {} is {len} bytes, over the {MAX_SOCKET_PATH} a unix socket allows: keel ctl will not be available (use a shorter --state)",
+            socket.display()
+        );
+        return Ok(None);
+    }
+    match fs::remove_file(socket) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(Error::State {
+                path: socket.into(),
+                source: e,
+            });
+        }
+        _ => {}
+    }
+    // QEMU's option syntax: a comma in a value is written twice.
+    let path = socket.to_string_lossy().replace(',', ",,");
+    Ok(Some([
+        "-device".into(),
+        "virtio-serial-pci,id=keelctl-bus".into(),
+        "-chardev".into(),
+        format!("socket,id=keelctl,path={path},server=on,wait=off"),
+        "-device".into(),
+        format!(
+            "virtserialport,bus=keelctl-bus.0,chardev=keelctl,name={}",
+            keel_bundle::HOST_CHANNEL
+        ),
+    ]))
 }
 
 /// Volume label of the `--data` image: cloud-init's NoCloud label, which the metadata package
@@ -277,10 +347,7 @@ pub const DATA_LABEL: &str = "cidata";
 /// keel's kernel recipe does not carry, and aarch64's `virt` machine has no IDE; the metadata
 /// package finds the volume by its label wherever it is.
 pub fn data_volume(state: &Path, data: &[u8]) -> Result<Vec<String>, Error> {
-    fs::create_dir_all(state).map_err(|source| Error::State {
-        path: state.into(),
-        source,
-    })?;
+    create_state(state)?;
     let iso = keel_formats::data_iso(
         DATA_LABEL,
         &[("config", data)],
@@ -397,12 +464,14 @@ fn mac_address(state: &Path) -> Result<String, Error> {
 
 /// Builds the QEMU command for a run (without spawning it).
 pub fn command(opts: &Options, accel: Accel) -> Result<Command, Error> {
+    command_with(opts, accel, true)
+}
+
+/// [`command`], with or without the control channel (the KVM probe has no use for it).
+fn command_with(opts: &Options, accel: Accel, channel: bool) -> Result<Command, Error> {
     let boot = Boot::detect(&opts.target)?;
     let state = state_dir(opts);
-    fs::create_dir_all(&state).map_err(|source| Error::State {
-        path: state.clone(),
-        source,
-    })?;
+    create_state(&state)?;
     let kvm = accel == Accel::Kvm;
 
     let mut cmd = Command::new(qemu_program(opts));
@@ -426,6 +495,9 @@ pub fn command(opts: &Options, accel: Accel) -> Result<Command, Error> {
         &state.join("qemu.pid").to_string_lossy(),
     );
     arg(&mut cmd, "-device", "virtio-rng-pci");
+    if channel && let Some(args) = control_channel(&state.join(CONTROL_SOCKET))? {
+        cmd.args(args);
+    }
     if let Some(file) = &opts.console_file {
         arg(&mut cmd, "-serial", &format!("file:{}", file.display()));
         // Keep the monitor off stdio when the console goes to a file.
@@ -1020,7 +1092,7 @@ pub fn probe_kvm(opts: &Options, deadline: Duration) -> Result<Verdict, Error> {
             .trim()
             .to_string(),
     );
-    let mut cmd = command(&probe, Accel::Kvm)?;
+    let mut cmd = command_with(&probe, Accel::Kvm, false)?;
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -1594,6 +1666,87 @@ mod tests {
         assert!(joined.ends_with(" -s"), "{joined}");
         let mac = fs::read_to_string(dir.path().join("sys-state/mac-addr")).unwrap();
         assert!(joined.contains(&format!("mac={}", mac.trim())), "{joined}");
+        let socket = dir.path().join("sys-state/ctl.sock");
+        assert!(
+            joined.contains(&format!(
+                "-device virtio-serial-pci,id=keelctl-bus -chardev socket,id=keelctl,path={},server=on,wait=off -device virtserialport,bus=keelctl-bus.0,chardev=keelctl,name=org.keel.ctl.0",
+                socket.display()
+            )),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn the_control_channel_is_attached_on_both_arches() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = fake_build(dir.path());
+        let state = dir.path().join("sys-state");
+        for arch in [Arch::X86_64, Arch::Aarch64] {
+            // A socket left by an earlier run is removed for QEMU to bind anew.
+            fs::create_dir_all(&state).unwrap();
+            let stale = state.join(CONTROL_SOCKET);
+            drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+            let cmd = command(
+                &Options {
+                    arch,
+                    ..opts(prefix.clone())
+                },
+                Accel::Tcg,
+            )
+            .unwrap();
+            let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+            assert!(!stale.exists(), "{arch:?}: the stale socket is still there");
+            let at = args
+                .iter()
+                .position(|a| a == "virtio-serial-pci,id=keelctl-bus")
+                .unwrap();
+            assert_eq!(args[at - 1], "-device");
+            assert_eq!(
+                args[at + 2],
+                format!(
+                    "socket,id=keelctl,path={},server=on,wait=off",
+                    stale.display()
+                )
+            );
+            assert_eq!(
+                args[at + 4],
+                format!(
+                    "virtserialport,bus=keelctl-bus.0,chardev=keelctl,name={}",
+                    keel_bundle::HOST_CHANNEL
+                )
+            );
+            fs::remove_dir_all(&state).unwrap();
+        }
+        // The state directory keel creates is the socket's gate: only its owner gets in.
+        command(&opts(prefix), Accel::Tcg).unwrap();
+        let mode = fs::metadata(&state).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    }
+
+    #[test]
+    fn an_unbindable_socket_path_leaves_the_channel_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = fake_build(dir.path());
+        let long = dir.path().join("s".repeat(120));
+        let cmd = command(
+            &Options {
+                state: Some(long.clone()),
+                ..opts(prefix)
+            },
+            Accel::Tcg,
+        )
+        .unwrap();
+        let joined: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        let joined = joined.join(" ");
+        assert!(long.is_dir());
+        assert!(!joined.contains("keelctl"), "{joined}");
+        assert!(!joined.contains("virtio-serial"), "{joined}");
+        // A comma in the path is doubled, as QEMU's option syntax wants.
+        let args = control_channel(&dir.path().join("a,b/ctl.sock"))
+            .unwrap()
+            .unwrap();
+        assert!(args[3].contains("/a,,b/ctl.sock,server=on"), "{}", args[3]);
     }
 
     #[test]
