@@ -80,6 +80,9 @@ pub struct Console {
     pending: Vec<u8>,
     /// Output was dropped since the terminal last accepted some: say so when it drains.
     dropped: bool,
+    /// The greeting is out: from then on log lines redraw the prompt (before it, the boot's
+    /// messages would each be followed by a prompt nobody asked for yet).
+    greeted: bool,
 }
 
 impl Console {
@@ -114,6 +117,7 @@ impl Console {
             session: Session::new(settings.prompt, settings.raw),
             pending: Vec::new(),
             dropped: false,
+            greeted: false,
         })
     }
 
@@ -122,6 +126,7 @@ impl Console {
     pub fn greet(&mut self) {
         let mut out = Vec::new();
         self.session.start(&mut out);
+        self.greeted = true;
         self.queue(&out);
     }
 
@@ -141,7 +146,7 @@ impl Console {
 
     /// Whether the prompt line is what the terminal shows last (log lines must redraw it).
     pub fn showing_prompt(&self) -> bool {
-        self.session.showing_prompt() && self.pending.is_empty()
+        self.greeted && self.session.showing_prompt() && self.pending.is_empty()
     }
 
     /// Reads what was typed and acts on it.

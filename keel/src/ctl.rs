@@ -21,12 +21,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest line read from the channel (bytes, newline excluded); the guest's answers are far
 /// smaller, so a longer one means something else writes there.
 pub const MAX_LINE: usize = 8 * 1024 * 1024;
-/// The time between `top`'s two samples (as `keelctl top`).
-const TOP_INTERVAL: Duration = Duration::from_secs(1);
-/// How often `logs -f` asks for new lines (as `keelctl logs -f`).
-const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
-/// How often `exec` asks for output while there is none.
-const EXEC_INTERVAL: Duration = Duration::from_millis(100);
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
 /// Exit status after ctrl-c (128 + SIGINT, what a shell reports for `keelctl` killed by it).
@@ -106,6 +100,9 @@ pub fn parse_timeout(s: &str) -> Result<Duration, Error> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     pub json: bool,
+    /// Output goes to a terminal: what containers wrote is shown escaped ([`cli::sanitize`]),
+    /// so their escape sequences cannot drive the operator's terminal.
+    pub terminal: bool,
     /// How long to wait for each answer.
     pub timeout: Duration,
     pub command: Command,
@@ -132,6 +129,7 @@ impl Options {
         let command = cli::parse(&kept).map_err(Error::Usage)?;
         Ok(Options {
             json,
+            terminal: false,
             timeout,
             command,
         })
@@ -377,7 +375,7 @@ fn run_with(
         }
         Command::Logs { id, lines, follow } => {
             channel.give_up_at = 1;
-            logs(&mut channel, id, *lines, *follow, opts.json, out)
+            logs(&mut channel, id, *lines, *follow, opts, out)
         }
         Command::Top => {
             let text = top(&mut channel, opts.json)?;
@@ -386,7 +384,7 @@ fn run_with(
         }
         Command::Exec { id, argv } => {
             channel.give_up_at = 2;
-            exec(&mut channel, id, argv, opts.json, out)
+            exec(&mut channel, id, argv, opts, out)
         }
     }
 }
@@ -395,7 +393,7 @@ fn unexpected(answer: &Response) -> Error {
     Error::Unexpected(serde_json::to_string(answer).unwrap_or_else(|_| format!("{answer:?}")))
 }
 
-/// `top`: two samples [`TOP_INTERVAL`] apart, so CPU shows as a share of one CPU (as
+/// `top`: two samples [`cli::TOP_SAMPLE`] apart, so CPU shows as a share of one CPU (as
 /// `keelctl top`); with `json`, the second sample.
 fn top(channel: &mut Channel, json: bool) -> Result<String, Error> {
     let mut sample = || match channel.request(&Request::Top)? {
@@ -403,7 +401,7 @@ fn top(channel: &mut Channel, json: bool) -> Result<String, Error> {
         other => Err(unexpected(&other)),
     };
     let (_, before, then) = sample()?;
-    std::thread::sleep(TOP_INTERVAL);
+    std::thread::sleep(cli::TOP_SAMPLE);
     let (init, now, at) = sample()?;
     if json {
         let answer = Response::Top {
@@ -416,14 +414,14 @@ fn top(channel: &mut Channel, json: bool) -> Result<String, Error> {
 }
 
 /// `logs`: the last lines, then (`follow`) new ones as they come, asking every
-/// [`FOLLOW_INTERVAL`] from the number the last answer gave, until ctrl-c (exit 130) or a
+/// [`cli::FOLLOW_INTERVAL`] from the number the last answer gave, until ctrl-c (exit 130) or a
 /// closed stdout (exit 0). With `json`, one object per line (as `keelctl logs`).
 fn logs(
     channel: &mut Channel,
     id: &str,
     lines: Option<usize>,
     follow: bool,
-    json: bool,
+    opts: &Options,
     out: &mut dyn Write,
 ) -> Result<u8, Error> {
     let mut after = None;
@@ -440,11 +438,7 @@ fn logs(
             Err(e) => return Err(e),
         };
         for l in &got {
-            let text = if json {
-                serde_json::to_string(l).map_err(Error::Encode)?
-            } else {
-                l.line.clone()
-            };
+            let text = cli::log_line(l, opts.json, opts.terminal).map_err(Error::Guest)?;
             // A closed pipe (`keel ctl out/x logs -f web | head`) ends the command quietly.
             if writeln!(out, "{text}").is_err() {
                 return Ok(0);
@@ -454,7 +448,7 @@ fn logs(
             return Ok(0);
         }
         after = Some(next);
-        if !channel.pause(FOLLOW_INTERVAL) {
+        if !channel.pause(cli::FOLLOW_INTERVAL) {
             return Ok(INTERRUPTED);
         }
     }
@@ -468,9 +462,10 @@ fn exec(
     channel: &mut Channel,
     id: &str,
     argv: &[String],
-    json: bool,
+    opts: &Options,
     out: &mut dyn Write,
 ) -> Result<u8, Error> {
+    let json = opts.json;
     let request = Request::Exec {
         id: id.to_owned(),
         command: argv.to_vec(),
@@ -520,8 +515,13 @@ fn exec(
         }
         // A closed stdout does not end the command; its status is still awaited.
         if printing && !output.is_empty() {
+            let text = if opts.terminal {
+                cli::sanitize(&output)
+            } else {
+                std::borrow::Cow::Borrowed(output.as_str())
+            };
             printing = out
-                .write_all(output.as_bytes())
+                .write_all(text.as_bytes())
                 .and_then(|()| out.flush())
                 .is_ok();
         }
@@ -533,7 +533,7 @@ fn exec(
             }
             return Ok(u8::try_from(code & 0xff).unwrap_or(1));
         }
-        if output.is_empty() && !channel.pause(EXEC_INTERVAL) {
+        if output.is_empty() && !channel.pause(cli::EXEC_INTERVAL) {
             return left_running();
         }
     }
@@ -870,6 +870,40 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn container_escapes_reach_a_terminal_escaped_and_a_pipe_as_written() {
+        let answer = |tag| {
+            vec![line(
+                tag,
+                Response::Logs {
+                    lines: vec![LogLine {
+                        seq: 1,
+                        line: "\x1b]0;owned\x07red".into(),
+                    }],
+                    next: 2,
+                },
+            )]
+        };
+        for (terminal, want) in [
+            (true, "\\x1b]0;owned\\x07red\n"),
+            (false, "\x1b]0;owned\x07red\n"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (socket, _guest) = fake_guest(dir.path(), move |tag, _| answer(tag));
+            let opts = Options {
+                terminal,
+                ..options(&["logs", "web"])
+            };
+            let mut out = Vec::new();
+            run_with(&socket, &opts, &mut out, no_presses).unwrap();
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                want,
+                "terminal: {terminal}"
+            );
+        }
     }
 
     #[test]

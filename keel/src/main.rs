@@ -476,7 +476,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 /// `keel ctl`: needs no image store.
 fn ctl(args: &CtlArgs) -> Result<ExitCode> {
-    let opts = keel::ctl::Options::parse(&args.command, args.json, args.timeout)?;
+    let mut opts = keel::ctl::Options::parse(&args.command, args.json, args.timeout)?;
+    opts.terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let code = keel::ctl::run(&args.target, &opts, &mut std::io::stdout().lock())?;
     Ok(ExitCode::from(code))
 }

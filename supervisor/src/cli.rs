@@ -3,9 +3,29 @@
 //! and one renderer, so a verb means and shows the same everywhere.
 
 use crate::protocol::{
-    ContainerInfo, InitUsage, ProcessInfo, Request, Response, TimelineStep, Usage,
+    ContainerInfo, InitUsage, LogLine, ProcessInfo, Request, Response, TimelineStep, Usage,
 };
 use nix::sys::signal::Signal;
+use std::time::Duration;
+
+/// How often `logs -f` asks for new lines.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a running `exec` is asked for output.
+pub const EXEC_INTERVAL: Duration = Duration::from_millis(100);
+/// The time between the two samples of a one-shot `top` (CPU is measured across it).
+pub const TOP_SAMPLE: Duration = Duration::from_secs(1);
+
+/// One line of `logs` as a client prints it: JSON, or the container's text, escaped
+/// ([`sanitize`]) when it goes to a terminal (a file or a pipe gets what the container wrote).
+pub fn log_line(line: &LogLine, json: bool, terminal: bool) -> Result<String, String> {
+    if json {
+        serde_json::to_string(line).map_err(|e| e.to_string())
+    } else if terminal {
+        Ok(sanitize(&line.line).into_owned())
+    } else {
+        Ok(line.line.clone())
+    }
+}
 
 /// The commands, as every client's help lists them.
 pub const COMMANDS: &str = "commands:

@@ -9,7 +9,7 @@
 //! unless the YAML asked for `console: {raw: true}` (then log and exec output pass unchanged).
 
 use crate::access;
-use crate::cli::{self, Command};
+use crate::cli::{self, Command, EXEC_INTERVAL, FOLLOW_INTERVAL};
 use crate::protocol::{Request, Response, Usage};
 use keel_bundle::ControlGrant;
 use std::collections::VecDeque;
@@ -21,12 +21,8 @@ pub const PROMPT: &str = "keel> ";
 pub const MAX_LINE: usize = 4096;
 /// Lines kept in the history.
 pub const HISTORY: usize = 100;
-/// How often `logs -f` asks for new lines.
-pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
 /// How often `top` refreshes.
 pub const TOP_INTERVAL: Duration = Duration::from_secs(2);
-/// How often a running `exec` is asked for output.
-pub const EXEC_INTERVAL: Duration = Duration::from_millis(100);
 /// Lines `logs` shows when not told (`-n`).
 pub const DEFAULT_LOG_LINES: usize = 50;
 

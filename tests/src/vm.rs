@@ -1,10 +1,12 @@
 //! A booted QEMU guest under test: started from a `keel build` prefix, its serial console
-//! captured to a file, waited on with deadlines, killed when dropped.
+//! captured to a file (and typed into, for interactive boots), waited on with deadlines,
+//! killed when dropped.
 
 use keel::run::{Accel, Arch, Options};
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
 use std::time::{Duration, Instant};
 
 /// A running guest.
@@ -13,7 +15,9 @@ pub struct Vm {
     name: String,
     child: Child,
     console: PathBuf,
-    _state: tempfile::TempDir,
+    /// The serial console's input (interactive boots).
+    keyboard: Option<ChildStdin>,
+    state: tempfile::TempDir,
 }
 
 /// How to boot a guest under test.
@@ -23,6 +27,9 @@ pub struct Boot {
     pub mem_mb: u32,
     pub append: Option<String>,
     pub networking: bool,
+    /// The serial console on QEMU's stdin and stdout (as `keel run qemu` gives a user), so a
+    /// test can type into it ([`Vm::type_text`]); otherwise QEMU writes it to a file.
+    pub interactive: bool,
 }
 
 impl Boot {
@@ -32,6 +39,7 @@ impl Boot {
             mem_mb: 512,
             append: None,
             networking: false,
+            interactive: false,
         }
     }
 }
@@ -52,7 +60,7 @@ impl Vm {
             publish: vec![],
             uefi: false,
             firmware: None,
-            console_file: Some(console.clone()),
+            console_file: (!boot.interactive).then(|| console.clone()),
             state: Some(state.path().join("state")),
             qemu: None,
             append: Some(
@@ -69,17 +77,23 @@ impl Vm {
                 prefix.display()
             )
         });
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        if boot.interactive {
+            let file = fs::File::create(&console)
+                .unwrap_or_else(|e| panic!("{name}: cannot create {}: {e}", console.display()));
+            cmd.stdin(Stdio::piped()).stdout(file);
+        } else {
+            cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        }
+        let mut child = cmd
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("{name}: cannot start qemu (run scripts/setup.sh): {e}"));
         Vm {
             name: name.into(),
+            keyboard: child.stdin.take(),
             child,
             console,
-            _state: state,
+            state,
         }
     }
 
@@ -88,6 +102,59 @@ impl Vm {
         fs::read(&self.console)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
+    }
+
+    /// The run's state directory (`keel run`'s `--state`: `ctl.sock` for `keel ctl`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.state.path().join("state")
+    }
+
+    /// How many bytes the console holds so far: a mark for [`Vm::wait_after`].
+    pub fn mark(&self) -> usize {
+        fs::metadata(&self.console).map_or(0, |m| usize::try_from(m.len()).unwrap_or(usize::MAX))
+    }
+
+    /// Types `text` on the serial console (an interactive boot's). QEMU's serial port takes
+    /// what its FIFO holds: longer text goes in small pieces.
+    pub fn type_text(&mut self, text: &str) {
+        let Some(keyboard) = self.keyboard.as_mut() else {
+            self.fail("typed on a console that is not interactive (Boot::interactive)");
+        };
+        let mut failed = None;
+        for chunk in text.as_bytes().chunks(8) {
+            if let Err(e) = keyboard.write_all(chunk).and_then(|()| keyboard.flush()) {
+                failed = Some(e);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(e) = failed {
+            self.fail(&format!("cannot type {text:?}: {e}"));
+        }
+    }
+
+    /// Waits until the console's output after `mark` contains `needle`; returns that output.
+    pub fn wait_after(&mut self, mark: usize, needle: &str, deadline: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let text = fs::read(&self.console).unwrap_or_default();
+            let after = String::from_utf8_lossy(text.get(mark..).unwrap_or_default()).into_owned();
+            if after.contains(needle) {
+                return after;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.fail(&format!(
+                    "guest stopped ({status}) before printing {needle:?}"
+                ));
+            }
+            if start.elapsed() > deadline {
+                self.fail(&format!(
+                    "no {needle:?} on the console within {}s; since the mark:\n{after}",
+                    deadline.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Waits until the console contains `needle`; returns the console. Panics with the console's

@@ -28,7 +28,7 @@ const ATTACKS: &[(&str, &[&str])] = &[
             "firmware",
         ],
     ),
-    ("002-devices", &["mknod_block", "devmem"]),
+    ("002-devices", &["mknod_block", "devmem", "host_channel"]),
     ("003-state", &["state", "shim_specs"]),
     (
         "004-syscalls",

@@ -3,11 +3,10 @@
 use keel_supervisor::cli::{self, Command};
 use keel_supervisor::client::{self, ClientError};
 use keel_supervisor::{Request, Response};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 fn usage() -> String {
     format!(
@@ -16,10 +15,6 @@ fn usage() -> String {
     )
 }
 
-/// The time between `top`'s two samples.
-const TOP_INTERVAL: Duration = Duration::from_secs(1);
-/// How often `logs -f` asks for new lines.
-const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
 /// The shim `exec` runs (override with `KEEL_SHIM`).
 const SHIM_ENV: &str = "KEEL_SHIM";
 
@@ -129,7 +124,7 @@ fn top(opts: &Options) -> Result<String, String> {
         other => Err(format!("unexpected answer {other:?}")),
     };
     let (_, before, then) = sample()?;
-    std::thread::sleep(TOP_INTERVAL);
+    std::thread::sleep(cli::TOP_SAMPLE);
     let (init, now, at) = sample()?;
     if opts.json {
         return cli::render(
@@ -157,12 +152,9 @@ fn logs(opts: &Options, id: &str, lines: Option<usize>, follow: bool) -> Result<
             other => return Err(format!("unexpected answer {other:?}")),
         };
         let mut out = std::io::stdout().lock();
+        let terminal = out.is_terminal();
         for l in &got {
-            let text = if opts.json {
-                serde_json::to_string(l).map_err(|e| e.to_string())?
-            } else {
-                l.line.clone()
-            };
+            let text = cli::log_line(l, opts.json, terminal)?;
             // A closed pipe (`keelctl logs -f x | head`) ends the command quietly.
             if writeln!(out, "{text}").is_err() {
                 return Ok(());
@@ -172,7 +164,7 @@ fn logs(opts: &Options, id: &str, lines: Option<usize>, follow: bool) -> Result<
             return Ok(());
         }
         after = Some(next);
-        std::thread::sleep(FOLLOW_INTERVAL);
+        std::thread::sleep(cli::FOLLOW_INTERVAL);
     }
 }
 

@@ -14,6 +14,8 @@ use std::time::Duration;
 enum Outcome {
     Refused(String),
     Succeeded(String),
+    /// Nothing to attack: the test must fail rather than count it refused.
+    Untried(String),
 }
 
 fn refused(why: impl Into<String>) -> Outcome {
@@ -71,6 +73,42 @@ fn open_device(path: &str) -> Outcome {
         Ok(_) => succeeded(format!("opened and read {path}")),
         Err(e) => refused(e.to_string()),
     }
+}
+
+/// The guest end of `keel ctl`'s channel (a virtio-serial port, `/dev/vportNpM`, that PID 1
+/// holds) through the host's /dev bound in: whoever opens it speaks to PID 1 as the host does.
+fn host_channel() -> Outcome {
+    let ports: Vec<String> = match std::fs::read_dir("/hostdev") {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("vport"))
+            .collect(),
+        Err(e) => return Outcome::Untried(format!("/hostdev: {e}")),
+    };
+    if ports.is_empty() {
+        return Outcome::Untried(
+            "no /dev/vport* in the guest: is the host channel attached?".into(),
+        );
+    }
+    let mut why = Vec::new();
+    for port in &ports {
+        let path = format!("/hostdev/{port}");
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                return match f.write_all(b"{\"tag\":1,\"body\":{\"request\":\"list\"}}\n") {
+                    Ok(()) => succeeded(format!("opened {path} and wrote a request")),
+                    Err(e) => refused(format!("{path} opened, write: {e}")),
+                };
+            }
+            Err(e) => why.push(format!("{port}: {e}")),
+        }
+    }
+    refused(why.join("; "))
 }
 
 /// Asks PID 1 over the control socket (bound into the container) to SIGKILL the container
@@ -162,6 +200,7 @@ fn report(name: &str, outcome: &Outcome) {
     match outcome {
         Outcome::Refused(why) => println!("CHECK {name}=refused ({why})"),
         Outcome::Succeeded(what) => println!("CHECK {name}=SUCCEEDED ({what})"),
+        Outcome::Untried(why) => println!("CHECK {name}=UNTRIED ({why})"),
     }
 }
 
@@ -186,6 +225,7 @@ fn attack(name: &str) -> Option<Outcome> {
         // The host's /dev bound in without a device grant.
         "devmem" => open_device("/hostdev/mem"),
         "hostdisk" => open_device("/hostdev/vda"),
+        "host_channel" => host_channel(),
         // The runtime state of every container, through LinuxKit's common /run bind.
         "state" => list_dir("/run/keel/state"),
         "control" => control("victim"),
