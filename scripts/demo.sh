@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up this machine, builds the default system (images/minimal.yml) and boots it in QEMU.
 # The console shows the onboot container's output and `keelctl list` run by the `status`
-# service. Leave QEMU with ctrl-a x.
+# service, then the `keel>` prompt (console: inspect): type `list`, `logs status`, `top`,
+# `help`. From another terminal, `target/release/keel ctl out/minimal list` does the same from
+# the host (docs/inspection.md). Leave QEMU with ctrl-a x.
 #
 #   ARCH=aarch64 ./scripts/demo.sh      # the same for aarch64 (emulated)
 #   BOOT=0 ./scripts/demo.sh            # build only

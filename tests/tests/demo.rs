@@ -93,14 +93,20 @@ fn demo_boots_to_a_prompt_where_list_works() {
     };
 
     screen.wait_after(0, "keel console (inspect): type help", BOOT);
-    let mark = screen.len();
-    type_line("list\r");
-    let list = screen.wait_after(mark, "status ", STEP);
-    let row = screen.wait_after(mark + list.find("status ").unwrap_or(0), "\n", STEP);
-    assert!(
-        row.contains("running"),
-        "list on the demo's console:\n{list}{row}"
-    );
+    // The prompt comes as the services are launched: `list` until `status` runs.
+    let start = Instant::now();
+    loop {
+        let mark = screen.len();
+        type_line("list\r");
+        let list = screen.wait_after(mark, "\nstatus ", STEP);
+        let row = screen.wait_after(mark + list.find("\nstatus ").unwrap_or(0) + 1, "\n", STEP);
+        let row = row.lines().next().unwrap_or("");
+        if row.contains("running") {
+            break;
+        }
+        assert!(start.elapsed() < STEP, "status never running on the demo's console:\n{list}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
     let mark = screen.len();
     type_line("stop status\r");
     screen.wait_after(mark, "permission denied", STEP);

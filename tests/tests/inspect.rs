@@ -40,7 +40,7 @@ fn command(vm: &mut Vm, line: &str, expect: &str) -> String {
 fn until_listed(vm: &mut Vm, id: &str, status: &str) {
     let start = Instant::now();
     loop {
-        let list = command(vm, "list", "worker");
+        let list = command(vm, "list", &format!("\n{id} "));
         let row = list.lines().find(|l| l.starts_with(id)).unwrap_or("");
         if row.contains(status) {
             return;
@@ -263,8 +263,7 @@ fn inspect_level(arch: Arch) {
 /// prompt goes on. Shared with the demo's pty test.
 pub fn refusals(vm: &mut Vm) {
     command(vm, "help", "this console may only read");
-    let list = command(vm, "list", "status");
-    assert!(list.contains("running"), "{list}");
+    until_listed(vm, "status", "running");
     command(vm, "timeline", "services started");
     command(vm, "logs status", "000-hello");
     for verb in [
