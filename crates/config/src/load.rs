@@ -2,8 +2,9 @@
 //!
 //! Merge rules (LinuxKit's `AppendConfig`): later non-empty kernel scalars win (`tar` and
 //! `ucode` when present at all), and `init`, `onboot`, `onshutdown`, `services`, `files` and
-//! `volumes` append. Validation then checks what needs the whole merged config: unique service
-//! and volume names, uid/gid names, volume binds, and keel's `dependsOn` graph.
+//! `volumes` append (so do the formats of LinuxKit 2017's `outputs`, each kept once).
+//! Validation then checks what needs the whole merged config: unique service and volume
+//! names, uid/gid names, volume binds, and keel's `dependsOn` graph.
 
 use crate::error::{Error, Loc, Spanned};
 use crate::schema::{self, Config, Id, ImageFields, ImageSpec, Section};
@@ -145,6 +146,7 @@ impl Config {
         self.services.extend(other.services);
         self.files.extend(other.files);
         self.volumes.extend(other.volumes);
+        schema::append_outputs(&mut self.outputs, other.outputs);
     }
 
     /// Every image spec with its section and index in that section.

@@ -12,6 +12,11 @@
 //!   (default `none`; `inspect` reads, `admin` also starts, stops, kills and powers off);
 //! - `seccomp: PROFILE`: a seccomp profile in the OCI `linux.seccomp` shape.
 //!
+//! Two top-level sections of LinuxKit's first releases (2017) load with a warning each:
+//! `trust:` (ignored: the lock file pins digests and every download is checked against its
+//! digest) and `outputs:` (`- format: NAME`; the formats are kept in [`Config::outputs`] as
+//! `keel build`'s default formats, the cloud upload keys are ignored).
+//!
 //! Durations are integer seconds or strings such as `500ms`, `30s`, `2m`, `1h`, `1m30s`, at most
 //! 24 hours.
 //! Image spec fields are `Option`s: absent and present-but-empty differ when the YAML is merged
@@ -53,6 +58,36 @@ pub struct Config {
     /// keel's `console:` (the console prompt and container output on the console).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub console: Option<Spanned<ConsoleSettings>>,
+    /// The formats of LinuxKit's 2017 `outputs:` section (`- format: kernel+initrd`), in order,
+    /// each once: what `keel build` makes when no `-f` is given. Kept as written (this crate
+    /// does not know keel's formats); each carries its position for errors. Serialised back
+    /// in LinuxKit's shape.
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "serialize_outputs"
+    )]
+    pub outputs: Vec<Spanned<String>>,
+}
+
+/// `outputs` as LinuxKit wrote it: `[{format: NAME}, ...]`.
+fn serialize_outputs<S: serde::Serializer>(
+    outputs: &[Spanned<String>],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::{SerializeMap, SerializeSeq};
+    struct Output<'a>(&'a str);
+    impl Serialize for Output<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(Some(1))?;
+            m.serialize_entry("format", self.0)?;
+            m.end()
+        }
+    }
+    let mut seq = s.serialize_seq(Some(outputs.len()))?;
+    for o in outputs {
+        seq.serialize_element(&Output(o.as_str()))?;
+    }
+    seq.end()
 }
 
 /// `kernel:`.
@@ -221,11 +256,12 @@ impl MountSpec {
         } else {
             dest
         };
-        if !dest.starts_with('/') {
-            return Err(self.loc.err(format!(
-                "mount destination {dest:?} must be an absolute path"
-            )));
-        }
+        // Relative destinations are written as given, as LinuxKit does (see
+        // `values::check_destination`).
+        values::check_destination(&dest).map_err(|why| {
+            self.loc
+                .err(format!("invalid mount destination {dest:?}: {why}"))
+        })?;
         let source = if src.is_empty() { tp.clone() } else { src };
         Ok(Mount {
             destination: dest,
@@ -510,7 +546,12 @@ const TOP_KEYS: &[&str] = &[
     "files",
     "volumes",
     "trust",
+    "outputs",
     "console",
+];
+/// The keys of a 2017 `outputs:` entry (all but `format` were for uploads to clouds).
+const OUTPUT_KEYS: &[&str] = &[
+    "format", "project", "bucket", "family", "keys", "public", "replace",
 ];
 const KERNEL_KEYS: &[&str] = &["image", "cmdline", "binary", "tar", "ucode"];
 const IMAGE_KEYS: &[&str] = &[
@@ -794,14 +835,73 @@ pub(crate) fn config(root: &Node, dir: Option<&PathBuf>) -> R<Config> {
                     }
                 }
                 log::warn!(
-                    "{}: \"trust\" is ignored (LinuxKit removed content trust)",
+                    "{}: \"trust\" is ignored: keel pins every image by digest in the lock file and checks every download against its digest",
                     k.loc
                 );
+            }
+            "outputs" => {
+                let (formats, ignored) = outputs(v)?;
+                let mut note = String::new();
+                if !ignored.is_empty() {
+                    note = format!("; {} ignored", ignored.join(", "));
+                }
+                log::warn!(
+                    "{}: \"outputs\" (from LinuxKit's first releases): {} become keel build's default formats when no -f is given{note}",
+                    k.loc,
+                    formats
+                        .iter()
+                        .map(|f| f.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                append_outputs(&mut c.outputs, formats);
             }
             other => return Err(unknown_key(k, other, "the top level", TOP_KEYS)),
         }
     }
     Ok(c)
+}
+
+/// Adds `more` to `outputs`, skipping formats already there (a format is made once).
+pub(crate) fn append_outputs(outputs: &mut Vec<Spanned<String>>, more: Vec<Spanned<String>>) {
+    for f in more {
+        if !outputs.iter().any(|o| o.value == f.value) {
+            outputs.push(f);
+        }
+    }
+}
+
+/// `outputs:`: the formats, and the upload keys given (which keel ignores).
+fn outputs(n: &Node) -> R<(Vec<Spanned<String>>, Vec<&'static str>)> {
+    let mut formats = Vec::new();
+    let mut ignored: Vec<&'static str> = Vec::new();
+    for item in items(n, "outputs")? {
+        let mut format = None;
+        for (k, key, v) in entries(item, "output")? {
+            match OUTPUT_KEYS.iter().find(|o| **o == key) {
+                Some(&"format") => format = Some(string(v)?),
+                Some(&o @ ("public" | "replace")) => {
+                    boolean(v)?;
+                    if !ignored.contains(&o) {
+                        ignored.push(o);
+                    }
+                }
+                Some(&o) => {
+                    string(v)?;
+                    if !ignored.contains(&o) {
+                        ignored.push(o);
+                    }
+                }
+                None => return Err(unknown_key(k, key, "output", OUTPUT_KEYS)),
+            }
+        }
+        let format = format.ok_or_else(|| item.loc.err("output is missing \"format\""))?;
+        if format.trim().is_empty() {
+            return Err(format.loc.err("empty output format"));
+        }
+        formats.push(format);
+    }
+    Ok((formats, ignored))
 }
 
 fn kernel(n: &Node) -> R<Kernel> {
@@ -1069,11 +1169,20 @@ fn mount_spec(n: &Node) -> R<MountSpec> {
                         .collect(),
                 )
             }
+            "uidmappings" | "gidmappings" => return Err(idmapped_mount(k, key)),
             other => return Err(unknown_key(k, other, "mount", MOUNT_KEYS)),
         }
     }
     m.resolve()?;
     Ok(m)
+}
+
+/// LinuxKit's schema has `uidmappings`/`gidmappings` on a mount (idmapped mounts, passed to
+/// runc); keel's runtime cannot make them, so they are refused rather than dropped.
+fn idmapped_mount(k: &Node, key: &str) -> Error {
+    k.loc.err(format!(
+        "{key}: idmapped mounts are not supported by keel's runtime; remove {key}, or give the container a user namespace (userns: new with uidMappings/gidMappings)"
+    ))
 }
 
 fn runtime_mount(n: &Node) -> R<Mount> {
@@ -1091,6 +1200,7 @@ fn runtime_mount(n: &Node) -> R<Mount> {
                     .map(|s| s.value)
                     .collect()
             }
+            "uidmappings" | "gidmappings" => return Err(idmapped_mount(k, key)),
             other => return Err(unknown_key(k, other, "runtime mount", MOUNT_KEYS)),
         }
     }

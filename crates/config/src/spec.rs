@@ -5,8 +5,10 @@
 //!
 //! Precedence: image config (Entrypoint+Cmd, Env, WorkingDir) < label < YAML. A YAML field
 //! replaces the label's wholesale, except `capabilities.add` / `binds.add`, which append to the
-//! label's (and are ignored when the YAML sets the plain field). The image's `User` is ignored,
-//! as in LinuxKit: `uid`/`gid` default to 0.
+//! label's (and are ignored when the YAML sets the plain field). `env` too is replaced, not
+//! merged, as in LinuxKit: a YAML `env` drops the image's environment, `PATH` included (keel
+//! then adds [`DEFAULT_PATH`]). The image's `User` is ignored, as in LinuxKit: `uid`/`gid`
+//! default to 0.
 
 use crate::error::{Error, Spanned};
 use crate::load::{IdMap, check_volume_bind_in, resolve_id};
@@ -23,7 +25,9 @@ pub type ImageConfig = oci_spec::image::Config;
 /// The label key holding LinuxKit's per-image defaults.
 pub const LABEL: &str = "org.mobyproject.config";
 
-/// The `PATH` added when the environment has none (libcontainer fails without one).
+/// The `PATH` added when the process environment has none: libcontainer refuses to start a
+/// process without one, even an absolute command. LinuxKit adds nothing (runc then runs an
+/// absolute command with no `PATH`, and cannot find a bare command name).
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The defaults a container gets unless its YAML (or image label) says otherwise, and what
@@ -293,6 +297,8 @@ pub fn generate(
             "{name:?} has no command: the image sets no Entrypoint or Cmd and the YAML no \"command\""
         )));
     }
+    // LinuxKit's `assignStrings3`: the YAML's list, else the label's, else the image's; never
+    // a merge of two.
     let mut env: Vec<String> = match pick(&l.env, &y.env) {
         Some(e) => strs(e),
         None => image.and_then(|i| i.env().clone()).unwrap_or_default(),

@@ -126,6 +126,23 @@ pub(crate) fn expand_caps(list: &[Spanned<String>]) -> Vec<String> {
         .collect()
 }
 
+/// Checks a mount destination (of a bind, a tmpfs entry or a `mounts:` entry).
+///
+/// As in LinuxKit, a relative destination is accepted and written to `config.json` as given:
+/// the runtime resolves it against the container's root (LinuxKit's own examples mount at
+/// `writeable-host-etc`). keel refuses only what cannot work: an empty destination (LinuxKit
+/// passes it on and the runtime fails at boot) and a `..` component (keel creates every mount
+/// point in the image at build time, and never outside the container's root).
+pub(crate) fn check_destination(dest: &str) -> Result<(), &'static str> {
+    if dest.is_empty() {
+        return Err("empty destination");
+    }
+    if dest.split('/').any(|c| c == "..") {
+        return Err("the destination must not contain a \"..\" component");
+    }
+    Ok(())
+}
+
 /// A parsed bind: `src:dst[:opt,opt]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Bind {
@@ -159,9 +176,7 @@ pub(crate) fn parse_bind(s: &Spanned<String>) -> Result<Bind, Error> {
     if parts[0].is_empty() {
         return Err(bad("empty source"));
     }
-    if !parts[1].starts_with('/') {
-        return Err(bad("the destination must be an absolute path"));
-    }
+    check_destination(parts[1]).map_err(bad)?;
     let options = match parts.get(2) {
         None => vec!["rw".into(), "rbind".into(), "rshared".into()],
         Some(opts) => {
@@ -192,9 +207,7 @@ pub(crate) fn parse_tmpfs(s: &Spanned<String>) -> Result<(String, Vec<String>), 
     if parts.len() > 2 {
         return Err(bad("too many ':'"));
     }
-    if !parts[0].starts_with('/') {
-        return Err(bad("the destination must be an absolute path"));
-    }
+    check_destination(parts[0]).map_err(bad)?;
     let opts = match parts.get(1) {
         Some(o) => o.split(',').map(str::to_owned).collect::<Vec<_>>(),
         None => Vec::new(),
@@ -364,7 +377,14 @@ mod tests {
         assert!(b.is_volume());
         assert!(parse_bind(&sp("/a")).is_err());
         assert!(parse_bind(&sp("/a:/b:c:d")).is_err());
-        assert!(parse_bind(&sp("/a:b")).is_err());
+        // Relative destinations pass through unchanged, as in LinuxKit.
+        assert_eq!(parse_bind(&sp("/etc:etc")).unwrap().destination, "etc");
+        assert_eq!(parse_bind(&sp("/a:./b/c")).unwrap().destination, "./b/c");
+        assert!(parse_bind(&sp("/a:")).is_err());
+        assert!(parse_bind(&sp("/a:/b/../../c")).is_err());
+        assert!(parse_bind(&sp("/a:..")).is_err());
+        // `..` inside a name is no parent component.
+        assert!(parse_bind(&sp("/a:/b..c")).is_ok());
     }
 
     #[test]
@@ -373,7 +393,9 @@ mod tests {
             parse_tmpfs(&sp("/run:size=1m,mode=755")).unwrap().1,
             ["size=1m", "mode=755"]
         );
-        assert!(parse_tmpfs(&sp("run")).is_err());
+        assert_eq!(parse_tmpfs(&sp("run")).unwrap().0, "run");
+        assert!(parse_tmpfs(&sp(":size=1m")).is_err());
+        assert!(parse_tmpfs(&sp("../run")).is_err());
         assert_eq!(
             parse_rlimit(&sp("nofile, 1024, unlimited")).unwrap(),
             ("RLIMIT_NOFILE".into(), 1024, u64::MAX)
