@@ -1,7 +1,7 @@
 //! `keel`: the host tool. Argument parsing and error reporting only; the work is in the library.
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use keel::build::{BuildOptions, Format};
 use keel::run::{Accel, Disk, Options as RunOptions, Publish};
 use std::path::PathBuf;
@@ -20,6 +20,9 @@ struct Cli {
     /// More output (-v: debug, -vv: trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Less output: warnings and errors only.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,9 +33,8 @@ enum Command {
     Build(BuildArgs),
     /// Print the merged YAML and every generated config.json, without building.
     Validate(ValidateArgs),
-    /// Boot a build's output.
-    #[command(subcommand)]
-    Run(RunCommand),
+    /// Boot a build's output: `keel run PREFIX` is `keel run qemu PREFIX`.
+    Run(Box<RunArgs>),
     /// Inspect and manage the image store.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -57,6 +59,21 @@ enum Command {
         #[arg(long)]
         insecure_registry: bool,
     },
+    /// Print keel's version (and the git commit it was built from, when known).
+    Version {
+        /// Print just the version number.
+        #[arg(long, conflicts_with = "commit")]
+        short: bool,
+        /// Print just the git commit (empty when unknown).
+        #[arg(long)]
+        commit: bool,
+    },
+    /// Print a shell completion script, e.g. `keel completion bash > /etc/bash_completion.d/keel`
+    /// or `keel completion fish > ~/.config/fish/completions/keel.fish`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,8 +95,15 @@ enum PkgCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Print the reference a package directory builds to (what "@pkg:DIR" stands for).
-    ShowTag { dir: PathBuf },
+    /// Print the reference `keel pkg build` builds a package directory to (without --arch:
+    /// what "@pkg:DIR" stands for).
+    ShowTag {
+        dir: PathBuf,
+        /// The architectures the build is for, as given to `keel pkg build --arch` (they are
+        /// inputs of the tag).
+        #[arg(long = "arch")]
+        arches: Vec<keel_image::Arch>,
+    },
     /// Move the Debian pins of packages (build.lock.json) and kernel recipes (recipe.yml) to
     /// the archive's current versions: what to run when Debian has moved on.
     UpdateLock {
@@ -180,6 +204,21 @@ struct ValidateArgs {
     files: Vec<String>,
 }
 
+/// `keel run [BACKEND] ...`: without a backend, the platform's default (QEMU), as `linuxkit
+/// run` does. A prefix that is itself named like a backend is written `./qemu`.
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    arg_required_else_help = true
+)]
+struct RunArgs {
+    #[command(subcommand)]
+    backend: Option<RunCommand>,
+    #[command(flatten)]
+    qemu: Option<QemuArgs>,
+}
+
 #[derive(Debug, Subcommand)]
 enum RunCommand {
     /// Boot in QEMU: a build prefix (out/minimal) or a file (.iso, .efi, disk image).
@@ -245,8 +284,14 @@ struct QemuArgs {
 enum CacheCommand {
     /// List the images in the store.
     Ls,
-    /// Remove images from the store (and blobs nothing else uses).
-    Rm { references: Vec<String> },
+    /// Remove images from the store (and blobs nothing else uses). Nothing is removed when one
+    /// of them is not in the store.
+    Rm {
+        #[arg(required = true, value_name = "REFERENCE")]
+        references: Vec<String>,
+    },
+    /// Empty the store: every image, every blob and the cached Debian packages.
+    Clean,
     /// Import OCI layouts, OCI archives or docker-archive tarballs.
     Import { paths: Vec<PathBuf> },
     /// Export an image as an OCI archive.
@@ -294,11 +339,7 @@ enum KernelCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match cli.verbose {
-        0 => log::LevelFilter::Info,
-        1 => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    };
+    let level = log_level(cli.quiet, cli.verbose);
     env_logger::Builder::new()
         .filter_level(level)
         .format_timestamp(None)
@@ -312,6 +353,46 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The log level of -q and -v (KEEL_LOG overrides it).
+fn log_level(quiet: bool, verbose: u8) -> log::LevelFilter {
+    match (quiet, verbose) {
+        (true, _) => log::LevelFilter::Warn,
+        (false, 0) => log::LevelFilter::Info,
+        (false, 1) => log::LevelFilter::Debug,
+        (false, _) => log::LevelFilter::Trace,
+    }
+}
+
+/// The git commit keel was built from: set `KEEL_GIT_COMMIT` when building to record it.
+const GIT_COMMIT: Option<&str> = option_env!("KEEL_GIT_COMMIT");
+
+/// `keel version`, like `linuxkit version`.
+fn version_text(short: bool, commit: bool) -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    let git = GIT_COMMIT.filter(|c| !c.is_empty());
+    if short {
+        return format!("{version}\n");
+    }
+    if commit {
+        return format!("{}\n", git.unwrap_or_default());
+    }
+    let mut text = format!("keel version {version}\n");
+    if let Some(git) = git {
+        text += &format!("commit: {git}\n");
+    }
+    text += &format!(
+        "platform: {}-{}\n",
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    );
+    text
+}
+
+/// `keel completion SHELL`.
+fn completion(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    clap_complete::generate(shell, &mut Cli::command(), "keel", out);
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -352,42 +433,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             )?;
             print!("{text}");
         }
-        Command::Run(RunCommand::Qemu(args)) => {
-            let data = match (args.data, &args.data_file) {
-                (Some(text), _) => Some(text.into_bytes()),
-                (None, Some(file)) => Some(
-                    std::fs::read(file)
-                        .with_context(|| format!("cannot read --data-file {}", file.display()))?,
-                ),
-                (None, None) => None,
+        Command::Run(args) => {
+            let RunArgs { backend, qemu } = *args;
+            let qemu = match (backend, qemu) {
+                (Some(RunCommand::Qemu(qemu)), _) | (None, Some(qemu)) => qemu,
+                (None, None) => anyhow::bail!("keel run needs a build prefix or file to boot"),
             };
-            let mut opts = RunOptions {
-                target: args.target,
-                arch: args.arch.unwrap_or_else(keel_image::Arch::host),
-                accel: args.accel,
-                mem_mb: args.mem,
-                cpus: args.cpus,
-                disks: args.disks,
-                publish: args.publish,
-                uefi: args.uefi,
-                firmware: args.fw,
-                console_file: args.console_file,
-                state: args.state,
-                qemu: args.qemu,
-                append: args.append,
-                networking: match args.networking.as_str() {
-                    "user" => true,
-                    "none" => false,
-                    other => anyhow::bail!("invalid --networking {other:?}: expected user or none"),
-                },
-                extra: args.qemu_args,
-            };
-            if let Some(data) = data {
-                let drive = keel::run::data_volume(&keel::run::state_dir(&opts), &data)?;
-                opts.extra.splice(0..0, drive);
-            }
-            let code = keel::run::run(&opts)?;
-            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+            return run_qemu(qemu);
         }
         Command::Cache(cmd) => keel::cache::run(&open_store()?, cmd.into())?,
         Command::Pkg(PkgCommand::Build {
@@ -437,9 +489,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Pkg(PkgCommand::ShowTag { dir }) => {
-            let store = open_store()?;
-            println!("{}", keel::pkg::show_tag(&dir, Some(&store))?);
+        Command::Pkg(PkgCommand::ShowTag { dir, arches }) => {
+            let opts = keel_pkg::PkgOptions {
+                arches: (!arches.is_empty()).then_some(arches),
+                ..keel_pkg::PkgOptions::default()
+            };
+            println!("{}", keel::pkg::build_tag(&open_store()?, &dir, opts)?);
         }
         Command::Tools(ToolsCommand::List) => print!("{}", keel::tools::list(&open_store()?)),
         Command::Tools(ToolsCommand::Build { names }) => {
@@ -470,8 +525,49 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{reference}");
         }
         Command::Ctl(args) => return ctl(&args),
+        Command::Version { short, commit } => print!("{}", version_text(short, commit)),
+        Command::Completion { shell } => completion(shell, &mut std::io::stdout().lock()),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `keel run qemu` (and `keel run` without a backend).
+fn run_qemu(args: QemuArgs) -> Result<ExitCode> {
+    let data = match (args.data, &args.data_file) {
+        (Some(text), _) => Some(text.into_bytes()),
+        (None, Some(file)) => Some(
+            std::fs::read(file)
+                .with_context(|| format!("cannot read --data-file {}", file.display()))?,
+        ),
+        (None, None) => None,
+    };
+    let mut opts = RunOptions {
+        target: args.target,
+        arch: args.arch.unwrap_or_else(keel_image::Arch::host),
+        accel: args.accel,
+        mem_mb: args.mem,
+        cpus: args.cpus,
+        disks: args.disks,
+        publish: args.publish,
+        uefi: args.uefi,
+        firmware: args.fw,
+        console_file: args.console_file,
+        state: args.state,
+        qemu: args.qemu,
+        append: args.append,
+        networking: match args.networking.as_str() {
+            "user" => true,
+            "none" => false,
+            other => anyhow::bail!("invalid --networking {other:?}: expected user or none"),
+        },
+        extra: args.qemu_args,
+    };
+    if let Some(data) = data {
+        let drive = keel::run::data_volume(&keel::run::state_dir(&opts), &data)?;
+        opts.extra.splice(0..0, drive);
+    }
+    let code = keel::run::run(&opts)?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
 /// `keel ctl`: needs no image store.
@@ -488,6 +584,7 @@ impl From<CacheCommand> for keel::cache::Command {
         match cmd {
             CacheCommand::Ls => C::List,
             CacheCommand::Rm { references } => C::Remove(references),
+            CacheCommand::Clean => C::Clean,
             CacheCommand::Import { paths } => C::Import(paths),
             CacheCommand::Export { reference, output } => C::Export { reference, output },
             CacheCommand::Pull {
@@ -513,6 +610,184 @@ mod tests {
             Command::Ctl(args) => args,
             other => panic!("{other:?}"),
         }
+    }
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(["keel"].iter().chain(args)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The QEMU arguments `keel run ARGS` boots with, whichever form it is written in.
+    fn qemu_args(args: &[&str]) -> QemuArgs {
+        let Command::Run(run) = parse(args).command else {
+            panic!("{args:?}")
+        };
+        match *run {
+            RunArgs {
+                backend: Some(RunCommand::Qemu(q)),
+                qemu: None,
+            } => q,
+            RunArgs {
+                backend: None,
+                qemu: Some(q),
+            } => q,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn run_without_a_backend_is_run_qemu() {
+        for args in [&["run", "out/minimal"][..], &["run", "qemu", "out/minimal"]] {
+            let q = qemu_args(args);
+            assert_eq!(q.target, PathBuf::from("out/minimal"), "{args:?}");
+            assert_eq!((q.mem, q.cpus), (1024, 1), "{args:?}");
+        }
+        let q = qemu_args(&[
+            "run", "--mem", "512", "--cpus", "2", "--uefi", "out/x", "--", "-s", "-S",
+        ]);
+        assert_eq!((q.mem, q.cpus, q.uefi), (512, 2, true));
+        assert_eq!(q.target, PathBuf::from("out/x"));
+        assert_eq!(q.qemu_args, ["-s", "-S"]);
+        let q = qemu_args(&[
+            "run",
+            "qemu",
+            "--disk",
+            "d.img,size=1G",
+            "out/x",
+            "--",
+            "-s",
+        ]);
+        assert_eq!(q.disks.len(), 1);
+        assert_eq!(q.qemu_args, ["-s"]);
+        let Command::Run(run) = parse(&["run", "qemu", "out/x"]).command else {
+            panic!()
+        };
+        assert!(run.backend.is_some() && run.qemu.is_none());
+        let Command::Run(run) = parse(&["run", "out/x"]).command else {
+            panic!()
+        };
+        assert!(run.backend.is_none() && run.qemu.is_some());
+        // A prefix named like the backend is written as a path.
+        assert_eq!(
+            qemu_args(&["run", "./qemu"]).target,
+            PathBuf::from("./qemu")
+        );
+        // Nothing to boot: the help, as an error.
+        let e = Cli::try_parse_from(["keel", "run"]).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+        assert!(Cli::try_parse_from(["keel", "run", "qemu"]).is_err());
+        assert!(Cli::try_parse_from(["keel", "run", "out/x", "out/y"]).is_err());
+        assert!(
+            Cli::try_parse_from(["keel", "run", "--data", "a", "--data-file", "b", "x"]).is_err()
+        );
+    }
+
+    #[test]
+    fn quiet_means_warnings() {
+        let cli = parse(&["-q", "cache", "ls"]);
+        assert!(cli.quiet);
+        assert_eq!(log_level(cli.quiet, cli.verbose), log::LevelFilter::Warn);
+        let cli = parse(&["cache", "ls", "--quiet"]);
+        assert_eq!(log_level(cli.quiet, cli.verbose), log::LevelFilter::Warn);
+        let cli = parse(&["cache", "ls"]);
+        assert_eq!(log_level(cli.quiet, cli.verbose), log::LevelFilter::Info);
+        let cli = parse(&["-vv", "cache", "ls"]);
+        assert_eq!(log_level(cli.quiet, cli.verbose), log::LevelFilter::Trace);
+        assert!(Cli::try_parse_from(["keel", "-q", "-v", "cache", "ls"]).is_err());
+    }
+
+    #[test]
+    fn version_is_linuxkits_format() {
+        assert!(matches!(
+            parse(&["version"]).command,
+            Command::Version {
+                short: false,
+                commit: false
+            }
+        ));
+        let long = version_text(false, false);
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            long.starts_with(&format!("keel version {version}\n")),
+            "{long}"
+        );
+        assert!(
+            long.ends_with(&format!(
+                "platform: {}-{}\n",
+                std::env::consts::ARCH,
+                std::env::consts::OS
+            )),
+            "{long}"
+        );
+        assert_eq!(
+            long.contains("commit: "),
+            GIT_COMMIT.is_some_and(|c| !c.is_empty())
+        );
+        assert_eq!(version_text(true, false), format!("{version}\n"));
+        assert_eq!(
+            version_text(false, true),
+            format!("{}\n", GIT_COMMIT.unwrap_or_default())
+        );
+        assert!(Cli::try_parse_from(["keel", "version", "--short", "--commit"]).is_err());
+        // `keel --version` is clap's: "keel VERSION".
+        let e = Cli::try_parse_from(["keel", "--version"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion);
+        assert_eq!(e.to_string(), format!("keel {version}\n"));
+    }
+
+    #[test]
+    fn completion_scripts_cover_the_commands() {
+        for (shell, marker) in [
+            ("bash", "complete -F _keel"),
+            ("zsh", "#compdef keel"),
+            ("fish", "complete -c keel"),
+        ] {
+            let Command::Completion { shell: parsed } = parse(&["completion", shell]).command
+            else {
+                panic!("{shell}");
+            };
+            let mut out = Vec::new();
+            completion(parsed, &mut out);
+            let script = String::from_utf8(out).unwrap();
+            assert!(script.contains(marker), "{shell}: {script}");
+            for word in [
+                "build",
+                "run",
+                "cache",
+                "clean",
+                "show-tag",
+                "completion",
+                "quiet",
+            ] {
+                assert!(script.contains(word), "{shell} lacks {word}");
+            }
+        }
+        assert!(Cli::try_parse_from(["keel", "completion", "tcsh"]).is_err());
+        assert!(Cli::try_parse_from(["keel", "completion"]).is_err());
+    }
+
+    #[test]
+    fn cache_and_pkg_commands_parse() {
+        assert!(matches!(
+            parse(&["cache", "clean"]).command,
+            Command::Cache(CacheCommand::Clean)
+        ));
+        let Command::Cache(CacheCommand::Rm { references }) =
+            parse(&["cache", "rm", "a:1", "b:2"]).command
+        else {
+            panic!()
+        };
+        assert_eq!(references, ["a:1", "b:2"]);
+        assert!(Cli::try_parse_from(["keel", "cache", "rm"]).is_err());
+        let Command::Pkg(PkgCommand::ShowTag { dir, arches }) =
+            parse(&["pkg", "show-tag", "--arch", "x86_64", "pkg/init"]).command
+        else {
+            panic!()
+        };
+        assert_eq!(dir, PathBuf::from("pkg/init"));
+        assert_eq!(arches, [keel_image::Arch::X86_64]);
     }
 
     #[test]

@@ -50,14 +50,31 @@ pub fn show_tag(dir: &Path, store: Option<&Store>) -> Result<Reference, Error> {
     Err(Error::NotAPackage(dir.into()))
 }
 
+/// `opts` with the store's `debs/` as the default `.deb` cache: what [`build`] and
+/// [`build_tag`] both use, so that they agree.
+fn with_store(store: &Store, opts: PkgOptions) -> PkgOptions {
+    PkgOptions {
+        deb_cache: opts.deb_cache.or_else(|| Some(store.path().join("debs"))),
+        ..opts
+    }
+}
+
+/// `keel pkg show-tag`: the reference [`build`] with the same options builds `dir` to. The
+/// architectures are inputs of a package's tag, so `--arch` must match the build's.
+pub fn build_tag(store: &Store, dir: &Path, opts: PkgOptions) -> Result<Reference, Error> {
+    if is_package(dir) {
+        return Ok(keel_pkg::show_tag(dir, &with_store(store, opts))?);
+    }
+    if crate::kernel::is_recipe(dir) {
+        return Ok(crate::kernel::tag(dir)?);
+    }
+    Err(Error::NotAPackage(dir.into()))
+}
+
 /// `keel pkg build`: builds a package (or kernel recipe) into the store.
 pub fn build(store: &Store, dir: &Path, opts: PkgOptions) -> Result<Reference, Error> {
     if is_package(dir) {
-        let opts = PkgOptions {
-            deb_cache: opts.deb_cache.or_else(|| Some(store.path().join("debs"))),
-            ..opts
-        };
-        return Ok(keel_pkg::build(store, dir, &opts)?);
+        return Ok(keel_pkg::build(store, dir, &with_store(store, opts))?);
     }
     if crate::kernel::is_recipe(dir) {
         let arches = opts.arches.unwrap_or_else(|| Arch::ALL.to_vec());
@@ -109,4 +126,61 @@ pub fn update_lock(store: &Store, dir: &Path) -> Result<Vec<String>, Error> {
             .collect());
     }
     Err(Error::NotAPackage(dir.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn package(yml: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(keel_pkg::BUILD_YML), yml).unwrap();
+        dir
+    }
+
+    /// `keel pkg show-tag` prints exactly what `keel pkg build` builds and tags, with and
+    /// without `--arch`.
+    #[test]
+    fn show_tag_is_the_tag_build_uses() {
+        let pkg = package("image: test/tagged\nfiles: [{path: /a, contents: a}]\n");
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(store_dir.path()).unwrap();
+        for arches in [None, Some(vec![Arch::X86_64]), Some(vec![Arch::Aarch64])] {
+            let opts = || PkgOptions {
+                arches: arches.clone(),
+                ..PkgOptions::default()
+            };
+            let shown = build_tag(&store, pkg.path(), opts()).unwrap();
+            let built = build(&store, pkg.path(), opts()).unwrap();
+            assert_eq!(shown, built, "{arches:?}");
+            assert!(store.resolve(&built).unwrap().is_some());
+        }
+        // Without --arch, show-tag is what "@pkg:DIR" resolves to.
+        assert_eq!(
+            build_tag(&store, pkg.path(), PkgOptions::default()).unwrap(),
+            show_tag(pkg.path(), Some(&store)).unwrap()
+        );
+    }
+
+    #[test]
+    fn dockerfile_packages_are_refused() {
+        let pkg = package("image: sshd\nconfig: {pid: host}\n");
+        std::fs::write(pkg.path().join("Dockerfile"), "FROM alpine\n").unwrap();
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(store_dir.path()).unwrap();
+        let e = build(&store, pkg.path(), PkgOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("is a Dockerfile package"), "{e}");
+        let e = build_tag(&store, pkg.path(), PkgOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("docker build"), "{e}");
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn other_directories_are_not_packages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(store_dir.path()).unwrap();
+        let e = build_tag(&store, dir.path(), PkgOptions::default()).unwrap_err();
+        assert!(matches!(e, Error::NotAPackage(_)), "{e}");
+    }
 }

@@ -8,6 +8,19 @@ pub enum Error {
     /// `build.yml` is invalid; the message carries `FILE:LINE:COLUMN`.
     #[error(transparent)]
     Manifest(#[from] keel_config::Error),
+    /// A LinuxKit package: a Dockerfile (or LinuxKit's build.yml keys) and none of keel's own
+    /// build fields. keel does not run Dockerfiles.
+    #[error(
+        "{} is a Dockerfile package (LinuxKit's format), which keel does not build: keel assembles packages without Docker from build.yml's binaries, debs and files (pinned Debian packages; see docs/pkg.md). Build it with `docker build -t IMAGE {}` and bring the image in with `docker save IMAGE -o image.tar && keel cache import image.tar` (or push it and `keel cache pull IMAGE`)",
+        dir.display(), dir.display()
+    )]
+    DockerfilePackage { dir: PathBuf },
+    /// `build.yml` names nothing to put in the image.
+    #[error(
+        "{}: no binaries, debs or files, so the image would be empty; list what the image holds (see docs/pkg.md)",
+        yml.display()
+    )]
+    EmptyPackage { yml: PathBuf },
     /// A file of the package could not be read, or a lock file written.
     #[error("cannot {action} {}", path.display())]
     Io {

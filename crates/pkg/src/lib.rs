@@ -3,7 +3,9 @@
 //! store, reproducibly.
 //!
 //! - [`show_tag`] computes the package's reference, `docker.io/<image>:<hash>`, where `<hash>`
-//!   covers every input (build.yml, the files it uses, the Debian pins, the built binaries).
+//!   covers every input (build.yml, the files it uses, the Debian pins, the built binaries). An
+//!   `image` without an organisation (`sshd`) is in LinuxKit's default one (`linuxkit/sshd`),
+//!   as LinuxKit's `pkg build` names it.
 //! - [`build`] assembles one single-layer image per architecture from the package's Rust
 //!   binaries (built with cargo for musl), Debian packages (with their dependency closure,
 //!   pinned in `build.lock.json`) and files, writes an index over them and tags it.
@@ -30,6 +32,40 @@ use std::path::{Path, PathBuf};
 
 /// The manifest's file name in a package directory.
 pub const BUILD_YML: &str = "build.yml";
+
+/// The organisation of an `image` that names none, as in LinuxKit's `pkg build`.
+pub const DEFAULT_ORG: &str = "linuxkit";
+
+/// The file that makes a directory a LinuxKit (Docker) package.
+const DOCKERFILE: &str = "Dockerfile";
+
+/// Keys of LinuxKit's build.yml that keel's does not have: a build.yml using them is written
+/// for LinuxKit's Docker builds.
+const LINUXKIT_KEYS: &[&str] = &[
+    "org",
+    "tag",
+    "dockerfile",
+    "extra-sources",
+    "gitrepo",
+    "network",
+    "disable-cache",
+    "buildArgs",
+    "depends",
+];
+
+/// keel's keys for what goes into the image.
+const CONTENT_KEYS: &[&str] = &["binaries", "debs", "files"];
+
+/// The repository a build.yml `image` names: itself when it has an organisation (or a
+/// registry), else `linuxkit/<image>` like LinuxKit's `pkg build` (whose `org` defaults to
+/// `linuxkit`).
+pub fn repository(image: &str) -> String {
+    if image.contains('/') {
+        image.to_owned()
+    } else {
+        format!("{DEFAULT_ORG}/{image}")
+    }
+}
 
 /// Versions the tag computation: bump when the inputs or the image layout change meaning.
 const FORMAT: &str = "keel-pkg/1";
@@ -276,6 +312,21 @@ fn debs_of(manifest: &BuildManifest) -> Vec<String> {
     manifest.debs.iter().map(|d| d.value.clone()).collect()
 }
 
+/// The top-level keys of a YAML mapping, by a look at its lines (for telling what kind of
+/// build.yml one is that keel's parser refused).
+fn top_level_keys(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().filter_map(|line| {
+        if line.starts_with(|c: char| c.is_whitespace() || c == '#' || c == '-') {
+            return None;
+        }
+        let (key, _) = line.split_once(':')?;
+        Some(key.trim().trim_matches(|c| c == '"' || c == '\''))
+    })
+}
+
+/// Reads and parses `build.yml`, refusing what would not build a useful image: a LinuxKit
+/// Dockerfile package (a `Dockerfile`, or LinuxKit's own build.yml keys, without any of keel's
+/// content fields) and a manifest that puts nothing into the image.
 fn read_manifest(dir: &Path) -> Result<(Vec<u8>, BuildManifest)> {
     let yml_path = dir.join(BUILD_YML);
     let yml = std::fs::read(&yml_path).map_err(|source| Error::Io {
@@ -283,10 +334,25 @@ fn read_manifest(dir: &Path) -> Result<(Vec<u8>, BuildManifest)> {
         path: yml_path.clone(),
         source,
     })?;
-    let manifest = build_yml::parse(
-        &yml_path.display().to_string(),
-        &String::from_utf8_lossy(&yml),
-    )?;
+    let text = String::from_utf8_lossy(&yml);
+    let has_content_key = top_level_keys(&text).any(|k| CONTENT_KEYS.contains(&k));
+    let linuxkit_style = !has_content_key
+        && (dir.join(DOCKERFILE).exists()
+            || top_level_keys(&text).any(|k| LINUXKIT_KEYS.contains(&k)));
+    let manifest = match build_yml::parse(&yml_path.display().to_string(), &text) {
+        Ok(m) => m,
+        Err(_) if linuxkit_style => {
+            return Err(Error::DockerfilePackage { dir: dir.into() });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if manifest.binaries.is_empty() && manifest.debs.is_empty() && manifest.files.is_empty() {
+        return Err(if linuxkit_style {
+            Error::DockerfilePackage { dir: dir.into() }
+        } else {
+            Error::EmptyPackage { yml: yml_path }
+        });
+    }
     Ok((yml, manifest))
 }
 
@@ -317,10 +383,15 @@ fn prepare(dir: &Path, opts: &PkgOptions, deb_cache: &Path) -> Result<(Prepared,
 }
 
 impl Prepared {
-    /// `<image>:<first 16 hex digits of the input hash>`.
+    /// `<repository>:<first 16 hex digits of the input hash>`, the repository as
+    /// [`repository`] makes it.
     fn reference(&self) -> Result<Reference> {
         let hash = input_hash(self);
-        let text = format!("{}:{}", self.manifest.image.as_str(), &hash[..16]);
+        let text = format!(
+            "{}:{}",
+            repository(self.manifest.image.as_str()),
+            &hash[..16]
+        );
         text.parse().map_err(|source| Error::Reference {
             image: self.manifest.image.value.clone(),
             source,
@@ -690,6 +761,78 @@ mod tests {
         let e = show_tag(dir.path(), &PkgOptions::default()).unwrap_err();
         let want = format!("{}:2:1: unknown key", dir.path().join(BUILD_YML).display());
         assert!(e.to_string().starts_with(&want), "{e}");
+    }
+
+    /// A LinuxKit package (Dockerfile + LinuxKit's build.yml) is refused, never built into an
+    /// image holding only its label; so is any build.yml that puts nothing into the image.
+    #[test]
+    fn dockerfile_packages_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let o = opts(d);
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(store_dir.path()).unwrap();
+        let refused = |yml: &str| {
+            std::fs::write(d.join(BUILD_YML), yml).unwrap();
+            let e = build(&store, d, &o).unwrap_err();
+            assert!(matches!(e, Error::DockerfilePackage { .. }), "{yml}: {e}");
+            let tag = show_tag(d, &o).unwrap_err();
+            assert!(
+                matches!(tag, Error::DockerfilePackage { .. }),
+                "{yml}: {tag}"
+            );
+            e.to_string()
+        };
+        std::fs::write(d.join("Dockerfile"), "FROM alpine\nRUN apk add openssh\n").unwrap();
+        // keel's parser takes this one: it would have been an image with only the label.
+        let msg = refused("image: sshd\nconfig:\n  pid: host\n");
+        assert!(msg.contains("docker build"), "{msg}");
+        assert!(msg.contains("keel cache import"), "{msg}");
+        assert!(msg.contains("binaries, debs and files"), "{msg}");
+        // LinuxKit's own keys, which keel's parser does not know.
+        refused("image: sshd\nnetwork: true\narches: [amd64]\n");
+        // Without a Dockerfile, LinuxKit's keys still tell what it is.
+        std::fs::remove_file(d.join("Dockerfile")).unwrap();
+        refused("image: sshd\norg: example\ndockerfile: Dockerfile.alt\n");
+        assert!(store.list().unwrap().is_empty());
+
+        // Not a LinuxKit package, but nothing to build either.
+        std::fs::write(d.join(BUILD_YML), "image: x/y\nconfig: {pid: host}\n").unwrap();
+        let e = build(&store, d, &o).unwrap_err();
+        assert!(matches!(e, Error::EmptyPackage { .. }), "{e}");
+        assert!(e.to_string().contains("the image would be empty"), "{e}");
+
+        // A keel package with a Dockerfile beside it builds from its build.yml.
+        std::fs::write(d.join("Dockerfile"), "FROM scratch\n").unwrap();
+        std::fs::write(
+            d.join(BUILD_YML),
+            "image: x/y\nfiles: [{path: /a, contents: a}]\n",
+        )
+        .unwrap();
+        assert_eq!(build(&store, d, &o).unwrap(), show_tag(d, &o).unwrap());
+    }
+
+    /// An image without an organisation is in LinuxKit's default one; keel's own (`keel/...`)
+    /// and registry-qualified names are kept.
+    #[test]
+    fn bare_images_are_in_the_linuxkit_org() {
+        assert_eq!(repository("sshd"), "linuxkit/sshd");
+        assert_eq!(repository("keel/init"), "keel/init");
+        assert_eq!(repository("ghcr.io/me/tool"), "ghcr.io/me/tool");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(BUILD_YML),
+            "image: sshd\nfiles: [{path: /a, contents: a}]\n",
+        )
+        .unwrap();
+        let o = opts(dir.path());
+        let tag = show_tag(dir.path(), &o).unwrap();
+        assert_eq!(tag.registry(), "docker.io");
+        assert_eq!(tag.repository(), "linuxkit/sshd");
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(store_dir.path()).unwrap();
+        assert_eq!(build(&store, dir.path(), &o).unwrap(), tag);
+        assert!(store.resolve(&tag).unwrap().is_some());
     }
 
     #[test]
