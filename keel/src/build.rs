@@ -62,6 +62,23 @@ pub enum Error {
     Output(#[from] crate::output::Error),
     #[error(transparent)]
     Tool(#[from] crate::tools::Error),
+    #[error("invalid --size")]
+    Size(#[source] keel_formats::Error),
+    #[error(
+        "--size {given} is larger than the filesystem that holds {} ({} bytes): the disk image could never be filled; give a size that fits",
+        dir.display(), fs_size
+    )]
+    SizeTooLarge {
+        given: String,
+        dir: PathBuf,
+        fs_size: u64,
+    },
+    #[error("cannot look at the filesystem of {}", dir.display())]
+    Filesystem {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 type Result<T> = std::result::Result<T, Error>;
@@ -116,21 +133,57 @@ pub fn sources(files: &[String]) -> Result<Vec<Source>> {
         .collect()
 }
 
-/// Parses, merges and validates the YAML inputs. `@pkg:DIR` resolves to the package's tag;
-/// with a store, packages missing from it are built first (with `locked`, without changing any
-/// Debian pin).
-pub fn load(files: &[String], store: Option<&Store>, locked: bool) -> Result<Config> {
+/// How `@pkg:DIR` templates resolve.
+#[derive(Debug, Clone, Copy)]
+pub enum Packages<'a> {
+    /// To the package's tag, building it into the store first when it is missing (with
+    /// `locked`, without changing any Debian pin).
+    Build { store: &'a Store, locked: bool },
+    /// Without building anything (dry runs, `keel validate`): see [`unbuilt_reference`].
+    Unbuilt,
+}
+
+/// The tag of a package with Rust `binaries:` when nothing was built: its real tag covers the
+/// built bytes.
+pub const UNBUILT_TAG: &str = "unbuilt";
+
+/// Parses, merges and validates the YAML inputs, resolving `@pkg:DIR` as `packages` says.
+pub fn load(files: &[String], packages: Packages<'_>) -> Result<Config> {
     let sources = sources(files)?;
     let pkg = |dir: &Path| {
-        let reference = match store {
-            Some(store) => crate::pkg::ensure(store, dir, locked),
-            None => crate::pkg::show_tag(dir, None),
+        let reference = match packages {
+            Packages::Build { store, locked } => crate::pkg::ensure(store, dir, locked),
+            Packages::Unbuilt => return unbuilt_reference(dir),
         };
         reference
             .map(|r| r.to_string())
             .map_err(|e| error_chain(&e))
     };
     Ok(keel_config::load(&sources, &pkg)?)
+}
+
+/// `@pkg:DIR` without building or downloading anything: the tag of a kernel recipe or of a
+/// package made only of files and Debian pins (both are hashes of the directory's inputs); a
+/// package with Rust `binaries:` is `IMAGE:unbuilt` ([`UNBUILT_TAG`]).
+fn unbuilt_reference(dir: &Path) -> std::result::Result<String, String> {
+    let manifest = dir.join(keel_pkg::BUILD_YML);
+    if manifest.is_file() {
+        let parsed = keel_config::build_yml::load(&manifest).map_err(|e| error_chain(&e))?;
+        if !parsed.binaries.is_empty() {
+            log::info!(
+                "{}: not built (a dry run), so its tag, which covers its Rust binaries, shows as {UNBUILT_TAG}",
+                dir.display()
+            );
+            let text = format!("{}:{UNBUILT_TAG}", parsed.image.as_str());
+            return text
+                .parse::<Reference>()
+                .map(|r| r.to_string())
+                .map_err(|e| format!("{}: invalid image {text:?}: {e}", manifest.display()));
+        }
+    }
+    crate::pkg::show_tag(dir, None)
+        .map(|r| r.to_string())
+        .map_err(|e| error_chain(&e))
 }
 
 /// An error and its causes on one line (`a: b: c`), for messages embedded in other errors.
@@ -200,11 +253,7 @@ pub fn resolve(store: &Store, config: &Config, lock: &Lock, how: Resolve) -> Res
         if images.contains_key(&text) {
             continue;
         }
-        let reference: Reference = text.parse().map_err(|source| Error::Reference {
-            loc: loc.clone(),
-            reference: text.clone(),
-            source,
-        })?;
+        let reference = parse_reference(&text, &loc)?;
         let name = reference.to_string();
         let missing = |source| Error::Missing {
             loc: loc.clone(),
@@ -297,21 +346,87 @@ fn output_name(opts: &BuildOptions) -> String {
     })
 }
 
-/// `keel build`.
-pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
-    let mut formats = opts.formats.clone();
-    formats.dedup();
+/// Refuses a `--size` the output directory's filesystem cannot hold, before any image is read:
+/// a sparse disk of petabytes would be "written" (seeked through) for hours and never fit.
+fn check_size(size: &str, dir: &Path) -> Result<()> {
+    let bytes = keel_formats::parse_size(size).map_err(Error::Size)?;
+    let fs_size = crate::sys::filesystem_size(dir).map_err(|source| Error::Filesystem {
+        dir: dir.into(),
+        source,
+    })?;
+    if bytes > fs_size {
+        return Err(Error::SizeTooLarge {
+            given: size.into(),
+            dir: dir.into(),
+            fs_size,
+        });
+    }
+    Ok(())
+}
+
+/// The formats to build when no `-f` is given: a 2017-era file's `outputs:` (LinuxKit's names
+/// of then mapped to today's, with a warning), else `kernel+initrd`.
+fn yaml_formats(config: &Config) -> Result<Vec<Format>> {
+    let mut formats = Vec::new();
+    for output in &config.outputs {
+        let name = match output.as_str() {
+            // LinuxKit renamed these when BIOS and EFI variants split (2017-2018).
+            "gcp-img" => "gcp",
+            "qcow" | "qcow2" => "qcow2-bios",
+            "raw" => "raw-bios",
+            other => other,
+        };
+        if name != output.as_str() {
+            log::warn!(
+                "{}: output format {:?} is called {name:?} today; building {name}",
+                output.loc,
+                output.as_str()
+            );
+        }
+        let format: Format =
+            name.parse()
+                .map_err(|e: crate::output::UnknownFormat| keel_config::Error::At {
+                    loc: output.loc.clone(),
+                    message: e.to_string(),
+                })?;
+        if !formats.contains(&format) {
+            formats.push(format);
+        }
+    }
     if formats.is_empty() {
         formats.push(Format::KernelInitrd);
     }
+    Ok(formats)
+}
+
+/// `keel build`.
+pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
     let name = output_name(opts);
-    if !opts.dry_run {
+    if let Some(size) = &opts.size {
+        check_size(size, &opts.dir)?;
+    }
+    let mut formats = opts.formats.clone();
+    formats.dedup();
+    // Formats given on the command line are checked before anything is built.
+    if !opts.dry_run && !formats.is_empty() {
         crate::output::check(&formats, &name, opts.arch)?;
     }
-    let config = load(&opts.files, (!opts.dry_run).then_some(store), opts.locked)?;
+    let packages = if opts.dry_run {
+        Packages::Unbuilt
+    } else {
+        Packages::Build {
+            store,
+            locked: opts.locked,
+        }
+    };
+    let config = load(&opts.files, packages)?;
     if opts.dry_run {
         print!("{}", config.to_yaml()?);
         return Ok(vec![]);
+    }
+    if formats.is_empty() {
+        formats = yaml_formats(&config)?;
+        crate::output::check(&formats, &name, opts.arch)?;
     }
 
     let lock_file = lock_path(&opts.files);
@@ -379,37 +494,86 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
+/// What `keel validate` checked.
+#[derive(Debug)]
+pub struct Validation {
+    /// The merged YAML, then every generated `config.json` and `runtime.json`.
+    pub text: String,
+    /// Images that were not in the store (without `require_images`): the specs of their
+    /// containers were generated from the YAML alone, without the image's configuration
+    /// (entrypoint, environment, user) and `org.mobyproject.config` label.
+    pub skipped: Vec<String>,
+}
+
 /// `keel validate`: the merged YAML, then every generated `config.json` and `runtime.json`.
-pub fn validate(store: &Store, files: &[String], arch: Arch, insecure: bool) -> Result<String> {
-    let config = load(files, Some(store), false)?;
+///
+/// Like `linuxkit build --dry-run`, nothing is built or pulled unless `require_images`: an
+/// image already in the store (or pinned in the lock file and present) is used; one that is
+/// not is listed in [`Validation::skipped`], its container checked against the YAML alone.
+/// With `require_images`, every image is built or pulled as `keel build` would, and a missing
+/// one is an error.
+pub fn validate(
+    store: &Store,
+    files: &[String],
+    arch: Arch,
+    insecure: bool,
+    require_images: bool,
+) -> Result<Validation> {
+    let packages = if require_images {
+        Packages::Build {
+            store,
+            locked: false,
+        }
+    } else {
+        Packages::Unbuilt
+    };
+    let config = load(files, packages)?;
     let lock = lock_path(files)
         .map(|p| Lock::load(&p))
         .transpose()?
         .unwrap_or_default();
-    let Resolved { images, .. } = resolve(
-        store,
-        &config,
-        &lock,
-        Resolve {
+    let images = if require_images {
+        let how = Resolve {
             arch,
             pull: false,
             insecure,
-        },
-    )?;
+        };
+        resolve(store, &config, &lock, how)?.images
+    } else {
+        local_images(store, &config, &lock, arch)?
+    };
     let mut out = String::new();
     out.push_str("# merged configuration\n");
     out.push_str(&config.to_yaml()?);
     let ids = config.ids();
+    let mut skipped = Vec::new();
     for (section, index, spec) in config.containers() {
-        let image = images
-            .get(spec.image.as_str())
-            .ok_or_else(|| assemble::Error::Unresolved(spec.image.value.clone()))?;
-        let image_config = image.config.config().clone().unwrap_or_default();
-        let label = keel_config::image_label(&image_config, &image.reference)?;
+        let (image_config, label) = match images.get(spec.image.as_str()) {
+            Some(image) => {
+                let image_config = image.config.config().clone().unwrap_or_default();
+                let label = keel_config::image_label(&image_config, &image.reference)?;
+                (Some(image_config), label)
+            }
+            None if require_images => {
+                return Err(assemble::Error::Unresolved(spec.image.value.clone()).into());
+            }
+            None => {
+                if !skipped.contains(&spec.image.value) {
+                    skipped.push(spec.image.value.clone());
+                }
+                (Some(stand_in(&spec.image.value)), None)
+            }
+        };
+        let missing = label.is_none() && !images.contains_key(spec.image.as_str());
         let ctx = keel_config::SpecContext::new(&config, &ids, section, index, arch.uname());
-        let bundle = keel_config::generate(spec, Some(&image_config), label.as_ref(), &ctx)?;
+        let bundle = keel_config::generate(spec, image_config.as_ref(), label.as_ref(), &ctx)?;
+        let note = if missing {
+            " (image not in the store: its entrypoint, environment, user and label are not applied)"
+        } else {
+            ""
+        };
         out.push_str(&format!(
-            "\n# {}/config.json\n{}",
+            "\n# {}/config.json{note}\n{}",
             bundle.dir,
             bundle.config_json()?
         ));
@@ -419,7 +583,55 @@ pub fn validate(store: &Store, files: &[String], arch: Arch, insecure: bool) -> 
             bundle.runtime_json()?
         ));
     }
-    Ok(out)
+    Ok(Validation { text: out, skipped })
+}
+
+/// The image configuration a container is checked with when its image is not in the store: a
+/// command that says where the real one comes from, so a spec without `command:` (LinuxKit's
+/// usual form: the image's label or entrypoint gives it) still generates.
+fn stand_in(image: &str) -> keel_config::ImageConfig {
+    let mut config = keel_config::ImageConfig::default();
+    config.set_entrypoint(Some(vec![format!("<entrypoint of {image}>")]));
+    config
+}
+
+/// A reference of the YAML, or an error at its position.
+fn parse_reference(text: &str, loc: &Loc) -> Result<Reference> {
+    text.parse().map_err(|source| Error::Reference {
+        loc: loc.clone(),
+        reference: text.into(),
+        source,
+    })
+}
+
+/// The images of `config` the store already holds for `arch` (by the lock file's pin, the
+/// reference's digest or the store's tag), without pulling: a reference that is invalid is
+/// an error, one that is absent is left out.
+fn local_images(store: &Store, config: &Config, lock: &Lock, arch: Arch) -> Result<Images> {
+    let mut images = Images::new();
+    for (text, loc) in references(config) {
+        if images.contains_key(&text) {
+            continue;
+        }
+        let reference = parse_reference(&text, &loc)?;
+        let name = reference.to_string();
+        let digest = match (reference.digest(), lock.get(&name)) {
+            (Some(d), _) => Some(d.to_string()),
+            (None, Some(pinned)) => Some(pinned.to_string()),
+            (None, None) => store
+                .resolve(&reference)
+                .ok()
+                .flatten()
+                .map(|d| d.digest().to_string()),
+        };
+        let Some(digest) = digest.and_then(|d| d.parse::<Digest>().ok()) else {
+            continue;
+        };
+        if let Ok(image) = store.image(&reference.with_digest(digest), arch) {
+            images.insert(text, image);
+        }
+    }
+    Ok(images)
 }
 
 #[cfg(test)]

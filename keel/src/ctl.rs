@@ -185,16 +185,7 @@ fn ctrl_c_presses() -> u32 {
 /// Counts SIGINT instead of dying of it. No `SA_RESTART`: a wait for an answer returns at once
 /// (EINTR) to look at the count.
 fn catch_ctrl_c() -> Result<(), Error> {
-    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-    let action = SigAction::new(
-        SigHandler::Handler(count_ctrl_c),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    // SAFETY: the handler only increments an atomic, which is async-signal-safe; no other
-    // handler for SIGINT is replaced that anything relies on.
-    unsafe { sigaction(Signal::SIGINT, &action) }.map_err(Error::Signal)?;
-    Ok(())
+    crate::sys::catch_sigint(count_ctrl_c).map_err(Error::Signal)
 }
 
 /// A fresh tag for a request: random (std seeds its hash keys from the OS), never 0, which

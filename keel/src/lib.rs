@@ -10,4 +10,5 @@ pub mod lock;
 pub mod output;
 pub mod pkg;
 pub mod run;
+pub(crate) mod sys;
 pub mod tools;

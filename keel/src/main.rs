@@ -117,12 +117,8 @@ struct BuildArgs {
     /// Output format (repeatable): kernel+initrd, kernel+squashfs, tar, tar-kernel-initrd, uki, raw-efi,
     /// qcow2-efi, vhd, dynamic-vhd, vmdk, aws, gcp, iso-efi, iso-efi-initrd, iso-bios,
     /// raw-bios, qcow2-bios.
-    #[arg(
-        short = 'f',
-        long = "format",
-        value_name = "FORMAT",
-        default_value = "kernel+initrd"
-    )]
+    /// Default: the YAML's `outputs:` (a 2017-era LinuxKit file), else kernel+initrd.
+    #[arg(short = 'f', long = "format", value_name = "FORMAT")]
     formats: Vec<Format>,
     /// Directory the outputs are written to.
     #[arg(long, value_name = "DIR", default_value = ".")]
@@ -200,6 +196,11 @@ struct ValidateArgs {
     /// Allow plain HTTP to registries that are not on loopback.
     #[arg(long)]
     insecure_registry: bool,
+    /// Build and pull every image (as `keel build` does) and check each container against its
+    /// image's configuration and label; a missing image is an error. Without it, nothing is
+    /// built or pulled: images not in the store are listed and checked from the YAML alone.
+    #[arg(long)]
+    require_images: bool,
     #[arg(required = true, value_name = "FILE")]
     files: Vec<String>,
 }
@@ -230,6 +231,11 @@ struct QemuArgs {
     /// Guest architecture. Default: the host's.
     #[arg(long)]
     arch: Option<keel_image::Arch>,
+    /// Start the VM in the background and return: the console goes to --console-file (default
+    /// <state>/console.log); `keel ctl PREFIX poweroff` stops it. Without it the VM ends with
+    /// keel.
+    #[arg(long, short = 'd')]
+    detached: bool,
     /// Accelerator: auto (KVM when a probe boot shows the guest kernel running under it, else
     /// TCG), kvm or tcg. The choice and its reason are printed on stderr.
     #[arg(long, default_value = "auto", env = "KEEL_QEMU_ACCEL")]
@@ -425,13 +431,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             keel::build::build(&open_store()?, &opts)?;
         }
         Command::Validate(args) => {
-            let text = keel::build::validate(
+            let validation = keel::build::validate(
                 &open_store()?,
                 &args.files,
                 args.arch.unwrap_or_else(keel_image::Arch::host),
                 args.insecure_registry,
+                args.require_images,
             )?;
-            print!("{text}");
+            print!("{}", validation.text);
+            if !validation.skipped.is_empty() {
+                log::warn!(
+                    "not in the store, so checked from the YAML alone (not against the image's configuration and org.mobyproject.config label): {}; `keel validate --require-images` builds and pulls them",
+                    validation.skipped.join(", ")
+                );
+            }
         }
         Command::Run(args) => {
             let RunArgs { backend, qemu } = *args;
@@ -533,6 +546,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 /// `keel run qemu` (and `keel run` without a backend).
 fn run_qemu(args: QemuArgs) -> Result<ExitCode> {
+    let detached = args.detached;
     let data = match (args.data, &args.data_file) {
         (Some(text), _) => Some(text.into_bytes()),
         (None, Some(file)) => Some(
@@ -565,6 +579,17 @@ fn run_qemu(args: QemuArgs) -> Result<ExitCode> {
     if let Some(data) = data {
         let drive = keel::run::data_volume(&keel::run::state_dir(&opts), &data)?;
         opts.extra.splice(0..0, drive);
+    }
+    if detached {
+        let vm = keel::run::run_detached(&opts)?;
+        println!("{}", vm.pid);
+        eprintln!(
+            "keel: started in the background (pid {}); console: {}; stop it with keel ctl {} poweroff",
+            vm.pid,
+            vm.console.display(),
+            vm.state.display()
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     let code = keel::run::run(&opts)?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))

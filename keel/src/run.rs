@@ -20,6 +20,18 @@ pub enum Error {
         "nothing to boot at {0}: expected a keel build prefix (PREFIX-kernel + PREFIX-initrd.img or PREFIX-squashfs.img) or an .iso, .efi or disk image"
     )]
     NoArtifacts(PathBuf),
+    #[error("cannot boot {} for {}: {reason}", path.display(), arch.uname())]
+    NotBootable {
+        path: PathBuf,
+        arch: Arch,
+        reason: String,
+    },
+    #[error("cannot read {}", path.display())]
+    ReadTarget {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("invalid --publish {0:?}: expected HOST:GUEST[/tcp|/udp], e.g. 2222:22")]
     Publish(String),
     #[error("invalid --disk {0:?}: expected [file=]PATH[,size=SIZE][,format=FORMAT]")]
@@ -257,6 +269,171 @@ impl Boot {
     }
 }
 
+/// The architecture a kernel image is built for, from its header: x86's bzImage (`HdrS` at
+/// 0x202), arm64's Image (`ARM\x64` at 0x38), an ELF `vmlinux` (its machine), or arm64's
+/// compressed forms (gzip, an EFI zboot image). `None`: not a kernel QEMU can boot.
+fn kernel_arch(head: &[u8]) -> Option<Arch> {
+    let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
+    if at(0x202, b"HdrS") {
+        return Some(Arch::X86_64);
+    }
+    if at(0x38, b"ARM\x64") || at(0, &[0x1f, 0x8b]) || (at(0, b"MZ") && at(4, b"zimg")) {
+        return Some(Arch::Aarch64);
+    }
+    if at(0, b"\x7fELF") {
+        return match head.get(18..20).map(|m| u16::from_le_bytes([m[0], m[1]])) {
+            Some(62) => Some(Arch::X86_64),
+            Some(183) => Some(Arch::Aarch64),
+            _ => None,
+        };
+    }
+    None
+}
+
+/// The machine of a PE/COFF (EFI) executable.
+fn pe_arch(head: &[u8]) -> Option<Arch> {
+    if head.get(..2) != Some(b"MZ".as_slice()) {
+        return None;
+    }
+    let pe = head
+        .get(0x3c..0x40)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .and_then(|o| usize::try_from(o).ok())?;
+    if head.get(pe..pe + 4) != Some(b"PE\0\0".as_slice()) {
+        return None;
+    }
+    match head
+        .get(pe + 4..pe + 6)
+        .map(|m| u16::from_le_bytes([m[0], m[1]]))
+    {
+        Some(0x8664) => Some(Arch::X86_64),
+        Some(0xaa64) => Some(Arch::Aarch64),
+        _ => None,
+    }
+}
+
+/// Whether `head` (a file's first 36 KiB) is a disk image QEMU can boot: a partition table
+/// (MBR signature, GPT header) or an image format's header (qcow2, dynamic VHD, VMDK). A fixed
+/// VHD has its `conectix` footer at the end instead: see [`check_boot`].
+fn disk_kind(head: &[u8]) -> Option<&'static str> {
+    let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
+    if at(0, b"QFI\xfb") {
+        Some("qcow2")
+    } else if at(0, b"KDMV") || at(0, b"# Disk DescriptorFile") {
+        Some("vmdk")
+    } else if at(0, b"conectix") {
+        Some("vhd")
+    } else if at(512, b"EFI PART") {
+        Some("GPT")
+    } else if at(510, &[0x55, 0xaa]) {
+        Some("MBR")
+    } else {
+        None
+    }
+}
+
+/// The last `n` bytes of a file.
+fn read_tail(path: &Path, n: u64) -> io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(n)))?;
+    let mut tail = Vec::new();
+    f.take(n).read_to_end(&mut tail)?;
+    Ok(tail)
+}
+
+/// The first `n` bytes of a file (fewer if it is shorter) and its length.
+fn read_head(path: &Path, n: u64) -> Result<(Vec<u8>, u64), Error> {
+    use std::io::Read;
+    let read = || -> io::Result<(Vec<u8>, u64)> {
+        let f = fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        let mut head = Vec::new();
+        f.take(n).read_to_end(&mut head)?;
+        Ok((head, len))
+    };
+    read().map_err(|source| Error::ReadTarget {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Refuses what QEMU would start and then hang on without a word: an empty or garbage file, a
+/// kernel or EFI binary of the other architecture, an `.iso` that is no ISO 9660 image.
+pub fn check_boot(boot: &Boot, arch: Arch) -> Result<(), Error> {
+    let refuse = |path: &Path, reason: String| Error::NotBootable {
+        path: path.into(),
+        arch,
+        reason,
+    };
+    let (path, what) = match boot {
+        Boot::KernelInitrd { kernel, .. } | Boot::KernelSquashfs { kernel, .. } => {
+            (kernel, "kernel")
+        }
+        Boot::Iso(p) => (p, "iso"),
+        Boot::Efi(p) => (p, "efi"),
+        Boot::Disk(p) => (p, "disk"),
+    };
+    let (head, len) = read_head(path, 36 * 1024)?;
+    if len == 0 {
+        return Err(refuse(path, "the file is empty".into()));
+    }
+    match what {
+        "kernel" => match kernel_arch(&head) {
+            Some(found) if found == arch => Ok(()),
+            Some(found) => Err(refuse(
+                path,
+                format!(
+                    "it is a kernel for {0} (boot it with --arch {0})",
+                    found.uname()
+                ),
+            )),
+            None => Err(refuse(
+                path,
+                "not a kernel image (no bzImage, arm64 Image, ELF or EFI zboot header)".into(),
+            )),
+        },
+        "efi" => match pe_arch(&head) {
+            Some(found) if found == arch => Ok(()),
+            Some(found) => Err(refuse(
+                path,
+                format!(
+                    "it is an EFI executable for {0} (boot it with --arch {0})",
+                    found.uname()
+                ),
+            )),
+            None => Err(refuse(path, "not an EFI (PE) executable".into())),
+        },
+        "iso" => {
+            if head.get(0x8001..0x8006) == Some(b"CD001".as_slice()) {
+                Ok(())
+            } else {
+                Err(refuse(
+                    path,
+                    "not an ISO 9660 image (no CD001 descriptor)".into(),
+                ))
+            }
+        }
+        _ => {
+            if disk_kind(&head).is_some() {
+                return Ok(());
+            }
+            let tail = read_tail(path, 512).map_err(|source| Error::ReadTarget {
+                path: path.into(),
+                source,
+            })?;
+            if tail.starts_with(b"conectix") {
+                return Ok(());
+            }
+            Err(refuse(
+                path,
+                "no partition table (MBR, GPT) or disk image header (qcow2, VHD, VMDK); a data disk goes with --disk".into(),
+            ))
+        }
+    }
+}
+
 /// The state directory of a run: `--state`, else `<prefix>-state`.
 pub fn state_dir(opts: &Options) -> PathBuf {
     opts.state
@@ -470,6 +647,7 @@ pub fn command(opts: &Options, accel: Accel) -> Result<Command, Error> {
 /// [`command`], with or without the control channel (the KVM probe has no use for it).
 fn command_with(opts: &Options, accel: Accel, channel: bool) -> Result<Command, Error> {
     let boot = Boot::detect(&opts.target)?;
+    check_boot(&boot, opts.arch)?;
     let state = state_dir(opts);
     create_state(&state)?;
     let kvm = accel == Accel::Kvm;
@@ -1154,11 +1332,70 @@ pub fn run(opts: &Options) -> Result<i32, Error> {
     eprintln!("keel: {choice}");
     log::debug!("booting {}", opts.target.display());
     let mut cmd = command(opts, choice.accel)?;
+    // The VM belongs to this terminal: it ends with keel, however keel ends (ctrl-c in
+    // another window, SIGTERM, SIGKILL). `--detached` is for VMs that outlive it.
+    crate::sys::die_with_parent(&mut cmd, nix::sys::signal::Signal::SIGTERM);
     let status = cmd.status().map_err(|source| Error::Spawn {
         program: qemu_program(opts).display().to_string(),
         source,
     })?;
     Ok(status.code().unwrap_or(1))
+}
+
+/// A VM started by [`run_detached`].
+#[derive(Debug)]
+pub struct Detached {
+    pub pid: u32,
+    /// The state directory: `ctl.sock` for `keel ctl`, `qemu.pid`, `qemu.log`.
+    pub state: PathBuf,
+    /// Where the serial console goes.
+    pub console: PathBuf,
+}
+
+/// `keel run qemu --detached`: starts QEMU in its own process group with the console in a
+/// file (`--console-file`, else `<state>/console.log`) and QEMU's own messages in
+/// `<state>/qemu.log`, and returns at once. `keel ctl` drives it; `keel ctl TARGET poweroff`
+/// (or killing the pid in `<state>/qemu.pid`) stops it.
+pub fn run_detached(opts: &Options) -> Result<Detached, Error> {
+    use std::os::unix::process::CommandExt;
+    let state = state_dir(opts);
+    create_state(&state)?;
+    let console = opts
+        .console_file
+        .clone()
+        .unwrap_or_else(|| state.join("console.log"));
+    let opts = Options {
+        console_file: Some(console.clone()),
+        ..opts.clone()
+    };
+    let choice = choose_accel(&opts);
+    eprintln!("keel: {choice}");
+    let mut cmd = command(&opts, choice.accel)?;
+    let log_path = state.join("qemu.log");
+    let log = fs::File::create(&log_path).map_err(|source| Error::State {
+        path: log_path.clone(),
+        source,
+    })?;
+    let log_err = log.try_clone().map_err(|source| Error::State {
+        path: log_path,
+        source,
+    })?;
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        // Not in the terminal's process group: ctrl-c there does not reach it.
+        .process_group(0)
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            program: qemu_program(&opts).display().to_string(),
+            source,
+        })?;
+    Ok(Detached {
+        pid: child.id(),
+        state,
+        console,
+    })
 }
 
 #[cfg(test)]
@@ -1227,14 +1464,26 @@ mod tests {
         iPXE (http://ipxe.org) 00:02.0 C000 PCI2.10 PnP PMM+3EFD0C00+3EF30C00 C000\r\n\r\n\
         Booting from ROM..\r\nProbing EDD (edd=off to disable)... ok\r\n";
 
-    /// A kernel + initrd build prefix (QEMU is faked: the contents are never read).
+    /// The header of a kernel image for `arch` (all [`check_boot`] reads).
+    fn kernel_header(arch: Arch) -> Vec<u8> {
+        let mut k = vec![0u8; 0x400];
+        match arch {
+            Arch::X86_64 => k[0x202..0x206].copy_from_slice(b"HdrS"),
+            Arch::Aarch64 => k[0x38..0x3c].copy_from_slice(b"ARM\x64"),
+        }
+        k
+    }
+
+    /// A kernel + initrd build prefix for x86_64 (QEMU is faked: only the kernel's header is
+    /// read).
     fn fake_build(dir: &Path) -> PathBuf {
         let prefix = dir.join("sys");
-        for (suffix, body) in [
-            ("-kernel", "k"),
-            ("-initrd.img", "i"),
-            ("-cmdline", "quiet\n"),
-        ] {
+        fs::write(
+            format!("{}-kernel", prefix.display()),
+            kernel_header(Arch::X86_64),
+        )
+        .unwrap();
+        for (suffix, body) in [("-initrd.img", "i"), ("-cmdline", "quiet\n")] {
             fs::write(format!("{}{suffix}", prefix.display()), body).unwrap();
         }
         prefix
@@ -1637,11 +1886,12 @@ mod tests {
     fn kernel_initrd_command_line() {
         let dir = tempfile::tempdir().unwrap();
         let prefix = dir.path().join("sys");
-        for (suffix, body) in [
-            ("-kernel", "k"),
-            ("-initrd.img", "i"),
-            ("-cmdline", "quiet\n"),
-        ] {
+        fs::write(
+            format!("{}-kernel", prefix.display()),
+            kernel_header(Arch::Aarch64),
+        )
+        .unwrap();
+        for (suffix, body) in [("-initrd.img", "i"), ("-cmdline", "quiet\n")] {
             fs::write(format!("{}{suffix}", prefix.display()), body).unwrap();
         }
         let cmd = command(&opts(prefix.clone()), Accel::Tcg).unwrap();
@@ -1687,6 +1937,7 @@ mod tests {
             fs::create_dir_all(&state).unwrap();
             let stale = state.join(CONTROL_SOCKET);
             drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+            fs::write(format!("{}-kernel", prefix.display()), kernel_header(arch)).unwrap();
             let cmd = command(
                 &Options {
                     arch,
@@ -1725,6 +1976,78 @@ mod tests {
     }
 
     #[test]
+    fn what_cannot_boot_is_refused_before_qemu_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let p = dir.path().join(name);
+            fs::write(&p, bytes).unwrap();
+            p
+        };
+        let refused = |boot: Boot, arch: Arch| match check_boot(&boot, arch) {
+            Err(Error::NotBootable { reason, .. }) => reason,
+            other => panic!("{boot:?} for {arch:?}: {other:?}"),
+        };
+        let kernel = |p: PathBuf| Boot::KernelInitrd {
+            kernel: p,
+            initrd: PathBuf::new(),
+            cmdline: String::new(),
+        };
+        // Kernels: the header says the architecture.
+        let x86 = file("x86", &kernel_header(Arch::X86_64));
+        let arm = file("arm", &kernel_header(Arch::Aarch64));
+        check_boot(&kernel(x86.clone()), Arch::X86_64).unwrap();
+        check_boot(&kernel(arm.clone()), Arch::Aarch64).unwrap();
+        assert_eq!(
+            refused(kernel(x86), Arch::Aarch64),
+            "it is a kernel for x86_64 (boot it with --arch x86_64)"
+        );
+        assert!(refused(kernel(arm), Arch::X86_64).contains("--arch aarch64"));
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[18] = 183;
+        check_boot(&kernel(file("vmlinux", &elf)), Arch::Aarch64).unwrap();
+        assert!(refused(kernel(file("junk", b"hello")), Arch::X86_64).contains("not a kernel"));
+        assert_eq!(
+            refused(kernel(file("empty", b"")), Arch::X86_64),
+            "the file is empty"
+        );
+        // EFI executables: the PE machine.
+        let mut pe = vec![0u8; 0x100];
+        pe[..2].copy_from_slice(b"MZ");
+        pe[0x3c] = 0x80;
+        pe[0x80..0x84].copy_from_slice(b"PE\0\0");
+        pe[0x84..0x86].copy_from_slice(&0xaa64u16.to_le_bytes());
+        let efi = file("boot.efi", &pe);
+        check_boot(&Boot::Efi(efi.clone()), Arch::Aarch64).unwrap();
+        assert!(refused(Boot::Efi(efi), Arch::X86_64).contains("EFI executable for aarch64"));
+        // ISOs and disks: their magic.
+        let mut iso = vec![0u8; 0x9000];
+        iso[0x8001..0x8006].copy_from_slice(b"CD001");
+        check_boot(&Boot::Iso(file("ok.iso", &iso)), Arch::X86_64).unwrap();
+        assert!(
+            refused(Boot::Iso(file("bad.iso", &[7u8; 40000])), Arch::X86_64).contains("ISO 9660")
+        );
+        let mut mbr = vec![0u8; 1024];
+        mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
+        check_boot(&Boot::Disk(file("disk.img", &mbr)), Arch::X86_64).unwrap();
+        check_boot(
+            &Boot::Disk(file("disk.qcow2", b"QFI\xfb\0\0\0\x03")),
+            Arch::X86_64,
+        )
+        .unwrap();
+        let mut vhd = vec![0u8; 2048];
+        vhd[1536..1544].copy_from_slice(b"conectix");
+        check_boot(&Boot::Disk(file("fixed.vhd", &vhd)), Arch::X86_64).unwrap();
+        assert!(
+            refused(Boot::Disk(file("data.img", &[0u8; 4096])), Arch::X86_64).contains("--disk")
+        );
+        assert_eq!(
+            refused(Boot::Disk(file("zero.img", b"")), Arch::X86_64),
+            "the file is empty"
+        );
+    }
+
+    #[test]
     fn an_unbindable_socket_path_leaves_the_channel_out() {
         let dir = tempfile::tempdir().unwrap();
         let prefix = fake_build(dir.path());
@@ -1732,6 +2055,7 @@ mod tests {
         let cmd = command(
             &Options {
                 state: Some(long.clone()),
+                arch: Arch::X86_64,
                 ..opts(prefix)
             },
             Accel::Tcg,

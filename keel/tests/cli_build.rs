@@ -513,6 +513,138 @@ fn validate_prints_merged_yaml_and_every_config() {
 }
 
 #[test]
+fn validate_without_images_checks_the_yaml_and_names_what_it_skipped() {
+    // LinuxKit's usual form: images the store does not have (and no registry to pull from),
+    // containers without `command:` (their label gives it).
+    let w = Work::empty();
+    w.store();
+    let sysctl = format!("{DEAD_REGISTRY}/linuxkit/sysctl:v1");
+    let getty = format!("{DEAD_REGISTRY}/linuxkit/getty:v1");
+    w.write(
+        "lk.yml",
+        &format!(
+            "kernel:\n  image: {KERNEL}\n  cmdline: \"console=ttyS0\"\ninit:\n  - {INIT}\n\
+             onboot:\n  - name: sysctl\n    image: {sysctl}\n\
+             services:\n  - name: getty\n    image: {getty}\n    env: [INSECURE=true]\n    binds: [/etc/resolv.conf:/etc/resolv.conf]\n"
+        ),
+    );
+    let before = listing(w.root());
+    let out = run(&mut w.keel(["validate", "--arch", "x86_64", "lk.yml"])).ok();
+    let s = sections(&out.stdout);
+    let headers: Vec<&str> = s.iter().map(|(h, _)| h.as_str()).collect();
+    let note =
+        " (image not in the store: its entrypoint, environment, user and label are not applied)";
+    assert_eq!(
+        headers,
+        [
+            "merged configuration".to_string(),
+            format!("containers/onboot/000-sysctl/config.json{note}"),
+            "containers/onboot/000-sysctl/runtime.json".to_string(),
+            format!("containers/services/getty/config.json{note}"),
+            "containers/services/getty/runtime.json".to_string(),
+        ]
+    );
+    let getty_spec: serde_json::Value = serde_json::from_str(&s[3].1).unwrap();
+    assert!(
+        getty_spec["process"]["env"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|v| v == "INSECURE=true")),
+        "{getty_spec}"
+    );
+    assert!(
+        out.stderr.contains("not in the store")
+            && out.stderr.contains(&sysctl)
+            && out.stderr.contains(&getty)
+            && out.stderr.contains("--require-images"),
+        "{}",
+        out.stderr
+    );
+    // Nothing was pulled or written.
+    assert_eq!(listing(w.root()), before);
+
+    // A YAML error is still an error without images.
+    w.write(
+        "bad.yml",
+        &format!("onboot:\n  - name: x\n    image: {sysctl}\n    capabilities: [CAP_SYS_ADMN]\n"),
+    );
+    let err = run(&mut w.keel(["validate", "bad.yml"])).failed();
+    assert!(err.contains("bad.yml:4:20: unknown capability"), "{err}");
+
+    // --require-images: every image must be had, as for a build.
+    let err = run(&mut w.keel(["validate", "--require-images", "lk.yml"])).failed();
+    assert!(
+        err.contains("is not in the store and could not be pulled"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dry_run_builds_nothing() {
+    // A package with Rust binaries: its tag covers the built bytes, so a dry run shows it as
+    // unbuilt instead of running cargo (which would fail here: there is no such crate).
+    let w = Work::empty();
+    w.store();
+    w.write(
+        "pkg/hi/build.yml",
+        "image: test/hi\nbinaries:\n  - {package: no-such-crate, bin: hi, path: /usr/bin/hi}\n",
+    );
+    w.write(
+        "sys.yml",
+        &format!("kernel:\n  image: {KERNEL}\ninit:\n  - \"@pkg:pkg/hi\"\n"),
+    );
+    let before = listing(w.root());
+    let out = run(&mut w.keel(["build", "--dry-run", "sys.yml"])).ok();
+    assert!(
+        out.stdout.contains("docker.io/test/hi:unbuilt") || out.stdout.contains("test/hi:unbuilt"),
+        "{}",
+        out.stdout
+    );
+    let out = run(&mut w.keel(["validate", "sys.yml"])).ok();
+    assert!(out.stdout.contains("test/hi:unbuilt"), "{}", out.stdout);
+    assert_eq!(listing(w.root()), before);
+}
+
+#[test]
+fn outputs_of_a_2017_file_are_the_default_formats() {
+    let (w, _) = Work::with_fixtures();
+    w.write(
+        "old.yml",
+        &format!(
+            "{}outputs:\n  - format: kernel+initrd\n  - format: tar-kernel-initrd\n",
+            system_yaml(APP)
+        ),
+    );
+    let out = run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "out", "old.yml"])).ok();
+    assert_eq!(
+        listing(&w.path("out")),
+        [
+            "old-cmdline",
+            "old-initrd.img",
+            "old-initrd.tar",
+            "old-kernel"
+        ]
+    );
+    assert!(out.stderr.contains("outputs"), "{}", out.stderr);
+    // -f wins over outputs:.
+    run(&mut w.keel([
+        "build", "--arch", "x86_64", "-f", "tar", "--dir", "out2", "old.yml",
+    ]))
+    .ok();
+    assert_eq!(listing(&w.path("out2")), ["old.tar"]);
+    // A format keel does not know is an error at its position, and nothing is written.
+    w.write(
+        "bad.yml",
+        &format!("{}outputs:\n  - format: kernel+floppy\n", system_yaml(APP)),
+    );
+    let err = run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "out3", "bad.yml"])).failed();
+    assert!(
+        err.contains("bad.yml:") && err.contains("unknown format \"kernel+floppy\""),
+        "{err}"
+    );
+    assert_eq!(listing(&w.path("out3")), Vec::<String>::new());
+}
+
+#[test]
 fn validate_merges_files_in_order() {
     let (w, _) = Work::with_fixtures();
     w.write("sys.yml", &system_yaml(APP));

@@ -45,6 +45,29 @@ fn head() -> String {
 }
 
 #[test]
+fn a_size_no_filesystem_holds_is_refused_at_once() {
+    let (w, _) = Work::with_fixtures();
+    let start = Instant::now();
+    let err = build_fails(
+        &w,
+        &system_yaml(APP),
+        &["-f", "raw-efi", "--size", "99999999G"],
+    );
+    assert!(
+        err.contains("--size 99999999G is larger than the filesystem that holds out"),
+        "{err}"
+    );
+    // Refused before any image is read, let alone a byte written.
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    let err = build_fails(&w, &system_yaml(APP), &["-f", "raw-efi", "--size", "12Q"]);
+    assert!(err.contains("invalid --size"), "{err}");
+}
+
+#[test]
 fn unknown_key_is_reported_with_its_position() {
     let w = Work::empty();
     let err = build_fails(&w, &format!("{}    imagee: x\n", head()), &[]);

@@ -104,7 +104,10 @@ fn demo_boots_to_a_prompt_where_list_works() {
         if row.contains("running") {
             break;
         }
-        assert!(start.elapsed() < STEP, "status never running on the demo's console:\n{list}");
+        assert!(
+            start.elapsed() < STEP,
+            "status never running on the demo's console:\n{list}"
+        );
         std::thread::sleep(Duration::from_secs(2));
     }
     let mark = screen.len();

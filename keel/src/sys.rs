@@ -1,0 +1,53 @@
+//! The few system calls the host tool makes directly (signal handling, a child's fate when
+//! keel dies), each behind a safe function.
+
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// Calls `handler` on SIGINT instead of dying of it. No `SA_RESTART`: a blocking read returns
+/// at once (EINTR) so the caller can look at what the handler recorded.
+pub fn catch_sigint(handler: extern "C" fn(nix::libc::c_int)) -> nix::Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(handler),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: callers pass handlers that only touch atomics (async-signal-safe); no SIGINT
+    // handler that anything relies on is replaced.
+    unsafe { sigaction(Signal::SIGINT, &action) }?;
+    Ok(())
+}
+
+/// Makes the child `cmd` starts receive `signal` when keel exits, however it exits (killed
+/// with SIGKILL included): a VM must not outlive the `keel run` that owns its console.
+pub fn die_with_parent(cmd: &mut Command, signal: Signal) {
+    let parent = std::process::id();
+    let hook = move || {
+        nix::sys::prctl::set_pdeathsig(signal)?;
+        // keel may have died between fork and prctl: then the death signal never comes.
+        if nix::unistd::getppid().as_raw().unsigned_abs() != parent {
+            return Err(std::io::Error::other(
+                "keel exited while starting the child",
+            ));
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec and only makes two system calls (prctl,
+    // getppid) and builds an error value; it takes no locks and touches no shared state.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// The size of the filesystem holding `path` (or, when `path` does not exist yet, its nearest
+/// existing ancestor): what a sparse disk image written there can at most be filled with.
+pub fn filesystem_size(path: &std::path::Path) -> std::io::Result<u64> {
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let stat = nix::sys::statvfs::statvfs(existing)?;
+    Ok(stat.blocks().saturating_mul(stat.fragment_size()))
+}
