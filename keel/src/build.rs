@@ -62,23 +62,6 @@ pub enum Error {
     Output(#[from] crate::output::Error),
     #[error(transparent)]
     Tool(#[from] crate::tools::Error),
-    #[error("invalid --size")]
-    Size(#[source] keel_formats::Error),
-    #[error(
-        "--size {given} is larger than the filesystem that holds {} ({} bytes): the disk image could never be filled; give a size that fits",
-        dir.display(), fs_size
-    )]
-    SizeTooLarge {
-        given: String,
-        dir: PathBuf,
-        fs_size: u64,
-    },
-    #[error("cannot look at the filesystem of {}", dir.display())]
-    Filesystem {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 type Result<T> = std::result::Result<T, Error>;
@@ -346,24 +329,6 @@ fn output_name(opts: &BuildOptions) -> String {
     })
 }
 
-/// Refuses a `--size` the output directory's filesystem cannot hold, before any image is read:
-/// a sparse disk of petabytes would be "written" (seeked through) for hours and never fit.
-fn check_size(size: &str, dir: &Path) -> Result<()> {
-    let bytes = keel_formats::parse_size(size).map_err(Error::Size)?;
-    let fs_size = crate::sys::filesystem_size(dir).map_err(|source| Error::Filesystem {
-        dir: dir.into(),
-        source,
-    })?;
-    if bytes > fs_size {
-        return Err(Error::SizeTooLarge {
-            given: size.into(),
-            dir: dir.into(),
-            fs_size,
-        });
-    }
-    Ok(())
-}
-
 /// The formats to build when no `-f` is given: a 2017-era file's `outputs:` (LinuxKit's names
 /// of then mapped to today's, with a warning), else `kernel+initrd`.
 fn yaml_formats(config: &Config) -> Result<Vec<Format>> {
@@ -403,7 +368,7 @@ fn yaml_formats(config: &Config) -> Result<Vec<Format>> {
 pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
     let name = output_name(opts);
     if let Some(size) = &opts.size {
-        check_size(size, &opts.dir)?;
+        crate::output::check_size(size, &opts.dir)?;
     }
     let mut formats = opts.formats.clone();
     formats.dedup();

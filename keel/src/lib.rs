@@ -12,3 +12,15 @@ pub mod pkg;
 pub mod run;
 pub(crate) mod sys;
 pub mod tools;
+
+/// Makes SIGINT, SIGTERM and SIGHUP remove the unfinished outputs of a build (its temporary
+/// files) before keel ends; for commands that write outputs or the image store.
+pub fn remove_unfinished_outputs_on_termination() -> nix::Result<()> {
+    fn cleanup() {
+        let removed = keel_rootfs::remove_unfinished();
+        if removed > 0 {
+            eprintln!("keel: interrupted; removed {removed} unfinished output file(s)");
+        }
+    }
+    sys::clean_up_on_termination(cleanup)
+}

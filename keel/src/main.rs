@@ -413,6 +413,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     };
     match cli.command {
         Command::Build(args) => {
+            keel::remove_unfinished_outputs_on_termination()
+                .context("cannot handle termination signals")?;
             let opts = BuildOptions {
                 files: args.files,
                 formats: args.formats,

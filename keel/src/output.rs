@@ -27,6 +27,23 @@ pub enum Error {
     Clash(Format, Format, String),
     #[error("invalid --size")]
     Size(#[source] keel_formats::Error),
+    #[error(
+        "--size {given} is larger than the filesystem that holds {} ({fs_size} bytes): the disk image could never be filled; give a size that fits",
+        dir.display()
+    )]
+    SizeTooLarge {
+        given: String,
+        dir: PathBuf,
+        fs_size: u64,
+    },
+    #[error("cannot look at the filesystem of {}", dir.display())]
+    Filesystem {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--dir {} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
     #[error("cannot build format {format} for this architecture")]
     Arch {
         format: Format,
@@ -390,12 +407,18 @@ impl Products<'_> {
     /// The raw disk of `format` converted by `qemu-img` into `container`.
     fn converted(&mut self, format: Format, container: keel_formats::Container) -> Result<Vec<u8>> {
         let fail = |source| Error::Format { format, source };
-        let mut tmp = tempfile::NamedTempFile::new().map_err(|source| Error::Write {
-            path: std::env::temp_dir(),
+        // The raw disk is scratch, beside the outputs (not in /tmp: a disk may not fit there,
+        // and an interrupted build's cleanup finds it with the outputs).
+        let scratch =
+            self.settings
+                .dir
+                .join(format!("{}-{}.raw", self.settings.name, format.name()));
+        let mut tmp = AtomicFile::create(&scratch).map_err(|source| Error::Output {
+            path: scratch.clone(),
             source,
         })?;
-        let path = tmp.path().to_path_buf();
-        let (_, seed) = self.write_raw_sparse(format, tmp.as_file_mut(), &path)?;
+        let path = tmp.temp_path().to_path_buf();
+        let (_, seed) = self.write_raw_sparse(format, &mut tmp, &path)?;
         let mut out = Vec::new();
         keel_formats::convert(&path, container, self.opts.mtime, &seed, &mut out).map_err(fail)?;
         Ok(out)
@@ -430,8 +453,28 @@ pub fn check(formats: &[Format], name: &str, arch: Arch) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a `--size` the output directory's filesystem cannot hold, before any image is read:
+/// a sparse disk of petabytes would be "written" (seeked through) for hours and never fit.
+pub fn check_size(size: &str, dir: &Path) -> Result<()> {
+    let bytes = keel_formats::parse_size(size).map_err(Error::Size)?;
+    let fs_size = crate::sys::filesystem_size(dir).map_err(|source| Error::Filesystem {
+        dir: dir.into(),
+        source,
+    })?;
+    if bytes > fs_size {
+        return Err(Error::SizeTooLarge {
+            given: size.into(),
+            dir: dir.into(),
+            fs_size,
+        });
+    }
+    Ok(())
+}
+
 /// Writes every format into temporary files, then commits them all: either every output
-/// appears or none does. Returns the paths written.
+/// appears or none does. Returns the paths written. Temporary files that an earlier, killed
+/// build left in the directory are removed first; a directory this call created is removed
+/// again when the build fails.
 pub fn write(
     assembled: &Assembled,
     formats: &[Format],
@@ -439,10 +482,45 @@ pub fn write(
 ) -> Result<Vec<PathBuf>> {
     check(formats, settings.name, settings.arch)?;
     let dir = settings.dir;
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::NotADirectory(dir.into()));
+    }
+    // The directories this call creates (`--dir new/out` may make two), innermost first.
+    let created: Vec<PathBuf> = dir
+        .ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+        .map(Path::to_path_buf)
+        .collect();
     std::fs::create_dir_all(dir).map_err(|source| Error::Write {
         path: dir.into(),
         source,
     })?;
+    let stale = keel_rootfs::remove_stale(dir).map_err(|source| Error::Write {
+        path: dir.into(),
+        source,
+    })?;
+    for path in stale {
+        log::info!(
+            "removed {} (left by a build that was killed)",
+            path.display()
+        );
+    }
+    let written = write_into(assembled, formats, settings);
+    if written.is_err() {
+        // Only empty ones: nothing of anyone else's is removed.
+        for made in &created {
+            let _ = std::fs::remove_dir(made);
+        }
+    }
+    written
+}
+
+fn write_into(
+    assembled: &Assembled,
+    formats: &[Format],
+    settings: &Settings<'_>,
+) -> Result<Vec<PathBuf>> {
+    let dir = settings.dir;
     let mut products = Products {
         assembled,
         settings,

@@ -51,3 +51,43 @@ pub fn filesystem_size(path: &std::path::Path) -> std::io::Result<u64> {
     let stat = nix::sys::statvfs::statvfs(existing)?;
     Ok(stat.blocks().saturating_mul(stat.fragment_size()))
 }
+
+/// The termination signal received, 0 for none.
+static TERMINATED_BY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn record_termination(signal: nix::libc::c_int) {
+    TERMINATED_BY.store(signal, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: runs `cleanup` (from a watcher thread, where it may take
+/// locks and allocate), then dies of the same signal, so the caller sees how keel ended.
+/// Children keep the default handlers (a handled signal is reset by exec) and get the
+/// terminal's ctrl-c themselves.
+pub fn clean_up_on_termination(cleanup: fn()) -> nix::Result<()> {
+    use std::sync::atomic::Ordering;
+    const SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+    let action = SigAction::new(
+        SigHandler::Handler(record_termination),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in SIGNALS {
+        // SAFETY: the handler only stores into an atomic (async-signal-safe).
+        unsafe { sigaction(signal, &action) }?;
+    }
+    std::thread::spawn(move || {
+        loop {
+            let raw = TERMINATED_BY.load(Ordering::SeqCst);
+            if let Ok(signal) = Signal::try_from(raw) {
+                cleanup();
+                let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+                // SAFETY: restoring the default disposition installs no handler.
+                let _ = unsafe { sigaction(signal, &default) };
+                let _ = nix::sys::signal::raise(signal);
+                std::process::exit(128_i32.saturating_add(raw));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    });
+    Ok(())
+}

@@ -45,6 +45,94 @@ fn head() -> String {
 }
 
 #[test]
+fn interrupted_and_killed_builds_leave_no_temporary_files() {
+    use std::os::unix::process::ExitStatusExt;
+    let (w, _) = Work::with_fixtures();
+    // An image big enough that writing its tar takes a while: time to interrupt it.
+    let big = vec![0u8; 256 << 20];
+    let layer = tar_of(&[Entry::File("big", &big)]);
+    let reference = format!("{DEAD_REGISTRY}/keel-test/big:1");
+    put_image(
+        &w.store(),
+        &reference,
+        &image_config(&["/big"], &[]),
+        |_| vec![layer.clone()],
+    );
+    w.write(
+        "big.yml",
+        &format!("onboot:\n  - name: big\n    image: {reference}\n"),
+    );
+    std::fs::create_dir_all(w.path("out")).unwrap();
+    let temps = || -> Vec<String> {
+        listing(&w.path("out"))
+            .into_iter()
+            .filter(|n| n.contains(".tmp-"))
+            .collect()
+    };
+    let mut keel = w
+        .keel(["build", "-f", "tar", "--dir", "out", "big.yml"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while temps().is_empty() {
+        assert!(
+            keel.try_wait().unwrap().is_none(),
+            "the build ended before its output was started"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no temporary file appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &keel.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = keel.wait_with_output().unwrap();
+    assert_eq!(out.status.signal(), Some(15), "{:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("removed 1 unfinished output file"),
+        "{stderr}"
+    );
+    assert_eq!(temps(), Vec::<String>::new());
+    assert_eq!(listing(&w.path("out")), Vec::<String>::new());
+
+    // After a SIGKILL nothing can clean up: the next build removes what a dead process left,
+    // and not what a live one is writing.
+    let dead = w.path("out/big.tar.tmp-999999999-AbCdEf");
+    let live = w.path(&format!("out/other.tar.tmp-{}-AbCdEf", std::process::id()));
+    std::fs::write(&dead, b"x").unwrap();
+    std::fs::write(&live, b"x").unwrap();
+    let out = run(&mut w.keel(["build", "-f", "tar", "--dir", "out", "big.yml"])).ok();
+    assert!(
+        out.stderr.contains("left by a build that was killed"),
+        "{}",
+        out.stderr
+    );
+    assert!(!dead.exists() && live.exists());
+    assert!(w.path("out/big.tar").is_file());
+}
+
+#[test]
+fn a_failed_build_leaves_no_directory_and_a_file_is_no_directory() {
+    let (w, _) = Work::with_fixtures();
+    // The kernel format without a kernel: fails after the output directory would be made.
+    w.write(
+        "nokernel.yml",
+        &format!("onboot:\n  - name: a\n    image: {APP}\n"),
+    );
+    run(&mut w.keel(["build", "--dir", "new/out", "nokernel.yml"])).failed();
+    assert!(!w.path("new").exists(), "a failed build left its --dir");
+    w.write("afile", "x");
+    let err = run(&mut w.keel(["build", "-f", "tar", "--dir", "afile", "nokernel.yml"])).failed();
+    assert!(err.contains("--dir afile is not a directory"), "{err}");
+}
+
+#[test]
 fn a_size_no_filesystem_holds_is_refused_at_once() {
     let (w, _) = Work::with_fixtures();
     let start = Instant::now();

@@ -25,7 +25,7 @@ mod tree;
 #[cfg(test)]
 mod testutil;
 
-pub use atomic::AtomicFile;
+pub use atomic::{AtomicFile, remove_stale, remove_unfinished};
 pub use cpio::write_cpio;
 pub use error::Error;
 pub use gzip::{GzipWriter, gzip_writer};
