@@ -3,6 +3,7 @@
 use crate::arch::Arch;
 use crate::blob::CorruptBlob;
 use crate::digest::{Digest, DigestError};
+use crate::layer::DiffIdMismatch;
 use crate::reference::ReferenceError;
 use crate::registry::RegistryError;
 use std::io;
@@ -62,6 +63,22 @@ pub enum Error {
         blob: CorruptBlob,
         /// The image it belongs to, when known.
         image: Option<String>,
+    },
+    /// A layer's uncompressed content does not match its image config's `rootfs.diff_ids`.
+    #[error(transparent)]
+    DiffIdMismatch(DiffIdMismatch),
+    /// The store's `index.json` is not valid JSON, or not an image index. The store is
+    /// damaged: this is not [`Error::NotFound`], and pulling does not repair it.
+    #[error(
+        "the image store's index.json at {} is corrupt: {reason}; remove the store (`keel cache clean`, or delete {}) or restore the file",
+        path.display(),
+        path.parent().unwrap_or(path).display()
+    )]
+    CorruptIndex {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it (the JSON parser's message, with line and column).
+        reason: String,
     },
     /// A multi-platform image has no manifest for the requested architecture.
     #[error("image {reference} has no linux/{arch} manifest (available: {})",
@@ -173,8 +190,18 @@ impl Error {
         matches!(self, Error::NotFound { .. } | Error::BlobNotFound { .. })
     }
 
-    /// An I/O error on `path`, or [`Error::Corrupt`] if the I/O error carries a [`CorruptBlob`].
+    /// Whether the store itself is damaged ([`Error::CorruptIndex`]): no pull can fix that, and
+    /// it must not be reported as an image that is missing.
+    pub fn is_store_corrupt(&self) -> bool {
+        matches!(self, Error::CorruptIndex { .. })
+    }
+
+    /// An I/O error on `path`, or [`Error::Corrupt`] if the I/O error carries a [`CorruptBlob`]
+    /// ([`Error::DiffIdMismatch`] if it carries a [`DiffIdMismatch`]).
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        if let Some(m) = DiffIdMismatch::find(&source) {
+            return Error::DiffIdMismatch(m.clone());
+        }
         match CorruptBlob::find(&source) {
             Some(blob) => Error::Corrupt {
                 blob: blob.clone(),

@@ -2,7 +2,7 @@
 //! deterministic gzip used when keel writes layers itself.
 
 use crate::blob::BlobReader;
-use crate::digest::Digest;
+use crate::digest::{Digest, Hasher};
 use flate2::bufread::MultiGzDecoder;
 use oci_spec::image::MediaType;
 use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
@@ -61,6 +61,56 @@ impl Compression {
     }
 }
 
+/// A layer whose uncompressed content does not hash to the `rootfs.diff_ids` entry its image
+/// config gives it: the config lies about the layer, or the layer is not the one it describes.
+///
+/// A reader from [`crate::Store::open_image_layer`] returns it wrapped in an [`io::Error`];
+/// [`DiffIdMismatch::find`] digs it out of an error chain.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "layer {layer} of {image} does not match its image config: rootfs.diff_ids says {expected}, the uncompressed layer hashes to {actual}"
+)]
+pub struct DiffIdMismatch {
+    /// The image.
+    pub image: String,
+    /// The layer blob's digest.
+    pub layer: Digest,
+    /// The diff ID the config gives.
+    pub expected: String,
+    /// What the uncompressed layer hashes to.
+    pub actual: Digest,
+}
+
+impl DiffIdMismatch {
+    /// The first `DiffIdMismatch` in `err` or its sources (looking inside `io::Error`s too).
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a DiffIdMismatch> {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = cur {
+            if let Some(m) = e.downcast_ref::<DiffIdMismatch>() {
+                return Some(m);
+            }
+            if let Some(inner) = e
+                .downcast_ref::<io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|i| i.downcast_ref::<DiffIdMismatch>())
+            {
+                return Some(inner);
+            }
+            cur = e.source();
+        }
+        None
+    }
+}
+
+/// The diff ID check of a [`LayerReader`]: hashes what it yields, compares at the end.
+struct DiffCheck {
+    hasher: Option<Hasher>,
+    image: String,
+    layer: Digest,
+    expected: String,
+    failure: Option<DiffIdMismatch>,
+}
+
 /// A decompressing reader over one layer blob, yielding the uncompressed tar stream.
 ///
 /// The blob's digest is checked when the compressed stream is exhausted. A tar reader stops at
@@ -68,6 +118,7 @@ impl Compression {
 /// [`LayerReader::finish`] once done: it drains the rest and reports a corrupt blob.
 pub struct LayerReader {
     decoder: Decoder,
+    diff: Option<DiffCheck>,
 }
 
 enum Decoder {
@@ -89,7 +140,24 @@ impl LayerReader {
             Compression::Gzip => Decoder::Gzip(Box::new(MultiGzDecoder::new(source))),
             Compression::Zstd => Decoder::Zstd(Box::new(ZstdReader::new(source))),
         };
-        Ok(LayerReader { decoder })
+        Ok(LayerReader {
+            decoder,
+            diff: None,
+        })
+    }
+
+    /// Also check that the uncompressed stream hashes to `diff_id` (the image config's
+    /// `rootfs.diff_ids` entry for this layer): at its end, a read fails with an error carrying
+    /// a [`DiffIdMismatch`] if it does not.
+    pub fn check_diff_id(mut self, image: String, layer: Digest, diff_id: String) -> Self {
+        self.diff = Some(DiffCheck {
+            hasher: Some(Hasher::default()),
+            image,
+            layer,
+            expected: diff_id,
+            failure: None,
+        });
+        self
     }
 
     /// Read whatever is left (decompressed and compressed) so the blob's digest is checked.
@@ -107,11 +175,37 @@ impl LayerReader {
 
 impl Read for LayerReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match &mut self.decoder {
+        let mismatch = |m: &DiffIdMismatch| io::Error::new(io::ErrorKind::InvalidData, m.clone());
+        if let Some(m) = self.diff.as_ref().and_then(|d| d.failure.as_ref()) {
+            return Err(mismatch(m));
+        }
+        let n = match &mut self.decoder {
             Decoder::Plain(r) => r.read(buf),
             Decoder::Gzip(r) => r.read(buf),
             Decoder::Zstd(r) => r.read(buf),
+        }?;
+        let Some(check) = self.diff.as_mut() else {
+            return Ok(n);
+        };
+        if n > 0 {
+            if let Some(h) = check.hasher.as_mut() {
+                h.update(&buf[..n]);
+            }
+        } else if !buf.is_empty()
+            && let Some(actual) = check.hasher.take().map(Hasher::finish)
+            && actual.as_str() != check.expected
+        {
+            let m = DiffIdMismatch {
+                image: check.image.clone(),
+                layer: check.layer.clone(),
+                expected: check.expected.clone(),
+                actual,
+            };
+            let err = mismatch(&m);
+            check.failure = Some(m);
+            return Err(err);
         }
+        Ok(n)
     }
 }
 

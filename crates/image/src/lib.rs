@@ -10,10 +10,10 @@
 //!     store.pull(&r, Arch::X86_64, &PullOptions::default())?;
 //! }
 //! let image = store.image(&r, Arch::X86_64)?;
-//! for layer in image.layers() {
-//!     let mut tar = store.open_layer(layer)?;
+//! for i in 0..image.layers().len() {
+//!     let mut tar = store.open_image_layer(&image, i)?;
 //!     // ... unpack `tar` ...
-//!     tar.finish()?; // verifies the blob's digest
+//!     tar.finish()?; // verifies the blob's digest and the config's diff_id
 //! }
 //! # Ok(()) }
 //! ```
@@ -32,9 +32,12 @@ pub use arch::{Arch, ParseArchError};
 pub use blob::{BlobReader, CorruptBlob};
 pub use digest::{Digest, DigestError};
 pub use error::{Error, Result};
-pub use layer::{Compression, LayerReader};
+pub use layer::{Compression, DiffIdMismatch, LayerReader};
 pub use reference::{DEFAULT_REGISTRY, Reference, ReferenceError};
-pub use registry::{PullOptions, RegistryError};
+pub use registry::{
+    BLOB_ALLOWANCE, BlobProgress, MANIFEST_ALLOWANCE, MIN_RATE, PULL_TIMEOUT_ENV, PullOptions,
+    PullProgress, RegistryError, default_blob_deadline,
+};
 pub use store::{Image, REF_NAME, Store};
 
 /// The OCI image types the API uses (descriptors, manifests, configurations).

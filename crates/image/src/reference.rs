@@ -65,6 +65,16 @@ impl Reference {
         }
     }
 
+    /// The same reference without its digest (`name:tag@sha256:…` → `name:tag`); a reference
+    /// that had only a digest gets the tag `latest`, as if it had been written without one.
+    pub fn without_digest(&self) -> Reference {
+        Reference {
+            tag: Some(self.tag.clone().unwrap_or_else(|| DEFAULT_TAG.to_owned())),
+            digest: None,
+            ..self.clone()
+        }
+    }
+
     /// This reference with `tag` and no digest.
     pub fn with_tag(&self, tag: &str) -> Result<Reference, ReferenceError> {
         format!("{}:{tag}", self.name()).parse()

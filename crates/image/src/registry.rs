@@ -13,9 +13,11 @@ use crate::store::{self, Kind, Store};
 use base64::Engine as _;
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
 use std::collections::HashMap;
+use std::fmt;
 use std::io::{self, IsTerminal, Read};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The manifest types keel accepts, most preferred first.
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -25,16 +27,302 @@ const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 /// Manifests and indexes larger than this are refused (the registry default is 4 MiB).
 const MANIFEST_LIMIT: u64 = 8 * 1024 * 1024;
 
+/// The environment variable that sets the deadline of every pull and of every blob in it, in
+/// seconds (`KEEL_PULL_TIMEOUT=3600`), replacing the size-scaled defaults.
+pub const PULL_TIMEOUT_ENV: &str = "KEEL_PULL_TIMEOUT";
+
+/// The slowest transfer rate the default deadlines allow for: 64 KiB/s (about 0.5 Mbit/s).
+///
+/// Why a rate and not a fixed time per blob: layers range from a few KiB to several GiB, so a
+/// fixed deadline (say 10 minutes) is either too short for a 2 GiB layer on an ordinary link or
+/// lets a hostile registry hold a small blob for the whole time. A deadline of
+/// [`BLOB_ALLOWANCE`] plus the blob's size at this rate lets an honest but slow registry finish,
+/// and cuts off a registry that trickles bytes to dodge the per-read timeout once it has taken
+/// as long as that slow registry would.
+pub const MIN_RATE: u64 = 64 * 1024;
+/// The fixed part of a blob's default deadline: connection, authentication, redirects to a CDN.
+pub const BLOB_ALLOWANCE: Duration = Duration::from_secs(120);
+/// The fixed part of a pull's default deadline: tokens, manifests and indexes (the blobs' own
+/// deadlines are added to it once their sizes are known).
+pub const MANIFEST_ALLOWANCE: Duration = Duration::from_secs(300);
+
 /// How to pull.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct PullOptions {
     /// Use plain HTTP even for a non-loopback registry (loopback registries always use HTTP).
     pub insecure: bool,
-    /// Never show a progress bar (by default one is shown when stderr is a terminal).
+    /// Never show progress (by default it is shown when stderr is a terminal and the log level
+    /// is info or more verbose).
     pub quiet: bool,
     /// The directory holding Docker's `config.json` with registry credentials; by default
     /// `$DOCKER_CONFIG`, else `~/.docker`.
     pub docker_config: Option<PathBuf>,
+    /// The most the download of one blob may take, whatever its size. `None`:
+    /// [`BLOB_ALLOWANCE`] plus the blob's size at [`MIN_RATE`]. The default options take it
+    /// from `KEEL_PULL_TIMEOUT` when that is set.
+    pub blob_deadline: Option<Duration>,
+    /// The most a whole pull may take, manifests included. `None`: [`MANIFEST_ALLOWANCE`] for
+    /// the manifests, plus every missing blob's deadline once their sizes are known. The
+    /// default options take it from `KEEL_PULL_TIMEOUT` when that is set.
+    pub pull_deadline: Option<Duration>,
+    /// Where a pull reports its progress. `None`: a line on stderr, rewritten in place, when
+    /// stderr is a terminal, `quiet` is off and info messages are logged; nothing otherwise.
+    pub progress: Option<Arc<dyn PullProgress>>,
+}
+
+impl Default for PullOptions {
+    /// No TLS exceptions, progress on a terminal, default credentials, and the deadlines of
+    /// `KEEL_PULL_TIMEOUT` if it is set (else the size-scaled defaults).
+    fn default() -> Self {
+        let deadline = deadline_from_env();
+        PullOptions {
+            insecure: false,
+            quiet: false,
+            docker_config: None,
+            blob_deadline: deadline,
+            pull_deadline: deadline,
+            progress: None,
+        }
+    }
+}
+
+impl fmt::Debug for PullOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PullOptions")
+            .field("insecure", &self.insecure)
+            .field("quiet", &self.quiet)
+            .field("docker_config", &self.docker_config)
+            .field("blob_deadline", &self.blob_deadline)
+            .field("pull_deadline", &self.pull_deadline)
+            .field("progress", &self.progress.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+/// `KEEL_PULL_TIMEOUT` as a duration; an unusable value is ignored with a warning.
+fn deadline_from_env() -> Option<Duration> {
+    let value = std::env::var(PULL_TIMEOUT_ENV).ok()?;
+    match parse_deadline(&value) {
+        Ok(d) => d,
+        Err(()) => {
+            log::warn!(
+                "ignoring {PULL_TIMEOUT_ENV}={value:?}: it must be a positive number of seconds"
+            );
+            None
+        }
+    }
+}
+
+/// A deadline in seconds; empty is none.
+fn parse_deadline(value: &str) -> std::result::Result<Option<Duration>, ()> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    match value.parse::<u64>() {
+        Ok(secs) if secs > 0 => Ok(Some(Duration::from_secs(secs))),
+        _ => Err(()),
+    }
+}
+
+/// The default deadline of a blob of `size` bytes: [`BLOB_ALLOWANCE`] plus `size` at
+/// [`MIN_RATE`].
+pub fn default_blob_deadline(size: u64) -> Duration {
+    BLOB_ALLOWANCE.saturating_add(Duration::from_secs(size / MIN_RATE))
+}
+
+/// One blob's download, as a pull reports it to a [`PullProgress`].
+#[derive(Debug, Clone, Copy)]
+pub struct BlobProgress<'a> {
+    /// The image being pulled.
+    pub reference: &'a str,
+    /// The blob.
+    pub digest: &'a Digest,
+    /// Which of the blobs to download this is, from 1.
+    pub index: usize,
+    /// How many blobs the pull downloads (those already in the store are not counted).
+    pub count: usize,
+    /// The bytes of this blob received so far.
+    pub received: u64,
+    /// The blob's size, from its manifest.
+    pub size: u64,
+}
+
+/// Where a pull reports progress: called with `received` 0 when a blob starts, then after every
+/// chunk that arrives; [`PullProgress::finish`] once the pull ends, whether it worked or not.
+pub trait PullProgress: Send + Sync {
+    /// A blob's download advanced (or started).
+    fn blob(&self, progress: &BlobProgress<'_>);
+    /// The pull is over.
+    fn finish(&self) {}
+}
+
+/// Whether a pull with no [`PullOptions::progress`] shows it: on a terminal, when not quiet,
+/// and when info messages are logged (`-q` raises the level to warnings).
+fn shows_progress(quiet: bool, terminal: bool, info_logged: bool) -> bool {
+    !quiet && terminal && info_logged
+}
+
+/// Progress on stderr: one line, rewritten in place and at most a few times a second (by
+/// indicatif), cleared when the pull ends.
+struct TerminalProgress {
+    bar: indicatif::ProgressBar,
+    current: Mutex<usize>,
+}
+
+impl TerminalProgress {
+    fn new() -> TerminalProgress {
+        let bar = indicatif::ProgressBar::new(0);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {wide_msg}",
+        ) {
+            bar.set_style(style);
+        }
+        TerminalProgress {
+            bar,
+            current: Mutex::new(0),
+        }
+    }
+}
+
+impl PullProgress for TerminalProgress {
+    fn blob(&self, p: &BlobProgress<'_>) {
+        if let Ok(mut current) = self.current.lock()
+            && *current != p.index
+        {
+            *current = p.index;
+            self.bar.reset();
+            self.bar.set_length(p.size);
+            let short = p.digest.hex().get(..12).unwrap_or_default();
+            self.bar.set_message(format!(
+                "{} blob {}/{} {short}",
+                p.reference, p.index, p.count
+            ));
+        }
+        self.bar.set_position(p.received);
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Calls [`PullProgress::finish`] when dropped, however the pull ends.
+struct FinishOnDrop(Arc<dyn PullProgress>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
+/// A deadline a request must meet.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    at: Instant,
+    limit: Duration,
+    /// The whole pull's deadline rather than one blob's.
+    whole_pull: bool,
+}
+
+impl Limit {
+    fn from_now(limit: Duration, whole_pull: bool) -> Limit {
+        Limit::from(Instant::now(), limit, whole_pull)
+    }
+
+    /// `limit` after `start` (capped at a year, so absurd settings cannot overflow).
+    fn from(start: Instant, limit: Duration, whole_pull: bool) -> Limit {
+        let limit = limit.min(Duration::from_secs(365 * 24 * 3600));
+        Limit {
+            at: start + limit,
+            limit,
+            whole_pull,
+        }
+    }
+
+    fn scope(&self) -> &'static str {
+        if self.whole_pull {
+            "the pull's deadline"
+        } else {
+            "its deadline"
+        }
+    }
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Limit>, b: Option<Limit>) -> Option<Limit> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.at < a.at { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A blob download cut off by its deadline; carried in the `io::Error` of [`Timed`].
+#[derive(Debug, thiserror::Error)]
+#[error("deadline of {} passed after {received} bytes", human(limit.limit))]
+struct TimedOut {
+    limit: Limit,
+    received: u64,
+}
+
+/// A blob's body: counts what arrives, reports progress, and fails once `limit` has passed
+/// (the socket reads themselves are bounded by the same deadline, see [`Client::send`]).
+struct Timed<'a, R> {
+    inner: R,
+    limit: Limit,
+    received: u64,
+    progress: Option<(&'a dyn PullProgress, BlobProgress<'a>)>,
+}
+
+impl<R: Read> Read for Timed<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let timed_out = |received| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                TimedOut {
+                    limit: self.limit,
+                    received,
+                },
+            )
+        };
+        if Instant::now() >= self.limit.at {
+            return Err(timed_out(self.received));
+        }
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.received += u64::try_from(n).unwrap_or(u64::MAX);
+                if let Some((sink, p)) = &mut self.progress {
+                    p.received = self.received;
+                    sink.blob(p);
+                }
+                Ok(n)
+            }
+            Err(_) if Instant::now() >= self.limit.at => Err(timed_out(self.received)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A duration as people read it: `1.5s`, `45s`, `20m`, `1h30m`.
+fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs < 60 {
+        if d.subsec_millis() == 0 {
+            format!("{secs}s")
+        } else {
+            format!("{:.1}s", d.as_secs_f64())
+        }
+    } else if secs < 3600 {
+        match secs % 60 {
+            0 => format!("{}m", secs / 60),
+            s => format!("{}m{s}s", secs / 60),
+        }
+    } else {
+        match (secs % 3600) / 60 {
+            0 => format!("{}h", secs / 3600),
+            m => format!("{}h{m}m", secs / 3600),
+        }
+    }
 }
 
 /// What can go wrong talking to a registry.
@@ -115,6 +403,28 @@ pub enum RegistryError {
         "unsupported manifest type {0:?} (Docker schema 1 images are not supported; re-push the image with a current client)"
     )]
     UnsupportedManifest(String),
+    /// A download did not finish within its deadline (see [`PullOptions::blob_deadline`]).
+    #[error(
+        "{what} did not arrive within {scope} of {}{}; a slow registry can be given more time with {PULL_TIMEOUT_ENV}=SECONDS",
+        human(*limit),
+        match (received, expected) {
+            (Some(r), Some(e)) => format!(" ({r} of {e} bytes came)"),
+            (Some(r), None) => format!(" ({r} bytes came)"),
+            _ => String::new(),
+        }
+    )]
+    Deadline {
+        /// What was being downloaded ("blob sha256:…", a URL).
+        what: String,
+        /// "its deadline" (the blob's) or "the pull's deadline".
+        scope: &'static str,
+        /// The deadline.
+        limit: Duration,
+        /// The bytes that arrived, when known.
+        received: Option<u64>,
+        /// The bytes expected, when known.
+        expected: Option<u64>,
+    },
     /// A manifest or index could not be parsed.
     #[error("invalid {what} from the registry")]
     Invalid {
@@ -145,7 +455,14 @@ impl Store {
             reference: name.clone(),
             source,
         };
+        // A store whose index.json is unreadable fails before anything is downloaded.
+        self.index()?;
+        let started = Instant::now();
+        let pull_limit = |limit: Duration| Limit::from(started, limit, true);
         let mut client = Client::new(reference, options).map_err(wrap)?;
+        client.pull_limit = Some(pull_limit(
+            options.pull_deadline.unwrap_or(MANIFEST_ALLOWANCE),
+        ));
         let target = match (reference.digest(), reference.tag()) {
             (Some(d), _) => d.to_string(),
             (None, Some(t)) => t.to_owned(),
@@ -212,13 +529,62 @@ impl Store {
                 missing.push((digest, b.size()));
             }
         }
-        let total: u64 = missing.iter().map(|(_, s)| s).sum();
-        let bar = progress_bar(total, options.quiet);
-        for (digest, size) in &missing {
+        let blob_limit = |size: u64| {
+            Limit::from_now(
+                options
+                    .blob_deadline
+                    .unwrap_or_else(|| default_blob_deadline(size)),
+                false,
+            )
+        };
+        if options.pull_deadline.is_none() {
+            let blobs = missing.iter().fold(Duration::ZERO, |sum, (_, size)| {
+                sum.saturating_add(
+                    options
+                        .blob_deadline
+                        .unwrap_or_else(|| default_blob_deadline(*size)),
+                )
+            });
+            client.pull_limit = Some(pull_limit(MANIFEST_ALLOWANCE.saturating_add(blobs)));
+        }
+        let progress: Option<Arc<dyn PullProgress>> = match &options.progress {
+            Some(p) => Some(Arc::clone(p)),
+            None if !missing.is_empty()
+                && shows_progress(
+                    options.quiet,
+                    io::stderr().is_terminal(),
+                    log::log_enabled!(log::Level::Info),
+                ) =>
+            {
+                Some(Arc::new(TerminalProgress::new()))
+            }
+            None => None,
+        };
+        let _finish = progress.clone().map(FinishOnDrop);
+        for (i, (digest, size)) in missing.iter().enumerate() {
             log::debug!("pulling blob {digest} ({size} bytes) of {name}");
-            bar.set_message(format!("{name} {}", &digest.hex()[..12]));
-            let body = client.blob(digest).map_err(wrap)?;
-            match self.put_verified(bar.wrap_read(body), digest, Some(*size)) {
+            let limit = earliest(Some(blob_limit(*size)), client.pull_limit)
+                .unwrap_or_else(|| blob_limit(*size));
+            let report = progress.as_deref().map(|sink| {
+                let p = BlobProgress {
+                    reference: &name,
+                    digest,
+                    index: i + 1,
+                    count: missing.len(),
+                    received: 0,
+                    size: *size,
+                };
+                sink.blob(&p);
+                (sink, p)
+            });
+            let body = client.blob(digest, limit).map_err(wrap)?;
+            let body = Timed {
+                inner: body,
+                limit,
+                received: 0,
+                progress: report,
+            };
+            match self.put_verified(body, digest, Some(*size)) {
                 Ok(_) => {}
                 Err(Error::Corrupt { blob, .. }) => {
                     return Err(wrap(RegistryError::DigestMismatch {
@@ -227,10 +593,25 @@ impl Store {
                         actual: blob.actual,
                     }));
                 }
+                Err(Error::Io { source, .. })
+                    if source.get_ref().is_some_and(|e| e.is::<TimedOut>()) =>
+                {
+                    let (limit, received) = source
+                        .get_ref()
+                        .and_then(|e| e.downcast_ref::<TimedOut>())
+                        .map_or((limit, None), |t| (t.limit, Some(t.received)));
+                    return Err(wrap(RegistryError::Deadline {
+                        what: format!("blob {digest}"),
+                        scope: limit.scope(),
+                        limit: limit.limit,
+                        received,
+                        expected: Some(*size),
+                    }));
+                }
                 Err(e) => return Err(e),
             }
         }
-        bar.finish_and_clear();
+        drop(_finish);
         // Manifest and index last: a partial pull never leaves a manifest without its blobs.
         self.put_blob(&manifest_data)?;
         if manifest_digest != top_digest {
@@ -343,19 +724,6 @@ impl Store {
     }
 }
 
-fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
-    if quiet || total == 0 || !io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar
-}
-
 /// How requests are authorised, once a challenge has been answered.
 #[derive(Debug, Clone)]
 enum Auth {
@@ -373,6 +741,10 @@ struct Client {
     repository: String,
     credentials: Option<(String, String)>,
     auth: Auth,
+    /// The whole pull's deadline (none for a push).
+    pull_limit: Option<Limit>,
+    /// The deadline of the request being made, when it has its own (a blob's).
+    request_limit: Option<Limit>,
 }
 
 impl Client {
@@ -403,6 +775,8 @@ impl Client {
             registry,
             repository: reference.repository().to_owned(),
             auth: Auth::None,
+            pull_limit: None,
+            request_limit: None,
         })
     }
 
@@ -420,7 +794,7 @@ impl Client {
             .with_config()
             .limit(MANIFEST_LIMIT)
             .read_to_vec()
-            .map_err(|e| http_error(&url, e))?;
+            .map_err(|e| self.http_error(&url, e))?;
         let media_type = match content_type.as_deref().map(MediaType::from) {
             Some(mt) if store::kind_of(&mt) != Kind::Other => mt,
             // application/json, octet-stream or nothing: the document says what it is.
@@ -436,11 +810,50 @@ impl Client {
         Ok((data, media_type))
     }
 
-    /// GET a blob: a reader over its (unverified) content.
-    fn blob(&mut self, digest: &Digest) -> RResult<impl Read + use<>> {
+    /// GET a blob: a reader over its (unverified) content, whose reads fail once `limit` has
+    /// passed.
+    fn blob(&mut self, digest: &Digest, limit: Limit) -> RResult<impl Read + use<>> {
         let url = format!("{}/v2/{}/blobs/{digest}", self.base, self.repository);
-        let resp = self.get(&url, None)?;
-        Ok(resp.into_body().into_reader())
+        self.request_limit = Some(limit);
+        let resp = self.get(&url, None);
+        self.request_limit = None;
+        Ok(resp?.into_body().into_reader())
+    }
+
+    /// The deadline the next request must meet, if any.
+    fn limit(&self) -> Option<Limit> {
+        earliest(self.pull_limit, self.request_limit)
+    }
+
+    /// The time left before the current deadline; a [`RegistryError::Deadline`] once it has
+    /// passed.
+    fn time_left(&self, url: &str) -> RResult<Option<Duration>> {
+        match self.limit() {
+            None => Ok(None),
+            Some(l) => match l.at.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Ok(Some(left)),
+                _ => Err(self.deadline_error(url, l)),
+            },
+        }
+    }
+
+    fn deadline_error(&self, url: &str, limit: Limit) -> RegistryError {
+        RegistryError::Deadline {
+            what: url.to_owned(),
+            scope: limit.scope(),
+            limit: limit.limit,
+            received: None,
+            expected: None,
+        }
+    }
+
+    /// A failed request or body read: [`RegistryError::Deadline`] if the deadline has passed
+    /// (ureq stops waiting then), else [`RegistryError::Http`].
+    fn http_error(&self, url: &str, e: ureq::Error) -> RegistryError {
+        match self.limit() {
+            Some(l) if Instant::now() >= l.at => self.deadline_error(url, l),
+            _ => http_error(url, e),
+        }
     }
 
     /// Sends a request with an optional body, answering one authentication challenge; returns
@@ -463,29 +876,40 @@ impl Client {
             if let Some(a) = auth {
                 all.push(("Authorization", a));
             }
+            // ureq bounds every socket read (and the whole exchange, body included) by the
+            // time left, so a registry that trickles bytes cannot outlast the deadline.
+            let left = self.time_left(url)?;
             let result = match (method, body) {
                 ("HEAD", _) => all
                     .iter()
-                    .fold(self.agent.head(url), |r, (k, v)| r.header(*k, v))
+                    .fold(within(self.agent.head(url), left), |r, (k, v)| {
+                        r.header(*k, v)
+                    })
                     .call(),
                 ("POST", b) => {
                     let r = all
                         .iter()
-                        .fold(self.agent.post(url), |r, (k, v)| r.header(*k, v));
+                        .fold(within(self.agent.post(url), left), |r, (k, v)| {
+                            r.header(*k, v)
+                        });
                     r.send(b.unwrap_or_default())
                 }
                 ("PUT", b) => {
                     let r = all
                         .iter()
-                        .fold(self.agent.put(url), |r, (k, v)| r.header(*k, v));
+                        .fold(within(self.agent.put(url), left), |r, (k, v)| {
+                            r.header(*k, v)
+                        });
                     r.send(b.unwrap_or_default())
                 }
                 _ => all
                     .iter()
-                    .fold(self.agent.get(url), |r, (k, v)| r.header(*k, v))
+                    .fold(within(self.agent.get(url), left), |r, (k, v)| {
+                        r.header(*k, v)
+                    })
                     .call(),
             };
-            let resp = result.map_err(|e| http_error(url, e))?;
+            let resp = result.map_err(|e| self.http_error(url, e))?;
             if resp.status().as_u16() == 401 && !challenged {
                 challenged = true;
                 let header = resp
@@ -624,7 +1048,7 @@ impl Client {
         }
         // ureq drops Authorization when it follows a redirect (its default), so a realm on the
         // registry's host cannot forward the credentials elsewhere either.
-        let mut req = self.agent.get(&url);
+        let mut req = within(self.agent.get(&url), self.time_left(&url)?);
         match &basic {
             Some(b) if send_credentials => {
                 req = req.header("Authorization", format!("Basic {b}"));
@@ -635,7 +1059,7 @@ impl Client {
             ),
             None => {}
         }
-        let mut resp = req.call().map_err(|e| http_error(&url, e))?;
+        let mut resp = req.call().map_err(|e| self.http_error(&url, e))?;
         let status = resp.status().as_u16();
         if status == 401 || status == 403 {
             return Err(RegistryError::Unauthorized {
@@ -648,7 +1072,7 @@ impl Client {
             .with_config()
             .limit(1024 * 1024)
             .read_to_vec()
-            .map_err(|e| http_error(&url, e))?;
+            .map_err(|e| self.http_error(&url, e))?;
         if !(200..300).contains(&status) {
             return Err(RegistryError::Status {
                 url,
@@ -673,6 +1097,14 @@ impl Client {
             .ok_or_else(|| auth_err(format!("the token service at {realm} returned no token")))?;
         self.auth = Auth::Bearer(token);
         Ok(())
+    }
+}
+
+/// `request`, which must be over (body included) within `left` when that is given.
+fn within<B>(request: ureq::RequestBuilder<B>, left: Option<Duration>) -> ureq::RequestBuilder<B> {
+    match left {
+        Some(left) => request.config().timeout_global(Some(left)).build(),
+        None => request,
     }
 }
 
@@ -1160,6 +1592,38 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("is not https"), "{e}");
+    }
+
+    #[test]
+    fn deadlines() {
+        assert_eq!(parse_deadline(""), Ok(None));
+        assert_eq!(parse_deadline(" 90 "), Ok(Some(Duration::from_secs(90))));
+        assert_eq!(parse_deadline("0"), Err(()));
+        assert_eq!(parse_deadline("10m"), Err(()));
+        // 2 min fixed, plus the size at 64 KiB/s: 64 MiB gets 1024 s more.
+        assert_eq!(default_blob_deadline(0), Duration::from_secs(120));
+        assert_eq!(
+            default_blob_deadline(64 << 20),
+            Duration::from_secs(120 + 1024)
+        );
+        assert_eq!(human(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(human(Duration::from_secs(45)), "45s");
+        assert_eq!(human(Duration::from_secs(1200)), "20m");
+        assert_eq!(human(Duration::from_secs(1264)), "21m4s");
+        assert_eq!(human(Duration::from_secs(5400)), "1h30m");
+        let a = Limit::from_now(Duration::from_secs(5), false);
+        let b = Limit::from_now(Duration::from_secs(1), true);
+        assert!(earliest(Some(a), Some(b)).is_some_and(|l| l.whole_pull));
+        assert!(earliest(Some(a), None).is_some_and(|l| !l.whole_pull));
+        assert!(earliest(None, None).is_none());
+    }
+
+    #[test]
+    fn progress_shows_on_a_terminal_at_info_only() {
+        assert!(shows_progress(false, true, true));
+        assert!(!shows_progress(true, true, true), "quiet");
+        assert!(!shows_progress(false, false, true), "not a terminal");
+        assert!(!shows_progress(false, true, false), "log level above info");
     }
 
     #[test]

@@ -335,6 +335,20 @@ impl Store {
         }
     }
 
+    /// The store's `index.json`. Unreadable JSON, or JSON that is not an image index, is
+    /// [`Error::CorruptIndex`]: the store is damaged, which is not the same as an image missing.
+    pub(crate) fn index(&self) -> Result<ImageIndex> {
+        let path = self.root.join("index.json");
+        let data = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        serde_json::from_slice(&data).map_err(|e| Error::CorruptIndex {
+            path,
+            reason: match e.classify() {
+                serde_json::error::Category::Data => format!("it is not an OCI image index ({e})"),
+                _ => format!("it is not valid JSON ({e})"),
+            },
+        })
+    }
+
     /// Whether the blob is present (its content is not checked).
     pub fn has_blob(&self, digest: &Digest) -> bool {
         self.layout().has_blob(digest)
@@ -343,7 +357,7 @@ impl Store {
     /// Resolve a reference to the descriptor it names: a tag through `index.json`, a digest
     /// reference when the blob exists (the digest wins over any tag). `None` if absent.
     pub fn resolve(&self, reference: &Reference) -> Result<Option<Descriptor>> {
-        let index = self.layout().read_index()?;
+        let index = self.index()?;
         if let Some(digest) = reference.digest() {
             if !self.has_blob(digest) {
                 return Ok(None);
@@ -376,6 +390,17 @@ impl Store {
             .iter()
             .find(|m| ref_name(m) == Some(name.as_str()))
             .cloned())
+    }
+
+    /// What the tag of `reference` points to in the store, ignoring any digest the reference
+    /// also carries: for `name:tag@sha256:…`, what `name:tag` resolves to, so a caller can tell
+    /// when the tag has moved away from the digest it was given. `None` when the reference has
+    /// no tag or the store does not have it.
+    pub fn resolve_tag(&self, reference: &Reference) -> Result<Option<Descriptor>> {
+        if reference.tag().is_none() {
+            return Ok(None);
+        }
+        self.resolve(&reference.without_digest())
     }
 
     /// Load the image `reference` names for `arch` from the store (never from the network):
@@ -468,6 +493,41 @@ impl Store {
         let blob = self.layout().open_blob(&digest, Some(layer.size()))?;
         let path = self.layout().blob_path(&digest);
         LayerReader::new(blob, layer.media_type()).map_err(|e| Error::io("read", path, e))
+    }
+
+    /// Open layer `index` of `image` like [`Store::open_layer`], also checking that its
+    /// uncompressed content hashes to the config's `rootfs.diff_ids[index]`: the reader fails
+    /// at the end of the tar stream with an error carrying a [`crate::DiffIdMismatch`]
+    /// ([`Error::DiffIdMismatch`] once converted) if it does not. Call
+    /// [`LayerReader::finish`] at the end, which reads the stream to its end.
+    pub fn open_image_layer(&self, image: &Image, index: usize) -> Result<LayerReader> {
+        let layers = image.layers();
+        let diff_ids = image.config.rootfs().diff_ids();
+        let what = || format!("image {}", image.reference);
+        if diff_ids.len() != layers.len() {
+            return Err(Error::invalid(
+                what(),
+                format!(
+                    "its config lists {} rootfs.diff_ids for {} layers",
+                    diff_ids.len(),
+                    layers.len()
+                ),
+            ));
+        }
+        let (Some(layer), Some(diff_id)) = (layers.get(index), diff_ids.get(index)) else {
+            return Err(Error::invalid(
+                what(),
+                format!("it has no layer {index} (it has {})", layers.len()),
+            ));
+        };
+        let reader = self
+            .open_layer(layer)
+            .map_err(|e| e.for_image(&image.reference))?;
+        Ok(reader.check_diff_id(
+            image.reference.clone(),
+            descriptor_digest(layer)?,
+            diff_id.clone(),
+        ))
     }
 
     /// Store `data` as a blob; returns its digest.
@@ -673,7 +733,7 @@ impl Store {
         let mut desc = descriptor;
         desc.set_annotations(Some(HashMap::from([(REF_NAME.to_owned(), name.clone())])));
         let _lock = self.lock()?;
-        let mut index = self.layout().read_index()?;
+        let mut index = self.index()?;
         let mut manifests = index.manifests().clone();
         match manifests
             .iter_mut()
@@ -689,7 +749,7 @@ impl Store {
     /// Every tagged image: (full reference, descriptor), sorted by name. Untagged entries of
     /// `index.json` are listed under their digest.
     pub fn list(&self) -> Result<Vec<(String, Descriptor)>> {
-        let index = self.layout().read_index()?;
+        let index = self.index()?;
         let mut out: Vec<_> = index
             .manifests()
             .iter()
@@ -708,7 +768,7 @@ impl Store {
         let name = reference.to_string();
         {
             let _lock = self.lock()?;
-            let mut index = self.layout().read_index()?;
+            let mut index = self.index()?;
             let mut manifests = index.manifests().clone();
             let before = manifests.len();
             manifests.retain(|m| {
@@ -736,7 +796,7 @@ impl Store {
     pub fn gc(&self) -> Result<usize> {
         let _lock = self.lock()?;
         let layout = self.layout();
-        let index = layout.read_index()?;
+        let index = self.index()?;
         let mut live = BTreeSet::new();
         for m in index.manifests() {
             // A damaged or partial entry keeps what can be reached from it.
@@ -1091,6 +1151,173 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         let err = r.read_to_end(&mut out).unwrap_err();
         assert_eq!(crate::CorruptBlob::find(&err).unwrap().digest, layer);
+    }
+
+    /// Stores `image`'s manifest again over a config whose `rootfs.diff_ids` are `diff_ids`.
+    fn with_diff_ids(store: &Store, image: &Image, diff_ids: Vec<String>) -> Reference {
+        let mut config = image.config.clone();
+        config.rootfs_mut().set_diff_ids(diff_ids);
+        let data = canonical_json(&config).unwrap();
+        let manifest = store
+            .put_image_manifest(&data, image.layers().to_vec(), Some(Arch::X86_64))
+            .unwrap();
+        let r: Reference = "liar:1".parse().unwrap();
+        store.tag(&r, manifest).unwrap();
+        r
+    }
+
+    fn read_layer(store: &Store, image: &Image, i: usize) -> Result<Vec<u8>> {
+        let mut r = store.open_image_layer(image, i)?;
+        let mut out = Vec::new();
+        let path = store.path().to_path_buf();
+        r.read_to_end(&mut out)
+            .and_then(|_| r.finish())
+            .map_err(|e| Error::io("read", &path, e))?;
+        Ok(out)
+    }
+
+    #[test]
+    fn layers_are_checked_against_the_config_diff_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, r, _) = store_with_multi(dir.path());
+        let arm = store.image(&r, Arch::Aarch64).unwrap();
+        // An honest image reads through.
+        assert_eq!(
+            read_layer(&store, &arm, 1).unwrap(),
+            tar_with("etc/x", b"x")
+        );
+
+        // A config that lies about the second layer: the first still reads, the second fails
+        // naming image, layer, the diff_id claimed and the one found.
+        let amd = store.image(&r, Arch::X86_64).unwrap();
+        let honest = amd.config.rootfs().diff_ids()[0].clone();
+        let lie = Digest::of(b"something else").to_string();
+        let liar = with_diff_ids(&store, &amd, vec![lie.clone()]);
+        let image = store.image(&liar, Arch::X86_64).unwrap();
+        let err = read_layer(&store, &image, 0).unwrap_err();
+        let layer = descriptor_digest(&image.layers()[0]).unwrap();
+        let Error::DiffIdMismatch(m) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(m.image, "docker.io/library/liar:1");
+        assert_eq!(m.layer, layer);
+        assert_eq!(m.expected, lie);
+        assert_eq!(m.actual.as_str(), honest);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "layer {layer} of docker.io/library/liar:1 does not match its image config: \
+                 rootfs.diff_ids says {lie}, the uncompressed layer hashes to {honest}"
+            )
+        );
+        assert!(!err.is_not_found());
+        // A tar reader that stops at the end-of-archive marker: finish() still catches it.
+        let mut reader = store.open_image_layer(&image, 0).unwrap();
+        for e in tar::Archive::new(&mut reader).entries().unwrap() {
+            e.unwrap();
+        }
+        let e = reader.finish().unwrap_err();
+        assert_eq!(crate::DiffIdMismatch::find(&e), Some(m));
+
+        // A config listing fewer diff_ids than there are layers is refused up front.
+        let short = with_diff_ids(&store, &amd, vec![]);
+        let image = store.image(&short, Arch::X86_64).unwrap();
+        let err = store.open_image_layer(&image, 0).err().unwrap().to_string();
+        assert_eq!(
+            err,
+            "image docker.io/library/liar:1: its config lists 0 rootfs.diff_ids for 1 layers"
+        );
+    }
+
+    #[test]
+    fn resolve_tag_ignores_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, r, index) = store_with_multi(dir.path());
+        let other = store
+            .write_image(Arch::X86_64, config_with_label("n", "other"), &[])
+            .unwrap();
+        let other_digest = descriptor_digest(&other).unwrap();
+        // multi:1@<other digest>: the digest wins for resolve, the tag points to the index.
+        let pinned: Reference = format!("multi:1@{other_digest}").parse().unwrap();
+        assert_eq!(
+            store.resolve(&pinned).unwrap().unwrap().digest(),
+            other.digest()
+        );
+        let tagged = store.resolve_tag(&pinned).unwrap().unwrap();
+        assert_eq!(tagged.digest(), index.digest());
+        // The same for the plain tag; nothing for a tag the store lacks or a digest alone.
+        assert_eq!(
+            store.resolve_tag(&r).unwrap().unwrap().digest(),
+            index.digest()
+        );
+        let absent: Reference = format!("multi:2@{other_digest}").parse().unwrap();
+        assert!(store.resolve_tag(&absent).unwrap().is_none());
+        let bare: Reference = format!("multi@{other_digest}").parse().unwrap();
+        assert!(store.resolve_tag(&bare).unwrap().is_none());
+        assert_eq!(
+            pinned.without_digest().to_string(),
+            "docker.io/library/multi:1"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_index_is_not_a_missing_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, r, _) = store_with_multi(dir.path());
+        let path = store.path().join("index.json");
+        for (content, says) in [
+            (
+                &b"{\"schemaVersion\": 2, \"manifests\": ["[..],
+                "it is not valid JSON (EOF while parsing",
+            ),
+            (&b"[]"[..], "it is not an OCI image index (invalid length 0"),
+            (
+                &br#"{"schemaVersion":2,"manifests":3}"#[..],
+                "it is not an OCI image index (invalid type: integer",
+            ),
+            (&b""[..], "it is not valid JSON (EOF while parsing"),
+        ] {
+            fs::write(&path, content).unwrap();
+            // Opening still works (so `keel cache clean` can empty the store)...
+            let store = Store::open(store.path()).unwrap();
+            // ...every read of the index says what is wrong with which file.
+            for err in [
+                store.resolve(&r).unwrap_err(),
+                store.image(&r, Arch::X86_64).unwrap_err(),
+                store.list().unwrap_err(),
+                store
+                    .tag(
+                        &r,
+                        Descriptor::new(MediaType::ImageManifest, 1, Digest::of(b"m").to_oci()),
+                    )
+                    .unwrap_err(),
+            ] {
+                assert!(err.is_store_corrupt(), "{err:?}");
+                assert!(!err.is_not_found(), "{err:?}");
+                let msg = err.to_string();
+                assert!(
+                    msg.starts_with(&format!(
+                        "the image store's index.json at {} is corrupt: ",
+                        path.display()
+                    )),
+                    "{msg}"
+                );
+                assert!(msg.contains(says), "{msg}");
+                assert!(
+                    msg.ends_with(&format!(
+                        "; remove the store (`keel cache clean`, or delete {}) or restore the file",
+                        store.path().display()
+                    )),
+                    "{msg}"
+                );
+            }
+            // A pull fails the same way, before it reaches the (dead) registry.
+            let remote: Reference = "127.0.0.1:9/x/y:1".parse().unwrap();
+            let err = store
+                .pull(&remote, Arch::X86_64, &crate::PullOptions::default())
+                .unwrap_err();
+            assert!(err.is_store_corrupt(), "{err:?}");
+        }
     }
 
     #[test]
