@@ -150,11 +150,15 @@ pub fn image_tree(store: &Store, image: &Image, origin: &str, max: u64) -> Resul
         layer: max,
         image: max,
     });
-    for layer in image.layers() {
-        let mut reader = store.open_layer(layer).map_err(|source| Error::Image {
-            reference: image.reference.clone(),
-            source,
-        })?;
+    for (index, layer) in image.layers().iter().enumerate() {
+        // Checked against the config's diff_ids as it is read: a config cannot lie about
+        // what its layers hold.
+        let mut reader = store
+            .open_image_layer(image, index)
+            .map_err(|source| Error::Image {
+                reference: image.reference.clone(),
+                source,
+            })?;
         if let Err(source) =
             tree.apply_layer_within(Path::new(""), &mut reader, origin, &mut budget)
         {

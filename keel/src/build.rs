@@ -238,10 +238,21 @@ pub fn resolve(store: &Store, config: &Config, lock: &Lock, how: Resolve) -> Res
         }
         let reference = parse_reference(&text, &loc)?;
         let name = reference.to_string();
-        let missing = |source| Error::Missing {
-            loc: loc.clone(),
-            reference: name.clone(),
-            source: Box::new(source),
+        // A corrupt store is not a missing image: say which it is.
+        let missing = |source: keel_image::Error| {
+            if source.is_store_corrupt() {
+                Error::Image {
+                    loc: loc.clone(),
+                    reference: name.clone(),
+                    source: Box::new(source),
+                }
+            } else {
+                Error::Missing {
+                    loc: loc.clone(),
+                    reference: name.clone(),
+                    source: Box::new(source),
+                }
+            }
         };
         let bad_digest = |source| Error::Digest {
             loc: loc.clone(),
@@ -254,7 +265,25 @@ pub fn resolve(store: &Store, config: &Config, lock: &Lock, how: Resolve) -> Res
         };
 
         let digest: Digest = match (reference.digest(), lock.get(&name)) {
-            (Some(d), _) => d.clone(),
+            (Some(d), _) => {
+                // `name:tag@digest`: the digest wins, but a tag that now points elsewhere is
+                // said (and refused under --locked, through `drift`).
+                if let Some(tagged) = store.resolve_tag(&reference).map_err(missing)?
+                    && tagged.digest().as_ref() != d.as_str()
+                {
+                    let tag = reference.without_digest();
+                    log::warn!(
+                        "{loc}: using {name} as pinned; the store's {tag} now points to {} instead",
+                        tagged.digest()
+                    );
+                    drift.push(lock::Change::Changed {
+                        reference: name.clone(),
+                        from: d.to_string(),
+                        to: tagged.digest().to_string(),
+                    });
+                }
+                d.clone()
+            }
             (None, Some(pinned)) if !how.pull => {
                 let digest: Digest = pinned.parse().map_err(|_| {
                     Error::Lock(lock::Error::Invalid {

@@ -168,7 +168,12 @@ const STORE_LOCK: &str = ".keel-lock";
 /// have been pointed at one that holds other files) is left where it is and listed in
 /// [`Cleaned::kept`]. The store is an empty, usable layout afterwards.
 pub fn clean(store: &Store) -> Result<Cleaned, Error> {
-    let images = store.list()?.len();
+    // A corrupt index is what `clean` is for: count no images then, and go on.
+    let images = match store.list() {
+        Ok(list) => list.len(),
+        Err(e) if e.is_store_corrupt() => 0,
+        Err(e) => return Err(e.into()),
+    };
     let root = store.path();
     let io = |action, path: &Path| {
         let path = path.to_owned();

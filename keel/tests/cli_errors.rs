@@ -133,6 +133,41 @@ fn a_failed_build_leaves_no_directory_and_a_file_is_no_directory() {
 }
 
 #[test]
+fn a_corrupt_store_is_said_to_be_corrupt_and_clean_repairs_it() {
+    let (w, _) = Work::with_fixtures();
+    std::fs::write(w.store_dir().join("index.json"), "{not json").unwrap();
+    let err = build_fails(&w, &system_yaml(APP), &[]);
+    assert!(
+        err.contains("index.json") && err.contains("is corrupt"),
+        "{err}"
+    );
+    assert!(!err.contains("could not be pulled"), "{err}");
+    run(&mut w.keel(["cache", "clean"])).ok();
+    run(&mut w.keel(["cache", "ls"])).ok();
+}
+
+#[test]
+fn a_pinned_digest_whose_tag_moved_is_said_and_refused_when_locked() {
+    let (w, d) = Work::with_fixtures();
+    // The YAML pins the app's first digest; then the tag moves to another image.
+    let pinned = format!("{APP}@{}", d.app);
+    put_app(&w.store(), APP, "v2");
+    w.write("sys.yml", &system_yaml(&pinned));
+    let out = run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "out", "sys.yml"])).ok();
+    assert!(
+        out.stderr.contains("as pinned; the store's") && out.stderr.contains("now points to"),
+        "{}",
+        out.stderr
+    );
+    let err = run(&mut w.keel([
+        "build", "--locked", "--arch", "x86_64", "--dir", "out2", "sys.yml",
+    ]))
+    .failed();
+    assert!(err.contains("--locked"), "{err}");
+    assert_eq!(listing(&w.path("out2")), Vec::<String>::new());
+}
+
+#[test]
 fn a_size_no_filesystem_holds_is_refused_at_once() {
     let (w, _) = Work::with_fixtures();
     let start = Instant::now();
