@@ -236,7 +236,10 @@ mod tests {
         for p in [&gone, &live, &other] {
             fs::write(p, b"x").unwrap();
         }
-        assert_eq!(remove_stale(dir.path()).unwrap(), std::slice::from_ref(&gone));
+        assert_eq!(
+            remove_stale(dir.path()).unwrap(),
+            std::slice::from_ref(&gone)
+        );
         assert!(!gone.exists() && live.exists() && other.exists());
         assert_eq!(temp_owner("x.tmp-12-abcdef"), Some(12));
         assert_eq!(temp_owner("x.tmp-12"), None);
