@@ -54,4 +54,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   # The registry package starts a daemon on :5000; tests start their own on a free port.
   as_root systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
+
+# --- SPDX validator ---------------------------------------------------------------------------
+# keel/tests/cli_sbom.rs validates the build's SBOM with spdx-tools' `pyspdxtools` (PyPI), kept in
+# a virtual environment under the target directory.
+spdx_version=0.8.5
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv="$root/target/tools/spdx"
+if ! "$venv/bin/pyspdxtools" --help >/dev/null 2>&1 \
+  || ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('spdx-tools') != '$spdx_version')" 2>/dev/null; then
+  if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    log "installing python3-venv"
+    as_root apt-get install -y -qq python3 python3-venv >/dev/null
+  fi
+  log "installing spdx-tools $spdx_version into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q "spdx-tools==$spdx_version"
+fi
 log "ok"

@@ -10,6 +10,7 @@ pub mod lock;
 pub mod output;
 pub mod pkg;
 pub mod run;
+pub mod sbom;
 pub(crate) mod sys;
 pub mod tools;
 

@@ -4,6 +4,7 @@
 use crate::Prepared;
 use crate::error::{Error, Result};
 use crate::sources::{self, Input};
+use crate::spdx;
 use bytes::Bytes;
 use keel_config::build_yml::{BuildManifest, PkgContent};
 use keel_image::Arch;
@@ -15,7 +16,17 @@ use std::path::{Path, PathBuf};
 /// The label LinuxKit's `pkg build` writes from build.yml's `config:`.
 pub const CONFIG_LABEL: &str = "org.mobyproject.config";
 
-pub(crate) fn tree(p: &Prepared, arch: Arch, deb_cache: &Path) -> Result<Tree> {
+/// A Debian package the image holds, as its SBOM lists it.
+pub(crate) struct DebInfo {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    pub control: keel_debian::Control,
+    pub copyright: Option<keel_debian::copyright::Copyright>,
+}
+
+/// The root tree of `arch`'s image, and the Debian packages in it.
+pub(crate) fn tree(p: &Prepared, arch: Arch, deb_cache: &Path) -> Result<(Tree, Vec<DebInfo>)> {
     let rootfs = |source| Error::Rootfs {
         arch: arch.to_string(),
         source,
@@ -28,6 +39,7 @@ pub(crate) fn tree(p: &Prepared, arch: Arch, deb_cache: &Path) -> Result<Tree> {
         arch: debian_arch.to_owned(),
         source: Box::new(source),
     })?;
+    let mut debs = Vec::new();
     for pin in p.pins.get(&arch).map(Vec::as_slice).unwrap_or_default() {
         let pinned = keel_debian::PinnedPackage {
             name: pin.name.clone(),
@@ -50,6 +62,18 @@ pub(crate) fn tree(p: &Prepared, arch: Arch, deb_cache: &Path) -> Result<Tree> {
         let origin = format!("deb {}={}", pin.name, pin.version);
         tree.apply_layer(Path::new(""), data, &origin)
             .map_err(rootfs)?;
+        debs.push(DebInfo {
+            name: pin.name.clone(),
+            version: pin.version.clone(),
+            sha256: pin.sha256.clone(),
+            control: deb.control().clone(),
+            copyright: None,
+        });
+    }
+    // Read once every package is in: a documentation directory may be a symlink to another
+    // package's (`dh_installdocs --link-doc`).
+    for deb in &mut debs {
+        deb.copyright = copyright_of(&tree, &deb.name);
     }
     let built = p.binaries.get(&arch).map(Vec::as_slice).unwrap_or_default();
     for (b, data) in p.manifest.binaries.iter().zip(built) {
@@ -113,7 +137,108 @@ pub(crate) fn tree(p: &Prepared, arch: Arch, deb_cache: &Path) -> Result<Tree> {
             }
         }
     }
-    Ok(tree)
+    Ok((tree, debs))
+}
+
+/// The machine-readable copyright file of `package` in `tree`, following a symlinked
+/// documentation directory or file within `usr/share/doc` (one level each).
+fn copyright_of(tree: &Tree, package: &str) -> Option<keel_debian::copyright::Copyright> {
+    let doc = Path::new("usr/share/doc");
+    let mut dir = doc.join(package);
+    if let Some(NodeKind::Symlink(target)) = tree.get(&dir).map(|n| &n.kind) {
+        let name = target.file_name()?;
+        dir = doc.join(name);
+    }
+    let mut file = dir.join("copyright");
+    if let Some(NodeKind::Symlink(target)) = tree.get(&file).map(|n| &n.kind) {
+        let name = target.strip_prefix("/").unwrap_or(target);
+        file = if target.is_absolute() {
+            name.to_path_buf()
+        } else {
+            dir.join(name)
+        };
+    }
+    match &tree.get(&file)?.kind {
+        NodeKind::File(data) => keel_debian::copyright::parse(&String::from_utf8_lossy(data)),
+        _ => None,
+    }
+}
+
+/// The SBOM of one architecture's image: its Debian packages and Rust binaries.
+pub(crate) fn sbom(p: &Prepared, arch: Arch, debs: &[DebInfo]) -> spdx::Document {
+    let name = crate::repository(p.manifest.image.as_str());
+    let mut doc = spdx::Document::new(
+        &format!("{name} ({})", arch.uname()),
+        p.mtime,
+        vec!["Tool: keel".into(), "Organization: keel".into()],
+    );
+    for deb in debs {
+        let debian_arch = deb.control.get("Architecture").unwrap_or(arch.oci_name());
+        let id = spdx::element_id(
+            "deb",
+            &format!("{}-{}-{debian_arch}", deb.name, deb.version),
+        );
+        let mut pkg = spdx::Package::new(&deb.name, id.clone());
+        pkg.version_info = Some(deb.version.clone());
+        pkg.supplier = Some("Organization: Debian".into());
+        if let Some(url) = keel_debian::archive_url(&deb.control) {
+            pkg.download_location = url;
+        }
+        pkg.checksums.push(spdx::Checksum {
+            algorithm: "SHA256".into(),
+            checksum_value: deb.sha256.clone(),
+        });
+        let (license, refs) = spdx::debian_license(&deb.name, deb.copyright.as_ref());
+        pkg.license_declared = Some(license);
+        pkg.license_concluded = Some(spdx::NOASSERTION.into());
+        pkg.copyright_text = Some(spdx::NOASSERTION.into());
+        pkg.external_refs.push(spdx::ExternalRef::purl(format!(
+            "pkg:deb/debian/{}@{}?arch={debian_arch}",
+            spdx::purl_escape(&deb.name),
+            spdx::purl_escape(&deb.version)
+        )));
+        pkg.primary_package_purpose = Some("LIBRARY".into());
+        for r in refs {
+            if !doc
+                .has_extracted_licensing_infos
+                .iter()
+                .any(|e| e.license_id == r.license_id)
+            {
+                doc.has_extracted_licensing_infos.push(r);
+            }
+        }
+        doc.relationships
+            .push(spdx::Relationship::new(spdx::DOCUMENT_ID, "DESCRIBES", &id));
+        doc.packages.push(pkg);
+    }
+    for b in &p.manifest.binaries {
+        let krate = p.crates.get(b.package.as_str());
+        let id = spdx::element_id("bin", &format!("{}-{}", b.package.as_str(), b.bin.as_str()));
+        let mut pkg = spdx::Package::new(b.bin.as_str(), id.clone());
+        pkg.version_info = krate.map(|c| c.version.clone());
+        pkg.license_declared = Some(
+            krate
+                .and_then(|c| c.license.clone())
+                .unwrap_or_else(|| spdx::NOASSERTION.into()),
+        );
+        pkg.license_concluded = Some(spdx::NOASSERTION.into());
+        pkg.copyright_text = Some(spdx::NOASSERTION.into());
+        if let Some(repository) = krate.and_then(|c| c.repository.clone()) {
+            pkg.download_location = repository;
+        }
+        pkg.primary_package_purpose = Some("APPLICATION".into());
+        pkg.comment = Some(format!(
+            "Rust binary {} of Cargo package {}, built by keel for {} at {}",
+            b.bin.as_str(),
+            b.package.as_str(),
+            crate::cargo::target_triple(arch),
+            b.path.as_str()
+        ));
+        doc.relationships
+            .push(spdx::Relationship::new(spdx::DOCUMENT_ID, "DESCRIBES", &id));
+        doc.packages.push(pkg);
+    }
+    doc
 }
 
 /// The image configuration: entrypoint, cmd, env, working directory and the label.

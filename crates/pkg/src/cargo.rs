@@ -89,6 +89,68 @@ pub(crate) fn build(
         .collect()
 }
 
+/// What the SBOM says of a Cargo package whose binaries an image holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct CrateInfo {
+    pub name: String,
+    pub version: String,
+    /// The `license` field (an SPDX expression; the old `A/B` form is read as `A OR B`).
+    #[serde(default)]
+    pub license: Option<String>,
+    #[serde(default)]
+    pub repository: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Metadata {
+    packages: Vec<CrateInfo>,
+}
+
+/// The workspace members' names, versions, licences and repositories (`cargo metadata
+/// --no-deps`), by name; only `wanted` ones are kept.
+pub(crate) fn metadata(
+    cargo: &Path,
+    root: &Path,
+    wanted: &[&str],
+) -> Result<std::collections::BTreeMap<String, CrateInfo>> {
+    let mut command = Command::new(cargo);
+    command.current_dir(root).args([
+        "metadata",
+        "--format-version",
+        "1",
+        "--no-deps",
+        "--offline",
+    ]);
+    let line = format!("{command:?}").replace('"', "");
+    let output = command
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|source| Error::CargoSpawn {
+            cargo: cargo.to_path_buf(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(Error::CargoFailed {
+            command: line,
+            status: output.status.to_string(),
+        });
+    }
+    let parsed: Metadata =
+        serde_json::from_slice(&output.stdout).map_err(|source| Error::CargoMetadata {
+            command: line,
+            source,
+        })?;
+    Ok(parsed
+        .packages
+        .into_iter()
+        .filter(|p| wanted.contains(&p.name.as_str()))
+        .map(|mut p| {
+            p.license = p.license.map(|l| l.replace('/', " OR "));
+            (p.name.clone(), p)
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

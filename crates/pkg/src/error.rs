@@ -134,6 +134,23 @@ pub enum Error {
     /// Writing to the image store failed.
     #[error(transparent)]
     Store(#[from] keel_image::Error),
+    /// The SBOM (or the attestation manifests that carry it) could not be serialised.
+    #[error("cannot write the {what}")]
+    Sbom {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A digest of the store's own writing did not parse (an internal error).
+    #[error("invalid digest in the store")]
+    Digest(#[from] keel_image::DigestError),
+    /// `cargo metadata` printed something that is not its JSON.
+    #[error("cannot read the output of `{command}`")]
+    CargoMetadata {
+        command: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// This crate's result type.

@@ -8,7 +8,8 @@
 //!   as LinuxKit's `pkg build` names it.
 //! - [`build`] assembles one single-layer image per architecture from the package's Rust
 //!   binaries (built with cargo for musl), Debian packages (with their dependency closure,
-//!   pinned in `build.lock.json`) and files, writes an index over them and tags it.
+//!   pinned in `build.lock.json`) and files, writes an index over them and tags it. The
+//!   index carries each architecture's SBOM as an in-toto attestation (see [`spdx`]).
 //!
 //! Same inputs give the same tag and the same digests, byte for byte.
 
@@ -17,6 +18,7 @@ pub mod cargo;
 mod error;
 pub mod lock;
 mod sources;
+pub mod spdx;
 
 pub use assemble::CONFIG_LABEL;
 pub use error::{Error, Result};
@@ -68,7 +70,8 @@ pub fn repository(image: &str) -> String {
 }
 
 /// Versions the tag computation: bump when the inputs or the image layout change meaning.
-const FORMAT: &str = "keel-pkg/1";
+/// `keel-pkg/2`: images carry their SBOM (an attestation manifest per architecture).
+const FORMAT: &str = "keel-pkg/2";
 
 /// How [`show_tag`] and [`build`] run.
 #[derive(Debug, Clone)]
@@ -110,6 +113,8 @@ struct Prepared {
     pins: BTreeMap<Arch, Vec<Pin>>,
     /// The built binaries per architecture, in `manifest.binaries` order.
     binaries: BTreeMap<Arch, Vec<Vec<u8>>>,
+    /// The Cargo packages of `binaries`, as the SBOM lists them.
+    crates: BTreeMap<String, cargo::CrateInfo>,
     sources: sources::Sources,
     mtime: u64,
 }
@@ -156,16 +161,17 @@ pub fn build(store: &Store, dir: &Path, opts: &PkgOptions) -> Result<Reference> 
     let wopts = keel_rootfs::WriteOptions { mtime: p.mtime };
     let mut manifests = Vec::with_capacity(p.arches.len());
     for &arch in &p.arches {
-        let tree = assemble::tree(&p, arch, &deb_cache)?;
+        let (tree, debs) = assemble::tree(&p, arch, &deb_cache)?;
+        let sbom = assemble::sbom(&p, arch, &debs);
         let layer =
             keel_rootfs::write_tar(&tree, Vec::new(), &wopts).map_err(|source| Error::Rootfs {
                 arch: arch.to_string(),
                 source,
             })?;
         let config = assemble::image_config(&p.manifest);
-        manifests.push((arch, store.write_image(arch, config, &[layer])?));
+        manifests.push((arch, store.write_image(arch, config, &[layer])?, sbom));
     }
-    let index = store.write_index(&manifests)?;
+    let index = spdx::write_index_with_sboms(store, &reference.to_string(), manifests)?;
     store.tag(&reference, index)?;
     log::info!("built {reference}");
     Ok(reference)
@@ -361,8 +367,15 @@ fn prepare(dir: &Path, opts: &PkgOptions, deb_cache: &Path) -> Result<(Prepared,
     let arches = select_arches(&manifest, opts)?;
     let pins = locked_pins(dir, &manifest, &arches, opts, deb_cache)?;
     let mut binaries = BTreeMap::new();
+    let mut crates = BTreeMap::new();
     if !manifest.binaries.is_empty() {
         let root = cargo::workspace_root(dir)?;
+        let names: Vec<&str> = manifest
+            .binaries
+            .iter()
+            .map(|b| b.package.as_str())
+            .collect();
+        crates = cargo::metadata(&opts.cargo, &root, &names)?;
         for &arch in &arches {
             let built = cargo::build(&opts.cargo, &root, arch, &manifest.binaries)?;
             binaries.insert(arch, built);
@@ -375,6 +388,7 @@ fn prepare(dir: &Path, opts: &PkgOptions, deb_cache: &Path) -> Result<(Prepared,
         arches,
         pins,
         binaries,
+        crates,
         sources,
         mtime: keel_rootfs::WriteOptions::from_env().mtime,
     };
@@ -551,6 +565,14 @@ fn input_hash(p: &Prepared) -> String {
             h.field(data);
         }
     }
+    // What the SBOM says of the binaries' Cargo packages.
+    h.field(p.crates.len().to_string());
+    for c in p.crates.values() {
+        h.field(&c.name);
+        h.field(&c.version);
+        h.field(c.license.as_deref().unwrap_or_default());
+        h.field(c.repository.as_deref().unwrap_or_default());
+    }
     hex::encode(h.0.finalize())
 }
 
@@ -619,6 +641,11 @@ mod tests {
         h.set_size(5);
         h.set_entry_type(tar::EntryType::Regular);
         data.append_data(&mut h, "./bin/hello", &b"\x7fELF!"[..])
+            .unwrap();
+        let copyright = b"Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: *\nLicense: GPL-2+\n";
+        h.set_mode(0o644);
+        h.set_size(copyright.len() as u64);
+        data.append_data(&mut h, "./usr/share/doc/hello/copyright", &copyright[..])
             .unwrap();
         let deb = keel_debian::deb::build_deb(
             "Package: hello\nVersion: 1.0\nArchitecture: amd64\n",
@@ -737,6 +764,60 @@ mod tests {
         assert_eq!(files["etc/passwd"].mode, 0o644);
         assert_eq!(files["etc/motd"].data, b"hi\n");
         assert_eq!(files["etc"].kind, tar::EntryType::Directory);
+    }
+
+    /// The index carries, per architecture, an in-toto SPDX attestation of what the image
+    /// holds, attached to that architecture's manifest.
+    #[test]
+    fn build_attaches_an_sbom() {
+        let cache = tempfile::tempdir().unwrap();
+        let pkg = fixture(cache.path());
+        let o = opts(cache.path());
+        let s = tempfile::tempdir().unwrap();
+        let store = Store::open(s.path()).unwrap();
+        let r = build(&store, pkg.path(), &o).unwrap();
+        let image = store.image(&r, Arch::X86_64).unwrap();
+        let index: spdx::Index =
+            serde_json::from_slice(&store.read_blob(&image.digest).unwrap()).unwrap();
+        assert_eq!(index.manifests.len(), 2);
+        let att = &index.manifests[1];
+        assert_eq!(
+            att.annotation(spdx::REFERENCE_TYPE_ANNOTATION),
+            Some(spdx::ATTESTATION_MANIFEST)
+        );
+        assert_eq!(
+            att.annotation(spdx::REFERENCE_DIGEST_ANNOTATION),
+            Some(image.manifest_digest.as_str())
+        );
+        let manifest: spdx::Manifest =
+            serde_json::from_slice(&store.read_blob(&att.digest.parse().unwrap()).unwrap())
+                .unwrap();
+        let layer = &manifest.layers[0];
+        assert_eq!(layer.media_type, spdx::IN_TOTO_MEDIA_TYPE);
+        let statement: spdx::Statement =
+            serde_json::from_slice(&store.read_blob(&layer.digest.parse().unwrap()).unwrap())
+                .unwrap();
+        assert_eq!(statement.predicate_type, spdx::SPDX_PREDICATE);
+        assert_eq!(
+            statement.subject[0].digest["sha256"],
+            image.manifest_digest.hex()
+        );
+        let doc = statement.predicate;
+        assert_eq!(doc.packages.len(), 1);
+        let hello = &doc.packages[0];
+        assert_eq!(hello.name, "hello");
+        assert_eq!(hello.version_info.as_deref(), Some("1.0"));
+        assert_eq!(hello.license_declared.as_deref(), Some("GPL-2.0-or-later"));
+        let pins = Lock::read(pkg.path()).unwrap().unwrap();
+        assert_eq!(
+            hello.checksums[0].checksum_value,
+            pins.arches["x86_64"].packages[0].sha256
+        );
+        assert_eq!(
+            hello.download_location,
+            "https://deb.debian.org/debian/pool/main/h/hello/hello_1.0_amd64.deb"
+        );
+        assert_eq!(doc.creation_info.created, "2017-04-18T16:30:00Z");
     }
 
     #[test]

@@ -67,7 +67,43 @@ fn busybox_builds_for_both_arches_reproducibly() {
 
     let digest = i1.digest().as_ref().parse().unwrap();
     let index: ImageIndex = serde_json::from_slice(&s1.read_blob(&digest).unwrap()).unwrap();
-    assert_eq!(index.manifests().len(), 2);
+    // One manifest per architecture, each followed by its SBOM attestation.
+    assert_eq!(index.manifests().len(), 4);
+    let sbom_index: keel_pkg::spdx::Index =
+        serde_json::from_slice(&s1.read_blob(&digest).unwrap()).unwrap();
+    let attestations: Vec<_> = sbom_index
+        .manifests
+        .iter()
+        .filter(|m| {
+            m.annotation(keel_pkg::spdx::REFERENCE_TYPE_ANNOTATION)
+                == Some(keel_pkg::spdx::ATTESTATION_MANIFEST)
+        })
+        .collect();
+    assert_eq!(attestations.len(), 2);
+    let manifest: keel_pkg::spdx::Manifest = serde_json::from_slice(
+        &s1.read_blob(&attestations[0].digest.parse().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let statement: keel_pkg::spdx::Statement = serde_json::from_slice(
+        &s1.read_blob(&manifest.layers[0].digest.parse().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let busybox = statement
+        .predicate
+        .packages
+        .iter()
+        .find(|p| p.name == "busybox-static")
+        .expect("busybox-static in the SBOM");
+    assert_eq!(busybox.checksums[0].algorithm, "SHA256");
+    assert!(
+        busybox
+            .download_location
+            .starts_with("https://deb.debian.org/debian/pool/main/b/busybox/busybox-static_"),
+        "{}",
+        busybox.download_location
+    );
 
     let lock = Lock::read(&package())
         .unwrap()
