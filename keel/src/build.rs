@@ -22,6 +22,10 @@ pub enum Error {
     },
     #[error(transparent)]
     Config(#[from] keel_config::Error),
+    #[error(transparent)]
+    Fetch(#[from] keel_image::fetch::FetchError),
+    #[error(transparent)]
+    Sbom(#[from] crate::sbom::Error),
     #[error("{loc}: invalid image reference {reference:?}")]
     Reference {
         loc: Loc,
@@ -86,9 +90,16 @@ pub struct BuildOptions {
     pub insecure: bool,
     /// The most an image's layers may decompress to, each and together (`--max-image-size`).
     pub max_image_size: u64,
+    /// Write `<name>-sbom.spdx.json` beside the outputs (`--no-sbom` turns it off).
+    pub sbom: bool,
 }
 
-/// Reads the YAML inputs.
+/// The largest YAML document fetched from a URL (the parser's own limit on a document).
+const MAX_FETCHED_YAML: u64 = 64 << 20;
+/// How long fetching one YAML document may take.
+const FETCH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Reads the YAML inputs: files, `-` (stdin) and `http(s)://` URLs.
 pub fn sources(files: &[String]) -> Result<Vec<Source>> {
     files
         .iter()
@@ -103,6 +114,19 @@ pub fn sources(files: &[String]) -> Result<Vec<Source>> {
                     })?;
                 Ok(Source {
                     name: "-".into(),
+                    text,
+                    dir: None,
+                })
+            } else if keel_image::fetch::is_url(f) {
+                // As LinuxKit does: a YAML file on a web server. It has no directory, so no
+                // `@pkg:` and no lock file beside it.
+                let bytes = keel_image::fetch::fetch(f, MAX_FETCHED_YAML, FETCH_DEADLINE)?;
+                let text = String::from_utf8(bytes).map_err(|e| Error::ReadInput {
+                    path: f.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                })?;
+                Ok(Source {
+                    name: f.clone(),
                     text,
                     dir: None,
                 })
@@ -338,11 +362,11 @@ pub fn resolve(store: &Store, config: &Config, lock: &Lock, how: Resolve) -> Res
     })
 }
 
-/// The lock file of a build: beside the first YAML file (none for stdin).
+/// The lock file of a build: beside the first YAML file (none for stdin or a URL).
 fn lock_path(files: &[String]) -> Option<PathBuf> {
     files
         .first()
-        .filter(|f| *f != "-")
+        .filter(|f| *f != "-" && !keel_image::fetch::is_url(f))
         .map(|f| Lock::path_for(Path::new(f)))
 }
 
@@ -475,7 +499,16 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
         size: opts.size.as_deref(),
         store,
     };
-    let written = crate::output::write(&assembled, &formats, &settings)?;
+    // The SBOM is made before any output is written, so that its failure leaves none.
+    let sbom = if opts.sbom {
+        Some(crate::sbom::document(store, &name, &images, opts.arch)?)
+    } else {
+        None
+    };
+    let mut written = crate::output::write(&assembled, &formats, &settings)?;
+    if let Some(sbom) = &sbom {
+        written.push(crate::sbom::write(&opts.dir, &name, sbom)?);
+    }
     // The lock holds exactly this build's pins: references the YAML no longer names go.
     if let Some(path) = &lock_file
         && (pins != lock || !path.exists())
@@ -646,6 +679,7 @@ mod tests {
             locked: false,
             insecure: false,
             max_image_size: keel_rootfs::DEFAULT_MAX_IMAGE_SIZE,
+            sbom: true,
         };
         assert_eq!(output_name(&opts), "minimal");
         opts.files = vec!["-".into()];

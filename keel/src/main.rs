@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use keel::build::{BuildOptions, Format};
 use keel::run::{Accel, Disk, Options as RunOptions, Publish};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
@@ -155,7 +155,14 @@ struct BuildArgs {
         value_parser = |s: &str| keel_formats::parse_size(s).map_err(|e| e.to_string())
     )]
     max_image_size: Option<u64>,
-    /// YAML files, merged in order; "-" is standard input.
+    /// Write no SBOM (`<name>-sbom.spdx.json`, SPDX 2.3 JSON; see docs/sbom.md).
+    #[arg(long)]
+    no_sbom: bool,
+    /// Write the one output file here instead of into --dir ("-": standard output); needs
+    /// exactly one -f FORMAT that writes one file (tar, iso-efi, raw-efi, qcow2-efi, ...).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// YAML files (or http(s) URLs), merged in order; "-" is standard input.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<String>,
 }
@@ -415,10 +422,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Build(args) => {
             keel::remove_unfinished_outputs_on_termination()
                 .context("cannot handle termination signals")?;
+            // -o: build into a private directory beside the destination (the same
+            // filesystem, so the final rename is atomic), then move the one file.
+            let scratch = match &args.output {
+                None => None,
+                Some(output) => Some(output_scratch(output, &args.formats)?),
+            };
             let opts = BuildOptions {
                 files: args.files,
                 formats: args.formats,
-                dir: args.dir,
+                dir: scratch
+                    .as_ref()
+                    .map_or(args.dir, |d| d.path().to_path_buf()),
                 name: args.name,
                 arch: args.arch.unwrap_or_else(keel_image::Arch::host),
                 size: args.size,
@@ -429,8 +444,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 max_image_size: args
                     .max_image_size
                     .unwrap_or(keel_rootfs::DEFAULT_MAX_IMAGE_SIZE),
+                // -o writes one file: the SBOM would have nowhere to go.
+                sbom: !args.no_sbom && args.output.is_none(),
             };
-            keel::build::build(&open_store()?, &opts)?;
+            let written = keel::build::build(&open_store()?, &opts)?;
+            if let (Some(output), Some(_scratch)) = (&args.output, &scratch) {
+                deliver(&written, output)?;
+            }
         }
         Command::Validate(args) => {
             let validation = keel::build::validate(
@@ -544,6 +564,46 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Completion { shell } => completion(shell, &mut std::io::stdout().lock()),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The private directory a `-o FILE` build writes into: beside FILE, or in the temporary
+/// directory for `-o -`. Refuses formats that do not write exactly one file.
+fn output_scratch(output: &Path, formats: &[Format]) -> Result<tempfile::TempDir> {
+    let one_file = matches!(formats, [format] if format.files("x").len() == 1);
+    if !one_file {
+        anyhow::bail!(
+            "-o {} needs exactly one -f FORMAT that writes one file (e.g. -f tar, -f iso-efi, -f raw-efi); kernel+initrd writes three: use --dir",
+            output.display()
+        );
+    }
+    let parent = if output == Path::new("-") {
+        std::env::temp_dir()
+    } else {
+        match output.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    };
+    tempfile::Builder::new()
+        .prefix(".keel-build-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("cannot make a build directory in {}", parent.display()))
+}
+
+/// Moves a `-o` build's one file to `output` (or copies it to standard output for `-`).
+fn deliver(written: &[PathBuf], output: &Path) -> Result<()> {
+    let [file] = written else {
+        anyhow::bail!("the build wrote {} files; -o takes one", written.len());
+    };
+    if output == Path::new("-") {
+        let mut from =
+            std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let mut stdout = std::io::stdout().lock();
+        std::io::copy(&mut from, &mut stdout).context("cannot write to standard output")?;
+        return Ok(());
+    }
+    std::fs::rename(file, output)
+        .with_context(|| format!("cannot move the output to {}", output.display()))
 }
 
 /// `keel run qemu` (and `keel run` without a backend).

@@ -136,7 +136,12 @@ pub fn write(dir: &Path, name: &str, sbom: &[u8]) -> Result<PathBuf> {
 
 /// The package standing for an image of the build.
 fn image_package(image: &Image, id: &str, arch: Arch) -> Package {
-    let mut p = Package::new(&image.reference, id.to_owned());
+    // The name as written without the digest, which is the version.
+    let name = image
+        .reference
+        .split_once('@')
+        .map_or(image.reference.as_str(), |(name, _)| name);
+    let mut p = Package::new(name, id.to_owned());
     p.version_info = Some(image.digest.to_string());
     p.primary_package_purpose = Some("CONTAINER".into());
     p.license_concluded = Some(spdx::NOASSERTION.into());

@@ -119,6 +119,7 @@ fn outputs_are_byte_reproducible_for_both_architectures() {
                 "sys-initrd.img",
                 "sys-initrd.tar",
                 "sys-kernel",
+                "sys-sbom.spdx.json",
                 "sys.tar"
             ],
             "{arch}"
@@ -141,6 +142,8 @@ fn outputs_are_byte_reproducible_for_both_architectures() {
         let fc = files(&w.path(&c));
         assert_ne!(fa["sys-initrd.img"], fc["sys-initrd.img"], "{arch}");
         assert_ne!(fa["sys.tar"], fc["sys.tar"], "{arch}");
+        // The SBOM's creation date is the epoch too.
+        assert_ne!(fa["sys-sbom.spdx.json"], fc["sys-sbom.spdx.json"], "{arch}");
         assert_eq!(fa["sys-kernel"], fc["sys-kernel"], "{arch}");
         let (_, dated_members) = parse_newc(&gunzip(&fc["sys-initrd.img"]));
         assert!(dated_members.values().all(|m| m.mtime == 1_700_000_000));
@@ -168,7 +171,12 @@ fn kernel_initrd_output_holds_the_system() {
     assert!(out.stdout.is_empty(), "{}", out.stdout);
     assert_eq!(
         listing(&w.path("out")),
-        ["sys-cmdline", "sys-initrd.img", "sys-kernel"]
+        [
+            "sys-cmdline",
+            "sys-initrd.img",
+            "sys-kernel",
+            "sys-sbom.spdx.json"
+        ]
     );
     assert_eq!(read(&w.path("out/sys-cmdline")), CMDLINE.as_bytes());
     assert_eq!(read(&w.path("out/sys-kernel")), kernel_bytes(Arch::X86_64));
@@ -304,6 +312,8 @@ fn tar_and_tar_kernel_initrd_outputs() {
             "pack-initrd.img",
             "pack-initrd.tar",
             "pack-kernel",
+            "pack-sbom.spdx.json",
+            "sys-sbom.spdx.json",
             "sys.tar"
         ]
     );
@@ -344,7 +354,10 @@ fn formats_that_need_a_kernel_or_must_be_alone() {
     assert_eq!(listing(&w.path("out")), Vec::<String>::new());
     // tar works without a kernel.
     run(&mut w.keel(["build", "-f", "tar", "--dir", "out", "nokernel.yml"])).ok();
-    assert_eq!(listing(&w.path("out")), ["nokernel.tar"]);
+    assert_eq!(
+        listing(&w.path("out")),
+        ["nokernel-sbom.spdx.json", "nokernel.tar"]
+    );
 
     w.write("sys.yml", &system_yaml(APP));
     let err = run(&mut w.keel([
@@ -621,7 +634,8 @@ fn outputs_of_a_2017_file_are_the_default_formats() {
             "old-cmdline",
             "old-initrd.img",
             "old-initrd.tar",
-            "old-kernel"
+            "old-kernel",
+            "old-sbom.spdx.json"
         ]
     );
     assert!(out.stderr.contains("outputs"), "{}", out.stderr);
@@ -630,7 +644,7 @@ fn outputs_of_a_2017_file_are_the_default_formats() {
         "build", "--arch", "x86_64", "-f", "tar", "--dir", "out2", "old.yml",
     ]))
     .ok();
-    assert_eq!(listing(&w.path("out2")), ["old.tar"]);
+    assert_eq!(listing(&w.path("out2")), ["old-sbom.spdx.json", "old.tar"]);
     // A format keel does not know is an error at its position, and nothing is written.
     w.write(
         "bad.yml",
@@ -642,6 +656,73 @@ fn outputs_of_a_2017_file_are_the_default_formats() {
         "{err}"
     );
     assert_eq!(listing(&w.path("out3")), Vec::<String>::new());
+}
+
+#[test]
+fn build_writes_one_file_with_o_and_reads_yaml_from_a_url() {
+    let (w, _) = Work::with_fixtures();
+    w.write("sys.yml", &system_yaml(APP));
+    // -o FILE: the one output, nothing else beside it.
+    run(&mut w.keel([
+        "build",
+        "--arch",
+        "x86_64",
+        "-f",
+        "tar",
+        "-o",
+        "sys-image.tar",
+        "sys.yml",
+    ]))
+    .ok();
+    let tar = read(&w.path("sys-image.tar"));
+    assert!(read_tar(&tar).contains_key("containers/services/web/config.json"));
+    assert!(
+        listing(w.root())
+            .iter()
+            .all(|n| !n.starts_with(".keel-build-")),
+        "{:?}",
+        listing(w.root())
+    );
+    // -o -: the same bytes on standard output.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "build", "--arch", "x86_64", "-f", "tar", "-o", "-", "sys.yml",
+        ])
+        .current_dir(w.root())
+        .env("KEEL_CACHE", w.store_dir())
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, tar);
+    // -o with kernel+initrd (three files) is refused before anything is built.
+    let err = run(&mut w.keel(["build", "-o", "x.img", "sys.yml"])).failed();
+    assert!(
+        err.contains("-o x.img needs exactly one -f FORMAT that writes one file"),
+        "{err}"
+    );
+
+    // A YAML file on a web server, as `linuxkit build https://…` takes it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/web/sys.yml", listener.local_addr().unwrap());
+    let body = system_yaml(APP);
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(body.as_bytes());
+        }
+    });
+    run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "fromurl", &url])).ok();
+    assert!(w.path("fromurl/sys-kernel").is_file());
+    // No lock file is written for a URL (there is no directory to put it in).
+    assert!(listing(w.root()).iter().all(|n| !n.contains("http")));
 }
 
 #[test]

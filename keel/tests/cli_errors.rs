@@ -418,7 +418,13 @@ fn layer_with_dotdot_entry_is_refused() {
             (n, data)
         })
         .collect();
-    assert_eq!(before.len(), 3, "{before:?}");
+    // kernel, initrd, cmdline and the SBOM.
+    assert_eq!(
+        before.len(),
+        4,
+        "{:?}",
+        before.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
 
     put_evil_dotdot(&w.store(), EVIL_DOTDOT);
     let yaml = format!("{}  - name: evil\n    image: {EVIL_DOTDOT}\n", head());

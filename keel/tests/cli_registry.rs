@@ -59,7 +59,12 @@ fn build_pulls_pins_and_repins_from_a_registry() {
     run(&mut w.keel(["build", "--arch", "x86_64", "--dir", "out", "reg.yml"])).ok();
     assert_eq!(
         listing(&w.path("out")),
-        ["reg-cmdline", "reg-initrd.img", "reg-kernel"]
+        [
+            "reg-cmdline",
+            "reg-initrd.img",
+            "reg-kernel",
+            "reg-sbom.spdx.json"
+        ]
     );
     assert_eq!(onboot_app(&w, "out", "reg"), app_binary("r1", Arch::X86_64));
     let pins = read_lock(&w.path("reg.lock.json"));

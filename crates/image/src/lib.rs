@@ -23,6 +23,7 @@ mod archive;
 mod blob;
 mod digest;
 mod error;
+pub mod fetch;
 mod layer;
 mod reference;
 mod registry;
