@@ -68,6 +68,9 @@ enum Command {
         #[arg(long)]
         commit: bool,
     },
+    /// Metadata (user data) volumes, as `keel run --data` attaches them.
+    #[command(subcommand)]
+    Metadata(MetadataCommand),
     /// Print a shell completion script, e.g. `keel completion bash > /etc/bash_completion.d/keel`
     /// or `keel completion fish > ~/.config/fish/completions/keel.fish`.
     Completion {
@@ -225,6 +228,22 @@ struct RunArgs {
     backend: Option<RunCommand>,
     #[command(flatten)]
     qemu: Option<QemuArgs>,
+}
+
+#[derive(Debug, Subcommand)]
+enum MetadataCommand {
+    /// Write an ISO 9660 volume labelled cidata holding the user data as `config` (what
+    /// LinuxKit's metadata package and keel's read at boot); attach it with `--disk FILE`.
+    Create {
+        /// The ISO to write.
+        file: PathBuf,
+        /// The user data; or use --data-file.
+        #[arg(conflicts_with = "data_file", required_unless_present = "data_file")]
+        data: Option<String>,
+        /// Read the user data from this file.
+        #[arg(long, value_name = "FILE")]
+        data_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -562,6 +581,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ctl(args) => return ctl(&args),
         Command::Version { short, commit } => print!("{}", version_text(short, commit)),
         Command::Completion { shell } => completion(shell, &mut std::io::stdout().lock()),
+        Command::Metadata(MetadataCommand::Create {
+            file,
+            data,
+            data_file,
+        }) => {
+            let data = match (data, data_file) {
+                (Some(text), _) => text.into_bytes(),
+                (None, Some(path)) => std::fs::read(&path)
+                    .with_context(|| format!("cannot read --data-file {}", path.display()))?,
+                (None, None) => anyhow::bail!("keel metadata create needs DATA or --data-file"),
+            };
+            keel::run::write_metadata_iso(&file, &data)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

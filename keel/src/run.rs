@@ -58,7 +58,9 @@ pub enum Error {
     DiskCreate { path: PathBuf, stderr: String },
     #[error("cannot make the --data volume")]
     DataIso(#[source] keel_formats::Error),
-    #[error("cannot write the --data volume {path}")]
+    #[error(transparent)]
+    DataFile(keel_rootfs::Error),
+    #[error("cannot write the metadata volume {path}")]
     DataWrite {
         path: PathBuf,
         #[source]
@@ -525,21 +527,29 @@ pub const DATA_LABEL: &str = "cidata";
 /// package finds the volume by its label wherever it is.
 pub fn data_volume(state: &Path, data: &[u8]) -> Result<Vec<String>, Error> {
     create_state(state)?;
+    let path = state.join("data.iso");
+    write_metadata_iso(&path, data)?;
+    Ok(vec![
+        "-drive".into(),
+        format!("file={},format=raw,if=virtio,readonly=on", path.display()),
+    ])
+}
+
+/// `keel metadata create FILE DATA` (and `--data`): an ISO 9660 volume labelled
+/// [`DATA_LABEL`] holding `data` as `config`, written whole or not at all.
+pub fn write_metadata_iso(path: &Path, data: &[u8]) -> Result<(), Error> {
     let iso = keel_formats::data_iso(
         DATA_LABEL,
         &[("config", data)],
         keel_rootfs::source_date_epoch(),
     )
     .map_err(Error::DataIso)?;
-    let path = state.join("data.iso");
-    fs::write(&path, iso).map_err(|source| Error::DataWrite {
-        path: path.clone(),
+    let mut file = keel_rootfs::AtomicFile::create(path).map_err(Error::DataFile)?;
+    io::Write::write_all(&mut file, &iso).map_err(|source| Error::DataWrite {
+        path: path.into(),
         source,
     })?;
-    Ok(vec![
-        "-drive".into(),
-        format!("file={},format=raw,if=virtio,readonly=on", path.display()),
-    ])
+    file.commit().map_err(Error::DataFile)
 }
 
 /// Whether `boot` needs UEFI firmware rather than SeaBIOS: aarch64 has no BIOS path at all; on

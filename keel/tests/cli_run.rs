@@ -159,3 +159,31 @@ fn a_detached_vm_outlives_keel() {
         "{args}"
     );
 }
+
+#[test]
+fn metadata_create_writes_a_cidata_volume() {
+    let w = Work::empty();
+    run(&mut w.keel(["metadata", "create", "meta.iso", "{\"hostname\":\"box\"}"])).ok();
+    let iso = std::fs::read(w.path("meta.iso")).unwrap();
+    assert_eq!(&iso[0x8001..0x8006], b"CD001");
+    let has = |needle: &[u8]| iso.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"CIDATA") || has(b"cidata"), "no cidata label");
+    assert!(
+        has(b"{\"hostname\":\"box\"}"),
+        "the user data is not in the volume"
+    );
+    // The same from a file, and a missing file is an error naming it.
+    w.write("user-data", "{\"hostname\":\"box\"}");
+    run(&mut w.keel([
+        "metadata",
+        "create",
+        "--data-file",
+        "user-data",
+        "meta2.iso",
+    ]))
+    .ok();
+    assert_eq!(std::fs::read(w.path("meta2.iso")).unwrap(), iso);
+    let err = run(&mut w.keel(["metadata", "create", "--data-file", "nope", "m3.iso"])).failed();
+    assert!(err.contains("cannot read --data-file nope"), "{err}");
+    assert!(!w.path("m3.iso").exists());
+}
