@@ -34,7 +34,8 @@ enum Command {
     /// Print the merged YAML and every generated config.json, without building.
     Validate(ValidateArgs),
     /// Boot a build's output: `keel run PREFIX` is `keel run qemu PREFIX`.
-    Run(Box<RunArgs>),
+    #[command(subcommand)]
+    Run(RunCommand),
     /// Inspect and manage the image store.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -217,19 +218,6 @@ struct ValidateArgs {
 
 /// `keel run [BACKEND] ...`: without a backend, the platform's default (QEMU), as `linuxkit
 /// run` does. A prefix that is itself named like a backend is written `./qemu`.
-#[derive(Debug, Args)]
-#[command(
-    args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true,
-    arg_required_else_help = true
-)]
-struct RunArgs {
-    #[command(subcommand)]
-    backend: Option<RunCommand>,
-    #[command(flatten)]
-    qemu: Option<QemuArgs>,
-}
-
 #[derive(Debug, Subcommand)]
 enum MetadataCommand {
     /// Write an ISO 9660 volume labelled cidata holding the user data as `config` (what
@@ -249,7 +237,7 @@ enum MetadataCommand {
 #[derive(Debug, Subcommand)]
 enum RunCommand {
     /// Boot in QEMU: a build prefix (out/minimal) or a file (.iso, .efi, disk image).
-    Qemu(QemuArgs),
+    Qemu(Box<QemuArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -370,7 +358,7 @@ enum KernelCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(with_default_backend(std::env::args_os().collect()));
     let level = log_level(cli.quiet, cli.verbose);
     env_logger::Builder::new()
         .filter_level(level)
@@ -487,14 +475,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
-        Command::Run(args) => {
-            let RunArgs { backend, qemu } = *args;
-            let qemu = match (backend, qemu) {
-                (Some(RunCommand::Qemu(qemu)), _) | (None, Some(qemu)) => qemu,
-                (None, None) => anyhow::bail!("keel run needs a build prefix or file to boot"),
-            };
-            return run_qemu(qemu);
-        }
+        Command::Run(RunCommand::Qemu(qemu)) => return run_qemu(*qemu),
         Command::Cache(cmd) => keel::cache::run(&open_store()?, cmd.into())?,
         Command::Pkg(PkgCommand::Build {
             dir,
@@ -596,6 +577,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The backends `keel run` knows (LinuxKit's word for them).
+const RUN_BACKENDS: &[&str] = &["qemu"];
+
+/// `keel run PREFIX` means `keel run qemu PREFIX`, as `linuxkit run` picks the platform's
+/// default backend: inserts `qemu` after `run` when what follows is not a backend or a request
+/// for help. Done on the words, before parsing, so that no environment variable (which clap
+/// counts as a given argument) changes what a command line means.
+fn with_default_backend(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    // The first word that is not a global option (or the value of --cache) is the command.
+    let mut i = 1;
+    while let Some(word) = args.get(i).and_then(|w| w.to_str()) {
+        if word == "--cache" {
+            i += 2;
+        } else if word.starts_with('-') && word != "-" {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    if args.get(i).and_then(|w| w.to_str()) != Some("run") {
+        return args;
+    }
+    let next = args.get(i + 1).and_then(|w| w.to_str());
+    let explicit =
+        next.is_some_and(|w| RUN_BACKENDS.contains(&w) || matches!(w, "help" | "-h" | "--help"));
+    if next.is_some() && !explicit {
+        args.insert(i + 1, "qemu".into());
+    }
+    args
 }
 
 /// The private directory a `-o FILE` build writes into: beside FILE, or in the temporary
@@ -731,26 +743,30 @@ mod tests {
         }
     }
 
+    /// The words as `main` parses them (after [`with_default_backend`]).
+    fn words(args: &[&str]) -> Vec<std::ffi::OsString> {
+        with_default_backend(
+            std::iter::once("keel")
+                .chain(args.iter().copied())
+                .map(Into::into)
+                .collect(),
+        )
+    }
+
     fn parse(args: &[&str]) -> Cli {
-        Cli::try_parse_from(["keel"].iter().chain(args)).unwrap_or_else(|e| panic!("{e}"))
+        Cli::try_parse_from(words(args)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn parse_err(args: &[&str]) -> clap::Error {
+        Cli::try_parse_from(words(args)).unwrap_err()
     }
 
     /// The QEMU arguments `keel run ARGS` boots with, whichever form it is written in.
     fn qemu_args(args: &[&str]) -> QemuArgs {
-        let Command::Run(run) = parse(args).command else {
+        let Command::Run(RunCommand::Qemu(q)) = parse(args).command else {
             panic!("{args:?}")
         };
-        match *run {
-            RunArgs {
-                backend: Some(RunCommand::Qemu(q)),
-                qemu: None,
-            } => q,
-            RunArgs {
-                backend: None,
-                qemu: Some(q),
-            } => q,
-            other => panic!("{other:?}"),
-        }
+        *q
     }
 
     #[test]
@@ -777,36 +793,36 @@ mod tests {
         ]);
         assert_eq!(q.disks.len(), 1);
         assert_eq!(q.qemu_args, ["-s"]);
-        let Command::Run(run) = parse(&["run", "qemu", "out/x"]).command else {
-            panic!()
+        // The backend is inserted only where none is written, after any global options.
+        let shown = |args: &[&str]| -> Vec<String> {
+            words(args)
+                .iter()
+                .map(|w| w.to_string_lossy().into_owned())
+                .collect()
         };
-        assert!(run.backend.is_some() && run.qemu.is_none());
-        let Command::Run(run) = parse(&["run", "out/x"]).command else {
-            panic!()
-        };
-        assert!(run.backend.is_none() && run.qemu.is_some());
+        assert_eq!(shown(&["run", "out/x"]), ["keel", "run", "qemu", "out/x"]);
+        assert_eq!(
+            shown(&["run", "qemu", "out/x"]),
+            ["keel", "run", "qemu", "out/x"]
+        );
+        assert_eq!(
+            shown(&["--cache", "run", "-v", "run", "--mem", "9", "x"]),
+            [
+                "keel", "--cache", "run", "-v", "run", "qemu", "--mem", "9", "x"
+            ]
+        );
+        assert_eq!(shown(&["run", "--help"]), ["keel", "run", "--help"]);
+        assert_eq!(shown(&["build", "run"]), ["keel", "build", "run"]);
         // A prefix named like the backend is written as a path.
         assert_eq!(
             qemu_args(&["run", "./qemu"]).target,
             PathBuf::from("./qemu")
         );
-        // Nothing to boot: an error (the help, or "missing TARGET" when an environment
-        // variable such as KEEL_CACHE already supplies an argument).
-        let e = Cli::try_parse_from(["keel", "run"]).unwrap_err();
-        assert!(
-            matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-                    | clap::error::ErrorKind::MissingRequiredArgument
-            ),
-            "{:?}",
-            e.kind()
-        );
-        assert!(Cli::try_parse_from(["keel", "run", "qemu"]).is_err());
-        assert!(Cli::try_parse_from(["keel", "run", "out/x", "out/y"]).is_err());
-        assert!(
-            Cli::try_parse_from(["keel", "run", "--data", "a", "--data-file", "b", "x"]).is_err()
-        );
+        // Nothing to boot is an error.
+        parse_err(&["run"]);
+        parse_err(&["run", "qemu"]);
+        parse_err(&["run", "out/x", "out/y"]);
+        parse_err(&["run", "--data", "a", "--data-file", "b", "x"]);
     }
 
     #[test]

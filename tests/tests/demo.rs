@@ -22,8 +22,15 @@ impl Screen {
         self.text.lock().map_or(0, |t| t.len())
     }
 
-    /// Waits until the output after `mark` contains `needle`; returns that output.
-    fn wait_after(&self, mark: usize, needle: &str, deadline: Duration) -> String {
+    /// Waits until the output after `mark` contains `needle`; returns that output. Fails at
+    /// once if `keel` ended.
+    fn wait_after(
+        &self,
+        keel: &mut std::process::Child,
+        mark: usize,
+        needle: &str,
+        deadline: Duration,
+    ) -> String {
         let start = Instant::now();
         loop {
             let after = self
@@ -33,6 +40,11 @@ impl Screen {
                 .unwrap_or_default();
             if after.contains(needle) {
                 return after;
+            }
+            if let Ok(Some(status)) = keel.try_wait() {
+                panic!(
+                    "keel run ended ({status}) before {needle:?} showed; the terminal shows:\n{after}"
+                );
             }
             assert!(
                 start.elapsed() < deadline,
@@ -92,14 +104,19 @@ fn demo_boots_to_a_prompt_where_list_works() {
         }
     };
 
-    screen.wait_after(0, "keel console (inspect): type help", BOOT);
+    screen.wait_after(&mut child, 0, "keel console (inspect): type help", BOOT);
     // The prompt comes as the services are launched: `list` until `status` runs.
     let start = Instant::now();
     loop {
         let mark = screen.len();
         type_line("list\r");
-        let list = screen.wait_after(mark, "\nstatus ", STEP);
-        let row = screen.wait_after(mark + list.find("\nstatus ").unwrap_or(0) + 1, "\n", STEP);
+        let list = screen.wait_after(&mut child, mark, "\nstatus ", STEP);
+        let row = screen.wait_after(
+            &mut child,
+            mark + list.find("\nstatus ").unwrap_or(0) + 1,
+            "\n",
+            STEP,
+        );
         let row = row.lines().next().unwrap_or("");
         if row.contains("running") {
             break;
@@ -112,7 +129,7 @@ fn demo_boots_to_a_prompt_where_list_works() {
     }
     let mark = screen.len();
     type_line("stop status\r");
-    screen.wait_after(mark, "permission denied", STEP);
+    screen.wait_after(&mut child, mark, "permission denied", STEP);
 
     // ctrl-a x: QEMU quits, and keel with it.
     type_line("\x01x");
