@@ -37,17 +37,34 @@ fn command(vm: &mut Vm, line: &str, expect: &str) -> String {
 }
 
 /// Asks `list` at the prompt until `id`'s row shows `status`.
-fn until_listed(vm: &mut Vm, id: &str, status: &str) {
+fn until_listed(vm: &mut Vm, id: &str, status: &str) -> String {
+    until_row(vm, id, status, |row| row.contains(status))
+}
+
+/// Asks `list` until `id`'s row satisfies `done`; returns the row. `what` names the wait.
+fn until_row(vm: &mut Vm, id: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
     let start = Instant::now();
     loop {
         let list = command(vm, "list", &format!("\n{id} "));
         let row = list.lines().find(|l| l.starts_with(id)).unwrap_or("");
-        if row.contains(status) {
-            return;
+        if done(row) {
+            return row.to_owned();
         }
-        assert!(start.elapsed() < STEP, "{id} never {status}:\n{list}");
+        assert!(start.elapsed() < STEP, "{id} never {what}:\n{list}");
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+/// The PID column of a `list` row.
+fn pid_of(row: &str) -> String {
+    row.split_whitespace().nth(1).unwrap_or_default().to_owned()
+}
+
+/// Waits until `id` runs as another process than `old_pid` (a restart is done).
+fn until_running_anew(vm: &mut Vm, id: &str, old_pid: &str) {
+    until_row(vm, id, "running anew", |row| {
+        row.contains("running") && pid_of(row) != old_pid && pid_of(row) != "0"
+    });
 }
 
 /// `keel ctl` with `args` against the guest's state directory.
@@ -166,12 +183,15 @@ fn admin(arch: Arch) {
     command(&mut vm, "stop victim", "stopping victim");
     until_listed(&mut vm, "victim", "stopped");
     command(&mut vm, "start victim", "starting victim");
-    until_listed(&mut vm, "victim", "running");
+    let row = until_listed(&mut vm, "victim", "running");
     command(&mut vm, "restart victim", "restarting victim");
-    until_listed(&mut vm, "victim", "running");
+    // `running` alone may still be the old process on its way out.
+    until_running_anew(&mut vm, "victim", &pid_of(&row));
+    let row = until_listed(&mut vm, "victim", "running");
     command(&mut vm, "kill -s HUP victim", "to victim");
-    // SIGHUP ends the victim's shell; the restart policy (always) brings it back.
-    until_listed(&mut vm, "victim", "running");
+    // SIGHUP ends the victim (it traps it: as its pid namespace's init it would ignore it
+    // otherwise); the restart policy (always) brings it back.
+    until_running_anew(&mut vm, "victim", &pid_of(&row));
 
     // exec runs with the worker's own uid, capabilities, seccomp and no_new_privs.
     let script = "echo EXEC=$(grep -E '^(Uid|Gid|CapEff|CapBnd|Seccomp|NoNewPrivs):' /proc/self/status | xargs)";
