@@ -338,12 +338,12 @@ impl Init {
         }
         let power = self.serve_clients(&control_ready, console_ready, channel_ready);
         match power {
-            Some(PowerRequest::PowerOff) => {
-                log::info!("control request: power off");
+            Some((PowerRequest::PowerOff, origin)) => {
+                log::info!("{origin}: power off");
                 self.request_stop(PowerAction::PowerOff);
             }
-            Some(PowerRequest::Reboot) => {
-                log::info!("control request: reboot");
+            Some((PowerRequest::Reboot, origin)) => {
+                log::info!("{origin}: reboot");
                 self.request_stop(PowerAction::Reboot);
             }
             None => {}
@@ -366,7 +366,7 @@ impl Init {
         control_ready: &[(RawFd, PollFlags)],
         console_ready: Option<PollFlags>,
         channel_ready: Option<PollFlags>,
-    ) -> Option<PowerRequest> {
+    ) -> Option<(PowerRequest, &'static str)> {
         let Init {
             sup,
             timeline,
@@ -377,6 +377,8 @@ impl Init {
             ..
         } = self;
         let mut power = None;
+        // Who asked, for the log line of a power request.
+        let origin = std::cell::Cell::new("keelctl");
         let mut handler = |r: Request| -> Response {
             let host = Host {
                 proc_root: Path::new("/proc"),
@@ -385,13 +387,14 @@ impl Init {
                 buffered: execs.buffered(),
             };
             let (response, asked) = control::serve(sup, execs, r, host, Now::system());
-            power = power.or(asked);
+            power = power.or(asked.map(|a| (a, origin.get())));
             response
         };
         if let Some(server) = control.as_mut() {
             server.handle(control_ready, Instant::now(), &mut handler);
             server.expire(Instant::now());
         }
+        origin.set("console");
         if let Some(c) = console.as_mut() {
             if let Some(revents) = console_ready {
                 if revents.contains(PollFlags::POLLOUT) {
@@ -403,6 +406,7 @@ impl Init {
             }
             c.tick(Instant::now(), &mut handler);
         }
+        origin.set("keel ctl");
         if let HostChannel::Open(c) = channel
             && let Some(revents) = channel_ready
         {
