@@ -10,7 +10,7 @@
 
 use keel_supervisor::protocol::{MAX_REQUEST, Request, Response, Tagged};
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -160,19 +160,9 @@ impl Channel {
 
     /// Writes what the port accepts now.
     pub fn writable(&mut self) {
-        while !self.pending.is_empty() {
-            match self.port.write(&self.pending) {
-                Ok(0) => return,
-                Ok(n) => {
-                    self.pending.drain(..n);
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    log::debug!("host channel: write: {e}");
-                    return self.hang_up();
-                }
-            }
+        if let Err(e) = crate::queued::write_pending(&mut self.port, &mut self.pending) {
+            log::debug!("host channel: write: {e}");
+            self.hang_up();
         }
     }
 }

@@ -7,7 +7,7 @@
 use keel_bundle::{ConsoleSettings, MAX_SYSTEM_FILE, System};
 use keel_supervisor::prompt::{Handler, Session};
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -180,20 +180,13 @@ impl Console {
 
     /// Writes what the terminal accepts now.
     pub fn writable(&mut self) {
-        while !self.pending.is_empty() {
-            match self.tty.write(&self.pending) {
-                Ok(0) => return,
-                Ok(n) => {
-                    self.pending.drain(..n);
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    log::debug!("console prompt: write: {e}");
-                    self.pending.clear();
-                    return;
-                }
-            }
+        if let Err(e) = crate::queued::write_pending(&mut self.tty, &mut self.pending) {
+            log::debug!("console prompt: write: {e}");
+            self.pending.clear();
+            return;
+        }
+        if !self.pending.is_empty() {
+            return;
         }
         if self.dropped {
             self.dropped = false;
@@ -219,6 +212,7 @@ mod tests {
     use super::*;
     use keel_bundle::ControlGrant;
     use keel_supervisor::protocol::{Request, Response};
+    use std::io::Write;
 
     #[test]
     fn system_file_absent_means_defaults() {

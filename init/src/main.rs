@@ -11,6 +11,7 @@ mod logger;
 mod modules;
 mod net;
 mod power;
+mod queued;
 mod realroot;
 mod rootfs;
 mod run;

@@ -394,14 +394,7 @@ fn top(channel: &mut Channel, json: bool) -> Result<String, Error> {
     let (_, before, then) = sample()?;
     std::thread::sleep(cli::TOP_SAMPLE);
     let (init, now, at) = sample()?;
-    if json {
-        let answer = Response::Top {
-            init,
-            containers: now,
-        };
-        return cli::render(answer, true).map_err(Error::Guest);
-    }
-    Ok(cli::top_table(&init, &now, Some((&before, at - then))))
+    cli::top_view(init, &before, now, at - then, json).map_err(Error::Guest)
 }
 
 /// `logs`: the last lines, then (`follow`) new ones as they come, asking every
@@ -519,8 +512,7 @@ fn exec(
         after = next;
         if let Some(code) = exit_status {
             if json && printing {
-                let summary = serde_json::json!({ "id": id, "exit_status": code });
-                let _ = writeln!(out, "{summary}");
+                let _ = writeln!(out, "{}", cli::exec_summary(id, code));
             }
             return Ok(u8::try_from(code & 0xff).unwrap_or(1));
         }

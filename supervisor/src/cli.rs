@@ -15,6 +15,40 @@ pub const EXEC_INTERVAL: Duration = Duration::from_millis(100);
 /// The time between the two samples of a one-shot `top` (CPU is measured across it).
 pub const TOP_SAMPLE: Duration = Duration::from_secs(1);
 
+/// What `exec --json` prints when the command ended.
+#[derive(Debug, serde::Serialize)]
+pub struct ExecSummary<'a> {
+    pub id: &'a str,
+    pub exit_status: i32,
+}
+
+/// [`ExecSummary`] as one line of JSON.
+pub fn exec_summary(id: &str, exit_status: i32) -> String {
+    serde_json::to_string(&ExecSummary { id, exit_status })
+        .unwrap_or_else(|_| format!("{{\"exit_status\":{exit_status}}}"))
+}
+
+/// `top` as a client prints it from two samples `elapsed` apart (CPU is the share of one CPU
+/// between them): the table, or the second sample as JSON.
+pub fn top_view(
+    init: InitUsage,
+    before: &[Usage],
+    now: Vec<Usage>,
+    elapsed: std::time::Duration,
+    json: bool,
+) -> Result<String, String> {
+    if json {
+        return render(
+            Response::Top {
+                init,
+                containers: now,
+            },
+            true,
+        );
+    }
+    Ok(top_table(&init, &now, Some((before, elapsed))))
+}
+
 /// One line of `logs` as a client prints it: JSON, or the container's text, escaped
 /// ([`sanitize`]) when it goes to a terminal (a file or a pipe gets what the container wrote).
 pub fn log_line(line: &LogLine, json: bool, terminal: bool) -> Result<String, String> {

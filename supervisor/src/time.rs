@@ -1,6 +1,8 @@
-//! Wall-clock formatting for the control protocol (RFC 3339, UTC), without a date crate, and
-//! deadline arithmetic that cannot overflow.
+//! Wall-clock formatting for the control protocol (RFC 3339, UTC; the date arithmetic is
+//! [`keel_bundle::time`], shared with the host tool) and deadline arithmetic that cannot
+//! overflow.
 
+pub use keel_bundle::time::rfc3339;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The furthest ahead the supervisor schedules anything. Durations from `runtime.json` and the
@@ -15,21 +17,6 @@ pub fn after(now: Instant, wait: Duration) -> Instant {
     now.checked_add(wait.min(MAX_WAIT)).unwrap_or(now)
 }
 
-/// `t` as RFC 3339 in UTC with second precision, e.g. `2026-11-23T06:11:09Z`. Times before the
-/// epoch (a guest without a real-time clock) print as the epoch.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// `t` as RFC 3339 in UTC with millisecond precision, e.g. `2026-11-23T06:11:09.042Z` (the
 /// timestamp of log lines).
 pub fn rfc3339_millis(t: SystemTime) -> String {
@@ -38,21 +25,6 @@ pub fn rfc3339_millis(t: SystemTime) -> String {
         .map_or(0, |d| d.subsec_millis());
     let secs = rfc3339(t);
     format!("{}.{millis:03}Z", secs.trim_end_matches('Z'))
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day); Howard Hinnant's algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    // d is in 1..=31 and m in 1..=12 by construction.
-    (y, m as u32, d as u32)
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! plus keel's supervision settings ([`Supervision`]). This crate is the single definition of
 //! both, and of the guest paths the two sides agree on.
 
+pub mod time;
+
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 

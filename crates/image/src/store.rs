@@ -916,17 +916,7 @@ pub(crate) mod tests {
     use super::*;
     use oci_spec::image::{ConfigBuilder, ImageConfigurationBuilder};
 
-    /// A one-file tar, for building test images.
-    pub(crate) fn tar_with(path: &str, content: &[u8]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        h.set_cksum();
-        b.append_data(&mut h, path, content).unwrap();
-        b.into_inner().unwrap()
-    }
+    pub(crate) use keel_testutil::tar_with;
 
     pub(crate) fn config_with_label(key: &str, value: &str) -> ImageConfiguration {
         ImageConfigurationBuilder::default()

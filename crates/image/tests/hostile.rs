@@ -13,16 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn tar_with(path: &str, content: &[u8]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(content.len() as u64);
-    h.set_mode(0o644);
-    h.set_mtime(0);
-    h.set_cksum();
-    b.append_data(&mut h, path, content).unwrap();
-    b.into_inner().unwrap()
-}
+use keel_testutil::tar_with;
 
 /// What the fake registry trickles (one byte every 100 ms) instead of sending at once.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -12,16 +12,7 @@ use std::path::{Path, PathBuf};
 
 use keel_testutil::{Registry, skopeo_push};
 
-fn tar_with(path: &str, content: &[u8]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(content.len() as u64);
-    h.set_mode(0o644);
-    h.set_mtime(0);
-    h.set_cksum();
-    b.append_data(&mut h, path, content).unwrap();
-    b.into_inner().unwrap()
-}
+use keel_testutil::tar_with;
 
 /// A source store with a two-platform image tagged `docker.io/test/src:1`.
 fn source(dir: &Path) -> (Store, Reference, Digest) {

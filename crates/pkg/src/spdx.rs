@@ -229,20 +229,12 @@ impl Document {
 
 /// `seconds` since the epoch as SPDX writes times: `YYYY-MM-DDThh:mm:ssZ` (UTC).
 pub fn timestamp(seconds: u64) -> String {
-    let days = seconds / 86_400;
-    let rem = seconds % 86_400;
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (non-negative here).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+    let epoch = std::time::UNIX_EPOCH;
+    // Past what the clock can hold (not a date anyone sets) prints as the epoch, not a panic.
+    let t = epoch
+        .checked_add(std::time::Duration::from_secs(seconds))
+        .unwrap_or(epoch);
+    keel_bundle::time::rfc3339(t)
 }
 
 /// `text` with every character SPDX ids may not hold (anything but letters, digits, `.` and

@@ -126,3 +126,16 @@ pub fn skopeo_push(layout: &Path, name: &str, dest: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A tar holding one file (mode 0644, mtime 0), for building test images.
+pub fn tar_with(path: &str, content: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(u64::try_from(content.len()).unwrap_or(u64::MAX));
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_cksum();
+    b.append_data(&mut h, path, content)
+        .expect("a tar in memory");
+    b.into_inner().expect("a tar in memory")
+}

@@ -126,16 +126,7 @@ fn top(opts: &Options) -> Result<String, String> {
     let (_, before, then) = sample()?;
     std::thread::sleep(cli::TOP_SAMPLE);
     let (init, now, at) = sample()?;
-    if opts.json {
-        return cli::render(
-            Response::Top {
-                init,
-                containers: now,
-            },
-            true,
-        );
-    }
-    Ok(cli::top_table(&init, &now, Some((&before, at - then))))
+    cli::top_view(init, &before, now, at - then, opts.json)
 }
 
 /// `logs`: the last lines, then (with `-f`) new ones as they come, until the connection fails.
@@ -199,7 +190,7 @@ fn exec(opts: &Options, id: &str, argv: &[String]) -> Result<ExitCode, String> {
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(1);
     if opts.json {
-        println!("{}", serde_json::json!({ "id": id, "exit_status": code }));
+        println!("{}", cli::exec_summary(id, code));
     }
     Ok(ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)))
 }
