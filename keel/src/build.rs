@@ -87,7 +87,8 @@ pub struct BuildOptions {
     pub dry_run: bool,
     pub pull: bool,
     pub locked: bool,
-    pub insecure: bool,
+    /// How registries are reached: `--insecure-registry`, `--mirror`.
+    pub registry: PullOptions,
     /// The most an image's layers may decompress to, each and together (`--max-image-size`).
     pub max_image_size: u64,
     /// Write `<name>-sbom.spdx.json` beside the outputs (`--no-sbom` turns it off).
@@ -228,11 +229,12 @@ fn references(config: &Config) -> Vec<(String, Loc)> {
 }
 
 /// How references are resolved.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Resolve {
     pub arch: Arch,
     pub pull: bool,
-    pub insecure: bool,
+    /// How registries are reached.
+    pub registry: PullOptions,
 }
 
 /// What [`resolve`] found.
@@ -252,10 +254,7 @@ pub fn resolve(store: &Store, config: &Config, lock: &Lock, how: Resolve) -> Res
     let mut images = Images::new();
     let mut pins = Lock::default();
     let mut drift = Vec::new();
-    let options = PullOptions {
-        insecure: how.insecure,
-        ..PullOptions::default()
-    };
+    let options = &how.registry;
     for (text, loc) in references(config) {
         if images.contains_key(&text) {
             continue;
@@ -284,7 +283,7 @@ pub fn resolve(store: &Store, config: &Config, lock: &Lock, how: Resolve) -> Res
             source,
         };
         let pull = |r: &Reference| -> Result<Digest> {
-            let desc = store.pull(r, how.arch, &options).map_err(missing)?;
+            let desc = store.pull(r, how.arch, options).map_err(missing)?;
             Digest::try_from(desc.digest()).map_err(bad_digest)
         };
 
@@ -342,7 +341,7 @@ pub fn resolve(store: &Store, config: &Config, lock: &Lock, how: Resolve) -> Res
             // Not here (or not this platform): fetch it by digest, then try again.
             Err(first) => {
                 log::debug!("{name}: {first}; pulling");
-                store.pull(&pinned, how.arch, &options).map_err(missing)?;
+                store.pull(&pinned, how.arch, options).map_err(missing)?;
                 store
                     .image(&pinned, how.arch)
                     .map_err(|source| Error::Image {
@@ -458,7 +457,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
     let how = Resolve {
         arch: opts.arch,
         pull: opts.pull,
-        insecure: opts.insecure,
+        registry: opts.registry.clone(),
     };
     let Resolved {
         images,
@@ -543,7 +542,7 @@ pub fn validate(
     store: &Store,
     files: &[String],
     arch: Arch,
-    insecure: bool,
+    registry: &PullOptions,
     require_images: bool,
 ) -> Result<Validation> {
     let packages = if require_images {
@@ -563,7 +562,7 @@ pub fn validate(
         let how = Resolve {
             arch,
             pull: false,
-            insecure,
+            registry: registry.clone(),
         };
         resolve(store, &config, &lock, how)?.images
     } else {
@@ -677,7 +676,7 @@ mod tests {
             dry_run: false,
             pull: false,
             locked: false,
-            insecure: false,
+            registry: PullOptions::default(),
             max_image_size: keel_rootfs::DEFAULT_MAX_IMAGE_SIZE,
             sbom: true,
         };

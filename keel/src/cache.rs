@@ -42,7 +42,8 @@ pub enum Command {
     Pull {
         reference: String,
         arch: Arch,
-        insecure: bool,
+        /// How the registry is reached (`--insecure-registry`, `--mirror`).
+        registry: PullOptions,
     },
 }
 
@@ -104,17 +105,10 @@ pub fn run(store: &Store, command: Command) -> Result<(), Error> {
         Command::Pull {
             reference,
             arch,
-            insecure,
+            registry,
         } => {
             let reference = parse(&reference)?;
-            let desc = store.pull(
-                &reference,
-                arch,
-                &PullOptions {
-                    insecure,
-                    ..PullOptions::default()
-                },
-            )?;
+            let desc = store.pull(&reference, arch, &registry)?;
             println!("{reference}@{}", desc.digest());
         }
     }

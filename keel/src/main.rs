@@ -23,6 +23,11 @@ struct Cli {
     /// Less output: warnings and errors only.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    /// Pull through a mirror: REGISTRY=URL (e.g. docker.io=https://mirror.example), or URL for
+    /// every registry without its own. Repeatable; also read from KEEL_MIRROR (or LinuxKit's
+    /// LINUXKIT_MIRROR), a space- or comma-separated list, which the flags override.
+    #[arg(long = "mirror", global = true, value_name = "[REGISTRY=]URL")]
+    mirrors: Vec<keel_image::Mirror>,
     #[command(subcommand)]
     command: Command,
 }
@@ -415,6 +420,25 @@ fn completion(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
     clap_complete::generate(shell, &mut Cli::command(), "keel", out);
 }
 
+/// How registries are reached: `--insecure-registry` and the mirrors of `LINUXKIT_MIRROR`,
+/// `KEEL_MIRROR` and `--mirror`, in that order (a later mirror for a registry wins).
+fn registry(flags: &[keel_image::Mirror], insecure: bool) -> Result<keel_image::PullOptions> {
+    let mut mirrors = Vec::new();
+    for var in ["LINUXKIT_MIRROR", "KEEL_MIRROR"] {
+        if let Ok(list) = std::env::var(var) {
+            mirrors.extend(
+                keel_image::Mirrors::parse_list(&list).with_context(|| format!("in {var}"))?,
+            );
+        }
+    }
+    mirrors.extend(flags.iter().cloned());
+    Ok(keel_image::PullOptions {
+        insecure,
+        mirrors: keel_image::Mirrors::new(mirrors),
+        ..keel_image::PullOptions::default()
+    })
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     // Only the commands that use the store need to find it (`keel ctl` and `run` do not).
     let open_store = || -> Result<keel_image::Store> {
@@ -425,6 +449,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         keel_image::Store::open(&store_path)
             .with_context(|| format!("cannot open image store {}", store_path.display()))
     };
+    let mirrors = cli.mirrors;
     match cli.command {
         Command::Build(args) => {
             keel::remove_unfinished_outputs_on_termination()
@@ -447,7 +472,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 dry_run: args.dry_run,
                 pull: args.pull,
                 locked: args.locked,
-                insecure: args.insecure_registry,
+                registry: registry(&mirrors, args.insecure_registry)?,
                 max_image_size: args
                     .max_image_size
                     .unwrap_or(keel_rootfs::DEFAULT_MAX_IMAGE_SIZE),
@@ -464,7 +489,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &open_store()?,
                 &args.files,
                 args.arch.unwrap_or_else(keel_image::Arch::host),
-                args.insecure_registry,
+                &registry(&mirrors, args.insecure_registry)?,
                 args.require_images,
             )?;
             print!("{}", validation.text);
@@ -476,7 +501,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Run(RunCommand::Qemu(qemu)) => return run_qemu(*qemu),
-        Command::Cache(cmd) => keel::cache::run(&open_store()?, cmd.into())?,
+        Command::Cache(cmd) => keel::cache::run(&open_store()?, cache_command(cmd, &mirrors)?)?,
         Command::Pkg(PkgCommand::Build {
             dir,
             arches,
@@ -709,26 +734,27 @@ fn ctl(args: &CtlArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-impl From<CacheCommand> for keel::cache::Command {
-    fn from(cmd: CacheCommand) -> Self {
-        use keel::cache::Command as C;
-        match cmd {
-            CacheCommand::Ls => C::List,
-            CacheCommand::Rm { references } => C::Remove(references),
-            CacheCommand::Clean => C::Clean,
-            CacheCommand::Import { paths } => C::Import(paths),
-            CacheCommand::Export { reference, output } => C::Export { reference, output },
-            CacheCommand::Pull {
-                reference,
-                arch,
-                insecure_registry,
-            } => C::Pull {
-                reference,
-                arch: arch.unwrap_or_else(keel_image::Arch::host),
-                insecure: insecure_registry,
-            },
-        }
-    }
+fn cache_command(
+    cmd: CacheCommand,
+    mirrors: &[keel_image::Mirror],
+) -> Result<keel::cache::Command> {
+    use keel::cache::Command as C;
+    Ok(match cmd {
+        CacheCommand::Ls => C::List,
+        CacheCommand::Rm { references } => C::Remove(references),
+        CacheCommand::Clean => C::Clean,
+        CacheCommand::Import { paths } => C::Import(paths),
+        CacheCommand::Export { reference, output } => C::Export { reference, output },
+        CacheCommand::Pull {
+            reference,
+            arch,
+            insecure_registry,
+        } => C::Pull {
+            reference,
+            arch: arch.unwrap_or_else(keel_image::Arch::host),
+            registry: registry(mirrors, insecure_registry)?,
+        },
+    })
 }
 
 #[cfg(test)]

@@ -236,3 +236,77 @@ fn tool_images_travel_by_digest() {
     let uki = std::fs::read(w2.path("out/sys.efi")).unwrap();
     assert_eq!(&uki[..2], b"MZ");
 }
+
+/// `--mirror` and `KEEL_MIRROR`: LinuxKit's names (`linuxkit/…` on Docker Hub) pulled through a
+/// loopback mirror; the lock file keeps the names of the YAML.
+#[test]
+fn build_through_a_mirror() {
+    let registry = Registry::start();
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = Store::open(src_dir.path()).unwrap();
+    let (kernel, init, app) = (
+        "linuxkit/kernel:1",
+        "linuxkit/init:1",
+        "ghcr.io/team/app:v1",
+    );
+    let on_mirror = |name: &str| format!("{}/{name}", registry.host());
+    let dk = publish(&src, &on_mirror(kernel), "src/kernel:1", put_kernel);
+    publish(&src, &on_mirror(init), "src/init:1", put_init);
+    publish(&src, &on_mirror("team/app:v1"), "src/app:1", |s, r| {
+        put_app(s, r, "m1")
+    });
+    let mirror = format!("http://{}", registry.host());
+
+    let w = Work::empty();
+    w.write("m.yml", &registry_yaml(kernel, init, app));
+    // Docker Hub from the environment, ghcr.io from the flag.
+    run(w
+        .keel([
+            "build",
+            "--mirror",
+            &format!("ghcr.io={mirror}"),
+            "--arch",
+            "x86_64",
+            "--dir",
+            "out",
+            "m.yml",
+        ])
+        .env("KEEL_MIRROR", format!("docker.io={mirror}")))
+    .ok();
+    assert_eq!(onboot_app(&w, "out", "m"), app_binary("m1", Arch::X86_64));
+    let pins = read_lock(&w.path("m.lock.json"));
+    assert_eq!(pins.len(), 3, "{pins:?}");
+    assert_eq!(
+        pins.get("docker.io/linuxkit/kernel:1"),
+        Some(&dk.to_string()),
+        "{pins:?}"
+    );
+
+    // A bad mirror is refused before anything is pulled, naming the value.
+    let w = Work::empty();
+    w.write("m.yml", &registry_yaml(kernel, init, app));
+    let bad = run(&mut w.keel([
+        "build",
+        "--mirror",
+        "mirror.example",
+        "--dir",
+        "out",
+        "m.yml",
+    ]));
+    // A usage error, as clap reports one.
+    assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+    let err = bad.stderr;
+    assert!(
+        err.contains("invalid mirror \"mirror.example\"") && err.contains("https://"),
+        "{err}"
+    );
+    let err = run(w
+        .keel(["build", "--dir", "out", "m.yml"])
+        .env("KEEL_MIRROR", "docker.io=ftp://x"))
+    .failed();
+    assert!(
+        err.contains("KEEL_MIRROR") && err.contains("ftp://x"),
+        "{err}"
+    );
+    assert_eq!(listing(&w.path("out")), Vec::<String>::new());
+}

@@ -108,7 +108,7 @@ pub fn build_formats(
         dry_run: false,
         pull: false,
         locked: false,
-        insecure: false,
+        registry: keel_image::PullOptions::default(),
         max_image_size: keel::build::DEFAULT_MAX_IMAGE_SIZE,
         // The SBOM is tested by keel/tests/cli_sbom.rs; VM tests boot the outputs.
         sbom: false,

@@ -25,6 +25,7 @@ mod digest;
 mod error;
 pub mod fetch;
 mod layer;
+mod mirror;
 mod reference;
 mod registry;
 mod store;
@@ -34,6 +35,7 @@ pub use blob::{BlobReader, CorruptBlob};
 pub use digest::{Digest, DigestError};
 pub use error::{Error, Result};
 pub use layer::{Compression, DiffIdMismatch, LayerReader};
+pub use mirror::{Mirror, MirrorError, Mirrors};
 pub use reference::{DEFAULT_REGISTRY, Reference, ReferenceError};
 pub use registry::{
     BLOB_ALLOWANCE, BlobProgress, MANIFEST_ALLOWANCE, MIN_RATE, PULL_TIMEOUT_ENV, PullOptions,

@@ -8,6 +8,7 @@
 use crate::arch::Arch;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::mirror::Mirrors;
 use crate::reference::Reference;
 use crate::store::{self, Kind, Store};
 use base64::Engine as _;
@@ -68,6 +69,8 @@ pub struct PullOptions {
     /// Where a pull reports its progress. `None`: a line on stderr, rewritten in place, when
     /// stderr is a terminal, `quiet` is off and info messages are logged; nothing otherwise.
     pub progress: Option<Arc<dyn PullProgress>>,
+    /// Mirrors pulls go to instead of their registries (`--mirror`); pushes never use them.
+    pub mirrors: Mirrors,
 }
 
 impl Default for PullOptions {
@@ -82,6 +85,7 @@ impl Default for PullOptions {
             blob_deadline: deadline,
             pull_deadline: deadline,
             progress: None,
+            mirrors: Mirrors::default(),
         }
     }
 }
@@ -95,6 +99,7 @@ impl fmt::Debug for PullOptions {
             .field("blob_deadline", &self.blob_deadline)
             .field("pull_deadline", &self.pull_deadline)
             .field("progress", &self.progress.as_ref().map(|_| "…"))
+            .field("mirrors", &self.mirrors)
             .finish()
     }
 }
@@ -348,6 +353,14 @@ pub enum RegistryError {
         /// The registry's error message, if any.
         message: String,
     },
+    /// A `--mirror` cannot be used.
+    #[error("cannot pull through the mirror {url}: {reason}")]
+    Mirror {
+        /// The mirror's URL.
+        url: String,
+        /// Why.
+        reason: &'static str,
+    },
     /// The registry refused access.
     #[error(
         "{registry} refused access to {url}; if the image is private, log in with `docker login {registry}` (keel reads ~/.docker/config.json or $DOCKER_CONFIG/config.json)"
@@ -459,7 +472,7 @@ impl Store {
         self.index()?;
         let started = Instant::now();
         let pull_limit = |limit: Duration| Limit::from(started, limit, true);
-        let mut client = Client::new(reference, options).map_err(wrap)?;
+        let mut client = Client::new(reference, options, Purpose::Pull).map_err(wrap)?;
         client.pull_limit = Some(pull_limit(
             options.pull_deadline.unwrap_or(MANIFEST_ALLOWANCE),
         ));
@@ -640,7 +653,7 @@ impl Store {
             reference: dest.to_string(),
             source,
         };
-        let mut client = Client::new(dest, options).map_err(wrap)?;
+        let mut client = Client::new(dest, options, Purpose::Push).map_err(wrap)?;
         let top_digest = store::descriptor_digest(&top)?;
         let top_data = self.read_blob(&top_digest)?;
         let mut manifests: Vec<(Digest, MediaType, Vec<u8>)> = Vec::new();
@@ -735,8 +748,10 @@ enum Auth {
 /// A connection to one repository of one registry.
 struct Client {
     agent: ureq::Agent,
-    /// `scheme://host[:port]`.
+    /// `scheme://host[:port]`, or a mirror's URL (which may have a path).
     base: String,
+    /// Who is asked: the registry's name, or the mirror's `host[:port]` (credentials are looked
+    /// up for it).
     registry: String,
     repository: String,
     credentials: Option<(String, String)>,
@@ -747,18 +762,50 @@ struct Client {
     request_limit: Option<Limit>,
 }
 
+/// Why a [`Client`] is made: only pulls go through a mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Pull,
+    Push,
+}
+
 impl Client {
-    fn new(reference: &Reference, options: &PullOptions) -> RResult<Client> {
+    fn new(reference: &Reference, options: &PullOptions, purpose: Purpose) -> RResult<Client> {
         let registry = reference.registry().to_owned();
-        let host = if registry == crate::reference::DEFAULT_REGISTRY {
-            "registry-1.docker.io".to_owned()
-        } else {
-            registry.clone()
+        let mirror = match purpose {
+            Purpose::Pull => options.mirrors.for_registry(&registry),
+            Purpose::Push => None,
         };
-        let scheme = if options.insecure || is_loopback(&host) {
-            "http"
-        } else {
-            "https"
+        let (base, registry) = match mirror {
+            Some(url) => {
+                let uri: ureq::http::Uri = url.parse().map_err(|_| RegistryError::Mirror {
+                    url: url.to_owned(),
+                    reason: "not a URL",
+                })?;
+                let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+                if uri.scheme_str() == Some("http") && !options.insecure && !is_loopback(authority)
+                {
+                    return Err(RegistryError::Mirror {
+                        url: url.to_owned(),
+                        reason: "plain http to a host that is not loopback: use https, or --insecure-registry",
+                    });
+                }
+                log::info!("pulling {reference} through the mirror {url}");
+                (url.to_owned(), authority.to_owned())
+            }
+            None => {
+                let host = if registry == crate::reference::DEFAULT_REGISTRY {
+                    "registry-1.docker.io".to_owned()
+                } else {
+                    registry.clone()
+                };
+                let scheme = if options.insecure || is_loopback(&host) {
+                    "http"
+                } else {
+                    "https"
+                };
+                (format!("{scheme}://{host}"), registry)
+            }
         };
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -770,7 +817,7 @@ impl Client {
             .new_agent();
         Ok(Client {
             agent,
-            base: format!("{scheme}://{host}"),
+            base,
             credentials: credentials(options.docker_config.as_deref(), &registry)?,
             registry,
             repository: reference.repository().to_owned(),
@@ -1539,7 +1586,7 @@ mod tests {
             docker_config: Some(dir.path().to_path_buf()),
             ..PullOptions::default()
         };
-        let mut client = Client::new(&reference, &options).unwrap();
+        let mut client = Client::new(&reference, &options, Purpose::Pull).unwrap();
         let (data, _) = client.manifest("v1").unwrap();
         assert_eq!(data, b"{}");
         let wait = Duration::from_secs(10);
@@ -1581,7 +1628,7 @@ mod tests {
             docker_config: Some(dir.path().to_path_buf()),
             ..PullOptions::default()
         };
-        let mut client = Client::new(&reference, &options).unwrap();
+        let mut client = Client::new(&reference, &options, Purpose::Pull).unwrap();
         // Refused before any request is made (the realm's host does not exist).
         let e = client
             .answer(r#"Bearer realm="http://registry.example.com.invalid/token",service="s""#)

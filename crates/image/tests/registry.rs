@@ -43,6 +43,20 @@ fn source(dir: &Path) -> (Store, Reference, Digest) {
     (store, r, index.digest().as_ref().parse().unwrap())
 }
 
+/// A registry holding [`source`]'s image as `team/app:v1`; the directory the source store is in,
+/// and the image's index digest.
+fn published_app() -> (Registry, tempfile::TempDir, Digest) {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, src_ref, index_digest) = source(dir.path());
+    skopeo_push(
+        src.path(),
+        &src_ref.to_string(),
+        &format!("{}/team/app:v1", registry.host()),
+    );
+    (registry, dir, index_digest)
+}
+
 fn layer_files(store: &Store, image: &keel_image::Image) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     for layer in image.layers() {
@@ -275,14 +289,7 @@ fn front_handle(mut client: TcpStream, port: u16, upstream: u16) {
 
 #[test]
 fn bearer_token_flow_with_docker_credentials() {
-    let registry = Registry::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (src, src_ref, index_digest) = source(dir.path());
-    skopeo_push(
-        src.path(),
-        &src_ref.to_string(),
-        &format!("{}/team/app:v1", registry.host()),
-    );
+    let (registry, dir, index_digest) = published_app();
     let front = start_token_front(registry.port());
     let r: Reference = format!("127.0.0.1:{front}/team/app:v1").parse().unwrap();
 
@@ -368,4 +375,76 @@ fn push_a_multi_platform_image_then_read_it_back() {
         cause.contains(&format!("expected {}", Digest::of(b"other"))),
         "{cause}"
     );
+}
+
+/// `--mirror`: a pull of `docker.io/…` (or any registry) goes to the mirror, the image keeps its
+/// own name in the store, and a registry without a mirror is asked directly.
+#[test]
+fn pulls_go_through_a_mirror() {
+    // The mirror holds Docker Hub's repository path, as a pull-through cache does.
+    let (registry, dir, index_digest) = published_app();
+    let store = Store::open(dir.path().join("pulled")).unwrap();
+    let hub: Reference = "team/app:v1".parse().unwrap();
+    let with = |mirrors: &[&str]| PullOptions {
+        quiet: true,
+        mirrors: keel_image::Mirrors::new(mirrors.iter().map(|m| m.parse().unwrap())),
+        ..PullOptions::default()
+    };
+    let mirror = format!("http://{}/", registry.host());
+    let desc = store
+        .pull(&hub, Arch::X86_64, &with(&[&format!("docker.io={mirror}")]))
+        .unwrap();
+    assert_eq!(desc.digest().as_ref(), index_digest.as_str());
+    assert_eq!(hub.to_string(), "docker.io/team/app:v1");
+    let image = store.image(&hub, Arch::X86_64).unwrap();
+    assert_eq!(image.label("arch"), Some("x86_64"));
+
+    // A mirror for every registry, for a name whose registry does not exist.
+    let nowhere: Reference = "registry.invalid/team/app:v1".parse().unwrap();
+    store
+        .pull(&nowhere, Arch::X86_64, &with(&[&mirror]))
+        .unwrap();
+    assert_eq!(
+        store.resolve(&nowhere).unwrap().unwrap().digest(),
+        desc.digest()
+    );
+    // A mirror for another registry does not apply: registry.invalid is asked, and fails.
+    let err = store
+        .pull(
+            &nowhere,
+            Arch::Aarch64,
+            &with(&[&format!("ghcr.io={mirror}")]),
+        )
+        .unwrap_err();
+    let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(chain.contains("https://registry.invalid/v2/"), "{chain}");
+
+    // Plain http to a mirror that is not on loopback needs --insecure-registry.
+    let err = store
+        .pull(
+            &hub,
+            Arch::Aarch64,
+            &with(&["docker.io=http://mirror.invalid:5000"]),
+        )
+        .unwrap_err();
+    let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(
+        chain.contains("mirror http://mirror.invalid:5000")
+            && chain.contains("--insecure-registry"),
+        "{chain}"
+    );
+
+    // A mirror that serves another image under a pinned digest is caught by the digest.
+    let other: Reference = format!("docker.io/team/app@sha256:{}", "ab".repeat(32))
+        .parse()
+        .unwrap();
+    let err = store
+        .pull(
+            &other,
+            Arch::X86_64,
+            &with(&[&format!("docker.io={mirror}")]),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Pull { .. }), "{err}");
+    assert!(store.resolve(&other).unwrap().is_none());
 }
