@@ -66,6 +66,16 @@ pub enum Error {
     Output(#[from] crate::output::Error),
     #[error(transparent)]
     Tool(#[from] crate::tools::Error),
+    #[error(
+        "--decompress-kernel: format {format} boots the kernel through a loader that needs the compressed image; use it with kernel+initrd, kernel+squashfs, tar or tar-kernel-initrd"
+    )]
+    DecompressFormat { format: &'static str },
+    #[error("--decompress-kernel: cannot decompress the kernel of {reference}")]
+    Decompress {
+        reference: String,
+        #[source]
+        source: keel_kernel::decompress::DecompressError,
+    },
 }
 
 type Result<T> = std::result::Result<T, Error>;
@@ -93,6 +103,9 @@ pub struct BuildOptions {
     pub max_image_size: u64,
     /// Write `<name>-sbom.spdx.json` beside the outputs (`--no-sbom` turns it off).
     pub sbom: bool,
+    /// Write the kernel uncompressed (`--decompress-kernel`, LinuxKit's flag): an ELF `vmlinux`
+    /// on x86_64, an `Image` on aarch64.
+    pub decompress_kernel: bool,
 }
 
 /// The largest YAML document fetched from a URL (the parser's own limit on a document).
@@ -427,6 +440,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
     // Formats given on the command line are checked before anything is built.
     if !opts.dry_run && !formats.is_empty() {
         crate::output::check(&formats, &name, opts.arch)?;
+        check_decompress(&formats, opts)?;
     }
     let packages = if opts.dry_run {
         Packages::Unbuilt
@@ -444,6 +458,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
     if formats.is_empty() {
         formats = yaml_formats(&config)?;
         crate::output::check(&formats, &name, opts.arch)?;
+        check_decompress(&formats, opts)?;
     }
 
     let lock_file = lock_path(&opts.files);
@@ -482,7 +497,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
             tool.ensure(store)?;
         }
     }
-    let assembled = assemble::assemble(
+    let mut assembled = assemble::assemble(
         store,
         &config,
         &images,
@@ -491,6 +506,11 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
             max_image_size: opts.max_image_size,
         },
     )?;
+    if opts.decompress_kernel
+        && let Some(kernel) = &mut assembled.kernel
+    {
+        decompress_kernel(kernel, &config)?;
+    }
     let settings = crate::output::Settings {
         dir: &opts.dir,
         name: &name,
@@ -518,6 +538,45 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
         log::info!("wrote {}", path.display());
     }
     Ok(written)
+}
+
+/// `--decompress-kernel` applies to formats that write the kernel as a file of its own.
+fn check_decompress(formats: &[Format], opts: &BuildOptions) -> Result<()> {
+    match formats.iter().find(|f| !f.has_bare_kernel()) {
+        Some(f) if opts.decompress_kernel => Err(Error::DecompressFormat { format: f.name() }),
+        _ => Ok(()),
+    }
+}
+
+/// Replaces the kernel with what its image compresses (LinuxKit's `--decompress-kernel`).
+fn decompress_kernel(kernel: &mut assemble::KernelParts, config: &Config) -> Result<()> {
+    use keel_kernel::decompress::{Decompressed, decompress};
+    let reference = config
+        .kernel
+        .as_ref()
+        .and_then(|k| k.image.as_ref())
+        .map(|i| i.value.clone())
+        .unwrap_or_default();
+    match decompress(&kernel.kernel).map_err(|source| Error::Decompress {
+        reference: reference.clone(),
+        source,
+    })? {
+        Decompressed::Unpacked {
+            kernel: data,
+            packing,
+        } => {
+            log::info!(
+                "decompressed the kernel ({packing}): {} → {} KiB",
+                kernel.kernel.len() >> 10,
+                data.len() >> 10
+            );
+            kernel.kernel = data.into();
+        }
+        Decompressed::AsIs => {
+            log::info!("the kernel of {reference} is not compressed: written as it is");
+        }
+    }
+    Ok(())
 }
 
 /// What `keel validate` checked.
@@ -679,6 +738,7 @@ mod tests {
             registry: PullOptions::default(),
             max_image_size: keel_rootfs::DEFAULT_MAX_IMAGE_SIZE,
             sbom: true,
+            decompress_kernel: false,
         };
         assert_eq!(output_name(&opts), "minimal");
         opts.files = vec!["-".into()];

@@ -155,6 +155,11 @@ struct BuildArgs {
     /// Allow plain HTTP to registries that are not on loopback.
     #[arg(long)]
     insecure_registry: bool,
+    /// Write the kernel uncompressed (an ELF vmlinux on x86_64, an Image on aarch64), for the
+    /// formats that carry it as a file of its own: kernel+initrd, kernel+squashfs, tar,
+    /// tar-kernel-initrd.
+    #[arg(long)]
+    decompress_kernel: bool,
     /// Refuse an image whose layers decompress to more than SIZE (each layer, and all of an
     /// image's layers together), e.g. 8G (a bare number is MiB). Default: 4G.
     #[arg(
@@ -478,6 +483,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .unwrap_or(keel_rootfs::DEFAULT_MAX_IMAGE_SIZE),
                 // -o writes one file: the SBOM would have nowhere to go.
                 sbom: !args.no_sbom && args.output.is_none(),
+                decompress_kernel: args.decompress_kernel,
             };
             let written = keel::build::build(&open_store()?, &opts)?;
             if let (Some(output), Some(_scratch)) = (&args.output, &scratch) {

@@ -169,6 +169,16 @@ impl Format {
         matches!(self, Format::IsoBios | Format::RawBios | Format::Qcow2Bios)
     }
 
+    /// Whether the format writes the kernel as a file of its own, which a boot loader or
+    /// `qemu -kernel` loads as it is (so `--decompress-kernel` can apply), rather than inside a
+    /// UKI, an ISO or a disk, whose loaders need the compressed, EFI-stub image.
+    pub fn has_bare_kernel(self) -> bool {
+        matches!(
+            self,
+            Format::KernelInitrd | Format::KernelSquashfs | Format::Tar | Format::TarKernelInitrd
+        )
+    }
+
     /// The pinned boot tool image the format needs, if any.
     pub fn tool(self) -> Option<&'static crate::tools::ToolImage> {
         match self {

@@ -920,3 +920,89 @@ fn large_disks_are_written_sparsely() {
         "{info}"
     );
 }
+
+/// `--decompress-kernel`: a kernel shipped compressed (LinuxKit's arm64 `Image.gz`) is written
+/// uncompressed by the formats that carry it as a file; the others refuse the flag, and a kernel
+/// keel cannot decompress fails the build, naming it.
+#[test]
+fn decompress_kernel() {
+    use std::io::Write;
+    let (w, _) = Work::with_fixtures();
+    let vmlinux = |arch: Arch| format!("\x7fELF {} vmlinux\n", arch.uname()).repeat(500);
+    put_image(
+        &w.store(),
+        "test/kernel-gz:1",
+        &image_config(&[], &[]),
+        |arch| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(vmlinux(arch).as_bytes()).unwrap();
+            vec![tar_of(&[
+                Entry::File("kernel", &gz.finish().unwrap()),
+                Entry::File("kernel.tar", &tar_of(&[])),
+            ])]
+        },
+    );
+    let yaml = system_yaml(APP).replace(KERNEL, "test/kernel-gz:1");
+    w.write("gz.yml", &yaml);
+    for arch in [Arch::X86_64, Arch::Aarch64] {
+        let out = format!("out-{}", arch.uname());
+        run(&mut w.keel([
+            "build",
+            "--decompress-kernel",
+            "--arch",
+            arch.uname(),
+            "--dir",
+            &out,
+            "gz.yml",
+        ]))
+        .ok();
+        assert_eq!(
+            read(&w.path(&format!("{out}/gz-kernel"))),
+            vmlinux(arch).as_bytes()
+        );
+    }
+    run(&mut w.keel([
+        "build",
+        "--decompress-kernel",
+        "-f",
+        "tar",
+        "--dir",
+        "tar",
+        "gz.yml",
+    ]))
+    .ok();
+    let tar = read_tar(&read(&w.path("tar/gz.tar")));
+    assert_eq!(tar["boot/kernel"].data, vmlinux(Arch::host()).as_bytes());
+    // Without the flag the kernel is written as the image has it.
+    run(&mut w.keel(["build", "--dir", "plain", "gz.yml"])).ok();
+    assert_eq!(&read(&w.path("plain/gz-kernel"))[..2], [0x1f, 0x8b]);
+
+    // A format whose loader needs the compressed image refuses the flag before building.
+    let err = run(&mut w.keel([
+        "build",
+        "--decompress-kernel",
+        "-f",
+        "kernel+initrd",
+        "-f",
+        "iso-efi",
+        "--dir",
+        "iso",
+        "gz.yml",
+    ]))
+    .failed();
+    assert!(
+        err.contains("--decompress-kernel: format iso-efi boots the kernel through a loader"),
+        "{err}"
+    );
+    assert_eq!(listing(&w.path("iso")), Vec::<String>::new());
+    // A kernel that is not a compressed image: the error names the image, nothing is written.
+    w.write("fake.yml", &system_yaml(APP));
+    let err =
+        run(&mut w.keel(["build", "--decompress-kernel", "--dir", "fake", "fake.yml"])).failed();
+    assert!(
+        err.contains(&format!("cannot decompress the kernel of {KERNEL}"))
+            && err.contains("not a kernel image keel can decompress"),
+        "{err}"
+    );
+    assert_eq!(listing(&w.path("fake")), Vec::<String>::new());
+}

@@ -112,6 +112,7 @@ pub fn build_formats(
         max_image_size: keel::build::DEFAULT_MAX_IMAGE_SIZE,
         // The SBOM is tested by keel/tests/cli_sbom.rs; VM tests boot the outputs.
         sbom: false,
+        decompress_kernel: false,
     };
     keel::build::build(&store, &opts).map_err(|source| Error::Build {
         yaml: first.to_path_buf(),

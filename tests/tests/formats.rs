@@ -422,3 +422,33 @@ fn formats_are_byte_reproducible() {
         }
     }
 }
+
+/// `--decompress-kernel` (LinuxKit's flag): Debian's x86_64 bzImage becomes its ELF vmlinux,
+/// which QEMU boots directly (PVH entry), to the system's services.
+#[test]
+fn decompressed_kernel_boots() {
+    let out = tempfile::tempdir().unwrap();
+    {
+        let (_lock, _store) = lock_store().unwrap_or_else(|e| panic!("{}", chain(&e)));
+        let status = Command::new(keel_bin())
+            .args([
+                "build",
+                "--decompress-kernel",
+                "--arch",
+                "x86_64",
+                "--name",
+                "m",
+            ])
+            .arg("--dir")
+            .arg(out.path())
+            .arg(minimal())
+            .env("KEEL_CACHE", store_path())
+            .status()
+            .expect("keel runs");
+        assert!(status.success());
+    }
+    let prefix = out.path().join("m");
+    let kernel = std::fs::read(with(&prefix, "-kernel")).unwrap();
+    assert_eq!(&kernel[..4], b"\x7fELF", "not an ELF vmlinux");
+    boots_to_services("decompressed kernel x86_64", &prefix, Arch::X86_64);
+}

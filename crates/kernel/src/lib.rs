@@ -30,6 +30,7 @@
 //! byte-reproducible: sorted, uid/gid 0, modes 0644/0755, mtime `SOURCE_DATE_EPOCH` or
 //! 1492533000 (LinuxKit's 2017-04-18T16:30:00Z).
 
+pub mod decompress;
 pub mod depmod;
 pub mod modinfo;
 pub mod recipe;

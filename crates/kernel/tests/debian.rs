@@ -105,6 +105,19 @@ fn builds_x86_64() {
     );
     // A bzImage: "HdrS" at 0x202.
     assert_eq!(&artifacts.kernel[0x202..0x206], b"HdrS");
+    // --decompress-kernel: Debian compresses with lz4; inside is an x86-64 ELF vmlinux.
+    match keel_kernel::decompress::decompress(&artifacts.kernel).unwrap() {
+        keel_kernel::decompress::Decompressed::Unpacked { kernel, packing } => {
+            assert_eq!(packing, "bzImage/lz4");
+            assert_eq!(&kernel[..4], b"\x7fELF");
+            assert_eq!(
+                u16::from_le_bytes([kernel[18], kernel[19]]),
+                62,
+                "EM_X86_64"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     check_modules(&artifacts);
     let again = build(&recipe, "x86_64", &cache()).unwrap();
     assert_eq!(
@@ -124,6 +137,11 @@ fn builds_aarch64() {
     // An arm64 Image ("ARMd" at 0x38), possibly with an EFI stub ("MZ").
     let kernel = &artifacts.kernel;
     assert!(&kernel[0x38..0x3c] == b"ARMd" || &kernel[..2] == b"MZ");
+    // Debian's arm64 Image is not compressed: --decompress-kernel keeps it.
+    assert_eq!(
+        keel_kernel::decompress::decompress(kernel).unwrap(),
+        keel_kernel::decompress::Decompressed::AsIs
+    );
     check_modules(&artifacts);
 }
 
