@@ -201,6 +201,33 @@ fn sboms_images_carry_are_merged() {
         doc.has_extracted_licensing_infos[0].extracted_text,
         "Nobody owns this."
     );
+
+    // Pulled from a registry into an empty store, the attestation comes along.
+    let registry = keel_testutil::Registry::start();
+    let remote = format!("{}/keel-test/attested:1", registry.host());
+    keel_testutil::skopeo_push(store.path(), reference, &remote);
+    let (w2, _) = Work::with_fixtures();
+    w2.write("sys.yml", &system_yaml(&remote));
+    build(&w2, "out", &[], None).ok();
+    let path = w2.path("out/sys-sbom.spdx.json");
+    validate(&path);
+    let pulled = read_doc(&path);
+    let image = package(&pulled, &remote);
+    let lib = package(&pulled, "libfoo1");
+    assert!(pulled.relationships.contains(&Relationship::new(
+        &image.spdx_id,
+        "CONTAINS",
+        &lib.spdx_id
+    )));
+    assert!(
+        pulled
+            .creation_info
+            .comment
+            .as_deref()
+            .is_none_or(|c| !c.contains(&remote)),
+        "the attestation was not kept: {:?}",
+        pulled.creation_info.comment
+    );
 }
 
 #[test]

@@ -20,6 +20,7 @@
 
 mod arch;
 mod archive;
+pub mod attestation;
 mod blob;
 mod digest;
 mod error;

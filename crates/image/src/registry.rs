@@ -6,6 +6,7 @@
 //! stored; blobs already in the store (and intact) are not downloaded again.
 
 use crate::arch::Arch;
+use crate::attestation;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::mirror::Mirrors;
@@ -353,6 +354,23 @@ pub enum RegistryError {
         /// The registry's error message, if any.
         message: String,
     },
+    /// An SBOM attestation could not be kept.
+    #[error("cannot keep the {what}")]
+    Attestation {
+        /// The manifest or statement.
+        what: String,
+        /// The cause.
+        #[source]
+        source: Box<Error>,
+    },
+    /// An SBOM statement is larger than keel reads.
+    #[error("the SBOM statement {digest} is {size} bytes, more than the {} MiB keel reads", attestation::MAX_STATEMENT >> 20)]
+    AttestationTooLarge {
+        /// The statement's digest.
+        digest: String,
+        /// Its declared size.
+        size: u64,
+    },
     /// A `--mirror` cannot be used.
     #[error("cannot pull through the mirror {url}: {reason}")]
     Mirror {
@@ -493,6 +511,8 @@ impl Store {
             }));
         }
         let top = Descriptor::new(top_type.clone(), top_data.len() as u64, top_digest.to_oci());
+        // The index's SBOM attestations of the chosen platform.
+        let mut attestations = Vec::new();
         let (manifest_data, manifest_digest) = match store::kind_of(&top_type) {
             Kind::Manifest => (top_data.clone(), top_digest.clone()),
             Kind::Index => {
@@ -504,6 +524,12 @@ impl Store {
                 })?;
                 let chosen = store::select_platform(&name, &index, arch)?;
                 let digest = store::descriptor_digest(&chosen)?;
+                attestations = index
+                    .manifests()
+                    .iter()
+                    .filter(|m| attestation::attests(m, digest.as_str()))
+                    .cloned()
+                    .collect();
                 let (data, media_type) = client.manifest(digest.as_str()).map_err(wrap)?;
                 let actual = Digest::of(&data);
                 if actual != digest {
@@ -625,6 +651,19 @@ impl Store {
             }
         }
         drop(_finish);
+        for att in &attestations {
+            // Best effort: the image is usable without its SBOM, and `keel build`'s SBOM
+            // notes an attestation the store does not hold.
+            if let Err(e) = self.pull_attestation(&mut client, att) {
+                let cause = std::error::Error::source(&e)
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default();
+                log::warn!(
+                    "{name}: cannot pull its SBOM attestation {}: {e}{cause}",
+                    att.digest()
+                );
+            }
+        }
         // Manifest and index last: a partial pull never leaves a manifest without its blobs.
         self.put_blob(&manifest_data)?;
         if manifest_digest != top_digest {
@@ -633,6 +672,59 @@ impl Store {
         self.tag(reference, top.clone())?;
         log::info!("pulled {name} ({top_digest}) for linux/{arch}");
         Ok(top)
+    }
+
+    /// Fetches an attestation manifest and its SPDX statements (each at most
+    /// [`attestation::MAX_STATEMENT`]), statements first.
+    fn pull_attestation(&self, client: &mut Client, att: &Descriptor) -> RResult<()> {
+        let keep = |what: String| {
+            move |e: Error| RegistryError::Attestation {
+                what,
+                source: Box::new(e),
+            }
+        };
+        let digest = store::descriptor_digest(att).map_err(keep("attestation manifest".into()))?;
+        let (data, _) = client.manifest(digest.as_str())?;
+        let actual = Digest::of(&data);
+        if actual != digest {
+            return Err(RegistryError::DigestMismatch {
+                what: "attestation manifest".into(),
+                expected: digest,
+                actual: actual.to_string(),
+            });
+        }
+        let manifest: ImageManifest =
+            serde_json::from_slice(&data).map_err(|source| RegistryError::Invalid {
+                what: format!("attestation manifest {digest}"),
+                source,
+            })?;
+        for layer in manifest.layers().iter().filter(|l| attestation::is_spdx(l)) {
+            let layer_digest =
+                store::descriptor_digest(layer).map_err(keep("SBOM statement".into()))?;
+            if layer.size() > attestation::MAX_STATEMENT {
+                return Err(RegistryError::AttestationTooLarge {
+                    digest: layer_digest.to_string(),
+                    size: layer.size(),
+                });
+            }
+            if self.blob_intact(&layer_digest, layer.size()) {
+                continue;
+            }
+            let limit = Limit::from_now(default_blob_deadline(layer.size()), false);
+            let limit = earliest(Some(limit), client.pull_limit).unwrap_or(limit);
+            let body = client.blob(&layer_digest, limit)?;
+            let body = Timed {
+                inner: body,
+                limit,
+                received: 0,
+                progress: None,
+            };
+            self.put_verified(body, &layer_digest, Some(layer.size()))
+                .map_err(keep(format!("SBOM statement {layer_digest}")))?;
+        }
+        self.put_blob(&data)
+            .map_err(keep(format!("attestation manifest {digest}")))?;
+        Ok(())
     }
 
     /// Push `source` (an image of the store: a manifest, or an index with every platform it

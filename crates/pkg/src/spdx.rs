@@ -27,14 +27,12 @@ pub const LICENSE_LIST_VERSION: &str = "3.20";
 /// The base of keel's document namespaces (a hash of the document follows).
 pub const NAMESPACE_BASE: &str = "https://keel.invalid/spdx/";
 
-/// The in-toto predicate type of an SPDX document.
-pub const SPDX_PREDICATE: &str = "https://spdx.dev/Document";
+pub use keel_image::attestation::{
+    ATTESTATION_MANIFEST, PREDICATE_TYPE_ANNOTATION, REFERENCE_DIGEST_ANNOTATION,
+    REFERENCE_TYPE_ANNOTATION, SPDX_PREDICATE,
+};
 pub const IN_TOTO_STATEMENT: &str = "https://in-toto.io/Statement/v0.1";
 pub const IN_TOTO_MEDIA_TYPE: &str = "application/vnd.in-toto+json";
-pub const PREDICATE_TYPE_ANNOTATION: &str = "in-toto.io/predicate-type";
-pub const REFERENCE_TYPE_ANNOTATION: &str = "vnd.docker.reference.type";
-pub const REFERENCE_DIGEST_ANNOTATION: &str = "vnd.docker.reference.digest";
-pub const ATTESTATION_MANIFEST: &str = "attestation-manifest";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
