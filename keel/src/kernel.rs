@@ -118,6 +118,10 @@ pub fn build(
     let deb_cache = store.path().join("debs");
     let mut manifests: Vec<(Arch, Descriptor)> = Vec::new();
     for &arch in arches {
+        let _step = crate::progress::Step::start(format!(
+            "building kernel {} for {arch}",
+            recipe_dir.display()
+        ));
         let artifacts = match keel_kernel::build(&recipe, arch.uname(), &deb_cache) {
             // A version replaced by a newer upload, or the whole ABI package removed.
             Err(keel_kernel::KernelError::Fetch(

@@ -9,6 +9,7 @@ pub mod kernel;
 pub mod lock;
 pub mod output;
 pub mod pkg;
+pub mod progress;
 pub mod run;
 pub mod sbom;
 pub(crate) mod sys;

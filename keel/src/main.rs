@@ -370,12 +370,15 @@ enum KernelCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse_from(with_default_backend(std::env::args_os().collect()));
     let level = log_level(cli.quiet, cli.verbose);
-    env_logger::Builder::new()
+    let logger = env_logger::Builder::new()
         .filter_level(level)
         .format_timestamp(None)
         .format_target(false)
         .parse_env("KEEL_LOG")
-        .init();
+        .build();
+    log::set_max_level(logger.filter());
+    // Cannot fail: no logger was set before.
+    let _ = log::set_boxed_logger(Box::new(keel::progress::Logger(logger)));
     match run(cli) {
         Ok(code) => code,
         Err(err) => {

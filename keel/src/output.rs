@@ -561,6 +561,7 @@ fn write_into(
 
     for &format in formats {
         let file = format.files(name).remove(0);
+        let _step = crate::progress::Step::start(format!("writing {file} ({format})"));
         match format {
             Format::KernelInitrd => {
                 let k = products.kernel(format)?.clone();

@@ -74,6 +74,7 @@ pub fn build_tag(store: &Store, dir: &Path, opts: PkgOptions) -> Result<Referenc
 /// `keel pkg build`: builds a package (or kernel recipe) into the store.
 pub fn build(store: &Store, dir: &Path, opts: PkgOptions) -> Result<Reference, Error> {
     if is_package(dir) {
+        let _step = crate::progress::Step::start(format!("building package {}", dir.display()));
         return Ok(keel_pkg::build(store, dir, &with_store(store, opts))?);
     }
     if crate::kernel::is_recipe(dir) {

@@ -1006,3 +1006,34 @@ fn decompress_kernel() {
     );
     assert_eq!(listing(&w.path("fake")), Vec::<String>::new());
 }
+
+/// Long steps show a progress line on a terminal, naming the step; not when stderr is not a
+/// terminal, and not with -q.
+#[test]
+fn progress_is_shown_on_a_terminal_only() {
+    let (w, _) = Work::with_fixtures();
+    w.write("sys.yml", &system_yaml(APP));
+    let step = "writing sys-kernel (kernel+initrd)";
+    let shown = run(&mut w.keel_on_terminal(&["build", "--dir", "tty", "sys.yml"])).ok();
+    assert!(shown.stdout.contains(step), "{}", shown.stdout);
+    // The line is cleared, and the log lines after it are whole.
+    assert!(shown.stdout.contains("\x1b[2K"), "{:?}", shown.stdout);
+    assert!(
+        shown.stdout.contains("wrote tty/sys-kernel"),
+        "{}",
+        shown.stdout
+    );
+    let quiet = run(&mut w.keel_on_terminal(&["build", "-q", "--dir", "quiet", "sys.yml"])).ok();
+    assert!(!quiet.stdout.contains(step), "{}", quiet.stdout);
+    let piped = run(&mut w.keel(["build", "--dir", "piped", "sys.yml"])).ok();
+    assert!(!piped.stderr.contains(step), "{}", piped.stderr);
+    assert!(
+        piped.stderr.contains("wrote piped/sys-kernel"),
+        "{}",
+        piped.stderr
+    );
+    assert_eq!(
+        read(&w.path("tty/sys-initrd.img")),
+        read(&w.path("piped/sys-initrd.img"))
+    );
+}

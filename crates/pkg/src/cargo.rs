@@ -42,6 +42,17 @@ fn target_dir(root: &Path) -> PathBuf {
     }
 }
 
+/// How many of cargo's last lines a failed build's error shows.
+const CARGO_OUTPUT_LINES: usize = 40;
+
+/// The last `lines` lines of `output`, each indented, after a newline; empty for no output.
+fn tail(output: &[u8], lines: usize) -> String {
+    let text = String::from_utf8_lossy(output);
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    all[start..].iter().map(|l| format!("\n  {l}")).collect()
+}
+
 /// Builds `binaries` for `arch` and returns their bytes, in the same order.
 pub(crate) fn build(
     cargo: &Path,
@@ -64,14 +75,23 @@ pub(crate) fn build(
         command.args(["--target", triple, "--profile", "guest"]);
         let line = format!("{command:?}").replace('"', "");
         log::info!("building {package} for {arch}: {line}");
-        let status = command.status().map_err(|source| Error::CargoSpawn {
+        let spawn_err = |source| Error::CargoSpawn {
             cargo: cargo.to_path_buf(),
             source,
-        })?;
+        };
+        // Cargo's own lines would tear keel's progress line; they are shown with -v, and the
+        // end of them when the build fails.
+        let (status, output) = if log::log_enabled!(log::Level::Debug) {
+            (command.status().map_err(spawn_err)?, String::new())
+        } else {
+            let out = command.output().map_err(spawn_err)?;
+            (out.status, tail(&out.stderr, CARGO_OUTPUT_LINES))
+        };
         if !status.success() {
             return Err(Error::CargoFailed {
                 command: line,
                 status: status.to_string(),
+                output,
             });
         }
     }
@@ -122,17 +142,15 @@ pub(crate) fn metadata(
         "--offline",
     ]);
     let line = format!("{command:?}").replace('"', "");
-    let output = command
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .map_err(|source| Error::CargoSpawn {
-            cargo: cargo.to_path_buf(),
-            source,
-        })?;
+    let output = command.output().map_err(|source| Error::CargoSpawn {
+        cargo: cargo.to_path_buf(),
+        source,
+    })?;
     if !output.status.success() {
         return Err(Error::CargoFailed {
             command: line,
             status: output.status.to_string(),
+            output: tail(&output.stderr, CARGO_OUTPUT_LINES),
         });
     }
     let parsed: Metadata =

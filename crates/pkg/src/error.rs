@@ -114,9 +114,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// `cargo build` failed (its output went to standard error).
-    #[error("`{command}` failed ({status})")]
-    CargoFailed { command: String, status: String },
+    /// `cargo build` failed; `output` is the end of what it printed (empty when it printed
+    /// straight to standard error, with `-v`).
+    #[error("`{command}` failed ({status}){output}")]
+    CargoFailed {
+        command: String,
+        status: String,
+        output: String,
+    },
     /// Assembling the image's tree or writing its layer failed.
     #[error("cannot assemble the {arch} image")]
     Rootfs {

@@ -344,6 +344,20 @@ impl Work {
         c
     }
 
+    /// `keel ARGS` with a terminal for its standard streams (util-linux `script`, as a user's
+    /// shell gives one); the run's stdout is what that terminal showed.
+    pub fn keel_on_terminal(&self, args: &[&str]) -> Command {
+        let line = std::iter::once(env!("CARGO_BIN_EXE_keel"))
+            .chain(args.iter().copied())
+            .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut c = Command::new("script");
+        c.args(["-qec", &line, "/dev/null"]);
+        self.setup(&mut c);
+        c
+    }
+
     fn setup(&self, c: &mut Command) {
         c.current_dir(self.root())
             .env("KEEL_CACHE", self.store_dir())
