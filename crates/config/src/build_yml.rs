@@ -3,6 +3,8 @@
 //!
 //! ```yaml
 //! image: keel/init                 # required: repository (the tag is computed)
+//! org: keel                        # optional: the organisation of an image without one
+//!                                  # (LinuxKit's key; default linuxkit)
 //! arches: [x86_64, aarch64]        # default: both
 //! config: {pid: host}              # optional: the org.mobyproject.config label
 //! entrypoint: ["/init"]            # optional image configuration
@@ -39,6 +41,7 @@ pub const ARCH_NAMES: &[&str] = &["x86_64", "aarch64", "amd64", "arm64"];
 
 const TOP_KEYS: &[&str] = &[
     "image",
+    "org",
     "arches",
     "config",
     "entrypoint",
@@ -57,6 +60,8 @@ const FILE_KEYS: &[&str] = &["path", "source", "symlink", "directory", "contents
 pub struct BuildManifest {
     /// The image repository, e.g. `keel/init` (no tag, no digest).
     pub image: Spanned<String>,
+    /// `org:`, the organisation of an `image` that names none (LinuxKit's key).
+    pub org: Option<Spanned<String>>,
     /// The architectures as written (each one of [`ARCH_NAMES`]); `None` means both.
     pub arches: Option<Strings>,
     /// The `org.mobyproject.config` label: compact JSON with sorted keys, validated.
@@ -152,6 +157,7 @@ pub fn parse(name: &str, text: &str) -> R<BuildManifest> {
     let mut image = None;
     let mut m = BuildManifest {
         image: Spanned::new(String::new(), root.loc.clone()),
+        org: None,
         arches: None,
         label: None,
         entrypoint: None,
@@ -165,6 +171,7 @@ pub fn parse(name: &str, text: &str) -> R<BuildManifest> {
     for (k, key, v) in entries(&root, "build.yml")? {
         match key {
             "image" => image = Some(image_name(v)?),
+            "org" => m.org = Some(org_name(v)?),
             "arches" => m.arches = Some(arches(v)?),
             "config" => m.label = Some(label(v)?),
             "entrypoint" => m.entrypoint = Some(strings(v, key)?),
@@ -194,6 +201,16 @@ pub fn parse(name: &str, text: &str) -> R<BuildManifest> {
         }
     }
     m.image = image.ok_or_else(|| root.loc.err("build.yml is missing \"image\""))?;
+    if let Some(org) = &m.org
+        && m.image.contains('/')
+    {
+        return Err(org.loc.err(format!(
+            "org {:?} with an image that names its own organisation ({}): write image: {} and org:, or the image alone",
+            org.value,
+            m.image.value,
+            m.image.rsplit('/').next().unwrap_or_default()
+        )));
+    }
     check_unique_paths(&m)?;
     Ok(m)
 }
@@ -229,6 +246,26 @@ fn image_name(n: &Node) -> R<Spanned<String>> {
     if !ok {
         return Err(s.loc.err(format!(
             "invalid image {:?}; expected a repository without tag or digest, such as keel/init",
+            s.value
+        )));
+    }
+    Ok(s)
+}
+
+/// An organisation: lower-case letters, digits, `.`, `_`, `-`, and `/` between components
+/// (`linuxkit`, `ghcr.io/me`), as a repository's path begins.
+fn org_name(n: &Node) -> R<Spanned<String>> {
+    let s = string(n)?;
+    let ok = !s.is_empty()
+        && s.split('/').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        });
+    if !ok {
+        return Err(s.loc.err(format!(
+            "invalid org {:?}; expected an organisation such as linuxkit or ghcr.io/me",
             s.value
         )));
     }
@@ -492,7 +529,7 @@ files:
     fn unknown_keys_have_positions() {
         assert_eq!(
             err("image: x/y\nimagee: z\n"),
-            "build.yml:2:1: unknown key \"imagee\" in build.yml (did you mean image?); expected one of: image, arches, config, entrypoint, cmd, env, workdir, binaries, debs, files"
+            "build.yml:2:1: unknown key \"imagee\" in build.yml (did you mean image?); expected one of: image, org, arches, config, entrypoint, cmd, env, workdir, binaries, debs, files"
         );
         let e = err("image: x/y\nfiles:\n  - {path: /a, contents: x, owner: 0}\n");
         assert!(
@@ -533,6 +570,17 @@ files:
             err("image: x\ndebs: [busybox=1.0]\n").starts_with("build.yml:2:8: invalid Debian")
         );
         assert!(err("image: x\nenv: [PATH]\n").starts_with("build.yml:2:7: env entry"));
+        let e = err("image: x\norg: Me\n");
+        assert!(e.starts_with("build.yml:2:6: invalid org \"Me\""), "{e}");
+        assert!(err("image: x\norg: a//b\n").contains("invalid org"));
+        let e = err("image: keel/x\norg: me\n");
+        assert!(
+            e.starts_with("build.yml:2:6: org \"me\" with an image that names its own")
+                && e.contains("write image: x and org:"),
+            "{e}"
+        );
+        let m = parse("build.yml", "image: x\norg: ghcr.io/me\n").unwrap();
+        assert_eq!(m.org.unwrap().value, "ghcr.io/me");
         let e = err("image: x\nfiles:\n  - {path: /a, source: ../etc}\n");
         assert!(e.starts_with("build.yml:3:24: invalid source"), "{e}");
         let e = err("image: x\nfiles:\n  - {path: /a/../b, contents: x}\n");

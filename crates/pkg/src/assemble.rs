@@ -166,7 +166,7 @@ fn copyright_of(tree: &Tree, package: &str) -> Option<keel_debian::copyright::Co
 
 /// The SBOM of one architecture's image: its Debian packages and Rust binaries.
 pub(crate) fn sbom(p: &Prepared, arch: Arch, debs: &[DebInfo]) -> spdx::Document {
-    let name = crate::repository(p.manifest.image.as_str());
+    let name = crate::manifest_repository(&p.manifest);
     let mut doc = spdx::Document::new(
         &format!("{name} ({})", arch.uname()),
         p.mtime,

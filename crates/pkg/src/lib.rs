@@ -44,7 +44,6 @@ const DOCKERFILE: &str = "Dockerfile";
 /// Keys of LinuxKit's build.yml that keel's does not have: a build.yml using them is written
 /// for LinuxKit's Docker builds.
 const LINUXKIT_KEYS: &[&str] = &[
-    "org",
     "tag",
     "dockerfile",
     "extra-sources",
@@ -59,14 +58,19 @@ const LINUXKIT_KEYS: &[&str] = &[
 const CONTENT_KEYS: &[&str] = &["binaries", "debs", "files"];
 
 /// The repository a build.yml `image` names: itself when it has an organisation (or a
-/// registry), else `linuxkit/<image>` like LinuxKit's `pkg build` (whose `org` defaults to
-/// `linuxkit`).
-pub fn repository(image: &str) -> String {
+/// registry), else `<org>/<image>` like LinuxKit's `pkg build`, whose `org` defaults to
+/// `linuxkit`.
+pub fn repository(image: &str, org: Option<&str>) -> String {
     if image.contains('/') {
         image.to_owned()
     } else {
-        format!("{DEFAULT_ORG}/{image}")
+        format!("{}/{image}", org.unwrap_or(DEFAULT_ORG))
     }
+}
+
+/// The repository of a parsed build.yml: its `image`, in its `org`.
+pub(crate) fn manifest_repository(m: &BuildManifest) -> String {
+    repository(m.image.as_str(), m.org.as_ref().map(|o| o.as_str()))
 }
 
 /// Versions the tag computation: bump when the inputs or the image layout change meaning.
@@ -401,11 +405,7 @@ impl Prepared {
     /// [`repository`] makes it.
     fn reference(&self) -> Result<Reference> {
         let hash = input_hash(self);
-        let text = format!(
-            "{}:{}",
-            repository(self.manifest.image.as_str()),
-            &hash[..16]
-        );
+        let text = format!("{}:{}", manifest_repository(&self.manifest), &hash[..16]);
         text.parse().map_err(|source| Error::Reference {
             image: self.manifest.image.value.clone(),
             source,
@@ -897,9 +897,10 @@ mod tests {
     /// and registry-qualified names are kept.
     #[test]
     fn bare_images_are_in_the_linuxkit_org() {
-        assert_eq!(repository("sshd"), "linuxkit/sshd");
-        assert_eq!(repository("keel/init"), "keel/init");
-        assert_eq!(repository("ghcr.io/me/tool"), "ghcr.io/me/tool");
+        assert_eq!(repository("sshd", None), "linuxkit/sshd");
+        assert_eq!(repository("sshd", Some("ghcr.io/me")), "ghcr.io/me/sshd");
+        assert_eq!(repository("keel/init", None), "keel/init");
+        assert_eq!(repository("ghcr.io/me/tool", None), "ghcr.io/me/tool");
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join(BUILD_YML),
@@ -912,6 +913,16 @@ mod tests {
         assert_eq!(tag.repository(), "linuxkit/sshd");
         let store_dir = tempfile::tempdir().unwrap();
         let store = Store::open(store_dir.path()).unwrap();
+        assert_eq!(build(&store, dir.path(), &o).unwrap(), tag);
+        // LinuxKit's org: key puts it in another organisation, for show-tag and build alike.
+        std::fs::write(
+            dir.path().join(BUILD_YML),
+            "image: sshd\norg: ghcr.io/me\nfiles: [{path: /a, contents: a}]\n",
+        )
+        .unwrap();
+        let tag = show_tag(dir.path(), &o).unwrap();
+        assert_eq!(tag.registry(), "ghcr.io");
+        assert_eq!(tag.repository(), "me/sshd");
         assert_eq!(build(&store, dir.path(), &o).unwrap(), tag);
         assert!(store.resolve(&tag).unwrap().is_some());
     }
