@@ -12,7 +12,8 @@ use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Bumped when the image layout built from a recipe changes, so old tags are not reused.
-const LAYOUT_VERSION: &str = "keel-kernel-image/1";
+/// `/2`: the image carries its SBOM (the kernel's Debian package), as packages do.
+const LAYOUT_VERSION: &str = "keel-kernel-image/2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -35,6 +36,8 @@ pub enum Error {
     Layer(#[source] keel_rootfs::Error),
     #[error("cannot store the kernel image")]
     Store(#[source] keel_image::Error),
+    #[error("cannot attach the kernel image's SBOM")]
+    Sbom(#[source] keel_pkg::Error),
     #[error(
         "{}: {package}={version} ({arch}) is no longer in Debian's archive; run `keel pkg update-lock {}` to move the pin to the newest kernel of its flavour (a build without --locked does this by itself)",
         recipe.display(), dir.display()
@@ -116,7 +119,7 @@ pub fn build(
 ) -> Result<Reference, Error> {
     let mut recipe = load(recipe_dir)?;
     let deb_cache = store.path().join("debs");
-    let mut manifests: Vec<(Arch, Descriptor)> = Vec::new();
+    let mut manifests: Vec<(Arch, Descriptor, keel_pkg::spdx::Document)> = Vec::new();
     for &arch in arches {
         let _step = crate::progress::Step::start(format!(
             "building kernel {} for {arch}",
@@ -176,13 +179,54 @@ pub fn build(
             artifacts.release,
             artifacts.modules.len()
         );
-        manifests.push((arch, desc));
+        let sbom = sbom(&recipe, arch, &artifacts)?;
+        manifests.push((arch, desc, sbom));
     }
     // The tag covers recipe.yml as it is now, after any pin moved.
     let reference = tag(recipe_dir)?;
-    let index = store.write_index(&manifests).map_err(Error::Store)?;
+    let index = keel_pkg::spdx::write_index_with_sboms(store, &reference.to_string(), manifests)
+        .map_err(Error::Sbom)?;
     store.tag(&reference, index).map_err(Error::Store)?;
     Ok(reference)
+}
+
+/// The SBOM of `arch`'s kernel image: the Debian package it was made from.
+fn sbom(
+    recipe: &keel_kernel::Recipe,
+    arch: Arch,
+    artifacts: &keel_kernel::KernelArtifacts,
+) -> Result<keel_pkg::spdx::Document, Error> {
+    let pin = recipe
+        .package(arch.uname())
+        .map_err(|source| Error::Recipe {
+            dir: recipe.path.clone(),
+            source,
+        })?;
+    let created = keel_kernel::source_date_epoch().map_err(|source| Error::Build {
+        dir: recipe.path.clone(),
+        arch,
+        source: Box::new(source),
+    })?;
+    let mut doc = keel_pkg::spdx::Document::new(
+        &format!(
+            "{} kernel {} ({})",
+            recipe.name,
+            artifacts.release,
+            arch.uname()
+        ),
+        created,
+        vec!["Tool: keel".into(), "Organization: keel".into()],
+    );
+    keel_pkg::spdx::DebianPackage {
+        name: &pin.name,
+        version: &pin.version,
+        sha256: &pin.sha256,
+        control: &artifacts.control,
+        copyright: artifacts.copyright.as_ref(),
+        arch,
+    }
+    .add_to(&mut doc, "OPERATING-SYSTEM");
+    Ok(doc)
 }
 
 fn load(recipe_dir: &Path) -> Result<keel_kernel::Recipe, Error> {

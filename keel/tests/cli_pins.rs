@@ -175,4 +175,45 @@ fn a_kernel_pin_that_left_the_archive_moves_to_the_newest_of_its_flavour() {
         "{}",
         built.stdout
     );
+    // The image carries its SBOM: the Debian package it was made from, with its licence.
+    let store = w.store();
+    let reference: keel_image::Reference = built.stdout.trim().parse().unwrap();
+    let image = store.image(&reference, keel_image::Arch::X86_64).unwrap();
+    let index: keel_pkg::spdx::Index =
+        serde_json::from_slice(&store.read_blob(&image.digest).unwrap()).unwrap();
+    let attestation = index
+        .manifests
+        .iter()
+        .find(|m| {
+            m.annotation(keel_pkg::spdx::REFERENCE_DIGEST_ANNOTATION)
+                == Some(image.manifest_digest.as_str())
+        })
+        .expect("an attestation of the x86_64 manifest");
+    let manifest: keel_pkg::spdx::Manifest = serde_json::from_slice(
+        &store
+            .read_blob(&attestation.digest.parse().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let statement: keel_pkg::spdx::Statement = serde_json::from_slice(
+        &store
+            .read_blob(&manifest.layers[0].digest.parse().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let deb = statement
+        .predicate
+        .packages
+        .iter()
+        .find(|p| p.name == new.name)
+        .unwrap_or_else(|| panic!("{:?}", statement.predicate.packages));
+    assert_eq!(deb.version_info.as_deref(), Some(new.version.as_str()));
+    assert_eq!(deb.checksums[0].checksum_value, new.sha256);
+    assert!(
+        deb.license_declared
+            .as_deref()
+            .is_some_and(|l| l.starts_with("GPL-2.0-only")),
+        "{:?}",
+        deb.license_declared
+    );
 }

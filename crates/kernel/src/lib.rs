@@ -126,6 +126,10 @@ pub struct KernelArtifacts {
     pub config: Vec<u8>,
     /// Paths of the shipped modules, relative to `lib/modules/<release>/`, sorted.
     pub modules: Vec<String>,
+    /// The package's control fields (name, version, architecture) and its copyright file, for
+    /// the image's SBOM.
+    pub control: keel_debian::Control,
+    pub copyright: Option<keel_debian::copyright::Copyright>,
 }
 
 /// The mtime for generated files: `SOURCE_DATE_EPOCH` if set, else [`DEFAULT_MTIME`].
@@ -345,12 +349,24 @@ pub fn from_deb(
     for (name, data) in generated {
         files.insert(format!("{root}/{name}"), data);
     }
+    let copyright = deb
+        .control()
+        .get("Package")
+        .map(keel_debian::copyright::path)
+        .and_then(|path| {
+            entries
+                .iter()
+                .find(|e| e.kind == EntryKind::File && e.path == path)
+        })
+        .and_then(|e| keel_debian::copyright::parse(&String::from_utf8_lossy(&e.data)));
     Ok(KernelArtifacts {
         release,
         kernel: kernel.data.clone(),
         modules_tar: deterministic_tar(&files, mtime).map_err(KernelError::Tar)?,
         config: config.data.clone(),
         modules: selected.into_iter().collect(),
+        control: deb.control().clone(),
+        copyright,
     })
 }
 

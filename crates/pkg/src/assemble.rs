@@ -173,43 +173,15 @@ pub(crate) fn sbom(p: &Prepared, arch: Arch, debs: &[DebInfo]) -> spdx::Document
         vec!["Tool: keel".into(), "Organization: keel".into()],
     );
     for deb in debs {
-        let debian_arch = deb.control.get("Architecture").unwrap_or(arch.oci_name());
-        let id = spdx::element_id(
-            "deb",
-            &format!("{}-{}-{debian_arch}", deb.name, deb.version),
-        );
-        let mut pkg = spdx::Package::new(&deb.name, id.clone());
-        pkg.version_info = Some(deb.version.clone());
-        pkg.supplier = Some("Organization: Debian".into());
-        if let Some(url) = keel_debian::archive_url(&deb.control) {
-            pkg.download_location = url;
+        spdx::DebianPackage {
+            name: &deb.name,
+            version: &deb.version,
+            sha256: &deb.sha256,
+            control: &deb.control,
+            copyright: deb.copyright.as_ref(),
+            arch,
         }
-        pkg.checksums.push(spdx::Checksum {
-            algorithm: "SHA256".into(),
-            checksum_value: deb.sha256.clone(),
-        });
-        let (license, refs) = spdx::debian_license(&deb.name, deb.copyright.as_ref());
-        pkg.license_declared = Some(license);
-        pkg.license_concluded = Some(spdx::NOASSERTION.into());
-        pkg.copyright_text = Some(spdx::NOASSERTION.into());
-        pkg.external_refs.push(spdx::ExternalRef::purl(format!(
-            "pkg:deb/debian/{}@{}?arch={debian_arch}",
-            spdx::purl_escape(&deb.name),
-            spdx::purl_escape(&deb.version)
-        )));
-        pkg.primary_package_purpose = Some("LIBRARY".into());
-        for r in refs {
-            if !doc
-                .has_extracted_licensing_infos
-                .iter()
-                .any(|e| e.license_id == r.license_id)
-            {
-                doc.has_extracted_licensing_infos.push(r);
-            }
-        }
-        doc.relationships
-            .push(spdx::Relationship::new(spdx::DOCUMENT_ID, "DESCRIBES", &id));
-        doc.packages.push(pkg);
+        .add_to(&mut doc, "LIBRARY");
     }
     for b in &p.manifest.binaries {
         let krate = p.crates.get(b.package.as_str());

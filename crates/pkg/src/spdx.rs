@@ -267,6 +267,67 @@ pub fn purl_escape(text: &str) -> String {
     out
 }
 
+/// What the SBOM says of one Debian package.
+#[derive(Debug, Clone, Copy)]
+pub struct DebianPackage<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    /// The `.deb`'s sha256 (hex).
+    pub sha256: &'a str,
+    pub control: &'a keel_debian::Control,
+    pub copyright: Option<&'a Copyright>,
+    /// The architecture built for (the package's own `Architecture`, e.g. `all`, wins).
+    pub arch: Arch,
+}
+
+impl DebianPackage<'_> {
+    /// Adds the package to `doc` (described by it), with the `LicenseRef-` licences its
+    /// copyright file uses; returns its element id.
+    pub fn add_to(&self, doc: &mut Document, purpose: &str) -> String {
+        let debian_arch = self
+            .control
+            .get("Architecture")
+            .unwrap_or(self.arch.oci_name());
+        let id = element_id(
+            "deb",
+            &format!("{}-{}-{debian_arch}", self.name, self.version),
+        );
+        let mut pkg = Package::new(self.name, id.clone());
+        pkg.version_info = Some(self.version.to_owned());
+        pkg.supplier = Some("Organization: Debian".into());
+        if let Some(url) = keel_debian::archive_url(self.control) {
+            pkg.download_location = url;
+        }
+        pkg.checksums.push(Checksum {
+            algorithm: "SHA256".into(),
+            checksum_value: self.sha256.to_owned(),
+        });
+        let (license, refs) = debian_license(self.name, self.copyright);
+        pkg.license_declared = Some(license);
+        pkg.license_concluded = Some(NOASSERTION.into());
+        pkg.copyright_text = Some(NOASSERTION.into());
+        pkg.external_refs.push(ExternalRef::purl(format!(
+            "pkg:deb/debian/{}@{}?arch={debian_arch}",
+            purl_escape(self.name),
+            purl_escape(self.version)
+        )));
+        pkg.primary_package_purpose = Some(purpose.to_owned());
+        for r in refs {
+            if !doc
+                .has_extracted_licensing_infos
+                .iter()
+                .any(|e| e.license_id == r.license_id)
+            {
+                doc.has_extracted_licensing_infos.push(r);
+            }
+        }
+        doc.relationships
+            .push(Relationship::new(DOCUMENT_ID, "DESCRIBES", &id));
+        doc.packages.push(pkg);
+        id
+    }
+}
+
 /// The licence of a Debian package from its copyright file, as an SPDX expression, with the
 /// `LicenseRef-` licences it uses: every `License:` of a machine-readable file, joined with
 /// `AND`; `NOASSERTION` for a free-form or missing file.
