@@ -70,6 +70,18 @@ pub enum Error {
         "--decompress-kernel: format {format} boots the kernel through a loader that needs the compressed image; use it with kernel+initrd, kernel+squashfs, tar or tar-kernel-initrd"
     )]
     DecompressFormat { format: &'static str },
+    #[error("cannot read the input tar {path}")]
+    InputTar {
+        path: String,
+        #[source]
+        source: keel_rootfs::Error,
+    },
+    #[error("the input tar {path} names {what} as a part of the kernel, but it holds no such file")]
+    InputTarLayout { path: String, what: String },
+    #[error(
+        "--input-tar with --pull: --pull re-resolves every tag, so nothing of a previous build can be reused"
+    )]
+    InputTarWithPull,
     #[error("--decompress-kernel: cannot decompress the kernel of {reference}")]
     Decompress {
         reference: String,
@@ -78,7 +90,7 @@ pub enum Error {
     },
 }
 
-type Result<T> = std::result::Result<T, Error>;
+pub(crate) type Result<T> = std::result::Result<T, Error>;
 
 pub use crate::output::Format;
 pub use keel_rootfs::DEFAULT_MAX_IMAGE_SIZE;
@@ -106,6 +118,9 @@ pub struct BuildOptions {
     /// Write the kernel uncompressed (`--decompress-kernel`, LinuxKit's flag): an ELF `vmlinux`
     /// on x86_64, an `Image` on aarch64.
     pub decompress_kernel: bool,
+    /// A previous build's `tar` output to build from when it was made from the same inputs
+    /// (`--input-tar`, LinuxKit's flag; see [`crate::input_tar`]).
+    pub input_tar: Option<PathBuf>,
 }
 
 /// The largest YAML document fetched from a URL (the parser's own limit on a document).
@@ -217,6 +232,11 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+/// Every image reference a config names, as written, in build order.
+pub(crate) fn reference_texts(config: &Config) -> Vec<String> {
+    references(config).into_iter().map(|(t, _)| t).collect()
 }
 
 /// Every image reference a config names, with where it is named, in build order.
@@ -469,6 +489,14 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
     if opts.locked && opts.pull {
         log::warn!("--pull with --locked: tags are re-resolved and must still match the lock file");
     }
+    if let Some(path) = &opts.input_tar {
+        if opts.pull {
+            return Err(Error::InputTarWithPull);
+        }
+        if let Some(previous) = reusable(path, &config, &lock, opts)? {
+            return build_from(store, &config, &lock, previous, &formats, &name, opts);
+        }
+    }
     let how = Resolve {
         arch: opts.arch,
         pull: opts.pull,
@@ -497,6 +525,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
             tool.ensure(store)?;
         }
     }
+    let fingerprint = crate::input_tar::fingerprint(&config, &pins, opts.arch, opts)?;
     let mut assembled = assemble::assemble(
         store,
         &config,
@@ -517,6 +546,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
         arch: opts.arch,
         size: opts.size.as_deref(),
         store,
+        fingerprint: fingerprint.as_deref(),
     };
     // The SBOM is made before any output is written, so that its failure leaves none.
     let sbom = if opts.sbom {
@@ -533,6 +563,90 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
         && (pins != lock || !path.exists())
     {
         pins.save(path)?;
+    }
+    for path in &written {
+        log::info!("wrote {}", path.display());
+    }
+    Ok(written)
+}
+
+/// The tree of the tar at `path` when it was built from exactly these inputs; else `None`,
+/// with a warning saying why the images are read instead.
+fn reusable(
+    path: &Path,
+    config: &Config,
+    lock: &Lock,
+    opts: &BuildOptions,
+) -> Result<Option<crate::input_tar::Previous>> {
+    let previous = crate::input_tar::read(path, opts.max_image_size)?;
+    let ours = crate::input_tar::fingerprint(config, lock, opts.arch, opts)?;
+    let why = match (&ours, &previous.fingerprint) {
+        (Some(a), Some(b)) if a == b => {
+            log::info!(
+                "building from {}: it was made from the same inputs ({a})",
+                path.display()
+            );
+            return Ok(Some(previous));
+        }
+        (_, None) => format!(
+            "it has no {} record (it is not the tar output of this keel)",
+            crate::input_tar::INPUT_KEY
+        ),
+        (None, _) => "an image reference has no pin in the lock file, or a host file of `files:` is missing, so nothing proves the tar was made from these inputs".to_owned(),
+        (Some(_), Some(_)) => "it was made from other inputs (the YAML, an image digest, a host file, the architecture, SOURCE_DATE_EPOCH, --decompress-kernel or keel's version differ)".to_owned(),
+    };
+    log::warn!(
+        "not using --input-tar {}: {why}; building from the images",
+        path.display()
+    );
+    Ok(None)
+}
+
+/// Writes the outputs of a previous build's tree (see [`reusable`]). The lock file is left as
+/// it is (its pins made the tree); the SBOM is written when every image is in the store.
+fn build_from(
+    store: &Store,
+    config: &Config,
+    lock: &Lock,
+    previous: crate::input_tar::Previous,
+    formats: &[Format],
+    name: &str,
+    opts: &BuildOptions,
+) -> Result<Vec<PathBuf>> {
+    for tool in formats.iter().filter_map(|f| f.tool()) {
+        if tool.arches.contains(&opts.arch) {
+            tool.ensure(store)?;
+        }
+    }
+    let settings = crate::output::Settings {
+        dir: &opts.dir,
+        name,
+        arch: opts.arch,
+        size: opts.size.as_deref(),
+        store,
+        fingerprint: previous.fingerprint.as_deref(),
+    };
+    let sbom = if opts.sbom {
+        let images = local_images(store, config, lock, opts.arch)?;
+        let missing: Vec<String> = reference_texts(config)
+            .into_iter()
+            .filter(|r| !images.contains_key(r))
+            .collect();
+        if missing.is_empty() {
+            Some(crate::sbom::document(store, name, &images, opts.arch)?)
+        } else {
+            log::warn!(
+                "no SBOM: it lists the images, and these are not in the store: {}",
+                missing.join(", ")
+            );
+            None
+        }
+    } else {
+        None
+    };
+    let mut written = crate::output::write(&previous.assembled, formats, &settings)?;
+    if let Some(sbom) = &sbom {
+        written.push(crate::sbom::write(&opts.dir, name, sbom)?);
     }
     for path in &written {
         log::info!("wrote {}", path.display());
@@ -739,6 +853,7 @@ mod tests {
             max_image_size: keel_rootfs::DEFAULT_MAX_IMAGE_SIZE,
             sbom: true,
             decompress_kernel: false,
+            input_tar: None,
         };
         assert_eq!(output_name(&opts), "minimal");
         opts.files = vec!["-".into()];

@@ -160,6 +160,11 @@ struct BuildArgs {
     /// tar-kernel-initrd.
     #[arg(long)]
     decompress_kernel: bool,
+    /// A previous `keel build -f tar` output to build from, without the images, when it was
+    /// made from the same inputs (YAML, pinned image digests, host files, architecture,
+    /// SOURCE_DATE_EPOCH); otherwise the images are read as usual, with a warning saying why.
+    #[arg(long, value_name = "FILE", conflicts_with = "pull")]
+    input_tar: Option<PathBuf>,
     /// Refuse an image whose layers decompress to more than SIZE (each layer, and all of an
     /// image's layers together), e.g. 8G (a bare number is MiB). Default: 4G.
     #[arg(
@@ -487,6 +492,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 // -o writes one file: the SBOM would have nowhere to go.
                 sbom: !args.no_sbom && args.output.is_none(),
                 decompress_kernel: args.decompress_kernel,
+                input_tar: args.input_tar,
             };
             let written = keel::build::build(&open_store()?, &opts)?;
             if let (Some(output), Some(_scratch)) = (&args.output, &scratch) {

@@ -266,6 +266,9 @@ pub struct Settings<'a> {
     pub size: Option<&'a str>,
     /// The store holding (or to hold) the pinned boot tool images (see [`crate::tools`]).
     pub store: &'a keel_image::Store,
+    /// What the root filesystem was made from ([`crate::input_tar::fingerprint`]), recorded
+    /// in the `tar` output for `--input-tar`; `None` when that cannot be known.
+    pub fingerprint: Option<&'a str>,
 }
 
 /// A generated file of an output (root-owned, 0644).
@@ -621,6 +624,17 @@ fn write_into(
             }
             Format::Tar => {
                 let mut t = assembled.tree.clone();
+                let made_boot = assembled.kernel.is_some() && t.get("boot").is_none();
+                // A tree with its own boot/kernel would not read back as it is: no record.
+                let reusable = ["boot/kernel", "boot/cmdline", "boot/ucode.cpio"]
+                    .iter()
+                    .all(|p| t.get(p).is_none());
+                let globals = match settings.fingerprint {
+                    Some(fp) if reusable => {
+                        crate::input_tar::globals(fp, assembled.kernel.as_ref(), made_boot)
+                    }
+                    _ => Vec::new(),
+                };
                 if let Some(k) = &assembled.kernel {
                     let place = |t: &mut Tree, p: &str, n: Node| {
                         t.remove(p);
@@ -637,7 +651,7 @@ fn write_into(
                     }
                 }
                 pending.push(
-                    keel_rootfs::write_tar(&t, create(&file)?, &products.opts)
+                    keel_rootfs::write_tar_with(&t, create(&file)?, &products.opts, &globals)
                         .map_err(out_err(&file))?,
                 );
             }
@@ -808,6 +822,7 @@ mod tests {
             arch: Arch::X86_64,
             size: None,
             store: &store,
+            fingerprint: None,
         };
         let err = write(&assembled, &[Format::Vhd, Format::DynamicVhd], &settings).unwrap_err();
         assert_eq!(
@@ -838,6 +853,7 @@ mod tests {
             arch: Arch::Aarch64,
             size: None,
             store: &store,
+            fingerprint: None,
         };
         for format in [Format::IsoBios, Format::RawBios, Format::Qcow2Bios] {
             let err = write(&assembled, &[Format::IsoEfi, format], &settings).unwrap_err();

@@ -1037,3 +1037,116 @@ fn progress_is_shown_on_a_terminal_only() {
         read(&w.path("piped/sys-initrd.img"))
     );
 }
+
+/// `--input-tar`: a previous `tar` output rebuilds the system, in any format, without its
+/// images, byte-identical to a build from the images; a tar made from other inputs (or not by
+/// keel) is not used, and the build says why.
+#[test]
+fn input_tar_rebuilds_without_the_images() {
+    let (w, _) = Work::with_fixtures();
+    w.write("sys.yml", &system_yaml(APP));
+    let build = |args: &[&str]| {
+        let mut all = vec!["build", "--arch", "x86_64"];
+        all.extend(args);
+        all.push("sys.yml");
+        run(&mut w.keel(&all))
+    };
+    build(&["-f", "tar", "--dir", "first"]).ok();
+    build(&["-f", "kernel+initrd", "-f", "iso-efi", "--dir", "fresh"]).ok();
+    // The images leave the store.
+    run(&mut w.keel(["cache", "rm", KERNEL, INIT, APP])).ok();
+    let err = build(&["-f", "tar", "--dir", "none"]).failed();
+    assert!(err.contains("not in the store"), "{err}");
+
+    let again = build(&[
+        "-f",
+        "tar",
+        "--input-tar",
+        "first/sys.tar",
+        "--dir",
+        "again",
+    ])
+    .ok();
+    assert!(
+        again.stderr.contains("building from first/sys.tar"),
+        "{}",
+        again.stderr
+    );
+    assert!(again.stderr.contains("no SBOM"), "{}", again.stderr);
+    assert_eq!(
+        read(&w.path("again/sys.tar")),
+        read(&w.path("first/sys.tar"))
+    );
+    assert_eq!(listing(&w.path("again")), ["sys.tar"]);
+    // Other formats from it, as a build from the images writes them.
+    build(&[
+        "-f",
+        "kernel+initrd",
+        "-f",
+        "iso-efi",
+        "--input-tar",
+        "first/sys.tar",
+        "--dir",
+        "converted",
+    ])
+    .ok();
+    for file in ["sys-kernel", "sys-initrd.img", "sys-cmdline", "sys-efi.iso"] {
+        assert_eq!(
+            read(&w.path(&format!("converted/{file}"))),
+            read(&w.path(&format!("fresh/{file}"))),
+            "{file}"
+        );
+    }
+
+    // Another YAML: the tar is not used, and the build says why (here, then fails for want of
+    // the images).
+    w.write(
+        "sys.yml",
+        &format!(
+            "{}files:\n  - path: etc/extra\n    contents: x\n",
+            system_yaml(APP)
+        ),
+    );
+    let err = build(&[
+        "-f",
+        "tar",
+        "--input-tar",
+        "first/sys.tar",
+        "--dir",
+        "other",
+    ])
+    .failed();
+    assert!(
+        err.contains("not using --input-tar first/sys.tar: it was made from other inputs"),
+        "{err}"
+    );
+    // A tar keel did not write (tar-kernel-initrd's holds no root filesystem record).
+    w.write("sys.yml", &system_yaml(APP));
+    let (w2, _) = Work::with_fixtures();
+    w2.write("sys.yml", &system_yaml(APP));
+    run(&mut w2.keel([
+        "build",
+        "--arch",
+        "x86_64",
+        "-f",
+        "tar-kernel-initrd",
+        "--dir",
+        "o",
+        "sys.yml",
+    ]))
+    .ok();
+    std::fs::copy(w2.path("o/sys-initrd.tar"), w.path("foreign.tar")).unwrap();
+    let err = build(&[
+        "-f",
+        "tar",
+        "--input-tar",
+        "foreign.tar",
+        "--dir",
+        "foreign",
+    ])
+    .failed();
+    assert!(err.contains("it has no KEEL.input record"), "{err}");
+    // --pull re-resolves every tag: refused with --input-tar.
+    let bad = build(&["--pull", "--input-tar", "first/sys.tar", "--dir", "pull"]);
+    assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+}

@@ -113,6 +113,7 @@ pub fn build_formats(
         // The SBOM is tested by keel/tests/cli_sbom.rs; VM tests boot the outputs.
         sbom: false,
         decompress_kernel: false,
+        input_tar: None,
     };
     keel::build::build(&store, &opts).map_err(|source| Error::Build {
         yaml: first.to_path_buf(),

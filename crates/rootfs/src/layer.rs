@@ -5,7 +5,7 @@
 use crate::Error;
 use crate::tree::{Blocker, Key, LinkProblem, Node, NodeKind, Tree, bytes_path, join, parent_of};
 use bytes::Bytes;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -126,6 +126,9 @@ struct Apply<'a> {
     origin: &'a Arc<str>,
     /// Paths created or replaced by this layer: whiteouts and opaque markers spare them.
     ours: HashSet<Key>,
+    /// Reading back keel's own tar ([`Tree::read_tar`]): no whiteouts, origins from the
+    /// entries' records, and the archive's global records collected here.
+    exact: Option<BTreeMap<String, Vec<u8>>>,
 }
 
 impl Tree {
@@ -163,6 +166,17 @@ impl Tree {
         origin: &str,
         budget: &mut ImageBudget,
     ) -> Result<(), Error> {
+        self.apply_capped(prefix, layer, origin, budget, None)
+    }
+
+    fn apply_capped(
+        &mut self,
+        prefix: &Path,
+        layer: impl Read,
+        origin: &str,
+        budget: &mut ImageBudget,
+        globals: Option<&mut BTreeMap<String, Vec<u8>>>,
+    ) -> Result<(), Error> {
         let image_left = budget.limits.image.saturating_sub(budget.used);
         let (allowed, scope, limit) = if budget.limits.layer <= image_left {
             (budget.limits.layer, "layer", budget.limits.layer)
@@ -177,7 +191,7 @@ impl Tree {
             read: 0,
             exceeded: false,
         };
-        let result = self.apply_tar(prefix, &mut capped, origin);
+        let result = self.apply_tar(prefix, &mut capped, origin, globals);
         budget.used = budget.used.saturating_add(capped.read);
         if capped.exceeded {
             return Err(Error::SizeLimit {
@@ -189,12 +203,36 @@ impl Tree {
         result
     }
 
-    /// Applies the tar read from `layer`, then reads the rest of the stream.
+    /// Reads back a tar that [`write_tar_with`](crate::write_tar_with) wrote: every entry
+    /// exactly as archived (a name starting `.wh.` is a file here, not a whiteout), each node's
+    /// origin from its [`SOURCE_PAX_KEY`](crate::SOURCE_PAX_KEY) record, within `limits`.
+    /// `name` names the archive in errors. Returns the tree and the archive's global records.
+    pub fn read_tar(
+        archive: impl Read,
+        name: &str,
+        limits: SizeLimits,
+    ) -> Result<(Tree, BTreeMap<String, Vec<u8>>), Error> {
+        let mut tree = Tree::new();
+        let mut globals = BTreeMap::new();
+        let mut budget = ImageBudget::new(limits);
+        tree.apply_capped(
+            Path::new(""),
+            archive,
+            name,
+            &mut budget,
+            Some(&mut globals),
+        )?;
+        Ok((tree, globals))
+    }
+
+    /// Applies the tar read from `layer`, then reads the rest of the stream; with `globals`,
+    /// exactly (see [`Tree::read_tar`]), collecting the archive's global records there.
     fn apply_tar(
         &mut self,
         prefix: &Path,
         mut layer: impl Read,
         origin: &str,
+        globals: Option<&mut BTreeMap<String, Vec<u8>>>,
     ) -> Result<(), Error> {
         let origin_arc: Arc<str> = origin.into();
         let prefix = match crate::tree::normalize(prefix.as_os_str().as_bytes()) {
@@ -220,6 +258,7 @@ impl Tree {
             prefix,
             origin: &origin_arc,
             ours: HashSet::new(),
+            exact: globals.as_ref().map(|_| BTreeMap::new()),
         };
         let read_error = |source| Error::ReadLayer {
             origin: origin.to_owned(),
@@ -234,6 +273,9 @@ impl Tree {
         // zeros) is still decompressed when the blob's digest is checked, so read it here,
         // where it counts against the limits.
         io::copy(&mut layer, &mut io::sink()).map_err(read_error)?;
+        if let (Some(out), Some(found)) = (globals, state.exact) {
+            *out = found;
+        }
         Ok(())
     }
 
@@ -244,6 +286,20 @@ impl Tree {
     ) -> Result<(), Error> {
         let raw = entry.path_bytes().into_owned();
         let origin = state.origin;
+        // keel's own tar: the entry's provenance record is its origin.
+        let global = entry.header().entry_type() == EntryType::XGlobalHeader;
+        let own_origin: Option<Arc<str>> = match state.exact {
+            Some(_) if !global => entry
+                .pax_extensions()
+                .ok()
+                .flatten()
+                .into_iter()
+                .flatten()
+                .flatten()
+                .find(|e| e.key() == Ok(crate::SOURCE_PAX_KEY))
+                .and_then(|e| e.value().ok().map(Arc::from)),
+            _ => None,
+        };
         let name = || String::from_utf8_lossy(&raw).into_owned();
         let comps = components(&raw).map_err(|bad| match bad {
             BadPath::Absolute => Error::AbsolutePath {
@@ -270,7 +326,7 @@ impl Tree {
         let dir = join(&state.prefix, parents.iter().copied());
         self.check_parent(&dir, origin, &raw)?;
 
-        if last.starts_with(WHITEOUT) {
+        if state.exact.is_none() && last.starts_with(WHITEOUT) {
             if *last == OPAQUE {
                 self.remove_lower(&dir, false, &state.ours);
             } else if last.starts_with(b".wh..wh.") {
@@ -350,7 +406,20 @@ impl Tree {
                 }
             }
             EntryType::Fifo => NodeKind::Fifo,
-            EntryType::XGlobalHeader => return Ok(()),
+            EntryType::XGlobalHeader => {
+                if let Some(globals) = &mut state.exact {
+                    let records = entry.pax_extensions().map_err(|source| Error::ReadLayer {
+                        origin: origin.to_string(),
+                        source,
+                    })?;
+                    for record in records.into_iter().flatten().flatten() {
+                        if let Ok(key) = record.key() {
+                            globals.insert(key.to_owned(), record.value_bytes().to_vec());
+                        }
+                    }
+                }
+                return Ok(());
+            }
             other => {
                 log::warn!(
                     "{origin}: skipping {:?} of unsupported type {other:?} (sockets cannot be archived)",
@@ -360,7 +429,10 @@ impl Tree {
             }
         };
 
-        let node = self.header_node(state, entry, node_kind, &raw)?;
+        let mut node = self.header_node(state, entry, node_kind, &raw)?;
+        if let Some(own) = own_origin {
+            node.origin = own;
+        }
         let key = join(&dir, [*last]);
         let template = Node::new(NodeKind::Dir, 0o755, origin.clone());
         let ours = &mut state.ours;

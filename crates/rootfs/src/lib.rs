@@ -31,7 +31,7 @@ pub use error::Error;
 pub use gzip::{GzipWriter, gzip_writer};
 pub use layer::{DEFAULT_MAX_IMAGE_SIZE, ImageBudget, SizeLimits};
 pub use squashfs::write_squashfs;
-pub use tarball::{SOURCE_PAX_KEY, write_tar};
+pub use tarball::{SOURCE_PAX_KEY, write_tar, write_tar_with};
 pub use tree::{Node, NodeKind, Tree};
 
 /// LinuxKit's fixed timestamp for generated entries: 2017-04-18T16:30:00Z.
