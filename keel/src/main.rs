@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use keel::build::{BuildOptions, Format};
-use keel::run::{Accel, Disk, Options as RunOptions, Publish};
+use keel::run::{Accel, Device, Disk, Options as RunOptions, Publish, Share};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -266,6 +266,19 @@ struct QemuArgs {
     /// Forward a host port to the guest: HOST:GUEST[/tcp|/udp]. Repeatable.
     #[arg(long)]
     publish: Vec<Publish>,
+    /// Add a QEMU device, as QEMU's -device takes it: DRIVER[,PROP=VALUE]..., e.g.
+    /// `--device qemu-xhci --device usb-host,vendorid=0x046d,productid=0xc52b`. Repeatable.
+    #[arg(long = "device", value_name = "DEV")]
+    devices: Vec<Device>,
+    /// Share a host directory with the guest through virtio-fs, served by virtiofsd:
+    /// [path=]DIR[,tag=TAG][,readonly][,sandbox=namespace|none]. The guest mounts it with
+    /// `mount -t virtiofs TAG MOUNTPOINT`; TAG defaults to DIR's base name. Repeatable.
+    #[arg(long = "virtiofs", value_name = "DIR[,tag=TAG][,readonly]")]
+    shares: Vec<Share>,
+    /// The virtiofsd binary for --virtiofs (default: virtiofsd from PATH, else
+    /// /usr/libexec/virtiofsd).
+    #[arg(long, value_name = "PATH", env = "KEEL_VIRTIOFSD")]
+    virtiofsd: Option<PathBuf>,
     /// Boot with UEFI firmware.
     #[arg(long)]
     uefi: bool,
@@ -680,6 +693,9 @@ fn run_qemu(args: QemuArgs) -> Result<ExitCode> {
             "none" => false,
             other => anyhow::bail!("invalid --networking {other:?}: expected user or none"),
         },
+        devices: args.devices,
+        shares: args.shares,
+        virtiofsd: args.virtiofsd,
         extra: args.qemu_args,
     };
     if let Some(data) = data {
