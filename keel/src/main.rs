@@ -272,7 +272,8 @@ struct QemuArgs {
     devices: Vec<Device>,
     /// Share a host directory with the guest through virtio-fs, served by virtiofsd:
     /// [path=]DIR[,tag=TAG][,readonly][,sandbox=namespace|none]. The guest mounts it with
-    /// `mount -t virtiofs TAG MOUNTPOINT`; TAG defaults to DIR's base name. Repeatable.
+    /// `mount -t virtiofs TAG MOUNTPOINT`; TAG defaults to virtiofsN, N counting the --virtiofs
+    /// from 0 (as LinuxKit names them). Repeatable.
     #[arg(long = "virtiofs", value_name = "DIR[,tag=TAG][,readonly]")]
     shares: Vec<Share>,
     /// The virtiofsd binary for --virtiofs (default: virtiofsd from PATH, else

@@ -290,8 +290,8 @@ impl Sandbox {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {
     pub dir: PathBuf,
-    /// `None`: the directory's base name, or `shareN` (N: its place among the `--virtiofs`)
-    /// when that is empty or longer than [`MAX_TAG`].
+    /// `None`: `virtiofsN`, N being its place among the `--virtiofs` (from 0), as LinuxKit
+    /// names them.
     pub tag: Option<String>,
     pub readonly: bool,
     pub sandbox: Sandbox,
@@ -381,12 +381,8 @@ pub fn plan_shares(shares: &[Share], state: &Path) -> Result<Vec<SharePlan>, Err
                 });
             }
         };
-        let tag = share.tag.clone().unwrap_or_else(|| {
-            dir.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .filter(|n| !n.is_empty() && n.len() <= MAX_TAG)
-                .unwrap_or_else(|| format!("share{i}"))
-        });
+        // LinuxKit's tags, so guests written for `linuxkit run qemu --virtiofs` mount the same.
+        let tag = share.tag.clone().unwrap_or_else(|| format!("virtiofs{i}"));
         if plans.iter().any(|p| p.tag == tag) {
             return Err(Error::VirtiofsDuplicate(tag));
         }
@@ -2149,21 +2145,19 @@ mod tests {
         };
         let share = |spec: String| spec.parse::<Share>().unwrap();
         let data = mk("data");
-        let long = mk(&"l".repeat(MAX_TAG + 1));
         let plans = plan_shares(
             &[
                 share(format!("{}", data.display())),
                 share(format!("{},tag=web,readonly", mk("www").display())),
-                share(format!("{}", long.display())),
+                share(format!("{}", data.display())),
                 share(format!("{}/data/..", dir.path().display())),
             ],
             &state,
         )
         .unwrap();
         let tags: Vec<&str> = plans.iter().map(|p| p.tag.as_str()).collect();
-        // The base name; a name too long for a tag gives way to shareN; `..` is resolved.
-        let base = dir.path().file_name().unwrap().to_string_lossy();
-        assert_eq!(tags, ["data", "web", "share2", &base]);
+        // LinuxKit's virtiofsN by place; a directory may be shared twice; `..` is resolved.
+        assert_eq!(tags, ["virtiofs0", "web", "virtiofs2", "virtiofs3"]);
         assert!(plans[1].readonly && !plans[0].readonly);
         assert_eq!(plans[0].socket, state.join("virtiofs0.sock"));
         assert_eq!(plans[3].log, state.join("virtiofs3.log"));
@@ -2174,7 +2168,7 @@ mod tests {
         for specs in [
             vec![
                 format!("{}", data.display()),
-                format!("{}", other.display()),
+                format!("{},tag=virtiofs0", other.display()),
             ],
             vec![
                 format!("{},tag=x", data.display()),
@@ -2223,7 +2217,9 @@ mod tests {
                     format!("{},readonly", data.display().to_string().replace(',', ",,"))
                         .parse()
                         .unwrap(),
-                    format!("{},tag=two", dir.path().display()).parse().unwrap(),
+                    format!("{},tag=t,,wo", dir.path().display())
+                        .parse()
+                        .unwrap(),
                 ],
                 devices: vec![
                     "qemu-xhci".parse().unwrap(),
@@ -2273,9 +2269,9 @@ mod tests {
             assert_eq!(
                 devices[at..at + 4],
                 [
+                    "vhost-user-fs-pci,chardev=keelfs0,tag=virtiofs0",
                     // A comma in a value is doubled for QEMU.
-                    "vhost-user-fs-pci,chardev=keelfs0,tag=da,,ta",
-                    "vhost-user-fs-pci,chardev=keelfs1,tag=two",
+                    "vhost-user-fs-pci,chardev=keelfs1,tag=t,,wo",
                     "qemu-xhci",
                     "usb-host,vendorid=0x1,productid=0x2",
                 ]

@@ -339,7 +339,7 @@ fn a_detached_vm_keeps_its_virtiofsd_until_qemu_exits() {
     .ok();
     let pid = out.stdout.trim().to_owned();
     assert!(
-        out.stderr.contains("shared as virtiofs tag shared\n"),
+        out.stderr.contains("shared as virtiofs tag virtiofs0\n"),
         "{}",
         out.stderr
     );
@@ -429,9 +429,9 @@ fn bad_shares_and_devices_are_refused_before_qemu_starts() {
                 "--virtiofs".into(),
                 "a/data".into(),
                 "--virtiofs".into(),
-                "b/data".into(),
+                "b/data,tag=virtiofs0".into(),
             ],
-            "--virtiofs: the tag \"data\" is given to two directories (give one of them tag=OTHER)"
+            "--virtiofs: the tag \"virtiofs0\" is given to two directories (give one of them tag=OTHER)"
                 .into(),
         ),
         (
