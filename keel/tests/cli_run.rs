@@ -205,6 +205,19 @@ fn virtiofsd() -> PathBuf {
     path
 }
 
+/// Kills a process when dropped: a failed assertion must not leave keel or a stand-in QEMU
+/// (and so a virtiofsd) running.
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// An executable script in the workspace.
 fn script(w: &Work, name: &str, text: &str) -> PathBuf {
     let p = w.write(name, text);
@@ -278,6 +291,7 @@ fn shares_and_devices_reach_qemu_and_virtiofsd_dies_with_keel() {
         .stderr(stderr)
         .spawn()
         .unwrap();
+    let _reaper = KillOnDrop(keel.id().to_string());
     wait_for("the stand-in QEMU never started", || {
         std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
     });
@@ -338,6 +352,7 @@ fn a_detached_vm_keeps_its_virtiofsd_until_qemu_exits() {
         .env("KEEL_VIRTIOFSD", virtiofsd()))
     .ok();
     let pid = out.stdout.trim().to_owned();
+    let _reaper = KillOnDrop(pid.clone());
     assert!(
         out.stderr.contains("shared as virtiofs tag virtiofs0\n"),
         "{}",
