@@ -810,6 +810,26 @@ mod tests {
         ]);
         assert_eq!(q.disks.len(), 1);
         assert_eq!(q.qemu_args, ["-s"]);
+        // LinuxKit's --virtiofs and --device, repeatable, before the prefix.
+        let q = qemu_args(&[
+            "run",
+            "--virtiofs",
+            "/srv",
+            "--device",
+            "qemu-xhci",
+            "--virtiofs",
+            "data,tag=d,readonly",
+            "--device",
+            "usb-host,hostbus=1,hostaddr=2",
+            "out/x",
+        ]);
+        assert_eq!(q.target, PathBuf::from("out/x"));
+        let tags: Vec<_> = q.shares.iter().map(|s| s.tag.as_deref()).collect();
+        assert_eq!(tags, [None, Some("d")]);
+        let devices: Vec<_> = q.devices.iter().map(Device::as_str).collect();
+        assert_eq!(devices, ["qemu-xhci", "usb-host,hostbus=1,hostaddr=2"]);
+        let err = parse_err(&["run", "--device=-drive,file=x", "out/x"]);
+        assert!(err.to_string().contains("invalid --device"), "{err}");
         // The backend is inserted only where none is written, after any global options.
         let shown = |args: &[&str]| -> Vec<String> {
             words(args)
