@@ -73,6 +73,7 @@ if ! "$venv/bin/pyspdxtools" --help >/dev/null 2>&1 \
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q "spdx-tools==$spdx_version"
 fi
+
 # --- virtiofsd ---------------------------------------------------------------------------------
 # `keel run --virtiofs` starts the Rust virtiofsd, which Debian 12 does not package; the tests
 # (keel/tests/cli_run.rs, tests/tests/virtiofs.rs) use this one, built from crates.io into a
