@@ -29,6 +29,8 @@ packages=(
   cpio zstd xz-utils hyperfine
   # clients the example-system tests use against booted guests
   redis-tools curl openssh-client
+  # libraries virtiofsd (below) links against
+  libseccomp-dev libcap-ng-dev pkg-config
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -70,5 +72,17 @@ if ! "$venv/bin/pyspdxtools" --help >/dev/null 2>&1 \
   log "installing spdx-tools $spdx_version into $venv"
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q "spdx-tools==$spdx_version"
+fi
+
+# --- virtiofsd ---------------------------------------------------------------------------------
+# `keel run --virtiofs` starts the Rust virtiofsd, which Debian 12 does not package; the tests
+# (keel/tests/cli_run.rs, tests/tests/virtiofs.rs) use this one, built from crates.io into a
+# directory under the target directory.
+virtiofsd_version=1.14.0
+virtiofsd_root="$root/target/tools/virtiofsd"
+if ! "$virtiofsd_root/bin/virtiofsd" --version 2>/dev/null | grep -qx "virtiofsd $virtiofsd_version"; then
+  log "installing virtiofsd $virtiofsd_version into $virtiofsd_root"
+  env -u CARGO_TARGET_DIR cargo install --quiet --locked --force "virtiofsd@$virtiofsd_version" \
+    --root "$virtiofsd_root"
 fi
 log "ok"

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use keel::build::{BuildOptions, Format};
-use keel::run::{Accel, Disk, Options as RunOptions, Publish};
+use keel::run::{Accel, Device, Disk, Options as RunOptions, Publish, Share};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -281,6 +281,20 @@ struct QemuArgs {
     /// Forward a host port to the guest: HOST:GUEST[/tcp|/udp]. Repeatable.
     #[arg(long)]
     publish: Vec<Publish>,
+    /// Add a QEMU device, as QEMU's -device takes it: DRIVER[,PROP=VALUE]..., e.g.
+    /// `--device qemu-xhci --device usb-host,vendorid=0x046d,productid=0xc52b`. Repeatable.
+    #[arg(long = "device", value_name = "DEV")]
+    devices: Vec<Device>,
+    /// Share a host directory with the guest through virtio-fs, served by virtiofsd:
+    /// [path=]DIR[,tag=TAG][,readonly][,sandbox=namespace|none]. The guest mounts it with
+    /// `mount -t virtiofs TAG MOUNTPOINT`; TAG defaults to virtiofsN, N counting the --virtiofs
+    /// from 0 (as LinuxKit names them). Repeatable.
+    #[arg(long = "virtiofs", value_name = "DIR[,tag=TAG][,readonly]")]
+    shares: Vec<Share>,
+    /// The virtiofsd binary for --virtiofs (default: virtiofsd from PATH, else
+    /// /usr/libexec/virtiofsd).
+    #[arg(long, value_name = "PATH", env = "KEEL_VIRTIOFSD")]
+    virtiofsd: Option<PathBuf>,
     /// Boot with UEFI firmware.
     #[arg(long)]
     uefi: bool,
@@ -720,6 +734,9 @@ fn run_qemu(args: QemuArgs) -> Result<ExitCode> {
             "none" => false,
             other => anyhow::bail!("invalid --networking {other:?}: expected user or none"),
         },
+        devices: args.devices,
+        shares: args.shares,
+        virtiofsd: args.virtiofsd,
         extra: args.qemu_args,
     };
     if let Some(data) = data {
@@ -834,6 +851,26 @@ mod tests {
         ]);
         assert_eq!(q.disks.len(), 1);
         assert_eq!(q.qemu_args, ["-s"]);
+        // LinuxKit's --virtiofs and --device, repeatable, before the prefix.
+        let q = qemu_args(&[
+            "run",
+            "--virtiofs",
+            "/srv",
+            "--device",
+            "qemu-xhci",
+            "--virtiofs",
+            "data,tag=d,readonly",
+            "--device",
+            "usb-host,hostbus=1,hostaddr=2",
+            "out/x",
+        ]);
+        assert_eq!(q.target, PathBuf::from("out/x"));
+        let tags: Vec<_> = q.shares.iter().map(|s| s.tag.as_deref()).collect();
+        assert_eq!(tags, [None, Some("d")]);
+        let devices: Vec<_> = q.devices.iter().map(Device::as_str).collect();
+        assert_eq!(devices, ["qemu-xhci", "usb-host,hostbus=1,hostaddr=2"]);
+        let err = parse_err(&["run", "--device=-drive,file=x", "out/x"]);
+        assert!(err.to_string().contains("invalid --device"), "{err}");
         // The backend is inserted only where none is written, after any global options.
         let shown = |args: &[&str]| -> Vec<String> {
             words(args)

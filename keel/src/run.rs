@@ -39,6 +39,53 @@ pub enum Error {
     #[error("invalid --accel {0:?}: expected auto, kvm or tcg")]
     Accel(String),
     #[error(
+        "invalid --device {0:?}: expected DRIVER[,PROP=VALUE]... as qemu's -device takes it, e.g. usb-host,vendorid=0x046d,productid=0xc52b"
+    )]
+    Device(String),
+    #[error(
+        "invalid --virtiofs {0:?}: expected [path=]DIR[,tag=TAG][,readonly][,sandbox=namespace|none]"
+    )]
+    Virtiofs(String),
+    #[error(
+        "invalid --virtiofs {spec:?}: the tag {tag:?} is {} bytes, over the {MAX_TAG} virtio-fs allows",
+        tag.len()
+    )]
+    VirtiofsTag { spec: String, tag: String },
+    #[error("--virtiofs {}: not a directory", dir.display())]
+    VirtiofsDir {
+        dir: PathBuf,
+        #[source]
+        source: Option<io::Error>,
+    },
+    #[error("--virtiofs: the tag {0:?} is given to two directories (give one of them tag=OTHER)")]
+    VirtiofsDuplicate(String),
+    #[error(
+        "--virtiofs: the socket path {} is {} bytes, over the {MAX_SOCKET_PATH} a unix socket allows (use a shorter --state)",
+        .0.display(), .0.as_os_str().len()
+    )]
+    VirtiofsSocket(PathBuf),
+    #[error(
+        "--virtiofs needs virtiofsd, which is not installed (tried {tried}): install the virtiofsd package (Debian 13, Ubuntu 24.04, Fedora) or `cargo install virtiofsd`, or pass --virtiofsd PATH (or KEEL_VIRTIOFSD)"
+    )]
+    VirtiofsdMissing { tried: String },
+    #[error(
+        "virtiofsd for --virtiofs {} (tag {tag}) {what}; its log {}:\n{output}",
+        dir.display(), log.display()
+    )]
+    Virtiofsd {
+        dir: PathBuf,
+        tag: String,
+        what: String,
+        log: PathBuf,
+        output: String,
+    },
+    #[error("qemu {what} before connecting to virtiofsd; its log {}:\n{output}", log.display())]
+    VirtiofsQemu {
+        what: String,
+        log: PathBuf,
+        output: String,
+    },
+    #[error(
         "--uefi needs firmware: {0} is missing (install ovmf / qemu-efi-aarch64, or pass --fw)"
     )]
     Firmware(PathBuf),
@@ -185,6 +232,211 @@ impl FromStr for Disk {
     }
 }
 
+/// A QEMU device (`--device`, LinuxKit's): what QEMU's `-device` takes, `DRIVER[,PROP=VALUE]...`,
+/// e.g. `usb-host,vendorid=0x046d,productid=0xc52b` (after `--device qemu-xhci` for a USB bus).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device(String);
+
+impl Device {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Device {
+    type Err = Error;
+    /// Refuses an empty value and one starting with `-`: a mistyped `--device=-drive,...` must
+    /// not reach QEMU as something that reads like another of its options.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let driver = s.split(',').next().unwrap_or_default();
+        if driver.trim().is_empty() || s.trim_start().starts_with('-') {
+            return Err(Error::Device(s.into()));
+        }
+        Ok(Device(s.into()))
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The longest tag virtio-fs carries (`struct virtio_fs_config`'s `tag[36]`).
+pub const MAX_TAG: usize = 36;
+
+/// How virtiofsd isolates itself (its `--sandbox`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sandbox {
+    /// New mount, pid and network namespaces (a user namespace too when keel is not root) with
+    /// the shared directory as their root: virtiofsd cannot reach the rest of the host's files.
+    Namespace,
+    /// None: for hosts without user namespaces (inside a container, some AppArmor settings).
+    None,
+}
+
+impl Sandbox {
+    fn as_str(self) -> &'static str {
+        match self {
+            Sandbox::Namespace => "namespace",
+            Sandbox::None => "none",
+        }
+    }
+}
+
+/// A host directory shared with the guest through virtio-fs (`--virtiofs`), served by one
+/// virtiofsd: `[path=]DIR[,tag=TAG][,readonly][,sandbox=namespace|none]`. The guest mounts it
+/// with `mount -t virtiofs TAG DIR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    pub dir: PathBuf,
+    /// `None`: `virtiofsN`, N being its place among the `--virtiofs` (from 0), as LinuxKit
+    /// names them.
+    pub tag: Option<String>,
+    pub readonly: bool,
+    pub sandbox: Sandbox,
+}
+
+impl FromStr for Share {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = || Error::Virtiofs(s.into());
+        let mut share = Share {
+            dir: PathBuf::new(),
+            tag: None,
+            readonly: false,
+            sandbox: Sandbox::Namespace,
+        };
+        for (i, part) in split_options(s).iter().enumerate() {
+            match part.split_once('=') {
+                Some(("path", v)) if !v.is_empty() => share.dir = v.into(),
+                Some(("tag", v)) if !v.is_empty() => share.tag = Some(v.into()),
+                Some(("sandbox", "namespace")) => share.sandbox = Sandbox::Namespace,
+                Some(("sandbox", "none")) => share.sandbox = Sandbox::None,
+                None if part == "readonly" => share.readonly = true,
+                None if i == 0 && !part.is_empty() => share.dir = part.into(),
+                _ => return Err(bad()),
+            }
+        }
+        if share.dir.as_os_str().is_empty() {
+            return Err(bad());
+        }
+        if let Some(tag) = share.tag.as_ref().filter(|t| t.len() > MAX_TAG) {
+            return Err(Error::VirtiofsTag {
+                spec: s.into(),
+                tag: tag.clone(),
+            });
+        }
+        Ok(share)
+    }
+}
+
+/// `a,b=c` as `["a", "b=c"]`; a comma written twice is one comma in a value, as in QEMU's
+/// options (`--virtiofs /srv/a,,b` shares `/srv/a,b`).
+fn split_options(s: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ',' if chars.peek() == Some(&',') => {
+                chars.next();
+                parts.last_mut().expect("never empty").push(',');
+            }
+            ',' => parts.push(String::new()),
+            c => parts.last_mut().expect("never empty").push(c),
+        }
+    }
+    parts
+}
+
+/// A [`Share`] checked and placed: its directory exists, its tag is unique, and its virtiofsd
+/// listens on `socket` in the state directory and logs to `log`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharePlan {
+    pub dir: PathBuf,
+    pub tag: String,
+    pub readonly: bool,
+    pub sandbox: Sandbox,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+/// Checks `shares` and places their sockets (`virtiofsN.sock`) and logs (`virtiofsN.log`) in
+/// `state`. Refuses a directory that does not exist or is not one, and a tag given twice.
+pub fn plan_shares(shares: &[Share], state: &Path) -> Result<Vec<SharePlan>, Error> {
+    let mut plans: Vec<SharePlan> = Vec::with_capacity(shares.len());
+    for (i, share) in shares.iter().enumerate() {
+        let dir = match fs::canonicalize(&share.dir) {
+            Ok(dir) if dir.is_dir() => dir,
+            Ok(_) => {
+                return Err(Error::VirtiofsDir {
+                    dir: share.dir.clone(),
+                    source: None,
+                });
+            }
+            Err(e) => {
+                return Err(Error::VirtiofsDir {
+                    dir: share.dir.clone(),
+                    source: Some(e),
+                });
+            }
+        };
+        // LinuxKit's tags, so guests written for `linuxkit run qemu --virtiofs` mount the same.
+        let tag = share.tag.clone().unwrap_or_else(|| format!("virtiofs{i}"));
+        if plans.iter().any(|p| p.tag == tag) {
+            return Err(Error::VirtiofsDuplicate(tag));
+        }
+        let socket = state.join(format!("virtiofs{i}.sock"));
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(Error::VirtiofsSocket(socket));
+        }
+        plans.push(SharePlan {
+            dir,
+            tag,
+            readonly: share.readonly,
+            sandbox: share.sandbox,
+            log: state.join(format!("virtiofs{i}.log")),
+            socket,
+        });
+    }
+    Ok(plans)
+}
+
+/// The id of the shared guest memory virtio-fs needs (vhost-user maps the guest's RAM).
+const SHARED_MEMORY: &str = "keel-mem";
+
+/// QEMU's option syntax: a comma in a value is written twice.
+fn qemu_value(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+/// The QEMU arguments that attach `plans`' vhost-user-fs devices; empty for none. The
+/// machine must also get `memory-backend=`[`SHARED_MEMORY`] (see [`command_with`]).
+fn share_args(plans: &[SharePlan], mem_mb: u32) -> Vec<String> {
+    if plans.is_empty() {
+        return Vec::new();
+    }
+    let mut args = vec![
+        "-object".to_string(),
+        format!("memory-backend-memfd,id={SHARED_MEMORY},size={mem_mb}M,share=on"),
+    ];
+    for (i, plan) in plans.iter().enumerate() {
+        args.extend([
+            "-chardev".to_string(),
+            format!(
+                "socket,id=keelfs{i},path={}",
+                qemu_value(&plan.socket.to_string_lossy())
+            ),
+            "-device".to_string(),
+            format!(
+                "vhost-user-fs-pci,chardev=keelfs{i},tag={}",
+                qemu_value(&plan.tag)
+            ),
+        ]);
+    }
+    args
+}
+
 /// Everything `keel run qemu` takes.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -205,6 +457,13 @@ pub struct Options {
     /// Extra kernel command line appended to the build's.
     pub append: Option<String>,
     pub networking: bool,
+    /// `--device`: QEMU devices, each passed as `-device DEV`.
+    pub devices: Vec<Device>,
+    /// `--virtiofs`: host directories shared through virtio-fs.
+    pub shares: Vec<Share>,
+    /// The virtiofsd binary (`--virtiofsd`, `KEEL_VIRTIOFSD`); `None`: `virtiofsd` from `PATH`,
+    /// else `/usr/libexec/virtiofsd`.
+    pub virtiofsd: Option<PathBuf>,
     pub extra: Vec<String>,
 }
 
@@ -660,18 +919,30 @@ fn command_with(opts: &Options, accel: Accel, channel: bool) -> Result<Command, 
     check_boot(&boot, opts.arch)?;
     let state = state_dir(opts);
     create_state(&state)?;
+    let shares = plan_shares(&opts.shares, &state)?;
     let kvm = accel == Accel::Kvm;
 
     let mut cmd = Command::new(qemu_program(opts));
     let arg = |cmd: &mut Command, a: &str, b: &str| {
         cmd.arg(a).arg(b);
     };
-    match opts.arch {
-        Arch::X86_64 => arg(&mut cmd, "-machine", "q35"),
-        Arch::Aarch64 => {
-            arg(&mut cmd, "-machine", "virt");
-            arg(&mut cmd, "-cpu", if kvm { "host" } else { "cortex-a57" });
-        }
+    let machine = match opts.arch {
+        Arch::X86_64 => "q35",
+        Arch::Aarch64 => "virt",
+    };
+    // virtio-fs needs the guest's memory shared with virtiofsd: both machines take a memory
+    // backend for their RAM.
+    if shares.is_empty() {
+        arg(&mut cmd, "-machine", machine);
+    } else {
+        arg(
+            &mut cmd,
+            "-machine",
+            &format!("{machine},memory-backend={SHARED_MEMORY}"),
+        );
+    }
+    if opts.arch == Arch::Aarch64 {
+        arg(&mut cmd, "-cpu", if kvm { "host" } else { "cortex-a57" });
     }
     arg(&mut cmd, "-accel", if kvm { "kvm" } else { "tcg" });
     arg(&mut cmd, "-m", &opts.mem_mb.to_string());
@@ -816,6 +1087,11 @@ fn command_with(opts: &Options, accel: Accel, channel: bool) -> Result<Command, 
             "-drive",
             &format!("file={},format={format},if=virtio", path.display()),
         );
+    }
+
+    cmd.args(share_args(&shares, opts.mem_mb));
+    for device in &opts.devices {
+        arg(&mut cmd, "-device", device.as_str());
     }
 
     if opts.networking {
@@ -1275,6 +1551,9 @@ pub fn probe_kvm(opts: &Options, deadline: Duration) -> Result<Verdict, Error> {
     probe.state = Some(dir.path().join("state"));
     probe.disks.clear();
     probe.networking = false;
+    // No virtiofsd serves the probe, and a passed-through device is the run's to claim.
+    probe.shares.clear();
+    probe.devices.clear();
     probe.append = Some(
         format!("{} ignore_loglevel", opts.append.as_deref().unwrap_or(""))
             .trim()
@@ -1334,6 +1613,316 @@ impl fmt::Display for Accel {
     }
 }
 
+/// How long a virtiofsd may take to listen on its socket.
+pub const VIRTIOFSD_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long a detached QEMU may take to connect to its virtiofsd daemons (it does so while it
+/// creates its devices, before the guest runs).
+pub const VIRTIOFS_CONNECT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Where virtiofsd is installed by distributions that put it outside `PATH` (Debian, Fedora).
+const LIBEXEC_VIRTIOFSD: &str = "/usr/libexec/virtiofsd";
+
+/// The virtiofsd of a run: `--virtiofsd` (or `KEEL_VIRTIOFSD`), else `virtiofsd` from `PATH`,
+/// else [`LIBEXEC_VIRTIOFSD`].
+pub fn find_virtiofsd(opts: &Options) -> Result<PathBuf, Error> {
+    if let Some(given) = &opts.virtiofsd {
+        return if given.is_file() {
+            Ok(given.clone())
+        } else {
+            Err(Error::VirtiofsdMissing {
+                tried: given.display().to_string(),
+            })
+        };
+    }
+    let in_path = resolve_program(Path::new("virtiofsd"));
+    if in_path.is_file() {
+        return Ok(in_path);
+    }
+    let libexec = PathBuf::from(LIBEXEC_VIRTIOFSD);
+    if libexec.is_file() {
+        return Ok(libexec);
+    }
+    Err(Error::VirtiofsdMissing {
+        tried: format!("virtiofsd in PATH, {LIBEXEC_VIRTIOFSD}"),
+    })
+}
+
+/// What `/proc/net/unix` (`table`) shows of the sockets bound to `path`: one listening, and
+/// connections accepted on it or waiting to be (they carry the listener's path; a client's
+/// own end has none).
+fn unix_socket_state(table: &str, path: &str) -> (bool, bool) {
+    // Each line: "Num: RefCount Protocol Flags Type St Inode Path"; __SO_ACCEPTCON in Flags
+    // marks a listener.
+    const ACCEPTING: u32 = 0x0001_0000;
+    let (mut listening, mut connected) = (false, false);
+    for line in table.lines().skip(1) {
+        let Some(head) = line.strip_suffix(path).and_then(|h| h.strip_suffix(' ')) else {
+            continue;
+        };
+        let fields: Vec<&str> = head.split_ascii_whitespace().collect();
+        let Some(flags) = fields
+            .get(3)
+            .filter(|_| fields.len() == 7)
+            .and_then(|f| u32::from_str_radix(f, 16).ok())
+        else {
+            continue;
+        };
+        if flags & ACCEPTING != 0 {
+            listening = true;
+        } else {
+            connected = true;
+        }
+    }
+    (listening, connected)
+}
+
+/// The last lines of a log file, for an error.
+fn log_tail(path: &Path) -> String {
+    let text = fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    if tail.trim().is_empty() {
+        "(empty)".into()
+    } else {
+        tail
+    }
+}
+
+/// One share's virtiofsd.
+#[derive(Debug)]
+struct Daemon {
+    plan: SharePlan,
+    child: std::process::Child,
+}
+
+impl Daemon {
+    fn failed(&self, what: String) -> Error {
+        Error::Virtiofsd {
+            dir: self.plan.dir.clone(),
+            tag: self.plan.tag.clone(),
+            what,
+            log: self.plan.log.clone(),
+            output: log_tail(&self.plan.log),
+        }
+    }
+}
+
+/// The virtiofsd daemons of a run, one per `--virtiofs`. Dropping this stops them (each is
+/// given a moment to end by itself, as virtiofsd does when QEMU disconnects);
+/// [`Virtiofs::release`] leaves them to the VM.
+#[derive(Debug, Default)]
+pub struct Virtiofs {
+    daemons: Vec<Daemon>,
+}
+
+impl Virtiofs {
+    /// Starts one virtiofsd per share, each on its socket in the state directory with its
+    /// output in its log there, and waits until every one listens. `die_with_keel`: they get
+    /// SIGTERM when keel's thread that started them ends (a `keel run` in the foreground);
+    /// otherwise they run in their own process group, out of the terminal's reach, and end when
+    /// the QEMU they serve does (`--detached`). Nothing is started, and no virtiofsd looked for,
+    /// without shares.
+    pub fn start(opts: &Options, die_with_keel: bool) -> Result<Virtiofs, Error> {
+        let mut started = Virtiofs::default();
+        if opts.shares.is_empty() {
+            return Ok(started);
+        }
+        let state = state_dir(opts);
+        create_state(&state)?;
+        let plans = plan_shares(&opts.shares, &state)?;
+        let program = find_virtiofsd(opts)?;
+        for plan in plans {
+            // Waiting for the socket must not be fooled by one an earlier run left.
+            match fs::remove_file(&plan.socket) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(Error::State {
+                        path: plan.socket.clone(),
+                        source: e,
+                    });
+                }
+                _ => {}
+            }
+            let log = fs::File::create(&plan.log).map_err(|source| Error::State {
+                path: plan.log.clone(),
+                source,
+            })?;
+            let log_err = log.try_clone().map_err(|source| Error::State {
+                path: plan.log.clone(),
+                source,
+            })?;
+            let mut cmd = Command::new(&program);
+            cmd.arg("--socket-path")
+                .arg(&plan.socket)
+                .arg("--shared-dir")
+                .arg(&plan.dir)
+                .args(["--sandbox", plan.sandbox.as_str()]);
+            if plan.readonly {
+                cmd.arg("--readonly");
+            }
+            cmd.stdin(Stdio::null()).stdout(log).stderr(log_err);
+            if die_with_keel {
+                crate::sys::die_with_parent(&mut cmd, nix::sys::signal::Signal::SIGTERM);
+            } else {
+                std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            }
+            let child = cmd.spawn().map_err(|source| Error::Spawn {
+                program: program.display().to_string(),
+                source,
+            })?;
+            started.daemons.push(Daemon { plan, child });
+        }
+        started.wait(VIRTIOFSD_DEADLINE, None)?;
+        Ok(started)
+    }
+
+    /// The shares being served.
+    pub fn shares(&self) -> impl Iterator<Item = &SharePlan> {
+        self.daemons.iter().map(|d| &d.plan)
+    }
+
+    /// Waits until every daemon listens (`qemu` `None`), or until `qemu` has connected to
+    /// every one; fails when a daemon or QEMU exits first or the deadline passes. Where
+    /// `/proc/net/unix` cannot be read, the socket files are all there is to go by.
+    fn wait(
+        &mut self,
+        deadline: Duration,
+        mut qemu: Option<(&mut std::process::Child, &Path)>,
+    ) -> Result<(), Error> {
+        use std::os::unix::fs::FileTypeExt;
+        let start = Instant::now();
+        loop {
+            if let Some((child, log)) = qemu.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(Error::VirtiofsQemu {
+                    what: format!("exited ({status})"),
+                    log: log.to_path_buf(),
+                    output: log_tail(log),
+                });
+            }
+            let table = fs::read_to_string("/proc/net/unix").ok();
+            let mut ready = true;
+            for daemon in &mut self.daemons {
+                if let Ok(Some(status)) = daemon.child.try_wait() {
+                    let when = if qemu.is_some() {
+                        "before qemu connected"
+                    } else {
+                        "before listening"
+                    };
+                    return Err(daemon.failed(format!("exited ({status}) {when}")));
+                }
+                let path = daemon.plan.socket.to_string_lossy();
+                ready &= match (&table, qemu.is_some()) {
+                    (Some(table), false) => unix_socket_state(table, &path).0,
+                    (Some(table), true) => unix_socket_state(table, &path).1,
+                    (None, _) => fs::symlink_metadata(&daemon.plan.socket)
+                        .is_ok_and(|m| m.file_type().is_socket()),
+                };
+            }
+            if ready {
+                return Ok(());
+            }
+            if start.elapsed() >= deadline {
+                if let Some((_, log)) = qemu {
+                    return Err(Error::VirtiofsQemu {
+                        what: format!("did not connect within {}", seconds(deadline)),
+                        log: log.to_path_buf(),
+                        output: log_tail(log),
+                    });
+                }
+                let late = self.daemons.iter().find(|d| {
+                    table
+                        .as_deref()
+                        .is_none_or(|t| !unix_socket_state(t, &d.plan.socket.to_string_lossy()).0)
+                });
+                if let Some(d) = late {
+                    return Err(d.failed(format!(
+                        "did not listen on {} within {}",
+                        d.plan.socket.display(),
+                        seconds(deadline)
+                    )));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `qemu` (started with these daemons' sockets, its output in `qemu_log`) has
+    /// connected to every one: a detached QEMU that fails to start must not leave them behind.
+    pub fn wait_connected(
+        &mut self,
+        qemu: &mut std::process::Child,
+        qemu_log: &Path,
+        deadline: Duration,
+    ) -> Result<(), Error> {
+        if self.daemons.is_empty() {
+            return Ok(());
+        }
+        self.wait(deadline, Some((qemu, qemu_log)))
+    }
+
+    /// Leaves the daemons running: they end when the QEMU they serve disconnects.
+    pub fn release(mut self) {
+        self.daemons.clear();
+    }
+
+    /// Stops the daemons: each is given 2 s to end by itself (virtiofsd does when QEMU
+    /// disconnects), then SIGTERM, then SIGKILL. Returns the failures of those that ended by
+    /// themselves unsuccessfully, with their logs.
+    pub fn stop(&mut self) -> Vec<Error> {
+        let mut failures = Vec::new();
+        let settle = Instant::now() + Duration::from_secs(2);
+        for mut daemon in std::mem::take(&mut self.daemons) {
+            let own = loop {
+                match daemon.child.try_wait() {
+                    Ok(Some(status)) => break Some(status),
+                    Ok(None) if Instant::now() < settle => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    _ => break None,
+                }
+            };
+            match own {
+                Some(status) if !status.success() => {
+                    failures.push(daemon.failed(format!("failed ({status})")));
+                }
+                Some(_) => {}
+                None => {
+                    let _ = crate::sys::terminate(&daemon.child);
+                    let until = Instant::now() + Duration::from_secs(2);
+                    while matches!(daemon.child.try_wait(), Ok(None)) && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    let _ = daemon.child.kill();
+                    let _ = daemon.child.wait();
+                }
+            }
+        }
+        failures
+    }
+}
+
+impl Drop for Virtiofs {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Tells which tag each share has, for the guest's `mount -t virtiofs TAG DIR`.
+fn announce(virtiofs: &Virtiofs) {
+    for share in virtiofs.shares() {
+        eprintln!(
+            "keel: sharing {} as virtiofs tag {}{}",
+            share.dir.display(),
+            share.tag,
+            if share.readonly { " (read-only)" } else { "" }
+        );
+    }
+}
+
 /// Boots and waits for QEMU to exit; returns its exit code.
 pub fn run(opts: &Options) -> Result<i32, Error> {
     let choice = choose_accel(opts);
@@ -1343,12 +1932,18 @@ pub fn run(opts: &Options) -> Result<i32, Error> {
     log::debug!("booting {}", opts.target.display());
     let mut cmd = command(opts, choice.accel)?;
     // The VM belongs to this terminal: it ends with keel, however keel ends (ctrl-c in
-    // another window, SIGTERM, SIGKILL). `--detached` is for VMs that outlive it.
+    // another window, SIGTERM, SIGKILL), and so do its virtiofsd daemons. `--detached` is for
+    // VMs that outlive it.
     crate::sys::die_with_parent(&mut cmd, nix::sys::signal::Signal::SIGTERM);
+    let mut virtiofs = Virtiofs::start(opts, true)?;
+    announce(&virtiofs);
     let status = cmd.status().map_err(|source| Error::Spawn {
         program: qemu_program(opts).display().to_string(),
         source,
     })?;
+    for failure in virtiofs.stop() {
+        log::error!("{}", crate::build::error_chain(&failure));
+    }
     Ok(status.code().unwrap_or(1))
 }
 
@@ -1381,16 +1976,20 @@ pub fn run_detached(opts: &Options) -> Result<Detached, Error> {
     let choice = choose_accel(&opts);
     eprintln!("keel: {choice}");
     let mut cmd = command(&opts, choice.accel)?;
+    // The daemons outlive keel with the VM: each ends when QEMU disconnects from it, that is
+    // when QEMU exits. Until QEMU has connected to all of them they are keel's to stop.
+    let mut virtiofs = Virtiofs::start(&opts, false)?;
+    announce(&virtiofs);
     let log_path = state.join("qemu.log");
     let log = fs::File::create(&log_path).map_err(|source| Error::State {
         path: log_path.clone(),
         source,
     })?;
     let log_err = log.try_clone().map_err(|source| Error::State {
-        path: log_path,
+        path: log_path.clone(),
         source,
     })?;
-    let child = cmd
+    let mut child = cmd
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log_err)
@@ -1401,6 +2000,12 @@ pub fn run_detached(opts: &Options) -> Result<Detached, Error> {
             program: qemu_program(&opts).display().to_string(),
             source,
         })?;
+    if let Err(e) = virtiofs.wait_connected(&mut child, &log_path, VIRTIOFS_CONNECT_DEADLINE) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    virtiofs.release();
     Ok(Detached {
         pid: child.id(),
         state,
@@ -1448,6 +2053,351 @@ mod tests {
         assert!("".parse::<Disk>().is_err());
     }
 
+    #[test]
+    fn device_parses() {
+        for ok in [
+            "virtio-balloon-pci",
+            "usb-host,vendorid=0x046d,productid=0xc52b",
+            "e1000,netdev=n1,mac=52:54:00:12:34:56",
+        ] {
+            assert_eq!(ok.parse::<Device>().unwrap().as_str(), ok);
+        }
+        // Empty, no driver, or what reads like another QEMU option.
+        for bad in ["", " ", ",id=x", "-drive", " -drive,file=/etc/shadow", "-"] {
+            match bad.parse::<Device>() {
+                Err(e @ Error::Device(_)) => assert!(
+                    e.to_string()
+                        .starts_with(&format!("invalid --device {bad:?}")),
+                    "{e}"
+                ),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn share_parses() {
+        let s: Share = "/srv/data".parse().unwrap();
+        assert_eq!(
+            s,
+            Share {
+                dir: "/srv/data".into(),
+                tag: None,
+                readonly: false,
+                sandbox: Sandbox::Namespace
+            }
+        );
+        let s: Share = "path=d,tag=web,readonly,sandbox=none".parse().unwrap();
+        assert_eq!(
+            s,
+            Share {
+                dir: "d".into(),
+                tag: Some("web".into()),
+                readonly: true,
+                sandbox: Sandbox::None
+            }
+        );
+        assert_eq!(
+            "readonly,path=d".parse::<Share>().unwrap().dir,
+            Path::new("d")
+        );
+        // A comma in the directory's name is written twice, as QEMU has it.
+        let s: Share = "a,,b,,,readonly".parse().unwrap();
+        assert_eq!((s.dir.as_path(), s.readonly), (Path::new("a,b,"), true));
+        for bad in [
+            "",
+            "tag=x",
+            "d,bogus",
+            "d,tag=",
+            "d,sandbox=chroot",
+            "d,readonly=yes",
+            "d,,,",
+        ] {
+            match bad.parse::<Share>() {
+                Err(e @ Error::Virtiofs(_)) => assert!(
+                    e.to_string()
+                        .starts_with(&format!("invalid --virtiofs {bad:?}")),
+                    "{e}"
+                ),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let long = "t".repeat(MAX_TAG + 1);
+        let err = format!("d,tag={long}").parse::<Share>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "invalid --virtiofs \"d,tag={long}\": the tag \"{long}\" is 37 bytes, over the 36 virtio-fs allows"
+            )
+        );
+        let fits = "t".repeat(MAX_TAG);
+        assert!(format!("d,tag={fits}").parse::<Share>().is_ok());
+    }
+
+    #[test]
+    fn shares_are_checked_and_placed_in_the_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mk = |name: &str| {
+            let d = dir.path().join(name);
+            fs::create_dir_all(&d).unwrap();
+            d
+        };
+        let share = |spec: String| spec.parse::<Share>().unwrap();
+        let data = mk("data");
+        let plans = plan_shares(
+            &[
+                share(format!("{}", data.display())),
+                share(format!("{},tag=web,readonly", mk("www").display())),
+                share(format!("{}", data.display())),
+                share(format!("{}/data/..", dir.path().display())),
+            ],
+            &state,
+        )
+        .unwrap();
+        let tags: Vec<&str> = plans.iter().map(|p| p.tag.as_str()).collect();
+        // LinuxKit's virtiofsN by place; a directory may be shared twice; `..` is resolved.
+        assert_eq!(tags, ["virtiofs0", "web", "virtiofs2", "virtiofs3"]);
+        assert!(plans[1].readonly && !plans[0].readonly);
+        assert_eq!(plans[0].socket, state.join("virtiofs0.sock"));
+        assert_eq!(plans[3].log, state.join("virtiofs3.log"));
+        assert_eq!(plans[3].dir, fs::canonicalize(dir.path()).unwrap());
+
+        // A tag twice, whether given or defaulted.
+        let other = mk("other/data");
+        for specs in [
+            vec![
+                format!("{}", data.display()),
+                format!("{},tag=virtiofs0", other.display()),
+            ],
+            vec![
+                format!("{},tag=x", data.display()),
+                format!("{},tag=x", other.display()),
+            ],
+        ] {
+            let shares: Vec<Share> = specs.into_iter().map(share).collect();
+            let err = plan_shares(&shares, &state).unwrap_err();
+            assert!(
+                matches!(err, Error::VirtiofsDuplicate(_))
+                    && err.to_string().starts_with("--virtiofs: the tag ")
+                    && err.to_string().contains("is given to two directories"),
+                "{err}"
+            );
+        }
+        // What is no directory.
+        let file = dir.path().join("file");
+        fs::write(&file, "").unwrap();
+        for missing in [dir.path().join("nope"), file] {
+            let err = plan_shares(&[share(missing.display().to_string())], &state).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("--virtiofs {}: not a directory", missing.display())
+            );
+        }
+        // A state directory too deep for the socket.
+        let deep = dir.path().join("s".repeat(100));
+        let err = plan_shares(&[share(data.display().to_string())], &deep).unwrap_err();
+        assert!(matches!(err, Error::VirtiofsSocket(_)), "{err}");
+        assert!(err.to_string().contains("use a shorter --state"), "{err}");
+    }
+
+    #[test]
+    fn shares_and_devices_on_the_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = fake_build(dir.path());
+        let data = dir.path().join("da,ta");
+        fs::create_dir(&data).unwrap();
+        let state = dir.path().join("sys-state");
+        for (arch, machine) in [(Arch::X86_64, "q35"), (Arch::Aarch64, "virt")] {
+            fs::write(format!("{}-kernel", prefix.display()), kernel_header(arch)).unwrap();
+            let o = Options {
+                arch,
+                mem_mb: 768,
+                shares: vec![
+                    format!("{},readonly", data.display().to_string().replace(',', ",,"))
+                        .parse()
+                        .unwrap(),
+                    format!("{},tag=t,,wo", dir.path().display())
+                        .parse()
+                        .unwrap(),
+                ],
+                devices: vec![
+                    "qemu-xhci".parse().unwrap(),
+                    "usb-host,vendorid=0x1,productid=0x2".parse().unwrap(),
+                ],
+                ..opts(prefix.clone())
+            };
+            let cmd = command(&o, Accel::Tcg).unwrap();
+            let args: Vec<String> = cmd
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let after = |flag: &str| -> Vec<&str> {
+                args.windows(2)
+                    .filter(|w| w[0] == flag)
+                    .map(|w| w[1].as_str())
+                    .collect()
+            };
+            // The guest's RAM is a shared memfd (vhost-user maps it) of -m's size.
+            assert_eq!(
+                after("-machine"),
+                [format!("{machine},memory-backend=keel-mem")]
+            );
+            assert_eq!(after("-m"), ["768"]);
+            assert_eq!(
+                after("-object"),
+                ["memory-backend-memfd,id=keel-mem,size=768M,share=on"]
+            );
+            let sock = |i: usize| {
+                state
+                    .join(format!("virtiofs{i}.sock"))
+                    .display()
+                    .to_string()
+            };
+            assert_eq!(
+                after("-chardev")[1..],
+                [
+                    format!("socket,id=keelfs0,path={}", sock(0)),
+                    format!("socket,id=keelfs1,path={}", sock(1)),
+                ]
+            );
+            let devices = after("-device");
+            let at = devices
+                .iter()
+                .position(|d| d.starts_with("vhost-user-fs-pci"))
+                .unwrap();
+            assert_eq!(
+                devices[at..at + 4],
+                [
+                    "vhost-user-fs-pci,chardev=keelfs0,tag=virtiofs0",
+                    // A comma in a value is doubled for QEMU.
+                    "vhost-user-fs-pci,chardev=keelfs1,tag=t,,wo",
+                    "qemu-xhci",
+                    "usb-host,vendorid=0x1,productid=0x2",
+                ]
+            );
+            // QEMU's own arguments after -- stay last.
+            assert_eq!(args.last().map(String::as_str), Some("-s"));
+        }
+        // Without shares: no shared memory, the machine as it was.
+        let cmd = command(&opts(prefix.clone()), Accel::Tcg).unwrap();
+        let joined: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        let joined = joined.join(" ");
+        assert!(joined.contains("-machine virt -cpu"), "{joined}");
+        assert!(!joined.contains("memory-backend"), "{joined}");
+        assert!(!joined.contains("vhost-user"), "{joined}");
+        // A share that is not there stops the run before QEMU.
+        let err = command(
+            &Options {
+                shares: vec!["/nonexistent/keel-share".parse().unwrap()],
+                ..opts(prefix)
+            },
+            Accel::Tcg,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--virtiofs /nonexistent/keel-share: not a directory"
+        );
+    }
+
+    #[test]
+    fn unix_sockets_are_read_from_proc_net_unix() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 468652 /s/virtiofs0.sock\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 469155 /s/virtiofs0.sock\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01  4686 /t/s/virtiofs1.sock\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 469156\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 468653 @/s/virtiofs2.sock\n";
+        assert_eq!(unix_socket_state(table, "/s/virtiofs0.sock"), (true, true));
+        // A longer path that ends the same is another socket; so is an abstract one.
+        assert_eq!(
+            unix_socket_state(table, "/s/virtiofs1.sock"),
+            (false, false)
+        );
+        assert_eq!(unix_socket_state(table, "s/virtiofs1.sock"), (false, false));
+        assert_eq!(
+            unix_socket_state(table, "/t/s/virtiofs1.sock"),
+            (true, false)
+        );
+        assert_eq!(
+            unix_socket_state(table, "/s/virtiofs2.sock"),
+            (false, false)
+        );
+        assert_eq!(unix_socket_state("", "/s/virtiofs0.sock"), (false, false));
+    }
+
+    #[test]
+    fn a_virtiofsd_that_fails_is_reported_with_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = fake_build(dir.path());
+        let script = dir.path().join("virtiofsd.txt");
+        fs::write(
+            &script,
+            "#!/bin/sh\necho \"$@\" > \"$(dirname \"$0\")/args\"\necho 'Error entering sandbox: EPERM' >&2\nexit 1\n",
+        )
+        .unwrap();
+        let fake = dir.path().join("virtiofsd");
+        let installed = Command::new("install")
+            .args(["-m", "755"])
+            .arg(&script)
+            .arg(&fake)
+            .status()
+            .unwrap();
+        assert!(installed.success());
+        let o = Options {
+            shares: vec![
+                format!("{},tag=t,readonly", dir.path().display())
+                    .parse()
+                    .unwrap(),
+            ],
+            virtiofsd: Some(fake),
+            state: Some(dir.path().join("state")),
+            ..opts(prefix.clone())
+        };
+        let err = Virtiofs::start(&o, false).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "virtiofsd for --virtiofs {} (tag t) exited (exit status: 1) before listening; its log {}:",
+                fs::canonicalize(dir.path()).unwrap().display(),
+                dir.path().join("state/virtiofs0.log").display()
+            )),
+            "{text}"
+        );
+        assert!(text.ends_with("Error entering sandbox: EPERM"), "{text}");
+        let args = fs::read_to_string(dir.path().join("args")).unwrap();
+        assert_eq!(
+            args.trim(),
+            format!(
+                "--socket-path {} --shared-dir {} --sandbox namespace --readonly",
+                dir.path().join("state/virtiofs0.sock").display(),
+                fs::canonicalize(dir.path()).unwrap().display()
+            )
+        );
+        // A virtiofsd that is not there.
+        let o = Options {
+            virtiofsd: Some(dir.path().join("nope")),
+            ..o
+        };
+        let err = Virtiofs::start(&o, false).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "--virtiofs needs virtiofsd, which is not installed (tried {}): ",
+                dir.path().join("nope").display()
+            )),
+            "{err}"
+        );
+        // No shares: nothing is looked for.
+        assert_eq!(
+            Virtiofs::start(&opts(prefix), false)
+                .unwrap()
+                .shares()
+                .count(),
+            0
+        );
+    }
+
     fn opts(target: PathBuf) -> Options {
         Options {
             target,
@@ -1464,6 +2414,9 @@ mod tests {
             qemu: None,
             append: Some("keel.debug".into()),
             networking: true,
+            devices: vec![],
+            shares: vec![],
+            virtiofsd: None,
             extra: vec!["-s".into()],
         }
     }

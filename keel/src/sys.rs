@@ -40,6 +40,13 @@ pub fn die_with_parent(cmd: &mut Command, signal: Signal) {
     }
 }
 
+/// Asks `child` to end (SIGTERM). `child` must not have been reaped yet (then its pid is still
+/// its own).
+pub fn terminate(child: &std::process::Child) -> nix::Result<()> {
+    let pid = i32::try_from(child.id()).map_err(|_| nix::errno::Errno::ESRCH)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM)
+}
+
 /// The size of the filesystem holding `path` (or, when `path` does not exist yet, its nearest
 /// existing ancestor): what a sparse disk image written there can at most be filled with.
 pub fn filesystem_size(path: &std::path::Path) -> std::io::Result<u64> {

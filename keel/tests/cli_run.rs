@@ -187,3 +187,296 @@ fn metadata_create_writes_a_cidata_volume() {
     assert!(err.contains("cannot read --data-file nope"), "{err}");
     assert!(!w.path("m3.iso").exists());
 }
+
+/// virtiofsd: `$KEEL_VIRTIOFSD`, else the one scripts/setup.sh installs under the target
+/// directory. Never skipped: a missing virtiofsd fails the test.
+fn virtiofsd() -> PathBuf {
+    let path = std::env::var_os("KEEL_VIRTIOFSD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/virtiofsd/bin/virtiofsd")
+        });
+    assert!(
+        path.is_file(),
+        "virtiofsd is not installed at {}: run scripts/setup.sh (it installs it into \
+         target/tools/virtiofsd), or set KEEL_VIRTIOFSD",
+        path.display()
+    );
+    path
+}
+
+/// Kills a process when dropped: a failed assertion must not leave keel or a stand-in QEMU
+/// (and so a virtiofsd) running.
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// An executable script in the workspace.
+fn script(w: &Work, name: &str, text: &str) -> PathBuf {
+    let p = w.write(name, text);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// A QEMU that connects to every virtio-fs socket it is given (as QEMU does while it creates
+/// its devices), then records its arguments and pid like [`fake_qemu`] and waits for ever.
+fn connecting_qemu(w: &Work, pidfile: &Path) -> PathBuf {
+    script(
+        w,
+        "qemu-fs",
+        &format!(
+            "#!/usr/bin/env python3\n\
+             import os, socket, sys, time\n\
+             args = sys.argv[1:]\n\
+             held = []\n\
+             for i, a in enumerate(args):\n\
+             \x20   if a == '-chardev' and args[i + 1].startswith('socket,id=keelfs'):\n\
+             \x20       s = socket.socket(socket.AF_UNIX)\n\
+             \x20       s.connect(args[i + 1].split(',path=', 1)[1].replace(',,', ','))\n\
+             \x20       held.append(s)\n\
+             open('{0}.args', 'w').write(' '.join(args) + '\\n')\n\
+             open('{0}', 'w').write('%d\\n' % os.getpid())\n\
+             time.sleep(1000)\n",
+            pidfile.display()
+        ),
+    )
+}
+
+/// The pid of the virtiofsd serving `sys-state/virtiofsN.sock` (it writes `SOCKET.pid`).
+fn virtiofsd_pid(w: &Work, n: usize) -> String {
+    let file = w.path(&format!("sys-state/virtiofs{n}.sock.pid"));
+    std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn shares_and_devices_reach_qemu_and_virtiofsd_dies_with_keel() {
+    let w = Work::empty();
+    let target = prefix(&w);
+    std::fs::create_dir(w.path("shared")).unwrap();
+    let pidfile = w.path("qemu.pid.fake");
+    let qemu = fake_qemu(&w, &pidfile);
+    let stderr = std::fs::File::create(w.path("stderr")).unwrap();
+    let mut keel = w
+        .keel([
+            "run",
+            "qemu",
+            "--arch",
+            "x86_64",
+            "--accel",
+            "tcg",
+            "--virtiofs",
+            "shared,tag=data,readonly",
+            "--device",
+            "virtio-balloon-pci",
+            "--device",
+            "qemu-xhci,id=usb",
+            "--virtiofsd",
+        ])
+        .arg(virtiofsd())
+        .arg("--qemu")
+        .arg(&qemu)
+        .arg(&target)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let _reaper = KillOnDrop(keel.id().to_string());
+    wait_for("the stand-in QEMU never started", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let daemon = virtiofsd_pid(&w, 0);
+    assert!(alive(&daemon), "virtiofsd is not running");
+    let args = std::fs::read_to_string(w.path("qemu.pid.fake.args")).unwrap();
+    for want in [
+        "-machine q35,memory-backend=keel-mem ",
+        "-object memory-backend-memfd,id=keel-mem,size=1024M,share=on ",
+        "-chardev socket,id=keelfs0,path=",
+        "/sys-state/virtiofs0.sock -device vhost-user-fs-pci,chardev=keelfs0,tag=data ",
+        "-device virtio-balloon-pci -device qemu-xhci,id=usb ",
+    ] {
+        assert!(args.contains(want), "no {want:?} in {args}");
+    }
+    let said = std::fs::read_to_string(w.path("stderr")).unwrap();
+    assert!(
+        said.contains("shared as virtiofs tag data (read-only)"),
+        "{said}"
+    );
+    let qemu_pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &keel.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    keel.wait().unwrap();
+    wait_for(&format!("QEMU {qemu_pid} outlived keel"), || {
+        !alive(&qemu_pid)
+    });
+    wait_for(&format!("virtiofsd {daemon} outlived keel"), || {
+        !alive(&daemon)
+    });
+}
+
+#[test]
+fn a_detached_vm_keeps_its_virtiofsd_until_qemu_exits() {
+    let w = Work::empty();
+    let target = prefix(&w);
+    std::fs::create_dir(w.path("shared")).unwrap();
+    let pidfile = w.path("qemu.pid.fake");
+    let qemu = connecting_qemu(&w, &pidfile);
+    let out = run(w
+        .keel([
+            "run",
+            "qemu",
+            "--detached",
+            "--arch",
+            "x86_64",
+            "--accel",
+            "tcg",
+            "--virtiofs",
+            "shared",
+            "--qemu",
+        ])
+        .arg(&qemu)
+        .arg(&target)
+        .env("KEEL_VIRTIOFSD", virtiofsd()))
+    .ok();
+    let pid = out.stdout.trim().to_owned();
+    let _reaper = KillOnDrop(pid.clone());
+    assert!(
+        out.stderr.contains("shared as virtiofs tag virtiofs0\n"),
+        "{}",
+        out.stderr
+    );
+    let daemon = virtiofsd_pid(&w, 0);
+    // keel has exited; QEMU and its virtiofsd run on.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(alive(&pid), "the detached QEMU died with keel");
+    assert!(alive(&daemon), "the detached VM's virtiofsd died with keel");
+    // QEMU's end (its socket closing) is virtiofsd's.
+    let _ = std::process::Command::new("kill").arg(&pid).status();
+    wait_for(&format!("virtiofsd {daemon} outlived QEMU {pid}"), || {
+        !alive(&daemon)
+    });
+}
+
+#[test]
+fn a_detached_qemu_that_fails_takes_its_virtiofsd_along() {
+    let w = Work::empty();
+    let target = prefix(&w);
+    std::fs::create_dir(w.path("shared")).unwrap();
+    let qemu = script(
+        &w,
+        "qemu-fails",
+        "#!/bin/sh\necho 'qemu-system-x86_64: no such machine' >&2\nexit 1\n",
+    );
+    let err = run(w
+        .keel([
+            "run",
+            "qemu",
+            "--detached",
+            "--arch",
+            "x86_64",
+            "--accel",
+            "tcg",
+            "--virtiofs",
+            "shared",
+            "--qemu",
+        ])
+        .arg(&qemu)
+        .arg(&target)
+        .env("KEEL_VIRTIOFSD", virtiofsd()))
+    .failed();
+    assert!(
+        err.contains("qemu exited (exit status: 1) before connecting to virtiofsd; its log "),
+        "{err}"
+    );
+    assert!(
+        err.contains("/sys-state/qemu.log:\nqemu-system-x86_64: no such machine"),
+        "{err}"
+    );
+    let daemon = virtiofsd_pid(&w, 0);
+    wait_for(
+        &format!("virtiofsd {daemon} outlived a failed QEMU"),
+        || !alive(&daemon),
+    );
+}
+
+#[test]
+fn bad_shares_and_devices_are_refused_before_qemu_starts() {
+    let w = Work::empty();
+    let target = prefix(&w);
+    std::fs::create_dir_all(w.path("a/data")).unwrap();
+    std::fs::create_dir_all(w.path("b/data")).unwrap();
+    w.write("file", "");
+    let pidfile = w.path("qemu.pid.fake");
+    let qemu = fake_qemu(&w, &pidfile);
+    let long = "t".repeat(37);
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["--device=-drive,file=/etc/shadow".into()],
+            "invalid --device \"-drive,file=/etc/shadow\": expected DRIVER[,PROP=VALUE]...".into(),
+        ),
+        (
+            vec!["--device=".into()],
+            "invalid --device \"\"".into(),
+        ),
+        (
+            vec!["--virtiofs".into(), "nope".into()],
+            "--virtiofs nope: not a directory: No such file or directory".into(),
+        ),
+        (
+            vec!["--virtiofs".into(), "file".into()],
+            "--virtiofs file: not a directory".into(),
+        ),
+        (
+            vec![
+                "--virtiofs".into(),
+                "a/data".into(),
+                "--virtiofs".into(),
+                "b/data,tag=virtiofs0".into(),
+            ],
+            "--virtiofs: the tag \"virtiofs0\" is given to two directories (give one of them tag=OTHER)"
+                .into(),
+        ),
+        (
+            vec!["--virtiofs".into(), format!("a,tag={long}")],
+            format!("the tag \"{long}\" is 37 bytes, over the 36 virtio-fs allows"),
+        ),
+        (
+            vec!["--virtiofs".into(), "a,ro".into()],
+            "invalid --virtiofs \"a,ro\": expected [path=]DIR[,tag=TAG][,readonly][,sandbox=namespace|none]"
+                .into(),
+        ),
+        (
+            vec![
+                "--virtiofs".into(),
+                "a".into(),
+                "--virtiofsd".into(),
+                "/nonexistent/virtiofsd".into(),
+            ],
+            "--virtiofs needs virtiofsd, which is not installed (tried /nonexistent/virtiofsd): install the virtiofsd package".into(),
+        ),
+    ];
+    for (flags, want) in cases {
+        let out = run(w
+            .keel(["run", "qemu", "--arch", "x86_64", "--accel", "tcg"])
+            .args(&flags)
+            .arg("--qemu")
+            .arg(&qemu)
+            .arg(&target));
+        assert_ne!(out.code, Some(0), "{flags:?}: {}", out.stderr);
+        assert!(out.stderr.contains(&want), "{flags:?}: {}", out.stderr);
+    }
+    assert!(!pidfile.exists(), "QEMU was started");
+}

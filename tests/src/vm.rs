@@ -17,6 +17,8 @@ pub struct Vm {
     console: PathBuf,
     /// The serial console's input (interactive boots).
     keyboard: Option<ChildStdin>,
+    /// Stopped after QEMU (fields drop after [`Vm::drop`]).
+    _virtiofs: keel::run::Virtiofs,
     state: tempfile::TempDir,
 }
 
@@ -30,6 +32,9 @@ pub struct Boot {
     /// The serial console on QEMU's stdin and stdout (as `keel run qemu` gives a user), so a
     /// test can type into it ([`Vm::type_text`]); otherwise QEMU writes it to a file.
     pub interactive: bool,
+    /// Host directories shared through virtio-fs, each served by a virtiofsd that keel starts
+    /// ([`keel::run::Virtiofs`]) and that ends with the guest.
+    pub virtiofs: Vec<keel::run::Share>,
 }
 
 impl Boot {
@@ -40,6 +45,7 @@ impl Boot {
             append: None,
             networking: false,
             interactive: false,
+            virtiofs: vec![],
         }
     }
 }
@@ -69,12 +75,22 @@ impl Vm {
                     .to_string(),
             ),
             networking: boot.networking,
+            devices: vec![],
+            shares: boot.virtiofs.clone(),
+            virtiofsd: (!boot.virtiofs.is_empty()).then(crate::virtiofsd),
             extra: vec!["-no-reboot".into()],
         };
         let mut cmd = keel::run::command(&opts, Accel::Tcg).unwrap_or_else(|e| {
             panic!(
                 "{name}: cannot prepare qemu for {}: {e:#}",
                 prefix.display()
+            )
+        });
+        // Not tied to this thread: the test's threads come and go; dropping the Vm stops them.
+        let virtiofs = keel::run::Virtiofs::start(&opts, false).unwrap_or_else(|e| {
+            panic!(
+                "{name}: cannot start virtiofsd: {} (run scripts/setup.sh)",
+                crate::chain(&e)
             )
         });
         if boot.interactive {
@@ -92,6 +108,7 @@ impl Vm {
             name: name.into(),
             keyboard: child.stdin.take(),
             child,
+            _virtiofs: virtiofs,
             console,
             state,
         }

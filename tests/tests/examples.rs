@@ -86,6 +86,9 @@ impl Guest {
             qemu: None,
             append: Some("panic=-1".into()),
             networking: true,
+            devices: vec![],
+            shares: vec![],
+            virtiofsd: None,
             extra: vec!["-no-reboot".into()],
         };
         if let Some(data) = &setup.data {
