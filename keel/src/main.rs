@@ -298,6 +298,15 @@ struct QemuArgs {
     /// Boot with UEFI firmware.
     #[arg(long)]
     uefi: bool,
+    /// Boot the prefix's ISO: PREFIX.iso, or PREFIX-efi.iso with --uefi (LinuxKit's -iso).
+    #[arg(long, group = "media")]
+    iso: bool,
+    /// Boot the prefix's kernel+initrd (LinuxKit's -kernel; what a prefix with both boots).
+    #[arg(long, group = "media")]
+    kernel: bool,
+    /// Boot the prefix's kernel+squashfs (LinuxKit's -squashfs).
+    #[arg(long, group = "media")]
+    squashfs: bool,
     /// UEFI firmware file (default: OVMF or AAVMF from Debian).
     #[arg(long)]
     fw: Option<PathBuf>,
@@ -644,7 +653,7 @@ fn with_default_backend(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
     // The first word that is not a global option (or the value of --cache) is the command.
     let mut i = 1;
     while let Some(word) = args.get(i).and_then(|w| w.to_str()) {
-        if word == "--cache" {
+        if word == "--cache" || word == "--mirror" {
             i += 2;
         } else if word.starts_with('-') && word != "-" {
             i += 1;
@@ -717,6 +726,15 @@ fn run_qemu(args: QemuArgs) -> Result<ExitCode> {
     };
     let mut opts = RunOptions {
         target: args.target,
+        media: if args.iso {
+            Some(keel::run::Media::Iso)
+        } else if args.squashfs {
+            Some(keel::run::Media::KernelSquashfs)
+        } else if args.kernel {
+            Some(keel::run::Media::KernelInitrd)
+        } else {
+            None
+        },
         arch: args.arch.unwrap_or_else(keel_image::Arch::host),
         accel: args.accel,
         mem_mb: args.mem,
@@ -871,6 +889,14 @@ mod tests {
         assert_eq!(devices, ["qemu-xhci", "usb-host,hostbus=1,hostaddr=2"]);
         let err = parse_err(&["run", "--device=-drive,file=x", "out/x"]);
         assert!(err.to_string().contains("invalid --device"), "{err}");
+        // LinuxKit's -iso / -kernel / -squashfs choose one output; only one of them.
+        let q = qemu_args(&["run", "--iso", "--uefi", "out/x"]);
+        assert!(q.iso && q.uefi && !q.kernel && !q.squashfs);
+        let err = parse_err(&["run", "--iso", "--squashfs", "out/x"]);
+        assert!(err.to_string().contains("cannot be used with"), "{err}");
+        // A global --mirror's value is not taken for the command.
+        let q = qemu_args(&["--mirror", "https://m.example", "run", "out/x"]);
+        assert_eq!(q.target, PathBuf::from("out/x"));
         // The backend is inserted only where none is written, after any global options.
         let shown = |args: &[&str]| -> Vec<String> {
             words(args)

@@ -20,6 +20,12 @@ pub enum Error {
         "nothing to boot at {0}: expected a keel build prefix (PREFIX-kernel + PREFIX-initrd.img or PREFIX-squashfs.img) or an .iso, .efi or disk image"
     )]
     NoArtifacts(PathBuf),
+    #[error("nothing to boot as {media} at {}: {} is missing", target.display(), missing.display())]
+    MissingMedia {
+        target: PathBuf,
+        media: &'static str,
+        missing: PathBuf,
+    },
     #[error("cannot boot {} for {}: {reason}", path.display(), arch.uname())]
     NotBootable {
         path: PathBuf,
@@ -441,6 +447,9 @@ fn share_args(plans: &[SharePlan], mem_mb: u32) -> Vec<String> {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub target: PathBuf,
+    /// Which of a prefix's outputs to boot (LinuxKit's `-kernel`, `-squashfs`, `-iso`);
+    /// `None`: the first of kernel+initrd, kernel+squashfs, or the file itself.
+    pub media: Option<Media>,
     pub arch: Arch,
     pub accel: Accel,
     pub mem_mb: u32,
@@ -467,6 +476,18 @@ pub struct Options {
     pub extra: Vec<String>,
 }
 
+/// Which output of a build prefix to boot, as LinuxKit's `run qemu -kernel`, `-squashfs` and
+/// `-iso` choose it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Media {
+    /// `PREFIX-kernel`, `PREFIX-initrd.img`, `PREFIX-cmdline`.
+    KernelInitrd,
+    /// `PREFIX-kernel`, `PREFIX-squashfs.img`, `PREFIX-cmdline`.
+    KernelSquashfs,
+    /// `PREFIX.iso`, or `PREFIX-efi.iso` under UEFI (iso-bios and iso-efi's names).
+    Iso,
+}
+
 /// What is being booted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Boot {
@@ -488,8 +509,9 @@ pub enum Boot {
 }
 
 impl Boot {
-    /// Finds the artifacts for a prefix or a file.
-    pub fn detect(target: &Path) -> Result<Boot, Error> {
+    /// Finds the artifacts for a prefix or a file: the `media` asked for (under UEFI when
+    /// `uefi`, which names the EFI ISO), else whatever the prefix has.
+    pub fn detect(target: &Path, media: Option<Media>, uefi: bool) -> Result<Boot, Error> {
         let with = |suffix: &str| {
             let mut s = target.as_os_str().to_owned();
             s.push(suffix);
@@ -501,6 +523,43 @@ impl Boot {
                 .unwrap_or_default()
         };
         let kernel = with("-kernel");
+        if let Some(media) = media {
+            let (name, needed) = match media {
+                Media::KernelInitrd => ("kernel+initrd", vec![kernel.clone(), with("-initrd.img")]),
+                Media::KernelSquashfs => (
+                    "kernel+squashfs",
+                    vec![kernel.clone(), with("-squashfs.img")],
+                ),
+                Media::Iso if target.is_file() => ("an ISO", vec![target.to_path_buf()]),
+                Media::Iso => ("an ISO", vec![with(if uefi { "-efi.iso" } else { ".iso" })]),
+            };
+            if let Some(missing) = needed.iter().find(|p| !p.is_file()) {
+                return Err(Error::MissingMedia {
+                    target: target.into(),
+                    media: name,
+                    missing: missing.clone(),
+                });
+            }
+            match media {
+                Media::KernelInitrd => {
+                    return Ok(Boot::KernelInitrd {
+                        kernel,
+                        initrd: with("-initrd.img"),
+                        cmdline: cmdline(),
+                    });
+                }
+                Media::KernelSquashfs => {
+                    let initrd = with("-squashfs-initrd.img");
+                    return Ok(Boot::KernelSquashfs {
+                        kernel,
+                        squashfs: with("-squashfs.img"),
+                        initrd: initrd.is_file().then_some(initrd),
+                        cmdline: cmdline(),
+                    });
+                }
+                Media::Iso => return Ok(Boot::Iso(needed[0].clone())),
+            }
+        }
         if kernel.is_file() {
             if with("-initrd.img").is_file() {
                 return Ok(Boot::KernelInitrd {
@@ -915,7 +974,7 @@ pub fn command(opts: &Options, accel: Accel) -> Result<Command, Error> {
 
 /// [`command`], with or without the control channel (the KVM probe has no use for it).
 fn command_with(opts: &Options, accel: Accel, channel: bool) -> Result<Command, Error> {
-    let boot = Boot::detect(&opts.target)?;
+    let boot = Boot::detect(&opts.target, opts.media, opts.uefi)?;
     check_boot(&boot, opts.arch)?;
     let state = state_dir(opts);
     create_state(&state)?;
@@ -1332,7 +1391,7 @@ pub fn choose_accel_with(opts: &Options, settings: &ProbeSettings) -> Choice {
             },
         };
     }
-    let deadline = match Boot::detect(&opts.target) {
+    let deadline = match Boot::detect(&opts.target, opts.media, opts.uefi) {
         Ok(Boot::KernelInitrd { .. } | Boot::KernelSquashfs { .. }) => settings.direct_deadline,
         _ => settings.firmware_deadline,
     };
@@ -2398,9 +2457,58 @@ mod tests {
         );
     }
 
+    /// LinuxKit's `-kernel`, `-squashfs` and `-iso` pick one output of a prefix that has
+    /// several; one that is missing is named.
+    #[test]
+    fn media_flags_choose_the_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |s: &str| dir.path().join(format!("m{s}"));
+        for f in [
+            "-kernel",
+            "-initrd.img",
+            "-squashfs.img",
+            "-cmdline",
+            ".iso",
+        ] {
+            fs::write(p(f), "x").unwrap();
+        }
+        let prefix = p("");
+        assert!(matches!(
+            Boot::detect(&prefix, None, false).unwrap(),
+            Boot::KernelInitrd { .. }
+        ));
+        assert!(matches!(
+            Boot::detect(&prefix, Some(Media::KernelSquashfs), false).unwrap(),
+            Boot::KernelSquashfs { squashfs, .. } if squashfs == p("-squashfs.img")
+        ));
+        assert_eq!(
+            Boot::detect(&prefix, Some(Media::Iso), false).unwrap(),
+            Boot::Iso(p(".iso"))
+        );
+        // Under UEFI the ISO is iso-efi's, which this prefix lacks.
+        let err = Boot::detect(&prefix, Some(Media::Iso), true).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "nothing to boot as an ISO at {}: {} is missing",
+                prefix.display(),
+                p("-efi.iso").display()
+            )
+        );
+        fs::remove_file(p("-initrd.img")).unwrap();
+        let err = Boot::detect(&prefix, Some(Media::KernelInitrd), false).unwrap_err();
+        assert!(err.to_string().contains("m-initrd.img is missing"), "{err}");
+        // Without a flag, the next output the prefix has.
+        assert!(matches!(
+            Boot::detect(&prefix, None, false).unwrap(),
+            Boot::KernelSquashfs { .. }
+        ));
+    }
+
     fn opts(target: PathBuf) -> Options {
         Options {
             target,
+            media: None,
             arch: Arch::Aarch64,
             accel: Accel::Tcg,
             mem_mb: 512,

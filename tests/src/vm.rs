@@ -57,6 +57,7 @@ impl Vm {
         let console = state.path().join("console.log");
         let opts = Options {
             target: prefix.into(),
+            media: None,
             arch: boot.arch,
             // Tests must not depend on a KVM that may hang: TCG everywhere.
             accel: Accel::Tcg,

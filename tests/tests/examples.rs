@@ -73,6 +73,7 @@ impl Guest {
         let console = state.path().join("console.log");
         let mut opts = Options {
             target: prefix.into(),
+            media: None,
             arch: setup.arch,
             accel: Accel::Tcg,
             mem_mb: 512,
