@@ -395,6 +395,14 @@ pub fn resolve(store: &Store, config: &Config, lock: &Lock, how: Resolve) -> Res
 }
 
 /// The lock file of a build: beside the first YAML file (none for stdin or a URL).
+/// The lock file of a build of `files` (empty when there is none).
+pub(crate) fn lock_for(files: &[String]) -> Result<Lock> {
+    Ok(lock_path(files)
+        .map(|p| Lock::load(&p))
+        .transpose()?
+        .unwrap_or_default())
+}
+
 fn lock_path(files: &[String]) -> Option<PathBuf> {
     files
         .first()

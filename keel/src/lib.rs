@@ -5,6 +5,7 @@ pub mod assemble;
 pub mod build;
 pub mod cache;
 pub mod ctl;
+pub mod hardening;
 pub mod input_tar;
 pub mod kernel;
 pub mod lock;

@@ -393,6 +393,35 @@ enum KernelCommand {
         #[arg(long)]
         locked: bool,
     },
+    /// Compare a kernel with the Kernel Self Protection Project's recommended settings
+    /// (kernel/kspp.yml): a system YAML (its kernel's configuration, command line and
+    /// sysctl files), a kernel recipe directory, a kernel image, or a .config file.
+    Check {
+        target: String,
+        /// The architecture whose settings apply. Default: the host's.
+        #[arg(long)]
+        arch: Option<keel_image::Arch>,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Exit with status 1 when a setting fails.
+        #[arg(long)]
+        strict: bool,
+        /// Allow plain HTTP to registries that are not on loopback.
+        #[arg(long)]
+        insecure_registry: bool,
+    },
+    /// The configuration options that differ between two kernels (recipes, images, systems or
+    /// .config files).
+    Diff {
+        a: String,
+        b: String,
+        #[arg(long)]
+        arch: Option<keel_image::Arch>,
+        /// Allow plain HTTP to registries that are not on loopback.
+        #[arg(long)]
+        insecure_registry: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -621,6 +650,44 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let reference = keel::kernel::build(&open_store()?, &recipe, &arches, locked)?;
             println!("{reference}");
+        }
+        Command::Kernel(KernelCommand::Check {
+            target,
+            arch,
+            json,
+            strict,
+            insecure_registry,
+        }) => {
+            let arch = arch.unwrap_or_else(keel_image::Arch::host);
+            let registry = registry(&mirrors, insecure_registry)?;
+            let checked = keel::hardening::inspect(&open_store()?, &target, arch, &registry)?;
+            let findings = keel::hardening::check(&checked, arch)?;
+            if json {
+                print!("{}", keel::hardening::render_json(&checked, &findings));
+            } else {
+                print!("{}", keel::hardening::render(&checked, &findings));
+            }
+            let failed = findings
+                .iter()
+                .any(|f| f.verdict == keel_kernel::kspp::Verdict::Fail);
+            if strict && failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Kernel(KernelCommand::Diff {
+            a,
+            b,
+            arch,
+            insecure_registry,
+        }) => {
+            let arch = arch.unwrap_or_else(keel_image::Arch::host);
+            let registry = registry(&mirrors, insecure_registry)?;
+            let store = open_store()?;
+            let first = keel::hardening::inspect(&store, &a, arch, &registry)?;
+            let second = keel::hardening::inspect(&store, &b, arch, &registry)?;
+            for change in first.config.diff(&second.config) {
+                println!("{change}");
+            }
         }
         Command::Ctl(args) => return ctl(&args),
         Command::Version { short, commit } => print!("{}", version_text(short, commit)),

@@ -32,6 +32,8 @@
 
 pub mod decompress;
 pub mod depmod;
+pub mod kconfig;
+pub mod kspp;
 pub mod modinfo;
 pub mod recipe;
 

@@ -119,6 +119,32 @@ fn builds_x86_64() {
         other => panic!("{other:?}"),
     }
     check_modules(&artifacts);
+    // Debian's configuration against KSPP's table: hardened in places, not in others.
+    let config =
+        keel_kernel::kconfig::KernelConfig::parse(&String::from_utf8_lossy(&artifacts.config));
+    assert_eq!(config.version(), Some((6, 1)));
+    let table = keel_kernel::kspp::parse_table(keel_kernel::kspp::TABLE).unwrap();
+    let findings = keel_kernel::kspp::check(
+        &table,
+        &keel_kernel::kspp::System {
+            arch: "x86_64",
+            config: Some(&config),
+            cmdline: None,
+            sysctls: None,
+        },
+    );
+    let verdict = |name: &str| {
+        findings
+            .iter()
+            .find(|f| f.row.name == name)
+            .map(|f| f.verdict.clone())
+            .unwrap()
+    };
+    use keel_kernel::kspp::Verdict;
+    assert_eq!(verdict("STRICT_KERNEL_RWX"), Verdict::Ok);
+    assert_eq!(verdict("RANDOMIZE_BASE"), Verdict::Ok);
+    assert_eq!(verdict("KEXEC"), Verdict::Fail);
+    assert_eq!(verdict("DEVMEM"), Verdict::Fail);
     let again = build(&recipe, "x86_64", &cache()).unwrap();
     assert_eq!(
         again.modules_tar, artifacts.modules_tar,
