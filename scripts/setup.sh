@@ -31,6 +31,9 @@ packages=(
   redis-tools curl openssh-client
   # libraries virtiofsd (below) links against
   libseccomp-dev libcap-ng-dev pkg-config
+  # kernels from source (kernel/virt, keel_kernel::source): compilers for both architectures
+  # and what the kernel's build runs
+  gcc gcc-aarch64-linux-gnu make flex bison bc libelf-dev libssl-dev dwarves rsync kmod
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -3,6 +3,11 @@
 //!
 //! The image is tagged `keel/kernel:<hash of the recipe>`, so a YAML can name it as
 //! `"@pkg:../kernel/<name>"` and the tag changes exactly when the recipe does.
+//!
+//! A recipe either repackages a pinned Debian kernel (`packages:`, [`keel_kernel::Recipe`]) or
+//! builds one from Debian's kernel source (`source:`, [`keel_kernel::source`]); the image of a
+//! source build also holds `/System.map` and `/kernel-dev.tar` (the configuration, symbol
+//! versions and UAPI headers out-of-tree modules and eBPF programs build against).
 
 use bytes::Bytes;
 use keel_image::oci::Descriptor;
@@ -38,6 +43,23 @@ pub enum Error {
     Store(#[source] keel_image::Error),
     #[error("cannot attach the kernel image's SBOM")]
     Sbom(#[source] keel_pkg::Error),
+    #[error("cannot build the {arch} kernel of {}", dir.display())]
+    Source {
+        dir: PathBuf,
+        arch: Arch,
+        #[source]
+        source: Box<keel_kernel::source::SourceError>,
+    },
+    #[error("cannot read the source recipe in {}", dir.display())]
+    SourceRecipe {
+        dir: PathBuf,
+        #[source]
+        source: Box<keel_kernel::source::SourceError>,
+    },
+    #[error("{}: a source recipe's `source:` pin is moved by hand (a new kernel source is a new kernel: check its configuration with `keel kernel build` and `keel kernel check`)", dir.display())]
+    SourcePin { dir: PathBuf },
+    #[error("--config-fragment and --patch need a source recipe (one with `source:`); {} repackages a Debian kernel", dir.display())]
+    NotSource { dir: PathBuf },
     #[error(
         "{}: {package}={version} ({arch}) is no longer in Debian's archive; run `keel pkg update-lock {}` to move the pin to the newest kernel of its flavour (a build without --locked does this by itself)",
         recipe.display(), dir.display()
@@ -62,13 +84,59 @@ pub enum Error {
 /// One pin a refresh moved: (architecture, old package=version, new package=version).
 pub type PinMove = (Arch, String, String);
 
+/// One-off variations of a source recipe (`keel kernel build --config-fragment/--patch`).
+pub type Variant = keel_kernel::source::BuildOptions;
+
+/// The source recipe in `dir`, if its recipe.yml is one.
+fn source_recipe(dir: &Path) -> Result<Option<keel_kernel::source::SourceRecipe>, Error> {
+    let text =
+        std::fs::read_to_string(dir.join(keel_kernel::recipe::RECIPE_FILE)).unwrap_or_default();
+    if !keel_kernel::source::is_source_recipe(&text) {
+        return Ok(None);
+    }
+    keel_kernel::source::SourceRecipe::parse(&text, dir)
+        .map(Some)
+        .map_err(|source| Error::SourceRecipe {
+            dir: dir.into(),
+            source: Box::new(source),
+        })
+}
+
 /// The reference a recipe's image gets.
 pub fn tag(recipe_dir: &Path) -> Result<Reference, Error> {
-    let recipe = load(recipe_dir)?;
-    let text = std::fs::read(recipe.path.as_path()).unwrap_or_default();
+    tag_of(recipe_dir, &Variant::default())
+}
+
+/// The reference of a recipe's image built with `variant`: a hash of every input (for a source
+/// recipe: recipe.yml, fragments, patches, the variant's files and the compilers' versions).
+pub fn tag_of(recipe_dir: &Path, variant: &Variant) -> Result<Reference, Error> {
     let mut h = Sha256::new();
     h.update(LAYOUT_VERSION.as_bytes());
-    h.update(&text);
+    if let Some(recipe) = source_recipe(recipe_dir)? {
+        let extra: Vec<PathBuf> = variant
+            .fragments
+            .iter()
+            .chain(&variant.patches)
+            .cloned()
+            .collect();
+        let inputs = recipe
+            .input_hash(&extra)
+            .map_err(|source| Error::SourceRecipe {
+                dir: recipe_dir.into(),
+                source: Box::new(source),
+            })?;
+        h.update(b"source:");
+        h.update(inputs.as_bytes());
+    } else {
+        if !variant.fragments.is_empty() || !variant.patches.is_empty() {
+            return Err(Error::NotSource {
+                dir: recipe_dir.into(),
+            });
+        }
+        let recipe = load(recipe_dir)?;
+        let text = std::fs::read(recipe.path.as_path()).unwrap_or_default();
+        h.update(&text);
+    }
     let hash = hex::encode(h.finalize());
     let reference = format!("keel/kernel:{}", &hash[..16]);
     Ok(reference
@@ -86,7 +154,31 @@ pub fn is_recipe(dir: &Path) -> bool {
     dir.join("recipe.yml").is_file()
 }
 
-fn layer(artifacts: &keel_kernel::KernelArtifacts) -> Result<Vec<u8>, Error> {
+/// Stores `arch`'s kernel image (one layer: [`layer`]), labelled with its release.
+fn write_kernel_image(
+    store: &Store,
+    arch: Arch,
+    artifacts: &keel_kernel::KernelArtifacts,
+    extra: &[(&str, &[u8])],
+) -> Result<Descriptor, Error> {
+    let mut config = keel_image::oci::ImageConfiguration::default();
+    let mut labels = std::collections::HashMap::new();
+    labels.insert(
+        "org.keel.kernel.release".to_string(),
+        artifacts.release.clone(),
+    );
+    let mut c = keel_image::oci::Config::default();
+    c.set_labels(Some(labels));
+    config.set_config(Some(c));
+    store
+        .write_image(arch, config, &[layer(artifacts, extra)?])
+        .map_err(Error::Store)
+}
+
+fn layer(
+    artifacts: &keel_kernel::KernelArtifacts,
+    extra: &[(&str, &[u8])],
+) -> Result<Vec<u8>, Error> {
     let mut tree = Tree::new();
     let origin = format!("kernel {}", artifacts.release);
     let mut put = |path: &str, data: &[u8]| {
@@ -103,6 +195,9 @@ fn layer(artifacts: &keel_kernel::KernelArtifacts) -> Result<Vec<u8>, Error> {
     put("kernel", &artifacts.kernel)?;
     put("kernel.tar", &artifacts.modules_tar)?;
     put("config", &artifacts.config)?;
+    for (path, data) in extra {
+        put(path, data)?;
+    }
     keel_rootfs::write_tar(&tree, Vec::new(), &WriteOptions::from_env()).map_err(Error::Layer)
 }
 
@@ -117,6 +212,25 @@ pub fn build(
     arches: &[Arch],
     locked: bool,
 ) -> Result<Reference, Error> {
+    build_variant(store, recipe_dir, arches, locked, &Variant::default())
+}
+
+/// [`build`], with a source recipe's one-off fragments and patches.
+pub fn build_variant(
+    store: &Store,
+    recipe_dir: &Path,
+    arches: &[Arch],
+    locked: bool,
+    variant: &Variant,
+) -> Result<Reference, Error> {
+    if let Some(recipe) = source_recipe(recipe_dir)? {
+        return build_source(store, &recipe, arches, variant);
+    }
+    if !variant.fragments.is_empty() || !variant.patches.is_empty() {
+        return Err(Error::NotSource {
+            dir: recipe_dir.into(),
+        });
+    }
     let mut recipe = load(recipe_dir)?;
     let deb_cache = store.path().join("debs");
     let mut manifests: Vec<(Arch, Descriptor, keel_pkg::spdx::Document)> = Vec::new();
@@ -162,18 +276,7 @@ pub fn build(
             arch,
             source: Box::new(source),
         })?;
-        let mut config = keel_image::oci::ImageConfiguration::default();
-        let mut labels = std::collections::HashMap::new();
-        labels.insert(
-            "org.keel.kernel.release".to_string(),
-            artifacts.release.clone(),
-        );
-        let mut c = keel_image::oci::Config::default();
-        c.set_labels(Some(labels));
-        config.set_config(Some(c));
-        let desc = store
-            .write_image(arch, config, &[layer(&artifacts)?])
-            .map_err(Error::Store)?;
+        let desc = write_kernel_image(store, arch, &artifacts, &[])?;
         log::info!(
             "{arch}: kernel {} ({} modules)",
             artifacts.release,
@@ -229,6 +332,73 @@ fn sbom(
     Ok(doc)
 }
 
+/// A source recipe built for `arches` (each in the store's kernel work directory, kept for
+/// the next, incremental build), stored and tagged.
+fn build_source(
+    store: &Store,
+    recipe: &keel_kernel::source::SourceRecipe,
+    arches: &[Arch],
+    variant: &Variant,
+) -> Result<Reference, Error> {
+    let deb_cache = store.path().join("debs");
+    let work = store.path().join("kernel-work");
+    let reference = tag_of(&recipe.dir, variant)?;
+    let mut manifests = Vec::new();
+    for &arch in arches {
+        let _step = crate::progress::Step::start(format!(
+            "building kernel {} from source for {arch}",
+            recipe.dir.display()
+        ));
+        let built = keel_kernel::source::build(recipe, arch.uname(), &deb_cache, &work, variant)
+            .map_err(|source| Error::Source {
+                dir: recipe.dir.clone(),
+                arch,
+                source: Box::new(source),
+            })?;
+        let artifacts = &built.artifacts;
+        let desc = write_kernel_image(
+            store,
+            arch,
+            artifacts,
+            &[
+                ("System.map", &built.system_map),
+                ("kernel-dev.tar", &built.dev_tar),
+            ],
+        )?;
+        log::info!(
+            "{arch}: kernel {} built from {}={} ({} KiB)",
+            artifacts.release,
+            recipe.source.name,
+            recipe.source.version,
+            artifacts.kernel.len() >> 10
+        );
+        let mut doc = keel_pkg::spdx::Document::new(
+            &format!(
+                "{} kernel {} ({})",
+                recipe.name,
+                artifacts.release,
+                arch.uname()
+            ),
+            keel_rootfs::WriteOptions::from_env().mtime,
+            vec!["Tool: keel".into(), "Organization: keel".into()],
+        );
+        keel_pkg::spdx::DebianPackage {
+            name: &recipe.source.name,
+            version: &recipe.source.version,
+            sha256: &recipe.source.sha256,
+            control: &artifacts.control,
+            copyright: artifacts.copyright.as_ref(),
+            arch,
+        }
+        .add_to(&mut doc, "SOURCE");
+        manifests.push((arch, desc, doc));
+    }
+    let index = keel_pkg::spdx::write_index_with_sboms(store, &reference.to_string(), manifests)
+        .map_err(Error::Sbom)?;
+    store.tag(&reference, index).map_err(Error::Store)?;
+    Ok(reference)
+}
+
 fn load(recipe_dir: &Path) -> Result<keel_kernel::Recipe, Error> {
     keel_kernel::Recipe::load(recipe_dir).map_err(|source| Error::Recipe {
         dir: recipe_dir.into(),
@@ -275,6 +445,11 @@ fn move_pin(
 /// `keel pkg update-lock` for a kernel recipe: every architecture's pin moves to the newest
 /// kernel of its flavour in the archive now. Returns the pins that moved.
 pub fn update_pins(store: &Store, recipe_dir: &Path) -> Result<Vec<PinMove>, Error> {
+    if source_recipe(recipe_dir)?.is_some() {
+        return Err(Error::SourcePin {
+            dir: recipe_dir.into(),
+        });
+    }
     let mut recipe = load(recipe_dir)?;
     let deb_cache = store.path().join("debs");
     let mut moves = Vec::new();

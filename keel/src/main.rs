@@ -392,6 +392,16 @@ enum KernelCommand {
         /// Never change recipe.yml: a pinned kernel that has left Debian's archive is an error.
         #[arg(long)]
         locked: bool,
+        /// A source recipe only: one more configuration fragment, merged after the recipe's
+        /// (repeatable). The image gets its own tag.
+        #[arg(long = "config-fragment", value_name = "FILE")]
+        fragments: Vec<PathBuf>,
+        /// A source recipe only: one more patch, applied after the recipe's (repeatable).
+        #[arg(long = "patch", value_name = "FILE")]
+        patches: Vec<PathBuf>,
+        /// Parallel compile jobs for a source recipe. Default: the number of CPUs.
+        #[arg(long, default_value_t = 0)]
+        jobs: usize,
     },
     /// Compare a kernel with the Kernel Self Protection Project's recommended settings
     /// (kernel/kspp.yml): a system YAML (its kernel's configuration, command line and
@@ -642,13 +652,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             recipe,
             arches,
             locked,
+            fragments,
+            patches,
+            jobs,
         }) => {
             let arches = if arches.is_empty() {
                 vec![keel_image::Arch::X86_64, keel_image::Arch::Aarch64]
             } else {
                 arches
             };
-            let reference = keel::kernel::build(&open_store()?, &recipe, &arches, locked)?;
+            let variant = keel::kernel::Variant {
+                fragments,
+                patches,
+                jobs,
+            };
+            let reference =
+                keel::kernel::build_variant(&open_store()?, &recipe, &arches, locked, &variant)?;
             println!("{reference}");
         }
         Command::Kernel(KernelCommand::Check {

@@ -36,6 +36,7 @@ pub mod kconfig;
 pub mod kspp;
 pub mod modinfo;
 pub mod recipe;
+pub mod source;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -374,7 +375,10 @@ pub fn from_deb(
 
 /// A tar of `files` (path → contents) and all their parent directories, sorted by path, with
 /// fixed owners, modes and mtime.
-fn deterministic_tar(files: &BTreeMap<String, Vec<u8>>, mtime: u64) -> std::io::Result<Vec<u8>> {
+pub(crate) fn deterministic_tar(
+    files: &BTreeMap<String, Vec<u8>>,
+    mtime: u64,
+) -> std::io::Result<Vec<u8>> {
     let mut dirs = BTreeSet::new();
     for path in files.keys() {
         let mut parent = path.as_str();
