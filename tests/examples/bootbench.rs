@@ -3,6 +3,7 @@
 //! per architecture. Prints a Markdown table for `docs/benchmarks.md`.
 //!
 //!   cargo run -p keel-vmtests --example bootbench --release -- [--runs N] [--arch x86_64|aarch64]
+//!     [--with tests/cases/virt-kernel.yml]   (another kernel: a YAML merged last into both)
 
 use keel_vmtests::vm::{Boot, Vm};
 use keel_vmtests::{Arch, Checks, build, case, chain, workspace};
@@ -59,11 +60,20 @@ fn step_ms(timeline: &serde_json::Value, step: &str) -> Option<f64> {
     Some(s["boottime_ms"].as_f64()? / 1000.0)
 }
 
-fn bench(arch: Arch, runs: usize) -> Result<(), String> {
+fn bench(arch: Arch, runs: usize, with: Option<&std::path::Path>) -> Result<(), String> {
     let fail = |what: &str, console: &str| format!("{arch}: {what}\n--- console ---\n{console}");
-    let floor = build(&[&case("floor.yml")], arch).map_err(|e| chain(&e))?;
+    let floor_yml = case("floor.yml");
     let minimal = workspace().join("images/minimal.yml");
-    let keel = build(&[&case("bench.yml"), &minimal], arch).map_err(|e| chain(&e))?;
+    let bench_yml = case("bench.yml");
+    let mut floor_files = vec![floor_yml.as_path()];
+    let mut keel_files = vec![bench_yml.as_path(), minimal.as_path()];
+    // Another kernel (e.g. tests/cases/virt-kernel.yml), for both systems.
+    if let Some(with) = with {
+        floor_files.push(with);
+        keel_files.push(with);
+    }
+    let floor = build(&floor_files, arch).map_err(|e| chain(&e))?;
+    let keel = build(&keel_files, arch).map_err(|e| chain(&e))?;
     let mut s = Samples::default();
     for run in 0..runs {
         let mut vm = Vm::boot(
@@ -181,10 +191,12 @@ fn bench(arch: Arch, runs: usize) -> Result<(), String> {
 fn main() {
     let mut runs = 5;
     let mut arches = vec![Arch::X86_64, Arch::Aarch64];
+    let mut with: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match (a.as_str(), args.next()) {
             ("--runs", Some(n)) => runs = n.parse().unwrap_or(runs),
+            ("--with", Some(file)) => with = Some(file.into()),
             ("--arch", Some(a)) => match a.parse() {
                 Ok(arch) => arches = vec![arch],
                 Err(e) => {
@@ -193,13 +205,15 @@ fn main() {
                 }
             },
             _ => {
-                eprintln!("usage: bootbench [--runs N] [--arch x86_64|aarch64]");
+                eprintln!(
+                    "usage: bootbench [--runs N] [--arch x86_64|aarch64] [--with YAML merged last, e.g. tests/cases/virt-kernel.yml]"
+                );
                 std::process::exit(2);
             }
         }
     }
     for arch in arches {
-        if let Err(e) = bench(arch, runs) {
+        if let Err(e) = bench(arch, runs, with.as_deref()) {
             eprintln!("bootbench: {e}");
             std::process::exit(1);
         }

@@ -198,7 +198,7 @@ impl Checks {
     pub fn parse(console: &str) -> Checks {
         let mut checks = Checks::default();
         for line in console.lines() {
-            let line = line.trim_end_matches('\r');
+            let line = strip_escapes(line.trim_end_matches('\r'));
             let Some((id, rest)) = line.split_once("| CHECK ") else {
                 continue;
             };
@@ -238,6 +238,27 @@ impl Checks {
     }
 }
 
+/// `line` without terminal escape sequences (CSI, e.g. the `keel>` prompt's erase-line `ESC [K`
+/// printed before a container's output line).
+pub fn strip_escapes(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' && chars.peek() == Some(&'[') {
+            chars.next();
+            // Parameters and intermediates, then one final byte in @..~.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The `keel-init: timeline: <step>` lines of a console, in order.
 pub fn timeline(console: &str) -> Vec<String> {
     console
@@ -257,6 +278,16 @@ pub fn line_of(console: &str, needle: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A container's CHECK line printed right after the console prompt redrew itself.
+    #[test]
+    fn checks_after_a_prompt_redraw() {
+        let console = "keel> \x1b[K\x1b[Kbench| CHECK done=1\r\nplain| CHECK x=2\n";
+        let c = Checks::parse(console);
+        assert_eq!(c.get("bench", "done"), Some("1"));
+        assert_eq!(c.get("plain", "x"), Some("2"));
+        assert_eq!(strip_escapes("a\x1b[2Kb\x1b[?7lc"), "abc");
+    }
 
     const CONSOLE: &str = "[    2.1] keel-init: timeline: init started\r\n\
         000-a| CHECK cap_eff=0000000000000000\n\
