@@ -51,6 +51,11 @@ impl KernelConfig {
         self.get(name).unwrap_or("n")
     }
 
+    /// Every option the file names, with its value (`n` for "is not set").
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// The kernel version (major, minor) the header names.
     pub fn version(&self) -> Option<(u32, u32)> {
         self.version

@@ -164,7 +164,8 @@ impl SourceRecipe {
                             "{what} {n:?} must be a file of the recipe directory"
                         )));
                     }
-                    let p = dir.join(n);
+                    // Absolute: make and merge_config.sh run in the source tree.
+                    let p = std::path::absolute(dir.join(n)).unwrap_or_else(|_| dir.join(n));
                     if p.is_file() {
                         Ok(p)
                     } else {
@@ -510,24 +511,32 @@ fn run(cmd: &mut Command) -> Result<Vec<u8>, SourceError> {
     Ok(out.stdout)
 }
 
-/// Every `CONFIG_X=v` and `# CONFIG_X is not set` of the fragments must hold in `.config`
-/// (an option asked "not set" may also be absent: it does not exist on this architecture).
+/// Every `CONFIG_X=v` and `# CONFIG_X is not set` of the fragments (a later fragment's value
+/// winning, as `merge_config.sh` merges them) must hold in `.config`; an option asked "not set"
+/// may also be absent (it does not exist on this architecture).
 fn check_fragments(config: &Path, fragments: &[PathBuf], arch: &str) -> Result<(), SourceError> {
     let have = crate::kconfig::KernelConfig::parse(&String::from_utf8_lossy(&read(config)?));
-    let mut dropped = Vec::new();
+    // Option → (value, the fragment that set it last).
+    let mut wanted: BTreeMap<String, (String, String)> = BTreeMap::new();
     for f in fragments {
-        let want = crate::kconfig::KernelConfig::parse(&String::from_utf8_lossy(&read(f)?));
-        for change in want.diff(&have) {
-            // Only what the fragment sets: options it does not mention are Kconfig's choice.
-            let Some(wanted) = change.from else { continue };
-            let got = change.to.unwrap_or_else(|| "(absent)".to_owned());
-            dropped.push(format!(
-                "CONFIG_{}={wanted} (from {}) is {got}",
-                change.name,
-                f.file_name().unwrap_or_default().to_string_lossy()
-            ));
+        let text = String::from_utf8_lossy(&read(f)?).into_owned();
+        let name = f
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        for (option, value) in crate::kconfig::KernelConfig::parse(&text).entries() {
+            wanted.insert(option.to_owned(), (value.to_owned(), name.clone()));
         }
     }
+    let dropped: Vec<String> = wanted
+        .iter()
+        .filter(|(option, (value, _))| have.value(option) != value)
+        .map(|(option, (value, from))| {
+            let got = have.get(option).unwrap_or("(absent)");
+            format!("CONFIG_{option}={value} (from {from}) is {got}")
+        })
+        .collect();
     if dropped.is_empty() {
         Ok(())
     } else {

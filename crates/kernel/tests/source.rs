@@ -152,4 +152,14 @@ fn bad_recipes_are_refused() {
         assert!(err.contains(want), "{from} -> {to}: {err}");
     }
     assert!(SourceRecipe::parse(&format!("{good}\ntypo: 1\n"), &dir).is_err());
+    // A recipe named by a relative path (`keel kernel build kernel/virt`): its files are made
+    // absolute, since the kernel's make runs in the source tree.
+    let relative = SourceRecipe::parse(&good, Path::new("tests/tiny")).unwrap();
+    assert!(
+        relative
+            .fragments("x86_64")
+            .iter()
+            .all(|f| f.is_absolute() && f.is_file())
+    );
+    assert!(relative.patches.iter().all(|p| p.is_absolute()));
 }
