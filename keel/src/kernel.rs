@@ -305,31 +305,43 @@ fn sbom(
             dir: recipe.path.clone(),
             source,
         })?;
-    let created = keel_kernel::source_date_epoch().map_err(|source| Error::Build {
-        dir: recipe.path.clone(),
+    Ok(kernel_sbom(
+        &recipe.name,
         arch,
-        source: Box::new(source),
-    })?;
+        artifacts,
+        (&pin.name, &pin.version, &pin.sha256),
+        "OPERATING-SYSTEM",
+    ))
+}
+
+/// The SBOM of `arch`'s kernel image: the one Debian package (`name`, `version`, `.deb`
+/// sha256) it was made from, with `purpose` (the binary kernel package, or the source).
+fn kernel_sbom(
+    recipe_name: &str,
+    arch: Arch,
+    artifacts: &keel_kernel::KernelArtifacts,
+    (name, version, sha256): (&str, &str, &str),
+    purpose: &str,
+) -> keel_pkg::spdx::Document {
     let mut doc = keel_pkg::spdx::Document::new(
         &format!(
-            "{} kernel {} ({})",
-            recipe.name,
+            "{recipe_name} kernel {} ({})",
             artifacts.release,
             arch.uname()
         ),
-        created,
+        keel_rootfs::WriteOptions::from_env().mtime,
         vec!["Tool: keel".into(), "Organization: keel".into()],
     );
     keel_pkg::spdx::DebianPackage {
-        name: &pin.name,
-        version: &pin.version,
-        sha256: &pin.sha256,
+        name,
+        version,
+        sha256,
         control: &artifacts.control,
         copyright: artifacts.copyright.as_ref(),
         arch,
     }
-    .add_to(&mut doc, "OPERATING-SYSTEM");
-    Ok(doc)
+    .add_to(&mut doc, purpose);
+    doc
 }
 
 /// A source recipe built for `arches` (each in the store's kernel work directory, kept for
@@ -372,25 +384,17 @@ fn build_source(
             recipe.source.version,
             artifacts.kernel.len() >> 10
         );
-        let mut doc = keel_pkg::spdx::Document::new(
-            &format!(
-                "{} kernel {} ({})",
-                recipe.name,
-                artifacts.release,
-                arch.uname()
-            ),
-            keel_rootfs::WriteOptions::from_env().mtime,
-            vec!["Tool: keel".into(), "Organization: keel".into()],
-        );
-        keel_pkg::spdx::DebianPackage {
-            name: &recipe.source.name,
-            version: &recipe.source.version,
-            sha256: &recipe.source.sha256,
-            control: &artifacts.control,
-            copyright: artifacts.copyright.as_ref(),
+        let doc = kernel_sbom(
+            &recipe.name,
             arch,
-        }
-        .add_to(&mut doc, "SOURCE");
+            artifacts,
+            (
+                &recipe.source.name,
+                &recipe.source.version,
+                &recipe.source.sha256,
+            ),
+            "SOURCE",
+        );
         manifests.push((arch, desc, doc));
     }
     let index = keel_pkg::spdx::write_index_with_sboms(store, &reference.to_string(), manifests)

@@ -188,23 +188,6 @@ fn metadata_create_writes_a_cidata_volume() {
     assert!(!w.path("m3.iso").exists());
 }
 
-/// virtiofsd: `$KEEL_VIRTIOFSD`, else the one scripts/setup.sh installs under the target
-/// directory. Never skipped: a missing virtiofsd fails the test.
-fn virtiofsd() -> PathBuf {
-    let path = std::env::var_os("KEEL_VIRTIOFSD")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/virtiofsd/bin/virtiofsd")
-        });
-    assert!(
-        path.is_file(),
-        "virtiofsd is not installed at {}: run scripts/setup.sh (it installs it into \
-         target/tools/virtiofsd), or set KEEL_VIRTIOFSD",
-        path.display()
-    );
-    path
-}
-
 /// Kills a process when dropped: a failed assertion must not leave keel or a stand-in QEMU
 /// (and so a virtiofsd) running.
 struct KillOnDrop(String);
@@ -283,7 +266,7 @@ fn shares_and_devices_reach_qemu_and_virtiofsd_dies_with_keel() {
             "qemu-xhci,id=usb",
             "--virtiofsd",
         ])
-        .arg(virtiofsd())
+        .arg(keel_testutil::virtiofsd())
         .arg("--qemu")
         .arg(&qemu)
         .arg(&target)
@@ -349,7 +332,7 @@ fn a_detached_vm_keeps_its_virtiofsd_until_qemu_exits() {
         ])
         .arg(&qemu)
         .arg(&target)
-        .env("KEEL_VIRTIOFSD", virtiofsd()))
+        .env("KEEL_VIRTIOFSD", keel_testutil::virtiofsd()))
     .ok();
     let pid = out.stdout.trim().to_owned();
     let _reaper = KillOnDrop(pid.clone());
@@ -395,7 +378,7 @@ fn a_detached_qemu_that_fails_takes_its_virtiofsd_along() {
         ])
         .arg(&qemu)
         .arg(&target)
-        .env("KEEL_VIRTIOFSD", virtiofsd()))
+        .env("KEEL_VIRTIOFSD", keel_testutil::virtiofsd()))
     .failed();
     assert!(
         err.contains("qemu exited (exit status: 1) before connecting to virtiofsd; its log "),

@@ -167,24 +167,9 @@ pub fn keel_bin() -> PathBuf {
     target.join("debug/keel")
 }
 
-/// The virtiofsd the virtio-fs tests start: `$KEEL_VIRTIOFSD`, else the one scripts/setup.sh
-/// installs under the target directory. Panics (the test fails, it is not skipped) when it is
-/// missing.
-pub fn virtiofsd() -> PathBuf {
-    let path = std::env::var_os("KEEL_VIRTIOFSD")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/tools/virtiofsd/bin/virtiofsd"));
-    assert!(
-        path.is_file(),
-        "virtiofsd is not installed at {}: run scripts/setup.sh (it installs it into \
-         target/tools/virtiofsd), or set KEEL_VIRTIOFSD",
-        path.display()
-    );
-    path
-}
-
 /// Formats an error with its whole `source()` chain.
 pub use keel::build::error_chain as chain;
+pub use keel_testutil::virtiofsd;
 
 /// The `CHECK key=value` lines of a console, per container id, in the order printed. A key
 /// printed twice by one container keeps its last value.

@@ -22,6 +22,24 @@ pub fn cache_root() -> PathBuf {
     target.join("keel-test-cache")
 }
 
+/// The virtiofsd the virtio-fs tests start: `$KEEL_VIRTIOFSD`, else the one scripts/setup.sh
+/// installs under the workspace's target directory. Panics (the test fails, it is not skipped)
+/// when it is missing.
+pub fn virtiofsd() -> PathBuf {
+    let path = std::env::var_os("KEEL_VIRTIOFSD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/virtiofsd/bin/virtiofsd")
+        });
+    assert!(
+        path.is_file(),
+        "virtiofsd is not installed at {}: run scripts/setup.sh (it installs it into \
+         target/tools/virtiofsd), or set KEEL_VIRTIOFSD",
+        path.display()
+    );
+    path
+}
+
 /// The shared `.deb` cache (files named by their sha256, verified when read).
 pub fn deb_cache() -> PathBuf {
     cache_root().join("debs")
