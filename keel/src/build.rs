@@ -217,6 +217,13 @@ fn unbuilt_reference(dir: &Path) -> std::result::Result<String, String> {
                 .map_err(|e| format!("{}: invalid image {text:?}: {e}", manifest.display()));
         }
     }
+    if crate::kernel::signs_modules(dir) {
+        log::info!(
+            "{}: not built (a dry run), so its tag, which covers the module signing key, shows as {UNBUILT_TAG}",
+            dir.display()
+        );
+        return Ok(format!("{}:{UNBUILT_TAG}", crate::kernel::REPOSITORY));
+    }
     crate::pkg::show_tag(dir, None)
         .map(|r| r.to_string())
         .map_err(|e| error_chain(&e))

@@ -58,6 +58,16 @@ pub enum Error {
     },
     #[error("{}: a source recipe's `source:` pin is moved by hand (a new kernel source is a new kernel: check its configuration with `keel kernel build` and `keel kernel check`)", dir.display())]
     SourcePin { dir: PathBuf },
+    #[error("{}: the recipe signs its modules, so its image depends on the signing key, which a run without a store does not know", dir.display())]
+    NoSigningKey { dir: PathBuf },
+    #[error("{}: no such file ({SIGNING_KEY_ENV} names a PEM file holding the module signing key and its certificate)", path.display())]
+    NoSuchSigningKey { path: PathBuf },
+    #[error("cannot make the module signing key {}", path.display())]
+    SigningKey {
+        path: PathBuf,
+        #[source]
+        source: Box<keel_kernel::source::SourceError>,
+    },
     #[error("--config-fragment and --patch need a source recipe (one with `source:`); {} repackages a Debian kernel", dir.display())]
     NotSource { dir: PathBuf },
     #[error(
@@ -102,9 +112,63 @@ fn source_recipe(dir: &Path) -> Result<Option<keel_kernel::source::SourceRecipe>
         })
 }
 
-/// The reference a recipe's image gets.
-pub fn tag(recipe_dir: &Path) -> Result<Reference, Error> {
-    tag_of(recipe_dir, &Variant::default())
+/// The repository every kernel image is tagged in.
+pub const REPOSITORY: &str = "keel/kernel";
+
+/// The environment variable naming a module signing key of the user's own (a PEM file with
+/// the private key and its certificate), used instead of the store's.
+pub const SIGNING_KEY_ENV: &str = "KEEL_KERNEL_SIGNING_KEY";
+
+/// The key source recipes that sign their modules sign with: `$KEEL_KERNEL_SIGNING_KEY` when
+/// set, else the store's own `kernel-keys/module-signing.pem`, made on first use. One key per
+/// store keeps the builds reproducible (the same key gives the same bytes) without a key in the
+/// repository; the key is an input of the image's tag, so another key is another image.
+pub fn signing_key(store: &Store) -> Result<PathBuf, Error> {
+    if let Some(path) = std::env::var_os(SIGNING_KEY_ENV) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            return Err(Error::NoSuchSigningKey { path });
+        }
+        return Ok(path);
+    }
+    let path = store.path().join("kernel-keys/module-signing.pem");
+    keel_kernel::source::ensure_signing_key(&path, "keel kernel module signing key").map_err(
+        |source| Error::SigningKey {
+            path: path.clone(),
+            source: Box::new(source),
+        },
+    )?;
+    Ok(path)
+}
+
+/// `variant` with the store's signing key when the recipe in `dir` signs its modules and the
+/// variant names no key.
+fn with_signing_key(store: &Store, dir: &Path, variant: &Variant) -> Result<Variant, Error> {
+    let mut variant = variant.clone();
+    if variant.signing_key.is_none()
+        && let Some(recipe) = source_recipe(dir)?
+        && recipe.signs_modules()
+    {
+        variant.signing_key = Some(signing_key(store)?);
+    }
+    Ok(variant)
+}
+
+/// Whether `dir` is a source recipe that signs its modules (its tag needs the signing key).
+pub fn signs_modules(dir: &Path) -> bool {
+    matches!(source_recipe(dir), Ok(Some(recipe)) if recipe.signs_modules())
+}
+
+/// The reference a recipe's image gets (the store holds the signing key of a recipe that
+/// signs its modules).
+pub fn tag(recipe_dir: &Path, store: Option<&Store>) -> Result<Reference, Error> {
+    match store {
+        Some(store) => tag_of(
+            recipe_dir,
+            &with_signing_key(store, recipe_dir, &Variant::default())?,
+        ),
+        None => tag_of(recipe_dir, &Variant::default()),
+    }
 }
 
 /// The reference of a recipe's image built with `variant`: a hash of every input (for a source
@@ -113,10 +177,16 @@ pub fn tag_of(recipe_dir: &Path, variant: &Variant) -> Result<Reference, Error> 
     let mut h = Sha256::new();
     h.update(LAYOUT_VERSION.as_bytes());
     if let Some(recipe) = source_recipe(recipe_dir)? {
+        if recipe.signs_modules() && variant.signing_key.is_none() {
+            return Err(Error::NoSigningKey {
+                dir: recipe_dir.into(),
+            });
+        }
         let extra: Vec<PathBuf> = variant
             .fragments
             .iter()
             .chain(&variant.patches)
+            .chain(&variant.signing_key)
             .cloned()
             .collect();
         let inputs = recipe
@@ -138,7 +208,7 @@ pub fn tag_of(recipe_dir: &Path, variant: &Variant) -> Result<Reference, Error> 
         h.update(&text);
     }
     let hash = hex::encode(h.finalize());
-    let reference = format!("keel/kernel:{}", &hash[..16]);
+    let reference = format!("{REPOSITORY}:{}", &hash[..16]);
     Ok(reference
         .parse()
         .unwrap_or_else(|_| unreachable_reference(&reference)))
@@ -224,7 +294,8 @@ pub fn build_variant(
     variant: &Variant,
 ) -> Result<Reference, Error> {
     if let Some(recipe) = source_recipe(recipe_dir)? {
-        return build_source(store, &recipe, arches, variant);
+        let variant = with_signing_key(store, recipe_dir, variant)?;
+        return build_source(store, &recipe, arches, &variant);
     }
     if !variant.fragments.is_empty() || !variant.patches.is_empty() {
         return Err(Error::NotSource {
@@ -286,7 +357,7 @@ pub fn build_variant(
         manifests.push((arch, desc, sbom));
     }
     // The tag covers recipe.yml as it is now, after any pin moved.
-    let reference = tag(recipe_dir)?;
+    let reference = tag(recipe_dir, Some(store))?;
     let index = keel_pkg::spdx::write_index_with_sboms(store, &reference.to_string(), manifests)
         .map_err(Error::Sbom)?;
     store.tag(&reference, index).map_err(Error::Store)?;

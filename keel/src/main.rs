@@ -665,6 +665,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 fragments,
                 patches,
                 jobs,
+                signing_key: None,
             };
             let reference =
                 keel::kernel::build_variant(&open_store()?, &recipe, &arches, locked, &variant)?;

@@ -45,7 +45,7 @@ pub fn show_tag(dir: &Path, store: Option<&Store>) -> Result<Reference, Error> {
         return Ok(keel_pkg::show_tag(dir, &options(store))?);
     }
     if crate::kernel::is_recipe(dir) {
-        return Ok(crate::kernel::tag(dir)?);
+        return Ok(crate::kernel::tag(dir, store)?);
     }
     Err(Error::NotAPackage(dir.into()))
 }
@@ -66,7 +66,7 @@ pub fn build_tag(store: &Store, dir: &Path, opts: PkgOptions) -> Result<Referenc
         return Ok(keel_pkg::show_tag(dir, &with_store(store, opts))?);
     }
     if crate::kernel::is_recipe(dir) {
-        return Ok(crate::kernel::tag(dir)?);
+        return Ok(crate::kernel::tag(dir, Some(store))?);
     }
     Err(Error::NotAPackage(dir.into()))
 }

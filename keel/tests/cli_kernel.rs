@@ -181,3 +181,51 @@ fn check_a_system_with_its_command_line_and_sysctls() {
     let err = run(&mut w.keel(["kernel", "check", "plain.yml"])).failed();
     assert!(err.contains("holds no configuration"), "{err}");
 }
+
+/// `kernel/metal` signs its modules: its tag covers the signing key (the store's, made on first
+/// use, or `KEEL_KERNEL_SIGNING_KEY`), a missing key file is named, and a dry run, which has
+/// no store, shows the tag as unbuilt.
+#[test]
+fn a_signing_recipe_is_tagged_with_its_key() {
+    let w = Work::empty();
+    let metal = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernel/metal");
+    let metal = metal.to_str().unwrap();
+    let tag = |w: &Work, key: Option<&std::path::Path>| {
+        let mut cmd = w.keel(["pkg", "show-tag", metal]);
+        if let Some(key) = key {
+            cmd.env("KEEL_KERNEL_SIGNING_KEY", key);
+        }
+        run(&mut cmd).ok().stdout.trim().to_owned()
+    };
+    let store_key = w.store_dir().join("kernel-keys/module-signing.pem");
+    let first = tag(&w, None);
+    assert!(first.contains("keel/kernel:"), "{first}");
+    assert!(store_key.is_file(), "no key made in the store");
+    assert_eq!(tag(&w, None), first, "the store's key changed");
+    // Another key, another image.
+    let other = w.path("other.pem");
+    keel_kernel::source::ensure_signing_key(&other, "other").unwrap();
+    let with_other = tag(&w, Some(&other));
+    assert!(with_other.contains("keel/kernel:") && with_other != first);
+    // A key file that is not there.
+    let err = run(w
+        .keel(["pkg", "show-tag", metal])
+        .env("KEEL_KERNEL_SIGNING_KEY", w.path("missing.pem")))
+    .failed();
+    assert!(
+        err.contains("missing.pem: no such file (KEEL_KERNEL_SIGNING_KEY"),
+        "{err}"
+    );
+    // A dry run names no key.
+    w.write(
+        "metal.yml",
+        &format!("kernel:\n  image: \"@pkg:{metal}\"\n  cmdline: console=ttyS0\ninit: []\n"),
+    );
+    let out = run(&mut w.keel(["build", "--dry-run", "metal.yml"])).ok();
+    assert!(
+        out.stdout.contains("keel/kernel:unbuilt") || out.stderr.contains("keel/kernel:unbuilt"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+}

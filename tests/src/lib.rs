@@ -72,6 +72,11 @@ pub struct Built {
     pub dir: tempfile::TempDir,
 }
 
+/// The environment variable naming a YAML file merged after every test system's own (a
+/// `kernel.image` of its own): the whole VM suite on another kernel, e.g.
+/// `KEEL_VMTEST_KERNEL=tests/cases/on-virt.yml cargo test -p keel-vmtests` (docs/testing.md).
+pub const KERNEL_OVERRIDE_ENV: &str = "KEEL_VMTEST_KERNEL";
+
 /// Builds `yamls` (merged in order) for `arch` as kernel+initrd into a temporary directory.
 /// `@pkg:` images are built into the shared store on first use. Builds are serialised across
 /// threads and processes, since they share the store and cargo's target directory.
@@ -99,7 +104,14 @@ pub fn build_formats(
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "test".into());
     let opts = keel::build::BuildOptions {
-        files: yamls.iter().map(|p| p.display().to_string()).collect(),
+        files: yamls
+            .iter()
+            .map(|p| p.display().to_string())
+            .chain(std::env::var(KERNEL_OVERRIDE_ENV).ok().map(|f| {
+                // Relative to the workspace, where the documented command runs.
+                workspace().join(f).display().to_string()
+            }))
+            .collect(),
         formats: formats.to_vec(),
         dir: dir.path().to_path_buf(),
         name: Some(name.clone()),

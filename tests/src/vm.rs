@@ -35,6 +35,8 @@ pub struct Boot {
     /// Host directories shared through virtio-fs, each served by a virtiofsd that keel starts
     /// ([`keel::run::Virtiofs`]) and that ends with the guest.
     pub virtiofs: Vec<keel::run::Share>,
+    /// Extra QEMU devices (`keel run qemu --device`), e.g. a NIC whose driver is a module.
+    pub devices: Vec<keel::run::Device>,
 }
 
 impl Boot {
@@ -46,6 +48,7 @@ impl Boot {
             networking: false,
             interactive: false,
             virtiofs: vec![],
+            devices: vec![],
         }
     }
 }
@@ -76,7 +79,7 @@ impl Vm {
                     .to_string(),
             ),
             networking: boot.networking,
-            devices: vec![],
+            devices: boot.devices.clone(),
             shares: boot.virtiofs.clone(),
             virtiofsd: (!boot.virtiofs.is_empty()).then(crate::virtiofsd),
             extra: vec!["-no-reboot".into()],

@@ -1,9 +1,10 @@
-//! The `virt` kernel (kernel/virt, built from Debian's kernel source) on both architectures:
-//! `images/minimal.yml` boots on it to its services, and `keel kernel check` finds no failing
-//! KSPP item beyond the ones the recipe documents.
+//! The `virt` and `metal` kernels (kernel/virt, kernel/metal, built from Debian's kernel source)
+//! on both architectures: `images/minimal.yml` boots on each to its services, `metal`'s signed
+//! modules load, and `keel kernel check` finds no failing KSPP item beyond the ones the recipes
+//! document.
 //!
-//! Building `virt` from source takes 10 to 15 minutes per architecture on a 2-core machine, more
-//! than a CI run can give it beside the other tests; the fast tier builds a small recipe from
+//! Building `virt` or `metal` from source takes 10 to 15 minutes per architecture on a 2-core
+//! machine, more than a CI run can give them beside the other tests; the fast tier builds a small recipe from
 //! the same source instead (crates/kernel/tests/source.rs). This test is the documented local
 //! command: `cargo test -p keel-vmtests --features full-kernels --test virt`.
 
@@ -35,15 +36,25 @@ fn accepted_failures(arch: Arch) -> &'static [&'static str] {
     }
 }
 
-fn boots_on_virt(arch: Arch) {
+/// Boots images/minimal.yml on the source recipe `recipe` (with `tests/cases/<recipe>-kernel.yml`)
+/// with `devices` attached, checks that the services run on that kernel and that it fails no
+/// KSPP kconfig item but the accepted ones; returns the console.
+fn boots_on(recipe: &str, arch: Arch, devices: &[&str]) -> String {
     let minimal = workspace().join("images/minimal.yml");
-    let built = build(&[&minimal, &case("virt-kernel.yml")], arch)
-        .unwrap_or_else(|e| panic!("minimal.yml on virt ({arch}): build failed: {}", chain(&e)));
-    let mut vm = Vm::boot(&format!("virt {arch}"), &built.prefix, &Boot::new(arch));
+    let built =
+        build(&[&minimal, &case(&format!("{recipe}-kernel.yml"))], arch).unwrap_or_else(|e| {
+            panic!(
+                "minimal.yml on {recipe} ({arch}): build failed: {}",
+                chain(&e)
+            )
+        });
+    let mut boot = Boot::new(arch);
+    boot.devices = devices.iter().map(|d| d.parse().unwrap()).collect();
+    let mut vm = Vm::boot(&format!("{recipe} {arch}"), &built.prefix, &boot);
     let console = vm.wait_for("status| status", DEADLINE);
     assert!(
-        console.contains("-keel-virt"),
-        "not the virt kernel:\n{console}"
+        console.contains(&format!("-keel-{recipe}")),
+        "not the {recipe} kernel:\n{console}"
     );
     let line = console
         .lines()
@@ -54,7 +65,7 @@ fn boots_on_virt(arch: Arch) {
     let (_lock, _store) = lock_store().unwrap_or_else(|e| panic!("{}", chain(&e)));
     let out = Command::new(keel_bin())
         .args(["-q", "kernel", "check", "--json", "--arch", arch.uname()])
-        .arg(workspace().join("kernel/virt"))
+        .arg(workspace().join("kernel").join(recipe))
         .env("KEEL_CACHE", store_path())
         .output()
         .expect("keel runs");
@@ -74,16 +85,51 @@ fn boots_on_virt(arch: Arch) {
         .collect();
     assert!(
         failed.is_empty(),
-        "{arch}: virt fails KSPP items {failed:?}"
+        "{arch}: {recipe} fails KSPP items {failed:?}"
     );
+    console
 }
 
 #[test]
 fn minimal_boots_on_virt_x86_64() {
-    boots_on_virt(Arch::X86_64);
+    let console = boots_on("virt", Arch::X86_64, &[]);
+    assert!(console.contains("no modules for this kernel"), "{console}");
 }
 
 #[test]
 fn minimal_boots_on_virt_aarch64() {
-    boots_on_virt(Arch::Aarch64);
+    let console = boots_on("virt", Arch::Aarch64, &[]);
+    assert!(console.contains("no modules for this kernel"), "{console}");
+}
+
+/// `metal` with an Intel e1000 NIC, whose driver is a signed module: PID 1's coldplug loads it
+/// and the kernel, which refuses unsigned modules (`MODULE_SIG_FORCE`), accepts every module.
+fn metal_loads_its_signed_modules(arch: Arch) {
+    let console = boots_on("metal", arch, &["e1000"]);
+    let line = console
+        .lines()
+        .find(|l| l.contains("modules: ") && l.contains(" loaded, "))
+        .unwrap_or_else(|| panic!("no module summary:\n{console}"));
+    let loaded: usize = line
+        .split("modules: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(loaded >= 1, "{line}");
+    assert!(line.contains(", 0 refused"), "{line}\n{console}");
+    assert!(
+        console.contains("e1000"),
+        "the e1000 driver did not load:\n{console}"
+    );
+}
+
+#[test]
+fn metal_loads_its_signed_modules_x86_64() {
+    metal_loads_its_signed_modules(Arch::X86_64);
+}
+
+#[test]
+fn metal_loads_its_signed_modules_aarch64() {
+    metal_loads_its_signed_modules(Arch::Aarch64);
 }

@@ -379,6 +379,16 @@ pub(crate) fn deterministic_tar(
     files: &BTreeMap<String, Vec<u8>>,
     mtime: u64,
 ) -> std::io::Result<Vec<u8>> {
+    deterministic_tar_with(files, &BTreeSet::new(), mtime)
+}
+
+/// [`deterministic_tar`], with the files named in `executable` mode 0755 (a kernel build
+/// tree's host programs).
+pub(crate) fn deterministic_tar_with(
+    files: &BTreeMap<String, Vec<u8>>,
+    executable: &BTreeSet<String>,
+    mtime: u64,
+) -> std::io::Result<Vec<u8>> {
     let mut dirs = BTreeSet::new();
     for path in files.keys() {
         let mut parent = path.as_str();
@@ -398,7 +408,11 @@ pub(crate) fn deterministic_tar(
         match data {
             Some(data) => {
                 header.set_entry_type(tar::EntryType::Regular);
-                header.set_mode(0o644);
+                header.set_mode(if executable.contains(path) {
+                    0o755
+                } else {
+                    0o644
+                });
                 header.set_size(data.len() as u64);
                 builder.append_data(&mut header, path, data)?;
             }

@@ -116,6 +116,19 @@ pub struct SourceRecipe {
     pub patches: Vec<PathBuf>,
 }
 
+/// Whether a recipe names `path` as its own file (`FILE`, `DIR/FILE`) or a sibling recipe's
+/// (`../NAME/FILE`, so `metal` builds on `virt`'s fragments): nothing absolute, nothing above
+/// the recipes' directory.
+fn is_recipe_relative(path: &str) -> bool {
+    use std::path::Component;
+    let parts: Vec<Component> = Path::new(path).components().collect();
+    let rest = match parts.as_slice() {
+        [Component::ParentDir, rest @ ..] => rest,
+        all => all,
+    };
+    !rest.is_empty() && rest.iter().all(|c| matches!(c, Component::Normal(_)))
+}
+
 /// The make bases a recipe may start from.
 const BASES: &[&str] = &["tinyconfig", "allnoconfig", "defconfig"];
 
@@ -159,9 +172,9 @@ impl SourceRecipe {
             names
                 .iter()
                 .map(|n| {
-                    if n.contains("..") || n.starts_with('/') {
+                    if !is_recipe_relative(n) {
                         return Err(invalid(format!(
-                            "{what} {n:?} must be a file of the recipe directory"
+                            "{what} {n:?} must be a file of the recipe directory or of a sibling recipe (../NAME/FILE)"
                         )));
                     }
                     // Absolute: make and merge_config.sh run in the source tree.
@@ -207,6 +220,16 @@ impl SourceRecipe {
         } else {
             &self.x86_64
         }
+    }
+
+    /// Whether the recipe signs its modules (a fragment sets `CONFIG_MODULE_SIG=y`): its build
+    /// needs [`BuildOptions::signing_key`].
+    pub fn signs_modules(&self) -> bool {
+        self.x86_64.iter().chain(&self.aarch64).any(|f| {
+            std::fs::read_to_string(f).is_ok_and(|text| {
+                crate::kconfig::KernelConfig::parse(&text).value("MODULE_SIG") == "y"
+            })
+        })
     }
 
     /// Hashes every input of the build: the recipe, its fragments and patches (of both
@@ -277,6 +300,10 @@ pub struct BuildOptions {
     pub patches: Vec<PathBuf>,
     /// Parallel jobs (`make -j`); 0: the number of CPUs.
     pub jobs: usize,
+    /// The module signing key (a PEM file holding the private key and its X.509 certificate),
+    /// for a recipe that signs its modules ([`SourceRecipe::signs_modules`]); see
+    /// [`ensure_signing_key`].
+    pub signing_key: Option<PathBuf>,
 }
 
 /// Builds `recipe` for `arch` (`x86_64` or `aarch64`): the source package is fetched into
@@ -327,18 +354,36 @@ pub fn build(
             .env_remove("ARCH")
             .env_remove("CROSS_COMPILE")
             .args(args);
-        if arch == "aarch64" && std::env::consts::ARCH != "aarch64" {
-            cmd.arg("CROSS_COMPILE=aarch64-linux-gnu-");
+        let prefix = cross_prefix(arch);
+        if !prefix.is_empty() {
+            cmd.arg(format!("CROSS_COMPILE={prefix}"));
         }
         run(&mut cmd)
     };
     // The configuration: rebuilt only when its inputs changed, so the tree stays incremental.
-    let fragments: Vec<PathBuf> = recipe
+    let mut fragments: Vec<PathBuf> = recipe
         .fragments(arch)
         .iter()
         .chain(&opts.fragments)
         .cloned()
         .collect();
+    if recipe.signs_modules() {
+        let key = opts
+            .signing_key
+            .as_deref()
+            .ok_or_else(|| SourceError::Invalid {
+                path: recipe.dir.join(crate::recipe::RECIPE_FILE),
+                problem: "the recipe signs its modules (CONFIG_MODULE_SIG=y) but no signing key was given".into(),
+            })?;
+        let key = std::path::absolute(key).unwrap_or_else(|_| key.to_owned());
+        // The key's path is the one option the recipe cannot know: a fragment of the build tree.
+        let fragment = out.join(".keel-signing-key.config");
+        write(
+            &fragment,
+            format!("CONFIG_MODULE_SIG_KEY=\"{}\"\n", key.display()).as_bytes(),
+        )?;
+        fragments.push(fragment);
+    }
     let mut stamp = Sha256::new();
     stamp.update(recipe.base.as_bytes());
     stamp.update(src.as_os_str().as_encoded_bytes());
@@ -371,13 +416,20 @@ pub fn build(
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     };
-    let target = if kernel_arch == "x86_64" {
-        "bzImage"
-    } else {
-        "Image"
-    };
     let config_text = String::from_utf8_lossy(&read(&out.join(".config"))?).into_owned();
-    let modules = config_text.lines().any(|l| l == "CONFIG_MODULES=y");
+    let enabled = |option: &str| {
+        config_text
+            .lines()
+            .any(|l| l == format!("CONFIG_{option}=y"))
+    };
+    let modules = enabled("MODULES");
+    // The file that boots: x86's bzImage; on arm64 the EFI zboot image when the configuration
+    // builds one, else the bare Image.
+    let target = match kernel_arch {
+        "x86_64" => "bzImage",
+        _ if enabled("EFI_ZBOOT") => "vmlinuz.efi",
+        _ => "Image",
+    };
     let j = format!("-j{jobs}");
     let mut targets = vec![j.as_str(), target];
     if modules {
@@ -387,11 +439,14 @@ pub fn build(
     let release = String::from_utf8_lossy(&make(&["-s", "kernelrelease"])?)
         .trim()
         .to_owned();
-    let image_path = if kernel_arch == "x86_64" {
-        out.join("arch/x86/boot/bzImage")
-    } else {
-        out.join("arch/arm64/boot/Image")
-    };
+    let image_path = out.join(format!(
+        "arch/{}/boot/{target}",
+        if kernel_arch == "x86_64" {
+            "x86"
+        } else {
+            "arm64"
+        }
+    ));
     let staging = work.join(format!("staging-{}-{arch}", recipe.name));
     let _ = std::fs::remove_dir_all(&staging);
     let mut module_files = Vec::new();
@@ -407,6 +462,46 @@ pub fn build(
         "headers_install",
         &format!("INSTALL_HDR_PATH={}", staging.join("dev/usr").display()),
     ])?;
+    if modules {
+        // What `make M=DIR` needs to build an out-of-tree module against this kernel (as
+        // /lib/modules/R/build holds it, or Debian's linux-headers), by the kernel's own
+        // script. Its host programs stay the build machine's: modules are built where keel
+        // builds (cross-compiled for aarch64, as the kernel was), not inside the system.
+        let mut install = Command::new(src.join("scripts/package/install-extmod-build"));
+        install
+            .current_dir(&out)
+            .arg(staging.join("dev/build"))
+            .env("srctree", &src)
+            .env(
+                "SRCARCH",
+                if kernel_arch == "x86_64" {
+                    "x86"
+                } else {
+                    "arm64"
+                },
+            )
+            .env("CC", "gcc")
+            .env("HOSTCC", "gcc")
+            .env("LC_ALL", "C");
+        run(&mut install)?;
+        // The assembler listing modpost's offsets header is generated from: an intermediate
+        // file, with the build tree's paths in it.
+        let _ = std::fs::remove_file(staging.join("dev/build/scripts/mod/devicetable-offsets.s"));
+        // objtool and resolve_btfids are built for the build machine with debug information
+        // naming the build tree: without it (and the build ID computed over it) they are the
+        // same bytes from any tree.
+        for tool in [
+            "tools/objtool/objtool",
+            "tools/bpf/resolve_btfids/resolve_btfids",
+        ] {
+            let path = staging.join("dev/build").join(tool);
+            if path.is_file() {
+                run(Command::new("objcopy")
+                    .args(["--strip-debug", "--remove-section=.note.gnu.build-id"])
+                    .arg(&path))?;
+            }
+        }
+    }
     let system_map = read(&out.join("System.map"))?;
     let mut dev = BTreeMap::new();
     dev.insert(".config".to_owned(), config_text.clone().into_bytes());
@@ -417,9 +512,29 @@ pub fn build(
             read(&out.join("Module.symvers"))?,
         );
     }
+    if enabled("DEBUG_INFO_BTF") {
+        // The types /sys/kernel/btf/vmlinux serves, for `bpftool btf dump file` on the build
+        // machine (CO-RE programs' vmlinux.h).
+        let btf = staging.join("vmlinux.btf");
+        let mut objcopy = Command::new(format!("{}objcopy", cross_prefix(arch)));
+        objcopy
+            .arg("--dump-section")
+            .arg(format!(".BTF={}", btf.display()))
+            .arg(out.join("vmlinux"))
+            .arg(staging.join("vmlinux.discard"));
+        let dumped = run(&mut objcopy);
+        // objcopy writes a whole copy of vmlinux beside the section: not kept.
+        let _ = std::fs::remove_file(staging.join("vmlinux.discard"));
+        dumped?;
+        dev.insert("btf/vmlinux".to_owned(), read(&btf)?);
+    }
     let headers = staging.join("dev");
-    for rel in list_files(&headers)? {
+    let mut executable = std::collections::BTreeSet::new();
+    for (rel, exec) in walk_files(&headers, true)? {
         let data = read(&headers.join(&rel))?;
+        if exec {
+            executable.insert(rel.clone());
+        }
         dev.insert(rel, data);
     }
     let mut module_tree = BTreeMap::new();
@@ -431,7 +546,7 @@ pub fn build(
         source,
     };
     let modules_tar = crate::deterministic_tar(&module_tree, mtime).map_err(tar_err)?;
-    let dev_tar = crate::deterministic_tar(&dev, mtime).map_err(tar_err)?;
+    let dev_tar = crate::deterministic_tar_with(&dev, &executable, mtime).map_err(tar_err)?;
     let control = keel_debian::Control::parse(&format!(
         "Package: {}\nVersion: {}\nArchitecture: all\n",
         recipe.source.name, recipe.source.version
@@ -452,32 +567,126 @@ pub fn build(
     })
 }
 
+/// The toolchain prefix that builds for `arch` on this machine (empty: the native one).
+fn cross_prefix(arch: &str) -> &'static str {
+    match (arch, std::env::consts::ARCH) {
+        ("aarch64", "aarch64") | ("x86_64", "x86_64") => "",
+        ("aarch64", _) => "aarch64-linux-gnu-",
+        _ => "x86_64-linux-gnu-",
+    }
+}
+
 /// The regular files under `dir`, relative and sorted (`lib/modules/R/build` and `source`
 /// links are skipped).
 fn list_files(dir: &Path) -> Result<Vec<String>, SourceError> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    Ok(walk_files(dir, false)?
+        .into_iter()
+        .map(|(rel, _)| rel)
+        .collect())
+}
+
+/// The files under `dir`, relative and sorted, each with whether it is executable;
+/// `follow_links`: a symbolic link to a file counts as that file (a build tree's header links).
+fn walk_files(dir: &Path, follow_links: bool) -> Result<Vec<(String, bool)>, SourceError> {
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        follow_links: bool,
+        out: &mut Vec<(String, bool)>,
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let kind = entry.file_type()?;
-            if kind.is_dir() {
-                walk(root, &entry.path(), out)?;
-            } else if kind.is_file()
-                && let Ok(rel) = entry.path().strip_prefix(root)
-            {
-                out.push(rel.to_string_lossy().into_owned());
+            let meta = if kind.is_symlink() && follow_links {
+                match std::fs::metadata(entry.path()) {
+                    Ok(meta) if meta.is_file() => meta,
+                    _ => continue,
+                }
+            } else if kind.is_dir() {
+                walk(root, &entry.path(), follow_links, out)?;
+                continue;
+            } else if kind.is_file() {
+                entry.metadata()?
+            } else {
+                continue;
+            };
+            if let Ok(rel) = entry.path().strip_prefix(root) {
+                let executable = meta.permissions().mode() & 0o111 != 0;
+                out.push((rel.to_string_lossy().into_owned(), executable));
             }
         }
         Ok(())
     }
     let mut out = Vec::new();
     if dir.is_dir() {
-        walk(dir, dir, &mut out).map_err(|source| SourceError::Read {
+        walk(dir, dir, follow_links, &mut out).map_err(|source| SourceError::Read {
             path: dir.to_owned(),
             source,
         })?;
     }
     out.sort();
     Ok(out)
+}
+
+fn write(path: &Path, data: &[u8]) -> Result<(), SourceError> {
+    std::fs::write(path, data).map_err(|source| SourceError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Makes `path` a module signing key when it is not one yet: a 4096-bit RSA key and a
+/// self-signed certificate for it, in one PEM file (what `CONFIG_MODULE_SIG_KEY` reads), written
+/// mode 0600 with `openssl`, as the kernel's own `certs/Makefile` makes one. The kernel embeds
+/// the certificate and `modules_install` signs with the key; RSA PKCS#1 v1.5 signatures are
+/// deterministic, so one key gives the same bytes on every build. `subject` is its CN.
+pub fn ensure_signing_key(path: &Path, subject: &str) -> Result<(), SourceError> {
+    if path.is_file() {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|source| SourceError::Read {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let genkey = dir.join(".x509.genkey");
+    write(
+        &genkey,
+        format!(
+            "[ req ]\ndefault_bits = 4096\ndistinguished_name = dn\nprompt = no\nstring_mask = utf8only\nx509_extensions = ext\n\
+             [ dn ]\nCN = {subject}\n\
+             [ ext ]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = digitalSignature\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n"
+        )
+        .as_bytes(),
+    )?;
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "req", "-new", "-nodes", "-utf8", "-sha512", "-days", "36500", "-batch", "-x509",
+    ])
+    .arg("-config")
+    .arg(&genkey)
+    .args(["-outform", "PEM", "-out"])
+    .arg(&tmp)
+    .arg("-keyout")
+    .arg(&tmp);
+    let result = run(&mut cmd);
+    let _ = std::fs::remove_file(&genkey);
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|source| SourceError::Read {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, SourceError> {
@@ -624,4 +833,40 @@ fn source_tree(
         source,
     })?;
     Ok(dir.join("linux"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipe_files_stay_among_the_recipes() {
+        for ok in ["common.config", "sub/x.config", "../virt/common.config"] {
+            assert!(is_recipe_relative(ok), "{ok}");
+        }
+        for bad in ["/etc/passwd", "../../x", "a/../../x", "..", "", "./"] {
+            assert!(!is_recipe_relative(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_signing_key_is_made_once_and_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("keys/signing.pem");
+        ensure_signing_key(&key, "test").unwrap();
+        let text = std::fs::read_to_string(&key).unwrap();
+        assert!(text.contains("PRIVATE KEY-----") && text.contains("BEGIN CERTIFICATE-----"));
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // An existing key is kept: the builds it signed stay reproducible.
+        ensure_signing_key(&key, "test").unwrap();
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), text);
+        // Nothing half-written beside it.
+        let names: Vec<_> = std::fs::read_dir(key.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("signing.pem")]);
+    }
 }

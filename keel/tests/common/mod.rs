@@ -363,6 +363,7 @@ impl Work {
             .env("KEEL_CACHE", self.store_dir())
             .env_remove("SOURCE_DATE_EPOCH")
             .env_remove("KEEL_LOG")
+            .env_remove("KEEL_KERNEL_SIGNING_KEY")
             .env_remove("XDG_CACHE_HOME")
             .env("DOCKER_CONFIG", self.path("no-docker-config"))
             .stdin(Stdio::null());
