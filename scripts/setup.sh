@@ -33,7 +33,7 @@ packages=(
   libseccomp-dev libcap-ng-dev pkg-config
   # kernels from source (kernel/virt, keel_kernel::source): compilers for both architectures
   # and what the kernel's build runs
-  gcc gcc-aarch64-linux-gnu make flex bison bc libelf-dev libssl-dev dwarves rsync kmod
+  gcc gcc-aarch64-linux-gnu make flex bison bc libelf-dev libssl-dev openssl dwarves rsync kmod
 )
 missing=()
 for p in "${packages[@]}"; do

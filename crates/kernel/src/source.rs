@@ -114,6 +114,8 @@ pub struct SourceRecipe {
     aarch64: Vec<PathBuf>,
     /// Patches, in order.
     pub patches: Vec<PathBuf>,
+    /// Whether a fragment sets `CONFIG_MODULE_SIG=y` (read once, at parse).
+    signs_modules: bool,
 }
 
 /// Whether a recipe names `path` as its own file (`FILE`, `DIR/FILE`) or a sibling recipe's
@@ -192,10 +194,18 @@ impl SourceRecipe {
                 "config lists no fragments for any architecture".into(),
             ));
         }
+        let x86_64 = local(&file.config.x86_64, "config fragment")?;
+        let aarch64 = local(&file.config.aarch64, "config fragment")?;
+        let signs_modules = x86_64.iter().chain(&aarch64).any(|f| {
+            std::fs::read_to_string(f).is_ok_and(|text| {
+                crate::kconfig::KernelConfig::parse(&text).value("MODULE_SIG") == "y"
+            })
+        });
         Ok(SourceRecipe {
             dir: dir.to_owned(),
-            x86_64: local(&file.config.x86_64, "config fragment")?,
-            aarch64: local(&file.config.aarch64, "config fragment")?,
+            x86_64,
+            aarch64,
+            signs_modules,
             patches: local(&file.patches, "patch")?,
             name: file.name,
             version: file.version,
@@ -225,11 +235,7 @@ impl SourceRecipe {
     /// Whether the recipe signs its modules (a fragment sets `CONFIG_MODULE_SIG=y`): its build
     /// needs [`BuildOptions::signing_key`].
     pub fn signs_modules(&self) -> bool {
-        self.x86_64.iter().chain(&self.aarch64).any(|f| {
-            std::fs::read_to_string(f).is_ok_and(|text| {
-                crate::kconfig::KernelConfig::parse(&text).value("MODULE_SIG") == "y"
-            })
-        })
+        self.signs_modules
     }
 
     /// Hashes every input of the build: the recipe, its fragments and patches (of both
@@ -439,14 +445,13 @@ pub fn build(
     let release = String::from_utf8_lossy(&make(&["-s", "kernelrelease"])?)
         .trim()
         .to_owned();
-    let image_path = out.join(format!(
-        "arch/{}/boot/{target}",
-        if kernel_arch == "x86_64" {
-            "x86"
-        } else {
-            "arm64"
-        }
-    ));
+    // The kernel's SRCARCH: its arch/ directory.
+    let srcarch = if kernel_arch == "x86_64" {
+        "x86"
+    } else {
+        "arm64"
+    };
+    let image_path = out.join(format!("arch/{srcarch}/boot/{target}"));
     let staging = work.join(format!("staging-{}-{arch}", recipe.name));
     let _ = std::fs::remove_dir_all(&staging);
     let mut module_files = Vec::new();
@@ -472,14 +477,7 @@ pub fn build(
             .current_dir(&out)
             .arg(staging.join("dev/build"))
             .env("srctree", &src)
-            .env(
-                "SRCARCH",
-                if kernel_arch == "x86_64" {
-                    "x86"
-                } else {
-                    "arm64"
-                },
-            )
+            .env("SRCARCH", srcarch)
             .env("CC", "gcc")
             .env("HOSTCC", "gcc")
             .env("LC_ALL", "C");
