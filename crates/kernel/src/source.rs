@@ -513,17 +513,12 @@ pub fn build(
     if enabled("DEBUG_INFO_BTF") {
         // The types /sys/kernel/btf/vmlinux serves, for `bpftool btf dump file` on the build
         // machine (CO-RE programs' vmlinux.h).
+        // Only the section's bytes are written (`-O binary`), not a copy of vmlinux.
         let btf = staging.join("vmlinux.btf");
-        let mut objcopy = Command::new(format!("{}objcopy", cross_prefix(arch)));
-        objcopy
-            .arg("--dump-section")
-            .arg(format!(".BTF={}", btf.display()))
+        run(Command::new(format!("{}objcopy", cross_prefix(arch)))
+            .args(["-O", "binary", "--only-section=.BTF"])
             .arg(out.join("vmlinux"))
-            .arg(staging.join("vmlinux.discard"));
-        let dumped = run(&mut objcopy);
-        // objcopy writes a whole copy of vmlinux beside the section: not kept.
-        let _ = std::fs::remove_file(staging.join("vmlinux.discard"));
-        dumped?;
+            .arg(&btf))?;
         dev.insert("btf/vmlinux".to_owned(), read(&btf)?);
     }
     let headers = staging.join("dev");
