@@ -59,7 +59,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(
-        "kernel+squashfs needs keel's init in the root (/init and /lib/modules): list \"@pkg:pkg/init\" or keel/init under init:"
+        "kernel+squashfs needs keel's init in the root (/init): list \"@pkg:pkg/init\" or keel/init under init:"
     )]
     NoLoader,
     #[error(
@@ -122,11 +122,12 @@ const LOADER_PATHS: &[&str] = &[
 ];
 
 /// The `kernel+squashfs` format's initramfs, taken from the root: keel's init with the kernel's
-/// modules. Finding no `/containers` there, PID 1 loads the modules the `root=` device needs,
-/// mounts it and executes the init on it (Debian's kernels have virtio and squashfs as
-/// modules, so the kernel cannot mount that root by itself).
+/// modules, if it has any. Finding no `/containers` there, PID 1 loads the modules the `root=`
+/// device needs, mounts it and executes the init on it (Debian's kernels have virtio and
+/// squashfs as modules, so the kernel cannot mount that root by itself; keel's `virt` has them
+/// built in and no `/lib/modules`).
 pub fn loader_tree(root: &Tree) -> Result<Tree> {
-    if root.get("init").is_none() || root.get("lib/modules").is_none() {
+    if root.get("init").is_none() {
         return Err(Error::NoLoader);
     }
     let mut loader = Tree::new();
@@ -768,6 +769,20 @@ mod tests {
             text.contains("image passes the limit of 8 KiB uncompressed; raise it with `keel build --max-image-size SIZE`"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn loader_of_a_kernel_without_modules_is_init_alone() {
+        let mut root = Tree::new();
+        root.insert("init", file("elf", 0o755, "init")).unwrap();
+        root.insert("etc/passwd", file("root", 0o644, "init"))
+            .unwrap();
+        let loader = loader_tree(&root).unwrap();
+        let paths: Vec<String> = loader
+            .iter()
+            .map(|(p, _)| p.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(paths, ["init"]);
     }
 
     #[test]
