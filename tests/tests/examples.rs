@@ -24,9 +24,16 @@ static BOOT_LOCK: Mutex<()> = Mutex::new(());
 /// How long a TCG guest may take to boot and start its services.
 const BOOT_DEADLINE: Duration = Duration::from_secs(240);
 
-/// Keys of the sysctl package that the test kernel (Debian 6.1) does not have: the package
-/// skips them (`dev.tty.legacy_tiocsti` appeared in Linux 6.2).
-const NOT_IN_KERNEL: &[&str] = &["dev.tty.legacy_tiocsti"];
+/// Keys of the sysctl package that a kernel may lack, which the package then skips: one that
+/// appeared after Debian's 6.1 (`dev.tty.legacy_tiocsti`, Linux 6.2), and switches that turn off
+/// a feature keel's `virt` kernel does not build at all (kexec, modules, userfaultfd). A key
+/// outside this list must read back its value.
+const NOT_IN_KERNEL: &[&str] = &[
+    "dev.tty.legacy_tiocsti",
+    "kernel.kexec_load_disabled",
+    "kernel.modules_disabled",
+    "vm.unprivileged_userfaultfd",
+];
 
 /// How a guest is started: its architecture, port forwards, disks and user data.
 struct Setup {

@@ -140,6 +140,12 @@ fn admin(arch: Arch) {
     // The prompt comes when the services are launched; they run a moment later.
     until_listed(&mut vm, "worker", "running");
     until_listed(&mut vm, "victim", "running");
+    // Running is not yet printed: follow the worker's log to its first tick (ctrl-c ends it),
+    // so the one-shot `logs` has something to show however early the prompt came.
+    at_prompt(&mut vm, "logs -f worker", "tick 1");
+    let mark = vm.mark();
+    vm.type_text("\x03");
+    vm.wait_after(mark, PROMPT, STEP);
     let logs = command(&mut vm, "logs worker", "tick 1");
     command(&mut vm, "ps worker", "sleep");
     let own = logs
