@@ -93,14 +93,22 @@ impl Channel {
     }
 
     /// The host end is gone: drop what was in flight and wait for SIGIO.
+    ///
+    /// The port is asked again first: a new client that connected after the hang-up the loop
+    /// saw has already sent its SIGIO (which may have been handled before this call), so waiting
+    /// for another would leave that client unanswered. Any later connect sends a new SIGIO.
     pub fn hang_up(&mut self) {
         if self.link == Link::Up {
             log::debug!("host channel: no host client");
         }
-        self.link = Link::Down;
         self.input.clear();
         self.skipping = false;
         self.pending.clear();
+        self.link = if crate::sys::hung_up(self.port.as_fd()) {
+            Link::Down
+        } else {
+            Link::Up
+        };
     }
 
     /// Reads requests and answers each complete one through `handler`.
@@ -281,15 +289,36 @@ mod tests {
         assert!(matches!(answers[1].body, Response::List { .. }));
     }
 
+    /// A channel on a pipe's read end, which polls like the port: POLLHUP alone once the
+    /// writer (the "host") is gone, nothing while it is there.
+    fn piped() -> (Channel, std::os::fd::OwnedFd) {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let (mut c, _dir) = channel();
+        c.port = File::from(read);
+        (c, write)
+    }
+
     #[test]
     fn a_hang_up_drops_what_was_in_flight_until_woken() {
-        let (mut c, _dir) = channel();
+        let (mut c, host) = piped();
+        drop(host);
         c.input.extend_from_slice(b"{\"tag\":1,");
         c.pending.extend_from_slice(b"answer\n");
         c.hang_up();
         assert_eq!(c.interest(), None);
         assert!(c.input.is_empty() && c.pending.is_empty());
         c.wake();
+        assert_eq!(c.interest(), Some((true, false)));
+    }
+
+    #[test]
+    fn a_client_already_back_when_the_hang_up_is_handled_stays_polled() {
+        // The loop saw the old client's POLLHUP, the new client's SIGIO came and went: the
+        // port, asked again, is connected, so it must stay polled (no SIGIO will follow).
+        let (mut c, _host) = piped();
+        c.pending.extend_from_slice(b"answer to the old client\n");
+        c.hang_up();
+        assert!(c.pending.is_empty());
         assert_eq!(c.interest(), Some((true, false)));
     }
 
