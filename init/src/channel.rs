@@ -9,6 +9,7 @@
 //! wake-ups. Everything buffered is dropped when the host goes away (a killed `keel ctl`).
 
 use keel_supervisor::protocol::{MAX_REQUEST, Request, Response, Tagged};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -104,11 +105,12 @@ impl Channel {
         self.input.clear();
         self.skipping = false;
         self.pending.clear();
-        self.link = if crate::sys::hung_up(self.port.as_fd()) {
-            Link::Down
-        } else {
-            Link::Up
+        let mut fds = [PollFd::new(self.port.as_fd(), PollFlags::POLLIN)];
+        let now = match nix::poll::poll(&mut fds, PollTimeout::ZERO) {
+            Ok(_) => fds[0].revents().unwrap_or(PollFlags::empty()),
+            Err(_) => PollFlags::POLLERR,
         };
+        self.link = if no_host(now) { Link::Down } else { Link::Up };
     }
 
     /// Reads requests and answers each complete one through `handler`.
@@ -173,6 +175,13 @@ impl Channel {
             self.hang_up();
         }
     }
+}
+
+/// Whether the port's poll events say no host client is connected: without one it reports
+/// POLLHUP (and reads end-of-file) until the host connects, which SIGIO announces.
+pub fn no_host(revents: PollFlags) -> bool {
+    revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)
+        && !revents.contains(PollFlags::POLLIN)
 }
 
 /// The answer to one request line (blank lines, such as a client's keep-alive, get none).

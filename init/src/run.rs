@@ -416,11 +416,7 @@ impl Init {
             if revents.contains(PollFlags::POLLOUT) {
                 c.writable();
             }
-            // Without a host client the port reports POLLHUP (and reads end-of-file) until
-            // the host connects, which SIGIO announces.
-            if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)
-                && !revents.contains(PollFlags::POLLIN)
-            {
+            if channel::no_host(revents) {
                 c.hang_up();
             }
         }

@@ -247,18 +247,6 @@ pub fn raw_terminal(fd: BorrowedFd<'_>) -> nix::Result<()> {
     tcsetattr(fd, SetArg::TCSANOW, &t)
 }
 
-/// Whether `fd` reports a hang-up with nothing to read right now (a zero-timeout poll).
-pub fn hung_up(fd: BorrowedFd<'_>) -> bool {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-    match poll(&mut fds, PollTimeout::ZERO) {
-        Ok(_) => fds[0].revents().is_some_and(|r| {
-            r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) && !r.contains(PollFlags::POLLIN)
-        }),
-        Err(_) => true,
-    }
-}
-
 /// Asks the kernel to send SIGIO to this process when `fd` changes state (for a virtio-serial
 /// port: when the host end connects or data arrives).
 pub fn signal_on_io(fd: BorrowedFd<'_>) -> io::Result<()> {
