@@ -181,20 +181,26 @@ impl Vm {
     /// Waits until the console contains `needle`; returns the console. Panics with the console's
     /// tail when the deadline passes or the guest stops first.
     pub fn wait_for(&mut self, needle: &str, deadline: Duration) -> String {
+        self.wait_for_any(&[needle], deadline)
+    }
+
+    /// Waits until the console contains one of `needles` (for an outcome that shows as one of
+    /// several lines); returns the console.
+    pub fn wait_for_any(&mut self, needles: &[&str], deadline: Duration) -> String {
         let start = Instant::now();
         loop {
             let text = self.console();
-            if text.contains(needle) {
+            if needles.iter().any(|needle| text.contains(needle)) {
                 return text;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 self.fail(&format!(
-                    "guest stopped ({status}) before printing {needle:?}"
+                    "guest stopped ({status}) before printing any of {needles:?}"
                 ));
             }
             if start.elapsed() > deadline {
                 self.fail(&format!(
-                    "no {needle:?} on the console within {}s",
+                    "none of {needles:?} on the console within {}s",
                     deadline.as_secs()
                 ));
             }
