@@ -46,6 +46,12 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot lock {}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot run {program} (install it: scripts/setup.sh lists the kernel build tools)")]
     Spawn {
         program: String,
@@ -340,6 +346,8 @@ pub fn build(
         .collect();
     let src = source_tree(recipe, deb_cache, work, &patches)?;
     let out = work.join(format!("build-{}-{arch}", recipe.name));
+    // Held to the end: the build tree and the staging directory are this build's alone.
+    let _tree = lock_tree(&work.join(format!("build-{}-{arch}.lock", recipe.name)))?;
     std::fs::create_dir_all(&out).map_err(|source| SourceError::Read {
         path: out.clone(),
         source,
@@ -749,6 +757,31 @@ fn check_fragments(config: &Path, fragments: &[PathBuf], arch: &str) -> Result<(
     }
 }
 
+/// Holds the lock file `path` until the returned file is dropped, so that two builds sharing a
+/// work directory (two `keel kernel build`s into one store) take turns on a tree rather than
+/// write into it at once. The kernel drops the lock when the process dies; a wait is logged.
+fn lock_tree(path: &Path) -> Result<std::fs::File, SourceError> {
+    let lock_error = |source| SourceError::Lock {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(lock_error)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            log::info!("waiting for another build that holds {}", path.display());
+            file.lock().map_err(lock_error)?;
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(lock_error(e)),
+    }
+    Ok(file)
+}
+
 /// The source tree: the package's tarball unpacked under `work/src-<hash>` (the hash covers the
 /// package and the patches), patched, once.
 fn source_tree(
@@ -764,6 +797,9 @@ fn source_tree(
     }
     let hash = format!("{:x}", h.finalize());
     let dir = work.join(format!("src-{}", &hash[..16]));
+    // Builds for the other architecture or another recipe of the same source share the tree:
+    // one unpacks, the others wait and find it done.
+    let _tree = lock_tree(&work.join(format!("src-{}.lock", &hash[..16])))?;
     let done = dir.join(".keel-unpacked");
     if done.is_file() {
         return Ok(dir.join("linux"));
@@ -831,6 +867,35 @@ fn source_tree(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tree_lock_makes_the_second_build_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("build-tiny-x86_64.lock");
+        let first = lock_tree(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let second = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let held = lock_tree(&path).unwrap();
+                tx.send(()).unwrap();
+                held
+            })
+        };
+        // The second waits while the first holds the tree...
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err()
+        );
+        // ...and gets it once the first is done.
+        drop(first);
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        drop(second.join().unwrap());
+        // A lock file in a directory that cannot hold one is an error naming it.
+        let missing = dir.path().join("no/such/dir/x.lock");
+        let err = lock_tree(&missing).unwrap_err();
+        assert!(err.to_string().contains("no/such/dir/x.lock"), "{err}");
+    }
 
     #[test]
     fn recipe_files_stay_among_the_recipes() {
