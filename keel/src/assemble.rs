@@ -7,8 +7,10 @@
 use bytes::Bytes;
 use keel_config::{Config, FileContent, MetadataFormat, RootfsLayout, Section, SpecContext};
 use keel_image::{Image, Store};
-use keel_rootfs::{Node, NodeKind, Tree};
+use keel_kernel::kconfig::KernelConfig;
+use keel_rootfs::{Compression, Node, NodeKind, Tree};
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,46 @@ pub struct KernelParts {
     pub kernel: Bytes,
     pub cmdline: String,
     pub ucode: Option<Bytes>,
+    /// The initramfs compressions the kernel unpacks (its `CONFIG_RD_*`); `None` when its image
+    /// holds no configuration to tell.
+    pub decompressors: Option<Vec<Compression>>,
+}
+
+impl KernelParts {
+    /// The compressions a kernel with configuration `config` unpacks.
+    pub fn decompressors_of(config: &KernelConfig) -> Vec<Compression> {
+        Compression::ALL
+            .into_iter()
+            .filter(|c| {
+                let option = c.kernel_option();
+                config.value(option.strip_prefix("CONFIG_").unwrap_or(option)) == "y"
+            })
+            .collect()
+    }
+}
+
+/// A kernel image's `.config`: keel's `config` file, or `boot/config-*` in LinuxKit's
+/// `kernel.tar`.
+pub(crate) fn kernel_image_config(tree: &Tree) -> Option<String> {
+    let file = |path: &str| match tree.get(path).map(|n| &n.kind) {
+        Some(NodeKind::File(data)) => Some(data.clone()),
+        _ => None,
+    };
+    if let Some(data) = file("config") {
+        return Some(String::from_utf8_lossy(&data).into_owned());
+    }
+    let modules = file("kernel.tar")?;
+    let mut archive = tar::Archive::new(&modules[..]);
+    for entry in archive.entries().ok()? {
+        let mut entry = entry.ok()?;
+        let path = entry.path().ok()?.to_string_lossy().into_owned();
+        if path.trim_start_matches("./").starts_with("boot/config-") {
+            let mut text = String::new();
+            entry.read_to_string(&mut text).ok()?;
+            return Some(text);
+        }
+    }
+    None
 }
 
 /// The result of assembly.
@@ -353,10 +395,13 @@ pub fn assemble(
                 Some(name) => Some(get(name.as_str())?),
                 None => None,
             };
+            let decompressors = kernel_image_config(&tree)
+                .map(|text| KernelParts::decompressors_of(&KernelConfig::parse(&text)));
             Some(KernelParts {
                 kernel,
                 cmdline: k.cmdline().to_string(),
                 ucode,
+                decompressors,
             })
         }
         _ => None,

@@ -79,6 +79,10 @@ pub enum Error {
     #[error("the input tar {path} names {what} as a part of the kernel, but it holds no such file")]
     InputTarLayout { path: String, what: String },
     #[error(
+        "the input tar {path} records kernel decompressors {names:?}, which this keel does not know (gzip, zstd): build from the images"
+    )]
+    InputTarDecompressors { path: String, names: String },
+    #[error(
         "--input-tar with --pull: --pull re-resolves every tag, so nothing of a previous build can be reused"
     )]
     InputTarWithPull,
@@ -118,6 +122,8 @@ pub struct BuildOptions {
     /// Write the kernel uncompressed (`--decompress-kernel`, LinuxKit's flag): an ELF `vmlinux`
     /// on x86_64, an `Image` on aarch64.
     pub decompress_kernel: bool,
+    /// How the initramfs is compressed (`--initrd-compression`).
+    pub initrd_compression: crate::output::InitrdCompression,
     /// A previous build's `tar` output to build from when it was made from the same inputs
     /// (`--input-tar`, LinuxKit's flag; see [`crate::input_tar`]).
     pub input_tar: Option<PathBuf>,
@@ -562,6 +568,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
         size: opts.size.as_deref(),
         store,
         fingerprint: fingerprint.as_deref(),
+        initrd_compression: opts.initrd_compression,
     };
     // The SBOM is made before any output is written, so that its failure leaves none.
     let sbom = if opts.sbom {
@@ -640,6 +647,7 @@ fn build_from(
         size: opts.size.as_deref(),
         store,
         fingerprint: previous.fingerprint.as_deref(),
+        initrd_compression: opts.initrd_compression,
     };
     let sbom = if opts.sbom {
         let images = local_images(store, config, lock, opts.arch)?;
@@ -868,6 +876,7 @@ mod tests {
             max_image_size: keel_rootfs::DEFAULT_MAX_IMAGE_SIZE,
             sbom: true,
             decompress_kernel: false,
+            initrd_compression: Default::default(),
             input_tar: None,
         };
         assert_eq!(output_name(&opts), "minimal");

@@ -10,7 +10,7 @@ use crate::build::{self, Packages, Resolve};
 use keel_image::{Arch, PullOptions, Reference, Store};
 use keel_kernel::kconfig::KernelConfig;
 use keel_kernel::kspp::{self, Cmdline, Finding, System};
-use keel_rootfs::{NodeKind, Tree};
+use keel_rootfs::NodeKind;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -131,35 +131,13 @@ fn image(
     let tree = crate::assemble::image_tree(store, &image, &name, build::DEFAULT_MAX_IMAGE_SIZE)?;
     Ok(Checked {
         kernel: name.clone(),
-        config: KernelConfig::parse(&image_config(&tree).ok_or(Error::NoConfig(name))?),
+        config: KernelConfig::parse(
+            &crate::assemble::kernel_image_config(&tree).ok_or(Error::NoConfig(name))?,
+        ),
         cmdline: None,
         sysctls: None,
         sysctl_files: Vec::new(),
     })
-}
-
-/// A kernel image's `.config`: keel's `config` file, or `boot/config-*` in LinuxKit's
-/// `kernel.tar`.
-fn image_config(tree: &Tree) -> Option<String> {
-    let file = |path: &str| match tree.get(path).map(|n| &n.kind) {
-        Some(NodeKind::File(data)) => Some(data.clone()),
-        _ => None,
-    };
-    if let Some(data) = file("config") {
-        return Some(String::from_utf8_lossy(&data).into_owned());
-    }
-    let modules = file("kernel.tar")?;
-    let mut archive = tar::Archive::new(&modules[..]);
-    for entry in archive.entries().ok()? {
-        let mut entry = entry.ok()?;
-        let path = entry.path().ok()?.to_string_lossy().into_owned();
-        if path.trim_start_matches("./").starts_with("boot/config-") {
-            let mut text = String::new();
-            entry.read_to_string(&mut text).ok()?;
-            return Some(text);
-        }
-    }
-    None
 }
 
 /// A system: its kernel's configuration, its command line, and the sysctl files of its root
@@ -207,7 +185,8 @@ fn system(store: &Store, file: &str, arch: Arch, registry: &PullOptions) -> Resu
         build::DEFAULT_MAX_IMAGE_SIZE,
     )?;
     let name = kernel_image.reference.clone();
-    let kernel_config = image_config(&kernel_tree).ok_or(Error::NoConfig(name.clone()))?;
+    let kernel_config =
+        crate::assemble::kernel_image_config(&kernel_tree).ok_or(Error::NoConfig(name.clone()))?;
     let mut sysctl_files: Vec<(String, String, String)> = assembled
         .tree
         .iter()

@@ -17,7 +17,7 @@ use crate::build::{BuildOptions, Error, Result};
 use crate::lock::Lock;
 use keel_config::{Config, FileContent};
 use keel_image::{Arch, Reference};
-use keel_rootfs::{NodeKind, SizeLimits, Tree};
+use keel_rootfs::{Compression, NodeKind, SizeLimits, Tree};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,9 +30,14 @@ pub const KERNEL_KEY: &str = "KEEL.kernel";
 pub const CMDLINE_KEY: &str = "KEEL.cmdline";
 pub const UCODE_KEY: &str = "KEEL.ucode";
 pub const MADE_KEY: &str = "KEEL.made";
+/// The global record listing the initramfs compressions the kernel unpacks (space-separated;
+/// absent when its image held no configuration), so that a rebuild from the tar compresses the
+/// initrd as a build from the images would.
+pub const DECOMPRESSORS_KEY: &str = "KEEL.kernel-decompressors";
 
-/// Bumped when the meaning of the digest changes.
-const FORMAT: &str = "keel-input/1";
+/// Bumped when the meaning of the digest or of the tar's records changes (2: the kernel's
+/// decompressors are recorded).
+const FORMAT: &str = "keel-input/2";
 
 /// What a build's root filesystem and kernel parts are made from, as `sha256:<hex>`, given the
 /// digest of every image reference (`pins`, keyed by normalised reference). `None` when a
@@ -101,6 +106,10 @@ pub fn globals(
     if kernel.is_some_and(|k| k.ucode.is_some()) {
         records.push((UCODE_KEY, b"boot/ucode.cpio".to_vec()));
     }
+    if let Some(codecs) = kernel.and_then(|k| k.decompressors.as_ref()) {
+        let names: Vec<&str> = codecs.iter().map(|c| c.name()).collect();
+        records.push((DECOMPRESSORS_KEY, names.join(" ").into_bytes()));
+    }
     if made_boot {
         records.push((MADE_KEY, b"boot".to_vec()));
     }
@@ -159,11 +168,25 @@ pub fn read(path: &Path, max: u64) -> Result<Previous> {
     if let Some(made) = text(MADE_KEY) {
         tree.remove(&made);
     }
+    let decompressors = match text(DECOMPRESSORS_KEY) {
+        None => None,
+        Some(names) => Some(
+            names
+                .split_whitespace()
+                .map(Compression::from_name)
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| Error::InputTarDecompressors {
+                    path: name.clone(),
+                    names: names.clone(),
+                })?,
+        ),
+    };
     let kernel = match (kernel, cmdline) {
         (Some(kernel), Some(cmdline)) => Some(KernelParts {
             kernel,
             cmdline: String::from_utf8_lossy(&cmdline).into_owned(),
             ucode,
+            decompressors,
         }),
         _ => None,
     };

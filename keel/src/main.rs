@@ -160,6 +160,11 @@ struct BuildArgs {
     /// tar-kernel-initrd.
     #[arg(long)]
     decompress_kernel: bool,
+    /// Compress the initramfs with auto, gzip or zstd. auto: zstd when the kernel image's
+    /// configuration sets CONFIG_RD_ZSTD (smaller, and faster to build), else gzip
+    /// (what LinuxKit writes); a codec the kernel cannot unpack is refused.
+    #[arg(long, value_name = "CODEC", default_value = "auto")]
+    initrd_compression: keel::output::InitrdCompression,
     /// A previous `keel build -f tar` output to build from, without the images, when it was
     /// made from the same inputs (YAML, pinned image digests, host files, architecture,
     /// SOURCE_DATE_EPOCH); otherwise the images are read as usual, with a warning saying why.
@@ -554,6 +559,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 // -o writes one file: the SBOM would have nowhere to go.
                 sbom: !args.no_sbom && args.output.is_none(),
                 decompress_kernel: args.decompress_kernel,
+                initrd_compression: args.initrd_compression,
                 input_tar: args.input_tar,
             };
             let written = keel::build::build(&open_store()?, &opts)?;

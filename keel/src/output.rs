@@ -11,7 +11,7 @@
 use crate::assemble::{Assembled, KernelParts};
 use bytes::Bytes;
 use keel_image::Arch;
-use keel_rootfs::{AtomicFile, Node, Tree, WriteOptions};
+use keel_rootfs::{AtomicFile, Compression, Node, Tree, WriteOptions};
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -76,6 +76,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "--initrd-compression {codec}: the kernel cannot unpack a {codec} initramfs ({} is not set in its configuration); use --initrd-compression auto",
+        codec.kernel_option()
+    )]
+    KernelLacks { codec: Compression },
+    #[error(
+        "the kernel unpacks neither a gzip nor a zstd initramfs (CONFIG_RD_GZIP and CONFIG_RD_ZSTD are not set in its configuration): build it with one of them"
+    )]
+    NoDecompressor,
 }
 
 type Result<T> = std::result::Result<T, Error>;
@@ -83,7 +92,7 @@ type Result<T> = std::result::Result<T, Error>;
 /// An output format, named as LinuxKit names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// `NAME-kernel`, `NAME-initrd.img` (newc cpio, gzip), `NAME-cmdline`.
+    /// `NAME-kernel`, `NAME-initrd.img` (newc cpio, zstd or gzip), `NAME-cmdline`.
     KernelInitrd,
     /// `NAME-kernel`, `NAME-squashfs.img` (the root), `NAME-squashfs-initrd.img` (keel's init
     /// and the kernel's modules, which mount it: Debian's kernels have squashfs and virtio as
@@ -269,6 +278,59 @@ pub struct Settings<'a> {
     /// What the root filesystem was made from ([`crate::input_tar::fingerprint`]), recorded
     /// in the `tar` output for `--input-tar`; `None` when that cannot be known.
     pub fingerprint: Option<&'a str>,
+    /// How initramfs outputs are compressed (`--initrd-compression`).
+    pub initrd_compression: InitrdCompression,
+}
+
+/// How an initramfs is compressed (`--initrd-compression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InitrdCompression {
+    /// zstd when the kernel's configuration shows it unpacks zstd (`CONFIG_RD_ZSTD=y`), else
+    /// gzip, the codec every kernel has (and the only one LinuxKit writes).
+    #[default]
+    Auto,
+    /// This codec; refused when the kernel's configuration shows it cannot unpack it.
+    Use(Compression),
+}
+
+impl InitrdCompression {
+    /// The codec for `kernel`'s initramfs.
+    fn resolve(self, kernel: &KernelParts) -> Result<Compression> {
+        let codec = match (self, kernel.decompressors.as_deref()) {
+            (InitrdCompression::Auto, None) => Compression::Gzip,
+            (InitrdCompression::Auto, Some(has)) => [Compression::Zstd, Compression::Gzip]
+                .into_iter()
+                .find(|c| has.contains(c))
+                .ok_or(Error::NoDecompressor)?,
+            (InitrdCompression::Use(codec), Some(has)) if !has.contains(&codec) => {
+                return Err(Error::KernelLacks { codec });
+            }
+            (InitrdCompression::Use(codec), None) => {
+                if codec != Compression::Gzip {
+                    log::warn!(
+                        "the kernel image holds no configuration: nothing shows that it unpacks a {codec} initramfs (it needs {})",
+                        codec.kernel_option()
+                    );
+                }
+                codec
+            }
+            (InitrdCompression::Use(codec), Some(_)) => codec,
+        };
+        Ok(codec)
+    }
+}
+
+impl FromStr for InitrdCompression {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(InitrdCompression::Auto),
+            _ => Compression::from_name(s)
+                .map(InitrdCompression::Use)
+                .ok_or_else(|| "expected auto, gzip or zstd".to_owned()),
+        }
+    }
 }
 
 /// A generated file of an output (root-owned, 0644).
@@ -276,11 +338,13 @@ fn file_node(data: impl Into<Bytes>) -> Node {
     crate::assemble::file(data, 0o644, "keel")
 }
 
-/// `tree` as a gzip newc initramfs, after the kernel's microcode archive if it has one;
-/// `path` names the output in errors.
+/// `tree` as a `codec`-compressed newc initramfs, after the kernel's microcode archive (which
+/// stays uncompressed: the kernel reads it before anything else) if it has one; `path` names
+/// the output in errors.
 fn initramfs(
     tree: &Tree,
     kernel: &KernelParts,
+    codec: Compression,
     opts: &WriteOptions,
     path: PathBuf,
 ) -> Result<Vec<u8>> {
@@ -288,14 +352,17 @@ fn initramfs(
     if let Some(ucode) = &kernel.ucode {
         out.extend_from_slice(ucode);
     }
-    let gz =
-        keel_rootfs::write_cpio(tree, keel_rootfs::gzip_writer(out), opts).map_err(|source| {
-            Error::Output {
-                path: path.clone(),
-                source,
-            }
+    let write_err = |source| Error::Write {
+        path: path.clone(),
+        source,
+    };
+    let compressed = codec.writer(out).map_err(write_err)?;
+    let compressed =
+        keel_rootfs::write_cpio(tree, compressed, opts).map_err(|source| Error::Output {
+            path: path.clone(),
+            source,
         })?;
-    gz.finish().map_err(|source| Error::Write { path, source })
+    compressed.finish().map_err(write_err)
 }
 
 /// Products several formats share, each made at most once.
@@ -303,6 +370,8 @@ struct Products<'a> {
     assembled: &'a Assembled,
     settings: &'a Settings<'a>,
     opts: WriteOptions,
+    /// The initramfs codec, chosen once for the first initramfs.
+    codec: Option<Compression>,
     initrd: Option<Vec<u8>>,
     uki: Option<Vec<u8>>,
     iso_bios: Option<Vec<u8>>,
@@ -337,6 +406,20 @@ impl Products<'_> {
         Ok(self.iso_bios.as_deref().unwrap_or_default())
     }
 
+    /// The initramfs codec (logged once).
+    fn codec(&mut self, format: Format) -> Result<Compression> {
+        if let Some(codec) = self.codec {
+            return Ok(codec);
+        }
+        let codec = self
+            .settings
+            .initrd_compression
+            .resolve(self.kernel(format)?)?;
+        log::info!("initramfs compression: {codec}");
+        self.codec = Some(codec);
+        Ok(codec)
+    }
+
     fn kernel(&self, format: Format) -> Result<&KernelParts> {
         self.assembled
             .kernel
@@ -347,6 +430,7 @@ impl Products<'_> {
     /// The root filesystem without `boot/` (never part of an initrd, as in LinuxKit).
     fn initrd(&mut self, format: Format) -> Result<&[u8]> {
         if self.initrd.is_none() {
+            let codec = self.codec(format)?;
             let kernel = self.kernel(format)?;
             let mut rootfs = self.assembled.tree.clone();
             rootfs.remove("boot");
@@ -354,7 +438,7 @@ impl Products<'_> {
                 .settings
                 .dir
                 .join(format!("{}-initrd.img", self.settings.name));
-            self.initrd = Some(initramfs(&rootfs, kernel, &self.opts, path)?);
+            self.initrd = Some(initramfs(&rootfs, kernel, codec, &self.opts, path)?);
         }
         Ok(self.initrd.as_deref().unwrap_or_default())
     }
@@ -538,6 +622,7 @@ fn write_into(
         assembled,
         settings,
         opts: WriteOptions::from_env(),
+        codec: None,
         initrd: None,
         uki: None,
         iso_bios: None,
@@ -595,7 +680,8 @@ fn write_into(
                 put(&mut pending, &squashfs, image.get_ref())?;
                 let loader = crate::assemble::loader_tree(&rootfs).map_err(Error::Loader)?;
                 let initrd = format!("{name}-squashfs-initrd.img");
-                let bytes = initramfs(&loader, &k, &products.opts, dir.join(&initrd))?;
+                let codec = products.codec(format)?;
+                let bytes = initramfs(&loader, &k, codec, &products.opts, dir.join(&initrd))?;
                 put(&mut pending, &initrd, &bytes)?;
                 put(
                     &mut pending,
@@ -740,6 +826,44 @@ fn write_into(
 mod tests {
     use super::*;
 
+    fn kernel_unpacking(decompressors: Option<Vec<Compression>>) -> KernelParts {
+        KernelParts {
+            kernel: Bytes::new(),
+            cmdline: String::new(),
+            ucode: None,
+            decompressors,
+        }
+    }
+
+    #[test]
+    fn initrd_compression_is_chosen_from_what_the_kernel_unpacks() {
+        use Compression::{Gzip, Zstd};
+        use InitrdCompression::{Auto, Use};
+        let both = kernel_unpacking(Some(vec![Gzip, Zstd]));
+        let gzip = kernel_unpacking(Some(vec![Gzip]));
+        let zstd = kernel_unpacking(Some(vec![Zstd]));
+        let unknown = kernel_unpacking(None);
+        let neither = kernel_unpacking(Some(vec![]));
+        for (asked, kernel, want) in [
+            (Auto, &both, Some(Zstd)),
+            (Auto, &gzip, Some(Gzip)),
+            (Auto, &zstd, Some(Zstd)),
+            (Auto, &unknown, Some(Gzip)),
+            (Auto, &neither, None),
+            (Use(Gzip), &both, Some(Gzip)),
+            (Use(Gzip), &zstd, None),
+            (Use(Zstd), &gzip, None),
+            (Use(Zstd), &unknown, Some(Zstd)),
+            (Use(Gzip), &unknown, Some(Gzip)),
+        ] {
+            let got = asked.resolve(kernel).ok();
+            assert_eq!(got, want, "{asked:?} with {:?}", kernel.decompressors);
+        }
+        assert_eq!("auto".parse(), Ok(Auto));
+        assert_eq!("zstd".parse(), Ok(Use(Zstd)));
+        assert!("xz".parse::<InitrdCompression>().is_err());
+    }
+
     #[test]
     fn formats_parse_by_linuxkit_name() {
         assert_eq!(
@@ -823,6 +947,7 @@ mod tests {
             size: None,
             store: &store,
             fingerprint: None,
+            initrd_compression: InitrdCompression::Auto,
         };
         let err = write(&assembled, &[Format::Vhd, Format::DynamicVhd], &settings).unwrap_err();
         assert_eq!(
@@ -854,6 +979,7 @@ mod tests {
             size: None,
             store: &store,
             fingerprint: None,
+            initrd_compression: InitrdCompression::Auto,
         };
         for format in [Format::IsoBios, Format::RawBios, Format::Qcow2Bios] {
             let err = write(&assembled, &[Format::IsoEfi, format], &settings).unwrap_err();

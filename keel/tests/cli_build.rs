@@ -1038,6 +1038,123 @@ fn progress_is_shown_on_a_terminal_only() {
     );
 }
 
+/// The initramfs is zstd when the kernel image's configuration says the kernel unpacks zstd,
+/// gzip otherwise; both hold the same cpio; a codec the kernel lacks is refused before anything
+/// is written; a rebuild from the tar compresses as the build from the images did.
+#[test]
+fn initrd_compression_follows_the_kernel() {
+    const BOTH: &str = "127.0.0.1:9/keel-test/kernel-zstd:1";
+    const GZIP_ONLY: &str = "127.0.0.1:9/keel-test/kernel-gzip:1";
+    let (w, _) = Work::with_fixtures();
+    put_kernel_with_config(
+        &w.store(),
+        BOTH,
+        Some("CONFIG_BLK_DEV_INITRD=y\nCONFIG_RD_GZIP=y\nCONFIG_RD_ZSTD=y\n"),
+    );
+    put_kernel_with_config(
+        &w.store(),
+        GZIP_ONLY,
+        Some("CONFIG_RD_GZIP=y\n# CONFIG_RD_ZSTD is not set\n"),
+    );
+    let yaml = |kernel: &str| system_yaml(APP).replace(KERNEL, kernel);
+    w.write("both.yml", &yaml(BOTH));
+    w.write("gzip.yml", &yaml(GZIP_ONLY));
+    w.write("none.yml", &yaml(KERNEL));
+    let build = |yaml: &str, dir: &str, extra: &[&str]| {
+        let mut args = vec!["build", "--arch", "x86_64", "--no-sbom", "--dir", dir];
+        args.extend(extra);
+        args.push(yaml);
+        run(&mut w.keel(&args))
+    };
+    const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+    const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+    // Debian's zstd, as a user would read the initrd.
+    let unzstd = |path: &str| {
+        let out = std::process::Command::new("zstd")
+            .args(["-dc", "--"])
+            .arg(w.path(path))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run zstd ({e}): run scripts/setup.sh"));
+        assert!(out.status.success(), "zstd -dc {path}: {out:?}");
+        out.stdout
+    };
+
+    let auto = build("both.yml", "auto", &[]).ok();
+    assert!(
+        auto.stderr.contains("initramfs compression: zstd"),
+        "{}",
+        auto.stderr
+    );
+    let zstd_initrd = read(&w.path("auto/both-initrd.img"));
+    assert!(zstd_initrd.starts_with(ZSTD_MAGIC), "not zstd");
+    build("both.yml", "gz", &["--initrd-compression", "gzip"]).ok();
+    let gzip_initrd = read(&w.path("gz/both-initrd.img"));
+    assert!(gzip_initrd.starts_with(GZIP_MAGIC), "not gzip");
+    let cpio = unzstd("auto/both-initrd.img");
+    assert_eq!(
+        cpio,
+        gunzip(&gzip_initrd),
+        "the codecs hold different trees"
+    );
+    assert!(parse_newc(&cpio).1.contains_key("init"));
+    // Reproducible.
+    build("both.yml", "again", &["--initrd-compression", "zstd"]).ok();
+    assert_eq!(read(&w.path("again/both-initrd.img")), zstd_initrd);
+
+    // A kernel without zstd gets gzip, and refuses a zstd initrd it could not unpack.
+    build("gzip.yml", "gzip-auto", &[]).ok();
+    assert!(read(&w.path("gzip-auto/gzip-initrd.img")).starts_with(GZIP_MAGIC));
+    let err = build("gzip.yml", "refused", &["--initrd-compression", "zstd"]).failed();
+    assert!(
+        err.contains("cannot unpack a zstd initramfs") && err.contains("CONFIG_RD_ZSTD is not set"),
+        "{err}"
+    );
+    assert!(listing(&w.path("refused")).is_empty(), "output left behind");
+    // No configuration: gzip unless asked, and a warning when asked for zstd.
+    build("none.yml", "none-auto", &[]).ok();
+    assert!(read(&w.path("none-auto/none-initrd.img")).starts_with(GZIP_MAGIC));
+    let asked = build("none.yml", "none-zstd", &["--initrd-compression", "zstd"]).ok();
+    assert!(
+        asked.stderr.contains("holds no configuration"),
+        "{}",
+        asked.stderr
+    );
+    assert!(read(&w.path("none-zstd/none-initrd.img")).starts_with(ZSTD_MAGIC));
+    let usage = build("both.yml", "bad", &["--initrd-compression", "lz4"]);
+    assert_eq!(usage.code, Some(2), "{usage:?}");
+    assert!(
+        usage.stderr.contains("expected auto, gzip or zstd"),
+        "{usage:?}"
+    );
+
+    // From the tar (the images gone): the same zstd initrd as from the images.
+    build("both.yml", "tar", &["-f", "tar"]).ok();
+    run(&mut w.keel(["cache", "rm", BOTH, INIT, APP])).ok();
+    let again = build("both.yml", "from-tar", &["--input-tar", "tar/both.tar"]).ok();
+    assert!(
+        again.stderr.contains("building from tar/both.tar"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(read(&w.path("from-tar/both-initrd.img")), zstd_initrd);
+    // A record naming a codec keel does not know is refused, not guessed around.
+    let tar = read(&w.path("tar/both.tar"));
+    let record = b"KEEL.kernel-decompressors=gzip zstd\n";
+    let at = tar
+        .windows(record.len())
+        .position(|w| w == record)
+        .expect("the tar records the kernel's decompressors");
+    let mut forged = tar.clone();
+    forged[at + record.len() - 5..at + record.len() - 1].copy_from_slice(b"lzma");
+    std::fs::write(w.path("forged.tar"), &forged).unwrap();
+    let err = build("both.yml", "forged", &["--input-tar", "forged.tar"]).failed();
+    assert!(
+        err.contains("records kernel decompressors \"gzip lzma\""),
+        "{err}"
+    );
+    assert!(listing(&w.path("forged")).is_empty(), "output left behind");
+}
+
 /// `--input-tar`: a previous `tar` output rebuilds the system, in any format, without its
 /// images, byte-identical to a build from the images; a tar made from other inputs (or not by
 /// keel) is not used, and the build says why.

@@ -4,9 +4,10 @@
 //!
 //!   cargo run -p keel-vmtests --example bootbench --release -- [--runs N] [--arch x86_64|aarch64]
 //!     [--with tests/cases/virt-kernel.yml]   (another kernel: a YAML merged last into both)
+//!     [--initrd-compression auto|gzip|zstd]   (the minimal system's initrd; default auto)
 
 use keel_vmtests::vm::{Boot, Vm};
-use keel_vmtests::{Arch, Checks, build, case, chain, workspace};
+use keel_vmtests::{Arch, Checks, InitrdCompression, build, build_with, case, chain, workspace};
 use std::path::Path;
 use std::time::Duration;
 
@@ -46,6 +47,7 @@ struct Samples {
     floor_init: Vec<f64>,
     floor_uptime: Vec<f64>,
     run_init: Vec<f64>,
+    unpack: Vec<f64>,
     pid1: Vec<f64>,
     onboot_done: Vec<f64>,
     services: Vec<f64>,
@@ -60,7 +62,16 @@ fn step_ms(timeline: &serde_json::Value, step: &str) -> Option<f64> {
     Some(s["boottime_ms"].as_f64()? / 1000.0)
 }
 
-fn bench(arch: Arch, runs: usize, with: Option<&std::path::Path>) -> Result<(), String> {
+/// Options of one benchmark run.
+struct Options {
+    runs: usize,
+    /// A YAML merged last into both systems (another kernel).
+    with: Option<std::path::PathBuf>,
+    initrd: InitrdCompression,
+}
+
+fn bench(arch: Arch, opts: &Options) -> Result<(), String> {
+    let (runs, with) = (opts.runs, opts.with.as_deref());
     let fail = |what: &str, console: &str| format!("{arch}: {what}\n--- console ---\n{console}");
     let floor_yml = case("floor.yml");
     let minimal = workspace().join("images/minimal.yml");
@@ -73,7 +84,13 @@ fn bench(arch: Arch, runs: usize, with: Option<&std::path::Path>) -> Result<(), 
         keel_files.push(with);
     }
     let floor = build(&floor_files, arch).map_err(|e| chain(&e))?;
-    let keel = build(&keel_files, arch).map_err(|e| chain(&e))?;
+    let keel = build_with(
+        &keel_files,
+        arch,
+        &[keel::build::Format::KernelInitrd],
+        opts.initrd,
+    )
+    .map_err(|e| chain(&e))?;
     let mut s = Samples::default();
     for run in 0..runs {
         let mut vm = Vm::boot(
@@ -88,8 +105,13 @@ fn bench(arch: Arch, runs: usize, with: Option<&std::path::Path>) -> Result<(), 
         let up = console
             .lines()
             .find_map(|l| {
-                l.split_once("FLOOR uptime=")
-                    .map(|(_, v)| v.trim().parse::<f64>())
+                // A kernel message may follow on the same line: take the number only.
+                l.split_once("FLOOR uptime=").map(|(_, v)| {
+                    let end = v
+                        .find(|c: char| !c.is_ascii_digit() && c != '.')
+                        .unwrap_or(v.len());
+                    v[..end].parse::<f64>()
+                })
             })
             .and_then(Result::ok)
             .ok_or_else(|| fail("no FLOOR uptime", &console))?;
@@ -105,6 +127,12 @@ fn bench(arch: Arch, runs: usize, with: Option<&std::path::Path>) -> Result<(), 
         s.run_init.push(
             kernel_time(&console, "Run /init").ok_or_else(|| fail("no Run /init", &console))?,
         );
+        // The kernel unpacks the initramfs between these two lines.
+        let unpack = kernel_time(&console, "Trying to unpack rootfs image")
+            .zip(kernel_time(&console, "Freeing initrd memory"))
+            .map(|(start, end)| end - start)
+            .ok_or_else(|| fail("no initramfs unpack lines", &console))?;
+        s.unpack.push(unpack);
         let timeline: serde_json::Value = checks
             .get("bench", "timeline")
             .and_then(|t| serde_json::from_str(t).ok())
@@ -146,7 +174,10 @@ fn bench(arch: Arch, runs: usize, with: Option<&std::path::Path>) -> Result<(), 
     let initrd = size(Path::new(&format!("{prefix}-initrd.img")));
     let floor_initrd = size(Path::new(&format!("{}-initrd.img", floor.prefix.display())));
 
-    println!("\n### {arch} (median of {runs} boots)\n");
+    println!(
+        "\n### {arch} (median of {runs} boots, {:?} initrd)\n",
+        opts.initrd
+    );
     println!("| measure | value |\n|---|---|");
     println!(
         "| floor: kernel start → `Run /init` (bare kernel, busybox /init) | {:.2} s |",
@@ -159,6 +190,10 @@ fn bench(arch: Arch, runs: usize, with: Option<&std::path::Path>) -> Result<(), 
     println!(
         "| keel: kernel start → `Run /init` | {:.2} s |",
         median(s.run_init)
+    );
+    println!(
+        "| keel: the kernel unpacking the initramfs | {:.2} s |",
+        median(s.unpack)
     );
     println!(
         "| keel: kernel start → PID 1 `init started` | {:.2} s |",
@@ -189,14 +224,24 @@ fn bench(arch: Arch, runs: usize, with: Option<&std::path::Path>) -> Result<(), 
 }
 
 fn main() {
-    let mut runs = 5;
+    let mut opts = Options {
+        runs: 5,
+        with: None,
+        initrd: InitrdCompression::Auto,
+    };
     let mut arches = vec![Arch::X86_64, Arch::Aarch64];
-    let mut with: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match (a.as_str(), args.next()) {
-            ("--runs", Some(n)) => runs = n.parse().unwrap_or(runs),
-            ("--with", Some(file)) => with = Some(file.into()),
+            ("--runs", Some(n)) => opts.runs = n.parse().unwrap_or(opts.runs),
+            ("--with", Some(file)) => opts.with = Some(file.into()),
+            ("--initrd-compression", Some(c)) => match c.parse() {
+                Ok(c) => opts.initrd = c,
+                Err(e) => {
+                    eprintln!("bootbench: --initrd-compression: {e}");
+                    std::process::exit(2);
+                }
+            },
             ("--arch", Some(a)) => match a.parse() {
                 Ok(arch) => arches = vec![arch],
                 Err(e) => {
@@ -206,14 +251,14 @@ fn main() {
             },
             _ => {
                 eprintln!(
-                    "usage: bootbench [--runs N] [--arch x86_64|aarch64] [--with YAML merged last, e.g. tests/cases/virt-kernel.yml]"
+                    "usage: bootbench [--runs N] [--arch x86_64|aarch64] [--with YAML merged last, e.g. tests/cases/virt-kernel.yml] [--initrd-compression auto|gzip|zstd]"
                 );
                 std::process::exit(2);
             }
         }
     }
     for arch in arches {
-        if let Err(e) = bench(arch, runs, with.as_deref()) {
+        if let Err(e) = bench(arch, &opts) {
             eprintln!("bootbench: {e}");
             std::process::exit(1);
         }

@@ -7,6 +7,7 @@
 
 pub mod vm;
 
+pub use keel::output::InitrdCompression;
 pub use keel::run::Arch;
 
 use std::collections::BTreeMap;
@@ -90,6 +91,16 @@ pub fn build_formats(
     arch: Arch,
     formats: &[keel::build::Format],
 ) -> Result<Built, Error> {
+    build_with(yamls, arch, formats, InitrdCompression::Auto)
+}
+
+/// Like [`build_formats`], with the initramfs compressed as `initrd` asks.
+pub fn build_with(
+    yamls: &[&Path],
+    arch: Arch,
+    formats: &[keel::build::Format],
+    initrd: InitrdCompression,
+) -> Result<Built, Error> {
     let (_lock, store) = lock_store()?;
     let dir = tempfile::Builder::new()
         .prefix("keel-vmtest-")
@@ -125,6 +136,7 @@ pub fn build_formats(
         // The SBOM is tested by keel/tests/cli_sbom.rs; VM tests boot the outputs.
         sbom: false,
         decompress_kernel: false,
+        initrd_compression: initrd,
         input_tar: None,
     };
     keel::build::build(&store, &opts).map_err(|source| Error::Build {

@@ -358,9 +358,17 @@ fn dynamic_vhd_is_a_valid_container() {
 /// time zones, umasks and working directories: identical bytes.
 #[test]
 fn formats_are_byte_reproducible() {
-    // Build once through the library so every image is in the shared store.
-    drop(build(Arch::X86_64, &[Format::KernelInitrd]));
-    drop(build(Arch::Aarch64, &[Format::KernelInitrd]));
+    // Build once through the library so every image is in the shared store. Debian's kernels
+    // unpack zstd (CONFIG_RD_ZSTD), so that is what the initrd is.
+    for arch in [Arch::X86_64, Arch::Aarch64] {
+        let built = build(arch, &[Format::KernelInitrd]);
+        let initrd = std::fs::read(with(&built.prefix, "-initrd.img")).unwrap();
+        assert_eq!(
+            initrd[..4],
+            [0x28, 0xb5, 0x2f, 0xfd],
+            "{arch}: not a zstd initrd"
+        );
+    }
     let (_lock, _store) = lock_store().unwrap_or_else(|e| panic!("{}", chain(&e)));
     let yaml = minimal();
     assert!(
@@ -424,7 +432,8 @@ fn formats_are_byte_reproducible() {
 }
 
 /// `--decompress-kernel` (LinuxKit's flag): Debian's x86_64 bzImage becomes its ELF vmlinux,
-/// which QEMU boots directly (PVH entry), to the system's services.
+/// which QEMU boots directly (PVH entry), to the system's services. The initrd is gzip here,
+/// as LinuxKit writes it (`--initrd-compression gzip`); every other VM test boots zstd.
 #[test]
 fn decompressed_kernel_boots() {
     let out = tempfile::tempdir().unwrap();
@@ -434,6 +443,8 @@ fn decompressed_kernel_boots() {
             .args([
                 "build",
                 "--decompress-kernel",
+                "--initrd-compression",
+                "gzip",
                 "--arch",
                 "x86_64",
                 "--name",
@@ -450,5 +461,7 @@ fn decompressed_kernel_boots() {
     let prefix = out.path().join("m");
     let kernel = std::fs::read(with(&prefix, "-kernel")).unwrap();
     assert_eq!(&kernel[..4], b"\x7fELF", "not an ELF vmlinux");
+    let initrd = std::fs::read(with(&prefix, "-initrd.img")).unwrap();
+    assert_eq!(initrd[..2], [0x1f, 0x8b], "not a gzip initrd");
     boots_to_services("decompressed kernel x86_64", &prefix, Arch::X86_64);
 }

@@ -3,7 +3,8 @@
 //! A build flattens many OCI image layers plus generated files into one [`Tree`] (an in-memory
 //! filesystem), then writes it out as a PAX tar ([`write_tar`]), a newc cpio initramfs
 //! ([`write_cpio`]) or a squashfs image ([`write_squashfs`]), optionally through deterministic
-//! gzip ([`gzip_writer`]), into an [`AtomicFile`] so that a failed build leaves nothing behind.
+//! gzip ([`gzip_writer`]) or zstd ([`Compression`]), into an [`AtomicFile`] so that a failed
+//! build leaves nothing behind.
 //!
 //! Output is byte-reproducible: entries are sorted (every directory before its contents), owners
 //! are numeric, mtimes come from [`WriteOptions`] (normally [`source_date_epoch`]), inode numbers
@@ -14,6 +15,7 @@
 //! that could escape the tree: absolute paths, `..`, symlinked parents and escaping hard links.
 
 mod atomic;
+mod compress;
 mod cpio;
 mod error;
 mod gzip;
@@ -26,6 +28,7 @@ mod tree;
 mod testutil;
 
 pub use atomic::{AtomicFile, remove_stale, remove_unfinished};
+pub use compress::{Compression, Compressor};
 pub use cpio::write_cpio;
 pub use error::Error;
 pub use gzip::{GzipWriter, gzip_writer};

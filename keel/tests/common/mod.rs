@@ -166,8 +166,14 @@ pub fn put_image(
     digest
 }
 
-/// The fake kernel image: `kernel` and `kernel.tar` (with `lib/modules/<release>/…`).
+/// The fake kernel image: `kernel` and `kernel.tar` (with `lib/modules/<release>/…`), and no
+/// configuration.
 pub fn put_kernel(store: &Store, reference: &str) -> Digest {
+    put_kernel_with_config(store, reference, None)
+}
+
+/// The fake kernel image, with `config` (keel's kernel image layout) when given.
+pub fn put_kernel_with_config(store: &Store, reference: &str, config: Option<&str>) -> Digest {
     put_image(store, reference, &image_config(&[], &[]), |arch| {
         let modules = tar_of(&[
             Entry::Dir("lib"),
@@ -176,10 +182,15 @@ pub fn put_kernel(store: &Store, reference: &str) -> Digest {
             Entry::File("lib/modules/x/modules.dep", b"kernel/fake.ko:\n"),
             Entry::File("lib/modules/x/kernel/fake.ko", arch.uname().as_bytes()),
         ]);
-        vec![tar_of(&[
-            Entry::File("kernel", &kernel_bytes(arch)),
+        let kernel = kernel_bytes(arch);
+        let mut files = vec![
+            Entry::File("kernel", &kernel),
             Entry::File("kernel.tar", &modules),
-        ])]
+        ];
+        if let Some(text) = config {
+            files.push(Entry::File("config", text.as_bytes()));
+        }
+        vec![tar_of(&files)]
     })
 }
 
