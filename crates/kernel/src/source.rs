@@ -765,6 +765,10 @@ fn lock_tree(path: &Path) -> Result<std::fs::File, SourceError> {
         path: path.to_owned(),
         source,
     };
+    // A fresh store has no work directory yet: the first lock makes it.
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(lock_error)?;
+    }
     let file = std::fs::File::options()
         .create(true)
         .truncate(false)
@@ -891,10 +895,15 @@ mod tests {
         drop(first);
         rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
         drop(second.join().unwrap());
-        // A lock file in a directory that cannot hold one is an error naming it.
-        let missing = dir.path().join("no/such/dir/x.lock");
-        let err = lock_tree(&missing).unwrap_err();
-        assert!(err.to_string().contains("no/such/dir/x.lock"), "{err}");
+        // A fresh store's work directory is made by its first lock...
+        let fresh = dir.path().join("store/kernel-work/src-0.lock");
+        drop(lock_tree(&fresh).unwrap());
+        assert!(fresh.is_file());
+        // ...and a place that cannot hold one is an error naming it.
+        std::fs::write(dir.path().join("file"), "").unwrap();
+        let blocked = dir.path().join("file/kernel-work/x.lock");
+        let err = lock_tree(&blocked).unwrap_err();
+        assert!(err.to_string().contains("file/kernel-work/x.lock"), "{err}");
     }
 
     #[test]
