@@ -57,12 +57,14 @@ fn tar_names(tar: &[u8]) -> Vec<String> {
 fn builds_both_architectures_reproducibly_with_the_patch() {
     let recipe = recipe();
     assert!(recipe.signs_modules());
-    let work = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // Not made beforehand, as in a fresh store: the build makes it.
+    let work = tmp.path().join("kernel-work");
     let again = tempfile::tempdir().unwrap();
     let keys = tempfile::tempdir().unwrap();
     let opts = signed(keys.path());
     for arch in ["x86_64", "aarch64"] {
-        let built = build(&recipe, arch, &debs(), work.path(), &opts).unwrap();
+        let built = build(&recipe, arch, &debs(), &work, &opts).unwrap();
         let a = &built.artifacts;
         assert!(a.release.ends_with("-keel-tiny"), "{}", a.release);
         let config = String::from_utf8_lossy(&a.config).into_owned();
@@ -127,7 +129,7 @@ fn builds_both_architectures_reproducibly_with_the_patch() {
         };
         assert_eq!(machine, host, "{arch}");
         // Nothing names the build machine's directories (they differ from tree to tree).
-        let work_dir = work.path().to_string_lossy().into_owned();
+        let work_dir = work.to_string_lossy().into_owned();
         let naming: Vec<&str> = dev_files
             .iter()
             .filter(|(_, _, data)| {
@@ -154,7 +156,7 @@ fn builds_both_architectures_reproducibly_with_the_patch() {
         // Another build tree (sharing the unpacked source, which is what costs), the same
         // bytes; once, on x86_64, to keep the fast tier fast.
         if arch == "x86_64" {
-            for src in std::fs::read_dir(work.path()).unwrap().flatten() {
+            for src in std::fs::read_dir(&work).unwrap().flatten() {
                 if src.file_name().to_string_lossy().starts_with("src-") {
                     std::os::unix::fs::symlink(src.path(), again.path().join(src.file_name()))
                         .unwrap();
