@@ -1,10 +1,11 @@
 //! Building a package's `binaries:` with cargo: static musl binaries of the Cargo workspace that
 //! holds the package directory, `--profile guest`, one `cargo build` per architecture and
-//! Cargo package.
+//! Cargo package; not run at all when [`crate::fresh`] shows the binaries up to date.
 
 use crate::error::{Error, Result};
 use keel_config::build_yml::Binary;
 use keel_image::Arch;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -53,13 +54,68 @@ fn tail(output: &[u8], lines: usize) -> String {
     all[start..].iter().map(|l| format!("\n  {l}")).collect()
 }
 
-/// Builds `binaries` for `arch` and returns their bytes, in the same order.
-pub(crate) fn build(
+/// What cargo made for a package: per architecture the binaries' bytes in `binaries:` order,
+/// and the SBOM's information on their Cargo packages.
+pub(crate) struct Binaries {
+    pub built: BTreeMap<Arch, Vec<Vec<u8>>>,
+    pub crates: BTreeMap<String, CrateInfo>,
+}
+
+/// Builds `binaries` of the workspace at `root` for `arches`, or takes them as they are when
+/// [`crate::fresh`] shows nothing they are made from has changed (no cargo run at all).
+pub(crate) fn binaries(
+    cargo: &Path,
+    root: &Path,
+    arches: &[Arch],
+    binaries: &[Binary],
+) -> Result<Binaries> {
+    let key: Vec<(&str, &str)> = binaries
+        .iter()
+        .map(|b| (b.package.as_str(), b.bin.as_str()))
+        .collect();
+    let stamp = crate::fresh::stamp_path(&target_dir(root), &key, arches);
+    if let Some(fresh) = crate::fresh::load(&stamp, arches, binaries.len()) {
+        log::debug!("binaries up to date ({}): cargo not run", stamp.display());
+        return Ok(Binaries {
+            built: fresh.binaries,
+            crates: fresh.crates,
+        });
+    }
+    let started = std::time::SystemTime::now();
+    let mut names: Vec<&str> = binaries.iter().map(|b| b.package.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let (crates, manifests) = metadata(cargo, root, &names)?;
+    let mut outputs = BTreeMap::new();
+    for &arch in arches {
+        outputs.insert(arch, build(cargo, root, arch, binaries)?);
+    }
+    crate::fresh::record(
+        &stamp,
+        &crate::fresh::Made {
+            started,
+            root,
+            manifests: &manifests,
+            outputs: &outputs,
+            crates: &crates,
+        },
+    );
+    Ok(Binaries {
+        built: outputs
+            .into_iter()
+            .map(|(arch, list)| (arch, list.into_iter().map(|(_, data)| data).collect()))
+            .collect(),
+        crates,
+    })
+}
+
+/// Builds `binaries` for `arch` and returns their paths and bytes, in the same order.
+fn build(
     cargo: &Path,
     root: &Path,
     arch: Arch,
     binaries: &[Binary],
-) -> Result<Vec<Vec<u8>>> {
+) -> Result<Vec<(PathBuf, Vec<u8>)>> {
     let triple = target_triple(arch);
     let mut packages: Vec<&str> = binaries.iter().map(|b| b.package.as_str()).collect();
     packages.sort_unstable();
@@ -100,17 +156,20 @@ pub(crate) fn build(
         .iter()
         .map(|b| {
             let path = out.join(b.bin.as_str());
-            std::fs::read(&path).map_err(|source| Error::Io {
-                action: "read the built binary",
-                path,
-                source,
-            })
+            match std::fs::read(&path) {
+                Ok(data) => Ok((path, data)),
+                Err(source) => Err(Error::Io {
+                    action: "read the built binary",
+                    path,
+                    source,
+                }),
+            }
         })
         .collect()
 }
 
 /// What the SBOM says of a Cargo package whose binaries an image holds.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CrateInfo {
     pub name: String,
     pub version: String,
@@ -123,16 +182,23 @@ pub struct CrateInfo {
 
 #[derive(serde::Deserialize)]
 struct Metadata {
-    packages: Vec<CrateInfo>,
+    packages: Vec<Member>,
+}
+
+#[derive(serde::Deserialize)]
+struct Member {
+    #[serde(flatten)]
+    info: CrateInfo,
+    manifest_path: PathBuf,
 }
 
 /// The workspace members' names, versions, licences and repositories (`cargo metadata
-/// --no-deps`), by name; only `wanted` ones are kept.
-pub(crate) fn metadata(
+/// --no-deps`), by name, only `wanted` ones kept; and every member's `Cargo.toml`.
+fn metadata(
     cargo: &Path,
     root: &Path,
     wanted: &[&str],
-) -> Result<std::collections::BTreeMap<String, CrateInfo>> {
+) -> Result<(BTreeMap<String, CrateInfo>, Vec<PathBuf>)> {
     let mut command = Command::new(cargo);
     command.current_dir(root).args([
         "metadata",
@@ -158,15 +224,22 @@ pub(crate) fn metadata(
             command: line,
             source,
         })?;
-    Ok(parsed
+    let manifests = parsed
+        .packages
+        .iter()
+        .map(|m| m.manifest_path.clone())
+        .collect();
+    let crates = parsed
         .packages
         .into_iter()
+        .map(|m| m.info)
         .filter(|p| wanted.contains(&p.name.as_str()))
         .map(|mut p| {
             p.license = p.license.map(|l| l.replace('/', " OR "));
             (p.name.clone(), p)
         })
-        .collect())
+        .collect();
+    Ok((crates, manifests))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 mod assemble;
 pub mod cargo;
 mod error;
+mod fresh;
 pub mod lock;
 mod sources;
 pub mod spdx;
@@ -374,16 +375,9 @@ fn prepare(dir: &Path, opts: &PkgOptions, deb_cache: &Path) -> Result<(Prepared,
     let mut crates = BTreeMap::new();
     if !manifest.binaries.is_empty() {
         let root = cargo::workspace_root(dir)?;
-        let names: Vec<&str> = manifest
-            .binaries
-            .iter()
-            .map(|b| b.package.as_str())
-            .collect();
-        crates = cargo::metadata(&opts.cargo, &root, &names)?;
-        for &arch in &arches {
-            let built = cargo::build(&opts.cargo, &root, arch, &manifest.binaries)?;
-            binaries.insert(arch, built);
-        }
+        let made = cargo::binaries(&opts.cargo, &root, &arches, &manifest.binaries)?;
+        binaries = made.built;
+        crates = made.crates;
     }
     let sources = sources::collect(dir, &manifest)?;
     let p = Prepared {
@@ -986,13 +980,70 @@ mod tests {
             "image: test/hi\nbinaries:\n  - {package: hello, bin: hi, path: /usr/bin/hi, links: [/hi]}\n",
         )
         .unwrap();
+        // cargo through a wrapper that counts its runs.
+        let real = std::env::var_os("CARGO").map_or_else(|| "cargo".into(), PathBuf::from);
+        let runs = w.join("cargo-runs");
+        let wrapper = w.join("cargo-counting");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\necho \"$1\" >> '{}'\nexec '{}' \"$@\"\n",
+                runs.display(),
+                Path::new(&real).display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let count = || {
+            std::fs::read_to_string(&runs)
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        };
+        // Sources written a while ago, as in a checkout (a file changed while cargo runs would
+        // rightly keep the next build from trusting the binaries).
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for f in [
+            "Cargo.toml",
+            "Cargo.lock",
+            ".cargo/config.toml",
+            "hello/Cargo.toml",
+            "hello/src/main.rs",
+        ] {
+            std::fs::File::options()
+                .write(true)
+                .open(w.join(f))
+                .unwrap()
+                .set_modified(an_hour_ago)
+                .unwrap();
+        }
         let o = PkgOptions {
-            cargo: std::env::var_os("CARGO").map_or_else(|| "cargo".into(), PathBuf::from),
+            cargo: wrapper.clone(),
             deb_cache: Some(w.join("debs")),
             ..PkgOptions::default()
         };
         let store = Store::open(w.join("store")).unwrap();
         let r = build(&store, &pkg, &o).unwrap();
+        // cargo metadata, then cargo build per architecture.
+        assert_eq!(count(), 3);
+        // Warm: nothing changed, so cargo is not run at all.
+        assert_eq!(build(&store, &pkg, &o).unwrap(), r);
+        assert_eq!(show_tag(&pkg, &o).unwrap(), r);
+        assert_eq!(count(), 3, "cargo ran for up-to-date binaries");
+        // A manifest touched (a profile or a feature may have changed): cargo runs again.
+        std::fs::File::options()
+            .write(true)
+            .open(w.join("hello/Cargo.toml"))
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(show_tag(&pkg, &o).unwrap(), r);
+        assert_eq!(count(), 6);
+        assert_eq!(show_tag(&pkg, &o).unwrap(), r);
+        assert_eq!(count(), 6);
         for (arch, machine) in [(Arch::X86_64, 62u16), (Arch::Aarch64, 183)] {
             let files = layer(&store, &r, arch);
             let bin = &files["usr/bin/hi"];
@@ -1001,13 +1052,14 @@ mod tests {
             assert_eq!(u16::from_le_bytes([bin.data[18], bin.data[19]]), machine);
             assert_eq!(files["hi"].data, b"/usr/bin/hi");
         }
-        // The binaries are inputs: a changed program changes the tag.
+        // The binaries are inputs: a changed program changes the tag (cargo runs).
         std::fs::write(
             w.join("hello/src/main.rs"),
             "fn main() { println!(\"ho\"); }\n",
         )
         .unwrap();
         assert_ne!(show_tag(&pkg, &o).unwrap(), r);
+        assert_eq!(count(), 9);
         // A cargo failure is reported with its command.
         std::fs::write(w.join("hello/src/main.rs"), "fn main() { nope }\n").unwrap();
         let e = show_tag(&pkg, &o).unwrap_err();
