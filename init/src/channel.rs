@@ -110,7 +110,13 @@ impl Channel {
             Ok(_) => fds[0].revents().unwrap_or(PollFlags::empty()),
             Err(_) => PollFlags::POLLERR,
         };
-        self.link = if no_host(now) { Link::Down } else { Link::Up };
+        // Not `no_host`: with no host the port also reports POLLIN (a read returns end-of-file
+        // at once), and taking that for a client would poll the port in a busy loop.
+        self.link = if host_absent(now) {
+            Link::Down
+        } else {
+            Link::Up
+        };
     }
 
     /// Reads requests and answers each complete one through `handler`.
@@ -177,11 +183,17 @@ impl Channel {
     }
 }
 
-/// Whether the port's poll events say no host client is connected: without one it reports
-/// POLLHUP (and reads end-of-file) until the host connects, which SIGIO announces.
-pub fn no_host(revents: PollFlags) -> bool {
+/// Whether the port's poll events say no host client is connected: the port reports POLLHUP
+/// (with POLLIN, reads returning end-of-file) until the host connects, which SIGIO announces.
+fn host_absent(revents: PollFlags) -> bool {
     revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)
-        && !revents.contains(PollFlags::POLLIN)
+}
+
+/// Whether the loop should hang up without reading first: no host, and nothing to read (with
+/// POLLIN the loop reads, and a read of end-of-file hangs up; what a client sent just before
+/// it went is read and answered into the void rather than left in the port).
+pub fn no_host(revents: PollFlags) -> bool {
+    host_absent(revents) && !revents.contains(PollFlags::POLLIN)
 }
 
 /// The answer to one request line (blank lines, such as a client's keep-alive, get none).
@@ -298,18 +310,20 @@ mod tests {
         assert!(matches!(answers[1].body, Response::List { .. }));
     }
 
-    /// A channel on a pipe's read end, which polls like the port: POLLHUP alone once the
-    /// writer (the "host") is gone, nothing while it is there.
-    fn piped() -> (Channel, std::os::fd::OwnedFd) {
-        let (read, write) = nix::unistd::pipe().unwrap();
+    /// A channel on one end of a socket pair, which polls like the virtio-serial port: POLLIN
+    /// and POLLHUP, reads at end-of-file, once the other end (the "host") is gone; nothing
+    /// while it is there.
+    fn socket() -> (Channel, std::os::unix::net::UnixStream) {
+        let (port, host) = std::os::unix::net::UnixStream::pair().unwrap();
+        port.set_nonblocking(true).unwrap();
         let (mut c, _dir) = channel();
-        c.port = File::from(read);
-        (c, write)
+        c.port = File::from(std::os::fd::OwnedFd::from(port));
+        (c, host)
     }
 
     #[test]
     fn a_hang_up_drops_what_was_in_flight_until_woken() {
-        let (mut c, host) = piped();
+        let (mut c, host) = socket();
         drop(host);
         c.input.extend_from_slice(b"{\"tag\":1,");
         c.pending.extend_from_slice(b"answer\n");
@@ -321,10 +335,29 @@ mod tests {
     }
 
     #[test]
+    fn no_host_is_not_polled_again_until_woken() {
+        // With no host the port is always readable (end-of-file): the loop reads, the read
+        // hangs up, and the port must then stay out of the poll set, or PID 1 spins.
+        let (mut c, host) = socket();
+        drop(host);
+        let mut fds = [PollFd::new(c.fd(), PollFlags::POLLIN)];
+        nix::poll::poll(&mut fds, PollTimeout::ZERO).unwrap();
+        let revents = fds[0].revents().unwrap();
+        assert!(
+            revents.contains(PollFlags::POLLIN | PollFlags::POLLHUP),
+            "{revents:?}"
+        );
+        assert!(!no_host(revents), "the loop reads first");
+        let mut handler = |_: Request| Response::error("unexpected".to_owned());
+        c.readable(&mut handler);
+        assert_eq!(c.interest(), None, "an absent host is polled again");
+    }
+
+    #[test]
     fn a_client_already_back_when_the_hang_up_is_handled_stays_polled() {
         // The loop saw the old client's POLLHUP, the new client's SIGIO came and went: the
         // port, asked again, is connected, so it must stay polled (no SIGIO will follow).
-        let (mut c, _host) = piped();
+        let (mut c, _host) = socket();
         c.pending.extend_from_slice(b"answer to the old client\n");
         c.hang_up();
         assert!(c.pending.is_empty());
