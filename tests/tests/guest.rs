@@ -140,6 +140,17 @@ fn lifecycle(arch: Arch) {
 
     // PID 1 keeps oom_score_adj 0 although a service set its own; the root is read-only.
     want(&checks, "check", "pid1_oom", "0");
+    // An idle PID 1 sleeps in poll: a few ticks in 2 s at most, where one that spins (as it did
+    // on the host channel's port with no host client) uses nearly all 200.
+    let ticks: u32 = checks
+        .get("check", "pid1_ticks")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| fail("no pid1_ticks"));
+    if ticks > 40 {
+        fail(&format!(
+            "PID 1 used {ticks} of 200 ticks in 2 idle seconds"
+        ));
+    }
     want(&checks, "check", "sleep_oom", "-300");
     let root = checks.get("check", "pid1_root").unwrap_or_default();
     assert!(
