@@ -127,8 +127,10 @@ fn bench(arch: Arch, opts: &Options) -> Result<(), String> {
         s.run_init.push(
             kernel_time(&console, "Run /init").ok_or_else(|| fail("no Run /init", &console))?,
         );
-        // The kernel unpacks the initramfs between these two lines.
+        // The kernel unpacks the initramfs between these two lines (6.1 says "Trying to
+        // unpack rootfs image as initramfs", 6.12 "Unpacking initramfs").
         let unpack = kernel_time(&console, "Trying to unpack rootfs image")
+            .or_else(|| kernel_time(&console, "Unpacking initramfs"))
             .zip(kernel_time(&console, "Freeing initrd memory"))
             .map(|(start, end)| end - start)
             .ok_or_else(|| fail("no initramfs unpack lines", &console))?;
