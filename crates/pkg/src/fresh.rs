@@ -273,13 +273,13 @@ fn stamp(made: &Made<'_>) -> Result<Stamp, String> {
     })
 }
 
-fn write(path: &Path, stamp: &Stamp) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    serde_json::to_writer(&mut tmp, stamp)?;
-    tmp.persist(path)?;
-    Ok(())
+fn write(path: &Path, stamp: &Stamp) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    let mut file = keel_rootfs::AtomicFile::create(path).map_err(|e| e.to_string())?;
+    serde_json::to_writer(&mut file, stamp).map_err(|e| e.to_string())?;
+    file.commit().map_err(|e| e.to_string())
 }
 
 /// The prerequisites of a make-style dep-info file (`target: a b\ c`), spaces escaped with a
