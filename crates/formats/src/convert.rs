@@ -92,9 +92,13 @@ fn fix_vmdk_cid(file: &mut File, seed: &[u8]) -> io::Result<()> {
     }
     let at = u64::from_le_bytes(header[28..36].try_into().unwrap_or_default()) * 512;
     let len = u64::from_le_bytes(header[36..44].try_into().unwrap_or_default()) * 512;
-    let mut desc = vec![0u8; len.min(1 << 20) as usize];
+    let mut area = vec![0u8; len.min(1 << 20) as usize];
     file.seek(SeekFrom::Start(at))?;
-    file.read_exact(&mut desc)?;
+    file.read_exact(&mut area)?;
+    // The text ends at the first NUL. qemu rewrites the CID in place on the first write
+    // (`vmdk_write_cid`), so when the new value is shorter than the one it created the image
+    // with, the old text's last bytes stay after that NUL: they are dropped, not kept.
+    let desc = &area[..area.iter().position(|b| *b == 0).unwrap_or(area.len())];
     let key = b"\nCID=";
     let Some(pos) = desc.windows(key.len()).position(|w| w == key) else {
         return Err(io::Error::new(
@@ -116,18 +120,18 @@ fn fix_vmdk_cid(file: &mut File, seed: &[u8]) -> io::Result<()> {
         .map(|n| start + n)
         .filter(|&e| e > start && desc[start..e].iter().all(u8::is_ascii_hexdigit))
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "VMDK CID is not hexadecimal"))?;
-    let mut fixed = Vec::with_capacity(desc.len());
+    let mut fixed = Vec::with_capacity(area.len());
     fixed.extend_from_slice(&desc[..start]);
     fixed.extend_from_slice(text.as_bytes());
     fixed.extend_from_slice(&desc[end..]);
-    let text_len = fixed.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
-    if text_len > desc.len() {
+    // At least one NUL must end the text inside the area.
+    if fixed.len() >= area.len() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "VMDK descriptor overflows its area",
         ));
     }
-    fixed.resize(desc.len(), 0);
+    fixed.resize(area.len(), 0);
     file.seek(SeekFrom::Start(at))?;
     file.write_all(&fixed)
 }
@@ -159,6 +163,12 @@ fn fix_vhd_footers(file: &mut File, mtime: u64, seed: &[u8]) -> io::Result<()> {
 mod tests {
     /// A sparse VMDK header (sector 0) and a one-sector embedded descriptor with this CID.
     fn fake_vmdk(cid: &str) -> tempfile::NamedTempFile {
+        fake_vmdk_with_tail(cid, b"")
+    }
+
+    /// As [`fake_vmdk`], with `tail` after the NUL that ends the descriptor's text (what qemu
+    /// leaves when it rewrites a CID with a shorter one).
+    fn fake_vmdk_with_tail(cid: &str, tail: &[u8]) -> tempfile::NamedTempFile {
         let mut header = [0u8; 512];
         header[..4].copy_from_slice(b"KDMV");
         header[28..36].copy_from_slice(&1u64.to_le_bytes());
@@ -167,6 +177,8 @@ mod tests {
             "# Disk DescriptorFile\nversion=1\nCID={cid}\nparentCID=ffffffff\ncreateType=\"monolithicSparse\"\n"
         )
         .into_bytes();
+        desc.push(0);
+        desc.extend_from_slice(tail);
         desc.resize(512, 0);
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(&header).unwrap();
@@ -176,8 +188,7 @@ mod tests {
 
     #[test]
     fn vmdk_cid_is_rewritten_whatever_its_width() {
-        let fixed = |cid: &str| {
-            let f = fake_vmdk(cid);
+        let fixed = |f: tempfile::NamedTempFile| {
             let mut file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -186,11 +197,17 @@ mod tests {
             fix_vmdk_cid(&mut file, b"seed").unwrap();
             std::fs::read(f.path()).unwrap()
         };
-        let short = fixed("7a3");
+        let short = fixed(fake_vmdk("7a3"));
         assert_eq!(
             short,
-            fixed("1234abcd"),
+            fixed(fake_vmdk("1234abcd")),
             "the random CID's width leaks into the output"
+        );
+        // What qemu leaves behind a CID rewritten one digit shorter: `\n` after the NUL.
+        assert_eq!(
+            fixed(fake_vmdk_with_tail("1234abc", b"\n")),
+            short,
+            "bytes after the descriptor's NUL leak into the output"
         );
         let text = String::from_utf8_lossy(&short[512..]).into_owned();
         let cid = text.lines().find_map(|l| l.strip_prefix("CID=")).unwrap();
