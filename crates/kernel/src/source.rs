@@ -248,6 +248,9 @@ impl SourceRecipe {
     /// architectures) and `extra` files, and the compilers' versions.
     pub fn input_hash(&self, extra: &[PathBuf]) -> Result<String, SourceError> {
         let mut h = Sha256::new();
+        // How keel drives make (bumped when that changes what the build makes: 2, the debug
+        // prefix map), so a kernel built the old way is not taken for a new one.
+        h.update(b"keel-kernel-build/2");
         let mut add = |path: &Path| -> Result<(), SourceError> {
             let data = std::fs::read(path).map_err(|source| SourceError::Read {
                 path: path.to_owned(),
@@ -353,6 +356,21 @@ pub fn build(
         source,
     })?;
     let mtime = crate::source_date_epoch().map_err(|e| SourceError::Kernel(Box::new(e)))?;
+    // Debug information (which BTF needs) names the source and build directories, and the
+    // build IDs of vmlinux and the vDSO hash it: without these maps, two stores give kernels
+    // that differ in those bytes. The paths are the physical ones, which is what the kernel's
+    // Makefile (`realpath`) and the compiler (`getcwd`) see when a directory is a symlink.
+    let physical = |dir: &Path| {
+        std::fs::canonicalize(dir).map_err(|source| SourceError::Read {
+            path: dir.to_owned(),
+            source,
+        })
+    };
+    let prefix_map = format!(
+        "-fdebug-prefix-map={}=/keel/source -fdebug-prefix-map={}=/keel/build",
+        physical(&src)?.display(),
+        physical(&out)?.display()
+    );
     let make = |args: &[&str]| -> Result<Vec<u8>, SourceError> {
         let mut cmd = Command::new("make");
         cmd.current_dir(&src)
@@ -365,6 +383,9 @@ pub fn build(
             .env("LC_ALL", "C")
             .env("TZ", "UTC")
             .env_remove("KCFLAGS")
+            .env_remove("KAFLAGS")
+            .arg(format!("KCFLAGS={prefix_map}"))
+            .arg(format!("KAFLAGS={prefix_map}"))
             .env_remove("ARCH")
             .env_remove("CROSS_COMPILE")
             .args(args);
