@@ -27,6 +27,9 @@ packages=(
   # boot media helpers and checks
   xorriso mtools dosfstools squashfs-tools erofs-utils isolinux syslinux-common systemd-boot-efi
   cpio zstd xz-utils hyperfine
+  # Secure Boot: signing UKIs (keel build --sign-with), enrolling keys in the firmware's
+  # variables (keel run --secure-boot; from backports)
+  sbsigntool python3-virt-firmware
   # clients the example-system tests use against booted guests
   redis-tools curl openssh-client
   # libraries virtiofsd (below) links against

@@ -127,6 +127,8 @@ pub struct BuildOptions {
     /// A previous build's `tar` output to build from when it was made from the same inputs
     /// (`--input-tar`, LinuxKit's flag; see [`crate::input_tar`]).
     pub input_tar: Option<PathBuf>,
+    /// The Secure Boot key set whose `db` key signs the UKI (`--sign-with`).
+    pub sign_with: Option<crate::keys::KeySet>,
 }
 
 /// The largest YAML document fetched from a URL (the parser's own limit on a document).
@@ -480,7 +482,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
     formats.dedup();
     // Formats given on the command line are checked before anything is built.
     if !opts.dry_run && !formats.is_empty() {
-        crate::output::check(&formats, &name, opts.arch)?;
+        crate::output::check(&formats, &name, opts.arch, opts.sign_with.is_some())?;
         check_decompress(&formats, opts)?;
     }
     let packages = if opts.dry_run {
@@ -498,7 +500,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
     }
     if formats.is_empty() {
         formats = yaml_formats(&config)?;
-        crate::output::check(&formats, &name, opts.arch)?;
+        crate::output::check(&formats, &name, opts.arch, opts.sign_with.is_some())?;
         check_decompress(&formats, opts)?;
     }
 
@@ -569,6 +571,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
         store,
         fingerprint: fingerprint.as_deref(),
         initrd_compression: opts.initrd_compression,
+        sign_with: opts.sign_with.as_ref(),
     };
     // The SBOM is made before any output is written, so that its failure leaves none.
     let sbom = if opts.sbom {
@@ -648,6 +651,7 @@ fn build_from(
         store,
         fingerprint: previous.fingerprint.as_deref(),
         initrd_compression: opts.initrd_compression,
+        sign_with: opts.sign_with.as_ref(),
     };
     let sbom = if opts.sbom {
         let images = local_images(store, config, lock, opts.arch)?;
@@ -878,6 +882,7 @@ mod tests {
             decompress_kernel: false,
             initrd_compression: Default::default(),
             input_tar: None,
+            sign_with: None,
         };
         assert_eq!(output_name(&opts), "minimal");
         opts.files = vec!["-".into()];

@@ -8,6 +8,7 @@ pub mod ctl;
 pub mod hardening;
 pub mod input_tar;
 pub mod kernel;
+pub mod keys;
 pub mod lock;
 pub mod output;
 pub mod pkg;

@@ -53,6 +53,9 @@ enum Command {
     /// Packages: directories with a build.yml (see docs/pkg.md).
     #[command(subcommand)]
     Pkg(PkgCommand),
+    /// Secure Boot keys for `keel build --sign-with` and `keel run --secure-boot --keys`.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Talk to a running VM's PID 1 over its control channel (what keelctl does in the guest).
     Ctl(CtlArgs),
     /// Push an image of the store (every platform it has) to a registry.
@@ -82,6 +85,19 @@ enum Command {
     Completion {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make a new key set in DIR (which must not exist, or be empty): PK, KEK and db
+    /// (RSA-2048 keys and self-signed certificates, PEM) and owner.guid. Keys are readable by
+    /// their owner only; nothing is ever overwritten. Needs openssl.
+    Generate {
+        dir: PathBuf,
+        /// The name in the certificates' subjects ("NAME PK", "NAME KEK", "NAME db").
+        #[arg(long, default_value = "keel")]
+        name: String,
     },
 }
 
@@ -182,6 +198,11 @@ struct BuildArgs {
     /// Write no SBOM (`<name>-sbom.spdx.json`, SPDX 2.3 JSON; see docs/sbom.md).
     #[arg(long)]
     no_sbom: bool,
+    /// Sign the UKI with the db key of this Secure Boot key set (`keel keys generate DIR`),
+    /// for the formats that boot it: uki, raw-efi, qcow2-efi, vhd, dynamic-vhd, vmdk, aws,
+    /// gcp, iso-efi. Any other format is refused. Needs sbsign (Debian's sbsigntool).
+    #[arg(long, value_name = "DIR")]
+    sign_with: Option<PathBuf>,
     /// Write the one output file here instead of into --dir ("-": standard output); needs
     /// exactly one -f FORMAT that writes one file (tar, iso-efi, raw-efi, qcow2-efi, ...).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
@@ -315,6 +336,14 @@ struct QemuArgs {
     /// UEFI firmware file (default: OVMF or AAVMF from Debian).
     #[arg(long)]
     fw: Option<PathBuf>,
+    /// Boot a disk or ISO under UEFI with Secure Boot enforcing and the key set of --keys
+    /// enrolled (PK, KEK, db): what a signed build (`keel build --sign-with`) boots and an
+    /// unsigned one is refused by. Needs virt-fw-vars (Debian's python3-virt-firmware).
+    #[arg(long, requires = "keys")]
+    secure_boot: bool,
+    /// The Secure Boot key set (`keel keys generate DIR`) to enroll with --secure-boot.
+    #[arg(long, value_name = "DIR", requires = "secure_boot")]
+    keys: Option<PathBuf>,
     /// Write the console to this file instead of the terminal.
     #[arg(long)]
     console_file: Option<PathBuf>,
@@ -561,11 +590,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 decompress_kernel: args.decompress_kernel,
                 initrd_compression: args.initrd_compression,
                 input_tar: args.input_tar,
+                sign_with: args
+                    .sign_with
+                    .as_deref()
+                    .map(keel::keys::KeySet::open)
+                    .transpose()?,
             };
             let written = keel::build::build(&open_store()?, &opts)?;
             if let (Some(output), Some(_scratch)) = (&args.output, &scratch) {
                 deliver(&written, output)?;
             }
+        }
+        Command::Keys(KeysCommand::Generate { dir, name }) => {
+            let keys = keel::keys::KeySet::generate(&dir, &name)?;
+            println!("{}", keys.dir().display());
         }
         Command::Validate(args) => {
             let validation = keel::build::validate(
@@ -836,6 +874,10 @@ fn run_qemu(args: QemuArgs) -> Result<ExitCode> {
         publish: args.publish,
         uefi: args.uefi,
         firmware: args.fw,
+        secure_boot: match (&args.keys, args.secure_boot) {
+            (Some(dir), true) => Some(keel::keys::KeySet::open(dir)?),
+            _ => None,
+        },
         console_file: args.console_file,
         state: args.state,
         qemu: args.qemu,

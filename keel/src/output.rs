@@ -85,6 +85,12 @@ pub enum Error {
         "the kernel unpacks neither a gzip nor a zstd initramfs (CONFIG_RD_GZIP and CONFIG_RD_ZSTD are not set in its configuration): build it with one of them"
     )]
     NoDecompressor,
+    #[error(
+        "--sign-with: format {0} does not boot a keel UKI, so keel has nothing to sign in it; sign uki, raw-efi, qcow2-efi, vhd, dynamic-vhd, vmdk, aws, gcp or iso-efi"
+    )]
+    Unsignable(Format),
+    #[error("cannot sign the UKI")]
+    Sign(#[source] crate::keys::Error),
 }
 
 type Result<T> = std::result::Result<T, Error>;
@@ -188,24 +194,34 @@ impl Format {
         )
     }
 
+    /// Whether the format boots through keel's UKI (on its own, or in an ESP), which
+    /// `--sign-with` signs; the others boot a kernel keel does not sign (GRUB, isolinux, QEMU's
+    /// `-kernel`) or do not boot at all.
+    pub fn boots_uki(self) -> bool {
+        matches!(
+            self,
+            Format::Uki
+                | Format::RawEfi
+                | Format::Qcow2Efi
+                | Format::Vhd
+                | Format::DynamicVhd
+                | Format::Vmdk
+                | Format::Aws
+                | Format::Gcp
+                | Format::IsoEfi
+        )
+    }
+
     /// The pinned boot tool image the format needs, if any.
     pub fn tool(self) -> Option<&'static crate::tools::ToolImage> {
+        if self.boots_uki() {
+            return Some(&crate::tools::EFI_STUB);
+        }
         match self {
-            Format::KernelInitrd
-            | Format::KernelSquashfs
-            | Format::Tar
-            | Format::TarKernelInitrd => None,
-            Format::Uki
-            | Format::RawEfi
-            | Format::Qcow2Efi
-            | Format::Vhd
-            | Format::DynamicVhd
-            | Format::Vmdk
-            | Format::Aws
-            | Format::Gcp
-            | Format::IsoEfi => Some(&crate::tools::EFI_STUB),
             Format::IsoEfiInitrd => Some(&crate::tools::GRUB_CD),
             Format::IsoBios | Format::RawBios | Format::Qcow2Bios => Some(&crate::tools::ISOLINUX),
+            // A kernel and initrd as files or in a tar need no tool.
+            _ => None,
         }
     }
 
@@ -280,6 +296,8 @@ pub struct Settings<'a> {
     pub fingerprint: Option<&'a str>,
     /// How initramfs outputs are compressed (`--initrd-compression`).
     pub initrd_compression: InitrdCompression,
+    /// The key set whose `db` key signs the UKI (`--sign-with`).
+    pub sign_with: Option<&'a crate::keys::KeySet>,
 }
 
 /// How an initramfs is compressed (`--initrd-compression`).
@@ -457,7 +475,12 @@ impl Products<'_> {
                 os_release: Some("NAME=keel\nID=keel\n"),
                 uname: None,
             };
-            self.uki = Some(keel_formats::build_uki(&stub, &parts).map_err(fail)?);
+            let mut uki = keel_formats::build_uki(&stub, &parts).map_err(fail)?;
+            if let Some(keys) = self.settings.sign_with {
+                uki = keys.sign_efi(&uki).map_err(Error::Sign)?;
+                log::info!("UKI signed with the db key of {}", keys.dir().display());
+            }
+            self.uki = Some(uki);
         }
         Ok(self.uki.as_deref().unwrap_or_default())
     }
@@ -522,9 +545,12 @@ impl Products<'_> {
     }
 }
 
-/// Refuses a set of formats that cannot be built together or for `arch`, before anything is
-/// fetched or written.
-pub fn check(formats: &[Format], name: &str, arch: Arch) -> Result<()> {
+/// Refuses a set of formats that cannot be built together, for `arch`, or signed (`signed`:
+/// `--sign-with` was given), before anything is fetched or written.
+pub fn check(formats: &[Format], name: &str, arch: Arch, signed: bool) -> Result<()> {
+    if signed && let Some(unsignable) = formats.iter().find(|f| !f.boots_uki()) {
+        return Err(Error::Unsignable(*unsignable));
+    }
     if formats.len() > 1
         && let Some(alone) = formats.iter().find(|f| **f == Format::Tar)
     {
@@ -577,7 +603,12 @@ pub fn write(
     formats: &[Format],
     settings: &Settings<'_>,
 ) -> Result<Vec<PathBuf>> {
-    check(formats, settings.name, settings.arch)?;
+    check(
+        formats,
+        settings.name,
+        settings.arch,
+        settings.sign_with.is_some(),
+    )?;
     let dir = settings.dir;
     if dir.exists() && !dir.is_dir() {
         return Err(Error::NotADirectory(dir.into()));
@@ -948,6 +979,7 @@ mod tests {
             store: &store,
             fingerprint: None,
             initrd_compression: InitrdCompression::Auto,
+            sign_with: None,
         };
         let err = write(&assembled, &[Format::Vhd, Format::DynamicVhd], &settings).unwrap_err();
         assert_eq!(
@@ -960,6 +992,32 @@ mod tests {
             "format raw-efi needs a kernel: add a kernel section with an image"
         );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn signing_refuses_formats_without_a_uki() {
+        for format in Format::ALL {
+            let checked = check(&[Format::Uki, format], "m", Arch::X86_64, true);
+            // uki with itself clashes; every other pair is about signing alone.
+            if format == Format::Uki {
+                continue;
+            }
+            match checked {
+                Ok(()) => assert!(format.boots_uki(), "{format} passed unsigned"),
+                Err(Error::Unsignable(f)) => {
+                    assert_eq!(f, format);
+                    assert!(!format.boots_uki());
+                }
+                Err(e) => panic!("{format}: {e}"),
+            }
+            assert!(check(&[format], "m", Arch::X86_64, false).is_ok());
+        }
+        let err = check(&[Format::KernelInitrd], "m", Arch::X86_64, true).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--sign-with: format kernel+initrd does not boot a keel UKI"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -980,6 +1038,7 @@ mod tests {
             store: &store,
             fingerprint: None,
             initrd_compression: InitrdCompression::Auto,
+            sign_with: None,
         };
         for format in [Format::IsoBios, Format::RawBios, Format::Qcow2Bios] {
             let err = write(&assembled, &[Format::IsoEfi, format], &settings).unwrap_err();

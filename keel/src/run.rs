@@ -95,6 +95,16 @@ pub enum Error {
         "--uefi needs firmware: {0} is missing (install ovmf / qemu-efi-aarch64, or pass --fw)"
     )]
     Firmware(PathBuf),
+    #[error(
+        "--secure-boot boots a disk or ISO (raw-efi, qcow2-efi, iso-efi, ...): with Secure Boot on, the firmware loads no kernel given on QEMU's command line"
+    )]
+    SecureBootMedia,
+    #[error(
+        "--secure-boot: no variable store to enroll the keys in beside {0} (give --fw a *_CODE*.fd with its *_VARS*.fd)"
+    )]
+    SecureBootVars(PathBuf),
+    #[error("--secure-boot: cannot enroll the keys")]
+    Enroll(#[source] crate::keys::Error),
     #[error("cannot prepare state directory {path}")]
     State {
         path: PathBuf,
@@ -128,6 +138,10 @@ trait QemuArch {
     fn qemu(self) -> &'static str;
     fn console(self) -> &'static str;
     fn default_firmware(self) -> &'static str;
+    /// Debian's firmware that enforces Secure Boot once keys are enrolled, and the variable
+    /// store enrolling starts from (x86_64's needs SMM, so that the guest cannot write the variables
+    /// behind the firmware's back).
+    fn secure_firmware(self) -> (&'static str, &'static str);
     /// The variable-store template that goes with firmware `code`, if there is one.
     fn firmware_vars(self, code: &Path) -> Option<PathBuf>;
 }
@@ -148,6 +162,20 @@ impl QemuArch for Arch {
         match self {
             Arch::X86_64 => "ttyS0",
             Arch::Aarch64 => "ttyAMA0",
+        }
+    }
+    fn secure_firmware(self) -> (&'static str, &'static str) {
+        match self {
+            Arch::X86_64 => (
+                "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+                "/usr/share/OVMF/OVMF_VARS_4M.fd",
+            ),
+            // Debian's empty AAVMF_VARS.fd is not formatted yet (zeros); its `.ms` store is,
+            // and enrolling replaces its keys.
+            Arch::Aarch64 => (
+                "/usr/share/AAVMF/AAVMF_CODE.fd",
+                "/usr/share/AAVMF/AAVMF_VARS.ms.fd",
+            ),
         }
     }
     fn default_firmware(self) -> &'static str {
@@ -458,6 +486,8 @@ pub struct Options {
     pub publish: Vec<Publish>,
     pub uefi: bool,
     pub firmware: Option<PathBuf>,
+    /// `--secure-boot --keys DIR`: UEFI with Secure Boot enforcing and this key set enrolled.
+    pub secure_boot: Option<crate::keys::KeySet>,
     pub console_file: Option<PathBuf>,
     pub state: Option<PathBuf>,
     /// The QEMU binary (`--qemu`); `None`: `qemu-system-x86_64` or `qemu-system-aarch64` from
@@ -974,8 +1004,12 @@ pub fn command(opts: &Options, accel: Accel) -> Result<Command, Error> {
 
 /// [`command`], with or without the control channel (the KVM probe has no use for it).
 fn command_with(opts: &Options, accel: Accel, channel: bool) -> Result<Command, Error> {
-    let boot = Boot::detect(&opts.target, opts.media, opts.uefi)?;
+    let secure = opts.secure_boot.is_some();
+    let boot = Boot::detect(&opts.target, opts.media, opts.uefi || secure)?;
     check_boot(&boot, opts.arch)?;
+    if secure && !matches!(boot, Boot::Disk(_) | Boot::Iso(_)) {
+        return Err(Error::SecureBootMedia);
+    }
     let state = state_dir(opts);
     create_state(&state)?;
     let shares = plan_shares(&opts.shares, &state)?;
@@ -985,9 +1019,10 @@ fn command_with(opts: &Options, accel: Accel, channel: bool) -> Result<Command, 
     let arg = |cmd: &mut Command, a: &str, b: &str| {
         cmd.arg(a).arg(b);
     };
-    let machine = match opts.arch {
-        Arch::X86_64 => "q35",
-        Arch::Aarch64 => "virt",
+    let machine = match (opts.arch, secure) {
+        (Arch::X86_64, false) => "q35",
+        (Arch::X86_64, true) => "q35,smm=on",
+        (Arch::Aarch64, _) => "virt",
     };
     // virtio-fs needs the guest's memory shared with virtiofsd: both machines take a memory
     // backend for their RAM.
@@ -1022,7 +1057,49 @@ fn command_with(opts: &Options, accel: Accel, channel: bool) -> Result<Command, 
         arg(&mut cmd, "-monitor", "none");
     }
 
-    if opts.uefi || needs_uefi(&boot, opts.arch, &state) {
+    if let Some(keys) = &opts.secure_boot {
+        let (code, template) = match &opts.firmware {
+            Some(fw) => (
+                fw.clone(),
+                opts.arch
+                    .firmware_vars(fw)
+                    .ok_or_else(|| Error::SecureBootVars(fw.clone()))?,
+            ),
+            None => {
+                let (code, vars) = opts.arch.secure_firmware();
+                (code.into(), vars.into())
+            }
+        };
+        for file in [&code, &template] {
+            if !file.is_file() {
+                return Err(Error::Firmware(file.clone()));
+            }
+        }
+        // Enrolled afresh for every run: the store follows the key set given now.
+        let vars = state.join("efivars-secure-boot.fd");
+        keys.enroll(&template, &vars).map_err(Error::Enroll)?;
+        if opts.arch == Arch::X86_64 {
+            // Only SMM code may write the variable store's flash.
+            arg(
+                &mut cmd,
+                "-global",
+                "driver=cfi.pflash01,property=secure,value=on",
+            );
+        }
+        arg(
+            &mut cmd,
+            "-drive",
+            &format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                code.display()
+            ),
+        );
+        arg(
+            &mut cmd,
+            "-drive",
+            &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+        );
+    } else if opts.uefi || needs_uefi(&boot, opts.arch, &state) {
         let fw = opts
             .firmware
             .clone()
@@ -1391,7 +1468,11 @@ pub fn choose_accel_with(opts: &Options, settings: &ProbeSettings) -> Choice {
             },
         };
     }
-    let deadline = match Boot::detect(&opts.target, opts.media, opts.uefi) {
+    let deadline = match Boot::detect(
+        &opts.target,
+        opts.media,
+        opts.uefi || opts.secure_boot.is_some(),
+    ) {
         Ok(Boot::KernelInitrd { .. } | Boot::KernelSquashfs { .. }) => settings.direct_deadline,
         _ => settings.firmware_deadline,
     };
@@ -2517,6 +2598,7 @@ mod tests {
             publish: vec!["8080:80".parse().unwrap()],
             uefi: false,
             firmware: None,
+            secure_boot: None,
             console_file: None,
             state: None,
             qemu: None,
@@ -2951,6 +3033,73 @@ mod tests {
             command(&o, Accel::Tcg).unwrap().get_program(),
             "/nonexistent/qemu"
         );
+    }
+
+    #[test]
+    fn secure_boot_enrolls_the_keys_and_boots_only_disks() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = crate::keys::KeySet::generate(&dir.path().join("keys"), "t").unwrap();
+        // A kernel+initrd prefix: the firmware would not load it.
+        let prefix = dir.path().join("sys");
+        fs::write(
+            format!("{}-kernel", prefix.display()),
+            kernel_header(Arch::X86_64),
+        )
+        .unwrap();
+        fs::write(format!("{}-initrd.img", prefix.display()), "i").unwrap();
+        let mut o = opts(prefix);
+        o.arch = Arch::X86_64;
+        o.secure_boot = Some(keys.clone());
+        o.state = Some(dir.path().join("state"));
+        let err = command(&o, Accel::Tcg).unwrap_err();
+        assert!(matches!(err, Error::SecureBootMedia), "{err}");
+
+        let mut disk = vec![0u8; 4096];
+        disk[510..512].copy_from_slice(&[0x55, 0xAA]);
+        disk[512..520].copy_from_slice(b"EFI PART");
+        o.target = dir.path().join("efi.img");
+        fs::write(&o.target, &disk).unwrap();
+        for arch in [Arch::X86_64, Arch::Aarch64] {
+            o.arch = arch;
+            let cmd = command(&o, Accel::Tcg).unwrap();
+            let joined = cmd
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let vars = dir.path().join("state/efivars-secure-boot.fd");
+            let (code, _) = arch.secure_firmware();
+            assert!(
+                joined.contains(&format!("readonly=on,file={code}")),
+                "{joined}"
+            );
+            assert!(
+                joined.contains(&format!("file={}", vars.display())),
+                "{joined}"
+            );
+            if arch == Arch::X86_64 {
+                assert!(joined.contains("-machine q35,smm=on"), "{joined}");
+                assert!(
+                    joined.contains("-global driver=cfi.pflash01,property=secure,value=on"),
+                    "{joined}"
+                );
+            }
+            // The store holds the set's certificates and no one else's.
+            let printed = Command::new("virt-fw-vars")
+                .arg("--input")
+                .arg(&vars)
+                .args(["--print", "--verbose"])
+                .output()
+                .expect("virt-fw-vars runs (scripts/setup.sh installs python3-virt-firmware)");
+            let printed = String::from_utf8_lossy(&printed.stdout);
+            for role in ["PK", "KEK", "db"] {
+                assert!(
+                    printed.contains(&format!("CN=t {role}")),
+                    "{arch}: {printed}"
+                );
+            }
+            assert!(!printed.contains("Microsoft"), "{arch}: {printed}");
+        }
     }
 
     #[test]

@@ -1267,3 +1267,84 @@ fn input_tar_rebuilds_without_the_images() {
     let bad = build(&["--pull", "--input-tar", "first/sys.tar", "--dir", "pull"]);
     assert_eq!(bad.code, Some(2), "{}", bad.stderr);
 }
+
+/// `--sign-with`: the UKI carries an Authenticode signature by the key set's db key, which
+/// Debian's `sbverify` accepts with db's certificate and refuses with another; the same inputs
+/// and key give the same bytes; formats without a UKI, a key others can read and a key sbsign
+/// cannot use are refused, leaving nothing behind.
+#[test]
+fn sign_with_signs_the_uki_reproducibly() {
+    use std::os::unix::fs::PermissionsExt;
+    let (w, _) = Work::with_fixtures();
+    w.write("sys.yml", &system_yaml(APP));
+    run(&mut w.keel(["keys", "generate", "keys"])).ok();
+    let build = |dir: &str, extra: &[&str]| {
+        let mut args = vec!["build", "--arch", "x86_64", "--no-sbom", "--dir", dir];
+        args.extend_from_slice(extra);
+        args.push("sys.yml");
+        run(&mut w.keel(args))
+    };
+    build("one", &["-f", "uki", "--sign-with", "keys"]).ok();
+    build("two", &["-f", "uki", "--sign-with", "keys"]).ok();
+    build("plain", &["-f", "uki"]).ok();
+    let signed = read(&w.path("one/sys.efi"));
+    assert!(
+        signed == read(&w.path("two/sys.efi")),
+        "signing is not reproducible"
+    );
+    assert!(signed != read(&w.path("plain/sys.efi")));
+    let sbverify = |cert: &str| {
+        std::process::Command::new("sbverify")
+            .arg("--cert")
+            .arg(w.path(cert))
+            .arg(w.path("one/sys.efi"))
+            .output()
+            .expect("sbverify runs (scripts/setup.sh installs sbsigntool)")
+    };
+    let good = sbverify("keys/db.crt");
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(
+        !sbverify("keys/PK.crt").status.success(),
+        "PK verified a db signature"
+    );
+
+    let err = build("none", &["-f", "kernel+initrd", "--sign-with", "keys"]).failed();
+    assert!(
+        err.contains("format kernel+initrd does not boot a keel UKI"),
+        "{err}"
+    );
+    assert!(listing(&w.path("none")).is_empty());
+
+    std::fs::set_permissions(
+        w.path("keys/db.key"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    let err = build("exposed", &["-f", "uki", "--sign-with", "keys"]).failed();
+    assert!(
+        err.contains("db.key: a private key readable by others (mode 0640)"),
+        "{err}"
+    );
+    assert!(listing(&w.path("exposed")).is_empty());
+
+    w.write(
+        "keys/db.key",
+        "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n",
+    );
+    std::fs::set_permissions(
+        w.path("keys/db.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let err = build("broken", &["-f", "raw-efi", "--sign-with", "keys"]).failed();
+    assert!(err.contains("cannot sign the UKI: sbsign failed"), "{err}");
+    assert!(
+        listing(&w.path("broken")).is_empty(),
+        "{:?}",
+        listing(&w.path("broken"))
+    );
+}

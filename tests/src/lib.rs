@@ -101,6 +101,17 @@ pub fn build_with(
     formats: &[keel::build::Format],
     initrd: InitrdCompression,
 ) -> Result<Built, Error> {
+    build_signed(yamls, arch, formats, initrd, None)
+}
+
+/// Like [`build_with`], the UKI signed with `keys` (`keel build --sign-with`) when given.
+pub fn build_signed(
+    yamls: &[&Path],
+    arch: Arch,
+    formats: &[keel::build::Format],
+    initrd: InitrdCompression,
+    keys: Option<&keel::keys::KeySet>,
+) -> Result<Built, Error> {
     let (_lock, store) = lock_store()?;
     let dir = tempfile::Builder::new()
         .prefix("keel-vmtest-")
@@ -138,6 +149,7 @@ pub fn build_with(
         decompress_kernel: false,
         initrd_compression: initrd,
         input_tar: None,
+        sign_with: keys.cloned(),
     };
     keel::build::build(&store, &opts).map_err(|source| Error::Build {
         yaml: first.to_path_buf(),

@@ -37,6 +37,8 @@ pub struct Boot {
     pub virtiofs: Vec<keel::run::Share>,
     /// Extra QEMU devices (`keel run qemu --device`), e.g. a NIC whose driver is a module.
     pub devices: Vec<keel::run::Device>,
+    /// `keel run qemu --secure-boot --keys`: UEFI enforcing Secure Boot with this key set.
+    pub secure_boot: Option<keel::keys::KeySet>,
 }
 
 impl Boot {
@@ -49,6 +51,7 @@ impl Boot {
             interactive: false,
             virtiofs: vec![],
             devices: vec![],
+            secure_boot: None,
         }
     }
 }
@@ -70,6 +73,7 @@ impl Vm {
             publish: vec![],
             uefi: false,
             firmware: None,
+            secure_boot: boot.secure_boot.clone(),
             console_file: (!boot.interactive).then(|| console.clone()),
             state: Some(state.path().join("state")),
             qemu: None,

@@ -89,6 +89,7 @@ impl Guest {
             publish: setup.publish.clone(),
             uefi: false,
             firmware: None,
+            secure_boot: None,
             console_file: Some(console.clone()),
             state: Some(state.path().join("state")),
             qemu: None,
