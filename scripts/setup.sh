@@ -28,8 +28,8 @@ packages=(
   xorriso mtools dosfstools squashfs-tools erofs-utils isolinux syslinux-common systemd-boot-efi
   cpio zstd xz-utils hyperfine
   # Secure Boot: signing UKIs (keel build --sign-with), enrolling keys in the firmware's
-  # variables (keel run --secure-boot; from backports)
-  sbsigntool python3-virt-firmware
+  # variables (keel run --secure-boot; from backports), a TPM for keel run --tpm
+  sbsigntool python3-virt-firmware swtpm
   # clients the example-system tests use against booted guests
   redis-tools curl openssh-client
   # libraries virtiofsd (below) links against

@@ -129,6 +129,8 @@ pub struct BuildOptions {
     pub input_tar: Option<PathBuf>,
     /// The Secure Boot key set whose `db` key signs the UKI (`--sign-with`).
     pub sign_with: Option<crate::keys::KeySet>,
+    /// Write `<name>-pcr11.json` beside a UKI's outputs (not with `-o`, which writes one file).
+    pub pcr_file: bool,
 }
 
 /// The largest YAML document fetched from a URL (the parser's own limit on a document).
@@ -572,6 +574,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
         fingerprint: fingerprint.as_deref(),
         initrd_compression: opts.initrd_compression,
         sign_with: opts.sign_with.as_ref(),
+        pcr_file: opts.pcr_file,
     };
     // The SBOM is made before any output is written, so that its failure leaves none.
     let sbom = if opts.sbom {
@@ -652,6 +655,7 @@ fn build_from(
         fingerprint: previous.fingerprint.as_deref(),
         initrd_compression: opts.initrd_compression,
         sign_with: opts.sign_with.as_ref(),
+        pcr_file: opts.pcr_file,
     };
     let sbom = if opts.sbom {
         let images = local_images(store, config, lock, opts.arch)?;
@@ -883,6 +887,7 @@ mod tests {
             initrd_compression: Default::default(),
             input_tar: None,
             sign_with: None,
+            pcr_file: true,
         };
         assert_eq!(output_name(&opts), "minimal");
         opts.files = vec!["-".into()];

@@ -344,6 +344,10 @@ struct QemuArgs {
     /// The Secure Boot key set (`keel keys generate DIR`) to enroll with --secure-boot.
     #[arg(long, value_name = "DIR", requires = "secure_boot")]
     keys: Option<PathBuf>,
+    /// Attach a TPM 2.0 emulated by swtpm (Debian's swtpm), its state kept in STATE/tpm across
+    /// boots. With a UKI, PCR 11 then holds what `keel build` predicted (NAME-pcr11.json).
+    #[arg(long)]
+    tpm: bool,
     /// Write the console to this file instead of the terminal.
     #[arg(long)]
     console_file: Option<PathBuf>,
@@ -595,6 +599,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .as_deref()
                     .map(keel::keys::KeySet::open)
                     .transpose()?,
+                pcr_file: args.output.is_none(),
             };
             let written = keel::build::build(&open_store()?, &opts)?;
             if let (Some(output), Some(_scratch)) = (&args.output, &scratch) {
@@ -878,6 +883,7 @@ fn run_qemu(args: QemuArgs) -> Result<ExitCode> {
             (Some(dir), true) => Some(keel::keys::KeySet::open(dir)?),
             _ => None,
         },
+        tpm: args.tpm,
         console_file: args.console_file,
         state: args.state,
         qemu: args.qemu,

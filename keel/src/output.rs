@@ -298,6 +298,8 @@ pub struct Settings<'a> {
     pub initrd_compression: InitrdCompression,
     /// The key set whose `db` key signs the UKI (`--sign-with`).
     pub sign_with: Option<&'a crate::keys::KeySet>,
+    /// Write `<name>-pcr11.json` (the UKI's predicted PCR 11) beside a UKI's outputs.
+    pub pcr_file: bool,
 }
 
 /// How an initramfs is compressed (`--initrd-compression`).
@@ -383,6 +385,20 @@ fn initramfs(
     compressed.finish().map_err(write_err)
 }
 
+/// `<name>-pcr11.json`: the PCR values a UKI's boot produces, in the shape `systemd-measure
+/// calculate --json` prints them.
+#[derive(Debug, serde::Serialize)]
+struct PcrPrediction {
+    sha256: Vec<PcrValue>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct PcrValue {
+    pcr: u32,
+    /// Lower-case hex.
+    hash: String,
+}
+
 /// Products several formats share, each made at most once.
 struct Products<'a> {
     assembled: &'a Assembled,
@@ -392,6 +408,8 @@ struct Products<'a> {
     codec: Option<Compression>,
     initrd: Option<Vec<u8>>,
     uki: Option<Vec<u8>>,
+    /// TPM PCR 11 as the UKI's stub will leave it ([`keel_formats::predict_pcr11`]).
+    pcr11: Option<[u8; 32]>,
     iso_bios: Option<Vec<u8>>,
 }
 
@@ -476,6 +494,7 @@ impl Products<'_> {
                 uname: None,
             };
             let mut uki = keel_formats::build_uki(&stub, &parts).map_err(fail)?;
+            self.pcr11 = Some(keel_formats::predict_pcr11(&uki).map_err(fail)?);
             if let Some(keys) = self.settings.sign_with {
                 uki = keys.sign_efi(&uki).map_err(Error::Sign)?;
                 log::info!("UKI signed with the db key of {}", keys.dir().display());
@@ -656,6 +675,7 @@ fn write_into(
         codec: None,
         initrd: None,
         uki: None,
+        pcr11: None,
         iso_bios: None,
     };
     let mut pending: Vec<AtomicFile> = Vec::new();
@@ -841,6 +861,20 @@ fn write_into(
             }
         }
     }
+    if let Some(pcr) = products.pcr11 {
+        let hash = hex::encode(pcr);
+        log::info!("TPM PCR 11 (sha256) once the UKI's stub has measured it: {hash}");
+        if settings.pcr_file {
+            let json = serde_json::to_vec_pretty(&PcrPrediction {
+                sha256: vec![PcrValue { pcr: 11, hash }],
+            })
+            .map_err(|e| Error::Write {
+                path: dir.join(format!("{name}-pcr11.json")),
+                source: e.into(),
+            })?;
+            put(&mut pending, &format!("{name}-pcr11.json"), &json)?;
+        }
+    }
     let mut written = Vec::new();
     for f in pending {
         let path = f.dest().to_path_buf();
@@ -980,6 +1014,7 @@ mod tests {
             fingerprint: None,
             initrd_compression: InitrdCompression::Auto,
             sign_with: None,
+            pcr_file: true,
         };
         let err = write(&assembled, &[Format::Vhd, Format::DynamicVhd], &settings).unwrap_err();
         assert_eq!(
@@ -1039,6 +1074,7 @@ mod tests {
             fingerprint: None,
             initrd_compression: InitrdCompression::Auto,
             sign_with: None,
+            pcr_file: true,
         };
         for format in [Format::IsoBios, Format::RawBios, Format::Qcow2Bios] {
             let err = write(&assembled, &[Format::IsoEfi, format], &settings).unwrap_err();

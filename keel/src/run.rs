@@ -103,6 +103,12 @@ pub enum Error {
         "--secure-boot: no variable store to enroll the keys in beside {0} (give --fw a *_CODE*.fd with its *_VARS*.fd)"
     )]
     SecureBootVars(PathBuf),
+    #[error("swtpm failed ({status}); its log {}:\n{output}", log.display())]
+    Tpm {
+        status: std::process::ExitStatus,
+        log: PathBuf,
+        output: String,
+    },
     #[error("--secure-boot: cannot enroll the keys")]
     Enroll(#[source] crate::keys::Error),
     #[error("cannot prepare state directory {path}")]
@@ -488,6 +494,8 @@ pub struct Options {
     pub firmware: Option<PathBuf>,
     /// `--secure-boot --keys DIR`: UEFI with Secure Boot enforcing and this key set enrolled.
     pub secure_boot: Option<crate::keys::KeySet>,
+    /// `--tpm`: a TPM 2.0 emulated by swtpm ([`Tpm`]).
+    pub tpm: bool,
     pub console_file: Option<PathBuf>,
     pub state: Option<PathBuf>,
     /// The QEMU binary (`--qemu`); `None`: `qemu-system-x86_64` or `qemu-system-aarch64` from
@@ -1130,6 +1138,23 @@ fn command_with(opts: &Options, accel: Accel, channel: bool) -> Result<Command, 
                 &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
             );
         }
+    }
+
+    if opts.tpm {
+        let socket = state.join(TPM_DIR).join(TPM_SOCKET);
+        arg(
+            &mut cmd,
+            "-chardev",
+            &format!("socket,id=keeltpm,path={}", socket.display()),
+        );
+        arg(&mut cmd, "-tpmdev", "emulator,id=keeltpm0,chardev=keeltpm");
+        // What each machine's firmware and kernels expect: CRB on a q35, TIS on the arm virt
+        // board.
+        let device = match opts.arch {
+            Arch::X86_64 => "tpm-crb,tpmdev=keeltpm0",
+            Arch::Aarch64 => "tpm-tis-device,tpmdev=keeltpm0",
+        };
+        arg(&mut cmd, "-device", device);
     }
 
     let append = |base: &str| -> String {
@@ -2063,6 +2088,105 @@ fn announce(virtiofs: &Virtiofs) {
     }
 }
 
+/// The directory of a run's TPM state, in the state directory, and swtpm's socket in it.
+const TPM_DIR: &str = "tpm";
+const TPM_SOCKET: &str = "swtpm.sock";
+
+/// `--tpm`: a TPM 2.0 that swtpm emulates for the VM, its state (seeds, keys, NV indices) kept
+/// in `<state>/tpm` across boots as a machine keeps its TPM's. swtpm ends when QEMU disconnects
+/// (`--terminate`); dropping this ends it sooner, for a QEMU that never came;
+/// [`Tpm::release`] leaves it to the VM.
+#[derive(Debug)]
+pub struct Tpm {
+    pid_file: PathBuf,
+    released: bool,
+}
+
+impl Tpm {
+    /// Starts swtpm for `opts` (nothing without `--tpm`) and returns once its socket exists.
+    pub fn start(opts: &Options) -> Result<Option<Tpm>, Error> {
+        use std::os::unix::fs::DirBuilderExt;
+        if !opts.tpm {
+            return Ok(None);
+        }
+        let state = state_dir(opts);
+        create_state(&state)?;
+        let dir = state.join(TPM_DIR);
+        let failed = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::State { path, source }
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(failed(&dir))?;
+        // swtpm --daemon works from /: every path it gets is absolute.
+        let dir = dir.canonicalize().map_err(failed(&dir))?;
+        let (socket, pid_file, log) = (
+            dir.join(TPM_SOCKET),
+            dir.join("swtpm.pid"),
+            dir.join("swtpm.log"),
+        );
+        match fs::remove_file(&socket) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(failed(&socket)(e)),
+            _ => {}
+        }
+        let out = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--terminate", "--daemon", "--tpmstate"])
+            .arg(format!("dir={}", dir.display()))
+            .arg("--ctrl")
+            .arg(format!("type=unixio,path={}", socket.display()))
+            .arg("--pid")
+            .arg(format!("file={}", pid_file.display()))
+            .arg("--log")
+            .arg(format!("file={}", log.display()))
+            .output()
+            .map_err(|source| Error::Spawn {
+                program: "swtpm (install Debian's swtpm)".into(),
+                source,
+            })?;
+        if !out.status.success() {
+            let mut output = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            output.push_str(&log_tail(&log));
+            return Err(Error::Tpm {
+                status: out.status,
+                log,
+                output,
+            });
+        }
+        Ok(Some(Tpm {
+            pid_file,
+            released: false,
+        }))
+    }
+
+    /// Leaves swtpm to the VM (`--detached`): it ends when QEMU does.
+    pub fn release(mut self) {
+        self.released = true;
+    }
+}
+
+impl Drop for Tpm {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        // Only a swtpm: the pid may be another process's by now.
+        let pid = fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok());
+        if let Some(pid) = pid
+            && fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "swtpm")
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+}
+
 /// Boots and waits for QEMU to exit; returns its exit code.
 pub fn run(opts: &Options) -> Result<i32, Error> {
     let choice = choose_accel(opts);
@@ -2077,6 +2201,7 @@ pub fn run(opts: &Options) -> Result<i32, Error> {
     crate::sys::die_with_parent(&mut cmd, nix::sys::signal::Signal::SIGTERM);
     let mut virtiofs = Virtiofs::start(opts, true)?;
     announce(&virtiofs);
+    let _tpm = Tpm::start(opts)?;
     let status = cmd.status().map_err(|source| Error::Spawn {
         program: qemu_program(opts).display().to_string(),
         source,
@@ -2120,6 +2245,7 @@ pub fn run_detached(opts: &Options) -> Result<Detached, Error> {
     // when QEMU exits. Until QEMU has connected to all of them they are keel's to stop.
     let mut virtiofs = Virtiofs::start(&opts, false)?;
     announce(&virtiofs);
+    let tpm = Tpm::start(&opts)?;
     let log_path = state.join("qemu.log");
     let log = fs::File::create(&log_path).map_err(|source| Error::State {
         path: log_path.clone(),
@@ -2146,6 +2272,9 @@ pub fn run_detached(opts: &Options) -> Result<Detached, Error> {
         return Err(e);
     }
     virtiofs.release();
+    if let Some(tpm) = tpm {
+        tpm.release();
+    }
     Ok(Detached {
         pid: child.id(),
         state,
@@ -2599,6 +2728,7 @@ mod tests {
             uefi: false,
             firmware: None,
             secure_boot: None,
+            tpm: false,
             console_file: None,
             state: None,
             qemu: None,
@@ -3033,6 +3163,55 @@ mod tests {
             command(&o, Accel::Tcg).unwrap().get_program(),
             "/nonexistent/qemu"
         );
+    }
+
+    #[test]
+    fn tpm_is_swtpm_on_the_machines_interface_and_ends_with_its_guard() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = vec![0u8; 4096];
+        disk[510..512].copy_from_slice(&[0x55, 0xAA]);
+        let mut o = opts(dir.path().join("bios.img"));
+        fs::write(&o.target, &disk).unwrap();
+        o.state = Some(dir.path().join("state"));
+        o.tpm = true;
+        for (arch, device) in [
+            (Arch::X86_64, "-device tpm-crb,tpmdev=keeltpm0"),
+            (Arch::Aarch64, "-device tpm-tis-device,tpmdev=keeltpm0"),
+        ] {
+            o.arch = arch;
+            let joined = command(&o, Accel::Tcg)
+                .unwrap()
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(joined.contains(device), "{joined}");
+            let socket = dir.path().join("state/tpm/swtpm.sock");
+            assert!(
+                joined.contains(&format!("socket,id=keeltpm,path={}", socket.display())),
+                "{joined}"
+            );
+        }
+        let tpm = Tpm::start(&o)
+            .expect("swtpm starts (scripts/setup.sh installs it)")
+            .unwrap();
+        let socket = dir.path().join("state/tpm/swtpm.sock");
+        assert!(socket.exists());
+        let pid: i32 = fs::read_to_string(dir.path().join("state/tpm/swtpm.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        drop(tpm);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| !st.contains(") Z ")) {
+            assert!(Instant::now() < deadline, "swtpm {pid} outlived its guard");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // No --tpm, no swtpm.
+        o.tpm = false;
+        assert!(Tpm::start(&o).unwrap().is_none());
     }
 
     #[test]

@@ -1270,7 +1270,7 @@ fn input_tar_rebuilds_without_the_images() {
 
 /// `--sign-with`: the UKI carries an Authenticode signature by the key set's db key, which
 /// Debian's `sbverify` accepts with db's certificate and refuses with another; the same inputs
-/// and key give the same bytes; formats without a UKI, a key others can read and a key sbsign
+/// and key give the same bytes; `NAME-pcr11.json` predicts PCR 11, signed or not; formats without a UKI, a key others can read and a key sbsign
 /// cannot use are refused, leaving nothing behind.
 #[test]
 fn sign_with_signs_the_uki_reproducibly() {

@@ -150,6 +150,7 @@ pub fn build_signed(
         initrd_compression: initrd,
         input_tar: None,
         sign_with: keys.cloned(),
+        pcr_file: true,
     };
     keel::build::build(&store, &opts).map_err(|source| Error::Build {
         yaml: first.to_path_buf(),

@@ -19,6 +19,8 @@ pub struct Vm {
     keyboard: Option<ChildStdin>,
     /// Stopped after QEMU (fields drop after [`Vm::drop`]).
     _virtiofs: keel::run::Virtiofs,
+    /// Stopped after QEMU, like the virtiofsd daemons.
+    _tpm: Option<keel::run::Tpm>,
     state: tempfile::TempDir,
 }
 
@@ -39,6 +41,8 @@ pub struct Boot {
     pub devices: Vec<keel::run::Device>,
     /// `keel run qemu --secure-boot --keys`: UEFI enforcing Secure Boot with this key set.
     pub secure_boot: Option<keel::keys::KeySet>,
+    /// `keel run qemu --tpm`: a TPM 2.0 emulated by swtpm.
+    pub tpm: bool,
 }
 
 impl Boot {
@@ -52,6 +56,7 @@ impl Boot {
             virtiofs: vec![],
             devices: vec![],
             secure_boot: None,
+            tpm: false,
         }
     }
 }
@@ -74,6 +79,7 @@ impl Vm {
             uefi: false,
             firmware: None,
             secure_boot: boot.secure_boot.clone(),
+            tpm: boot.tpm,
             console_file: (!boot.interactive).then(|| console.clone()),
             state: Some(state.path().join("state")),
             qemu: None,
@@ -101,6 +107,8 @@ impl Vm {
                 crate::chain(&e)
             )
         });
+        let tpm = keel::run::Tpm::start(&opts)
+            .unwrap_or_else(|e| panic!("{name}: cannot start swtpm: {}", crate::chain(&e)));
         if boot.interactive {
             let file = fs::File::create(&console)
                 .unwrap_or_else(|e| panic!("{name}: cannot create {}: {e}", console.display()));
@@ -117,6 +125,7 @@ impl Vm {
             keyboard: child.stdin.take(),
             child,
             _virtiofs: virtiofs,
+            _tpm: tpm,
             console,
             state,
         }

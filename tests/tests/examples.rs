@@ -90,6 +90,7 @@ impl Guest {
             uefi: false,
             firmware: None,
             secure_boot: None,
+            tpm: false,
             console_file: Some(console.clone()),
             state: Some(state.path().join("state")),
             qemu: None,

@@ -42,7 +42,7 @@ pub use iso::{
 pub use iso9660::{BiosBoot, Iso, IsoFile, IsoOptions, build_iso, data_iso};
 pub use sparse::SparseWriter;
 pub use tools::efi_stub;
-pub use uki::{UkiParts, build_uki};
+pub use uki::{UkiParts, build_uki, predict_pcr11};
 pub use vhd::fixed_vhd_footer;
 
 /// Parses a `--size` as LinuxKit does: a number of bytes with a `K`, `M`, `G` or `T` suffix

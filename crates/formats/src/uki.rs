@@ -82,7 +82,19 @@ struct Layout {
 }
 
 impl Layout {
+    /// The layout of a stub keel may append to: not signed.
     fn parse(pe: &[u8]) -> Result<Layout> {
+        let l = Layout::parse_any(pe)?;
+        let dirs = u32_at(pe, l.opt + 108)? as usize;
+        if dirs > SECURITY_DIR && u32_at(pe, l.opt + 112 + 8 * SECURITY_DIR + 4)? != 0 {
+            // Appending would invalidate the signature; a signed UKI is signed as a whole.
+            return Err(Error::Stub("the stub is signed"));
+        }
+        Ok(l)
+    }
+
+    /// The layout of any PE32+ image, signed or not.
+    fn parse_any(pe: &[u8]) -> Result<Layout> {
         if pe.get(..2) != Some(b"MZ") {
             return Err(Error::Stub("no MZ signature"));
         }
@@ -101,11 +113,6 @@ impl Layout {
         let file_align = u64::from(u32_at(pe, opt + 36)?);
         if !section_align.is_power_of_two() || !file_align.is_power_of_two() {
             return Err(Error::Stub("alignment is not a power of two"));
-        }
-        let dirs = u32_at(pe, opt + 108)? as usize;
-        if dirs > SECURITY_DIR && u32_at(pe, opt + 112 + 8 * SECURITY_DIR + 4)? != 0 {
-            // Appending would invalidate the signature; a signed UKI is signed as a whole.
-            return Err(Error::Stub("the stub is signed"));
         }
         let l = Layout {
             coff,
@@ -200,6 +207,58 @@ fn append_sections(stub: &[u8], new: &[(&str, &[u8])]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The sections systemd's stub (252, the version keel's stub is) extends into TPM PCR 11, in
+/// the order it does: each one present is measured as its name with a NUL, then its data.
+/// (`.pcrsig` is in the stub's list but not measured; `.uname` and `.sbat` came after 252.)
+pub const PCR11_SECTIONS: [&str; 7] = [
+    ".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".pcrpkey",
+];
+
+/// The value TPM PCR 11 (SHA-256 bank) has once systemd's stub in `uki` has measured it: it
+/// starts at zero, and each measurement extends it, `pcr = sha256(pcr || sha256(event))`.
+/// Firmware and the kernel's own stub use other PCRs, so this is PCR 11 when the kernel starts
+/// (a `systemd-pcrphase` would extend it further; keel's systems have none).
+pub fn predict_pcr11(uki: &[u8]) -> Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let l = Layout::parse_any(uki)?;
+    let mut sections = Vec::new();
+    for i in 0..l.count {
+        let h = l.section(i);
+        let raw_name = &uki[h..h + 8];
+        let name = &raw_name[..raw_name.iter().position(|&b| b == 0).unwrap_or(8)];
+        let vsize = u32_at(uki, h + 8)? as usize;
+        let raw_size = u32_at(uki, h + 16)? as usize;
+        let raw_ptr = u32_at(uki, h + 20)? as usize;
+        // What the stub reads: VirtualSize bytes of the section as loaded, the file's data
+        // followed by zeros where VirtualSize is larger.
+        let file = uki
+            .get(raw_ptr..raw_ptr + raw_size.min(vsize))
+            .ok_or(Error::Stub("section data past the end of the file"))?;
+        let mut data = file.to_vec();
+        data.resize(vsize, 0);
+        sections.push((name.to_vec(), data));
+    }
+    let mut pcr = [0u8; 32];
+    let mut extend = |event: &[u8]| {
+        let mut h = Sha256::new();
+        h.update(pcr);
+        h.update(Sha256::digest(event));
+        pcr = h.finalize().into();
+    };
+    for wanted in PCR11_SECTIONS {
+        if let Some((_, data)) = sections.iter().find(|(n, _)| n == wanted.as_bytes()) {
+            if data.is_empty() {
+                continue;
+            }
+            let mut name = wanted.as_bytes().to_vec();
+            name.push(0);
+            extend(&name);
+            extend(data);
+        }
+    }
+    Ok(pcr)
+}
+
 /// The PE image checksum (as `imagehlp`'s `CheckSumMappedFile` and pefile compute it): the
 /// 16-bit one's-complement-style sum of the file with the checksum field taken as zero, plus
 /// the file's length.
@@ -265,6 +324,47 @@ pub(crate) mod tests {
             os_release: Some("ID=keel\n"),
             uname: Some("6.1.0"),
         }
+    }
+
+    /// The value a TPM reaches from zero by extending each event's SHA-256 in turn.
+    fn extended(events: &[&[u8]]) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        events.iter().fold([0u8; 32], |pcr, event| {
+            Sha256::new()
+                .chain_update(pcr)
+                .chain_update(Sha256::digest(event))
+                .finalize()
+                .into()
+        })
+    }
+
+    #[test]
+    fn pcr11_measures_the_payload_sections_in_the_stubs_order() {
+        let kernel: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let initrd = vec![7u8; 5000];
+        let uki = build_uki(&fake_stub(), &parts(&kernel, &initrd)).unwrap();
+        // .linux first though it is last in the file; .uname (after 252) and the stub's own
+        // .text are not measured; each name with its NUL, then its data without the padding.
+        let expected = extended(&[
+            b".linux\0",
+            &kernel,
+            b".osrel\0",
+            b"ID=keel\n",
+            b".cmdline\0",
+            b"console=ttyS0",
+            b".initrd\0",
+            &initrd,
+        ]);
+        assert_eq!(predict_pcr11(&uki).unwrap(), expected);
+        // Any byte of the command line changes it.
+        let other = UkiParts {
+            cmdline: "console=ttyS1",
+            ..parts(&kernel, &initrd)
+        };
+        let other = build_uki(&fake_stub(), &other).unwrap();
+        assert_ne!(predict_pcr11(&other).unwrap(), expected);
+        // A truncated image is an error, not a value.
+        assert!(predict_pcr11(&uki[..uki.len() - 6000]).is_err());
     }
 
     #[test]
