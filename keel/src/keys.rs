@@ -76,10 +76,16 @@ fn run(tool: &'static str, package: &'static str, args: &[&std::ffi::OsStr]) -> 
     if out.status.success() {
         return Ok(());
     }
+    // sbverify says why on standard output.
+    let said = if out.stderr.iter().all(u8::is_ascii_whitespace) {
+        &out.stdout
+    } else {
+        &out.stderr
+    };
     Err(Error::ToolFailed {
         tool,
         status: out.status,
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        stderr: String::from_utf8_lossy(said).trim().to_owned(),
     })
 }
 
@@ -269,6 +275,32 @@ impl KeySet {
             ],
         )
     }
+}
+
+/// The certificate of `role` (`PK`, `KEK`, `db`) in the key set in `dir`: all a verifier
+/// needs, so the private keys need not be there.
+pub fn certificate(dir: &Path, role: &str) -> Result<PathBuf> {
+    let cert = dir.join(format!("{role}.crt"));
+    if cert.is_file() {
+        Ok(cert)
+    } else {
+        Err(Error::Incomplete {
+            dir: dir.into(),
+            missing: format!("{role}.crt"),
+        })
+    }
+}
+
+/// Checks that `efi` carries an Authenticode signature that `cert` verifies (`sbverify`).
+pub fn verify_efi(cert: &Path, efi: &[u8]) -> Result<()> {
+    let tmp = tempfile::tempdir().map_err(io_err(Path::new("temporary directory")))?;
+    let file = tmp.path().join("image.efi");
+    fs::write(&file, efi).map_err(io_err(&file))?;
+    run(
+        "sbverify",
+        "sbsigntool",
+        &["--cert".as_ref(), cert.as_os_str(), file.as_os_str()],
+    )
 }
 
 /// A version-4-shaped GUID in its text form, from the SHA-256 of `seed`.

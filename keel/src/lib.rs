@@ -17,6 +17,7 @@ pub mod run;
 pub mod sbom;
 pub(crate) mod sys;
 pub mod tools;
+pub mod verify;
 
 /// Makes SIGINT, SIGTERM and SIGHUP remove the unfinished outputs of a build (its temporary
 /// files) before keel ends; for commands that write outputs or the image store.

@@ -56,6 +56,9 @@ enum Command {
     /// Secure Boot keys for `keel build --sign-with` and `keel run --secure-boot --keys`.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Check a built UKI or raw-efi disk: its signature against a key set's db certificate,
+    /// and that it is, byte for byte, what the YAML builds from its lock file's pins.
+    Verify(VerifyArgs),
     /// Talk to a running VM's PID 1 over its control channel (what keelctl does in the guest).
     Ctl(CtlArgs),
     /// Push an image of the store (every platform it has) to a registry.
@@ -86,6 +89,29 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// The key set whose db certificate must verify the UKI's signature (only db.crt is read).
+    /// Without it the signature is not checked.
+    #[arg(long, value_name = "DIR")]
+    keys: Option<PathBuf>,
+    /// The architecture the artifact is for. Default: the host's.
+    #[arg(long)]
+    arch: Option<keel_image::Arch>,
+    /// The --initrd-compression the artifact was built with.
+    #[arg(long, value_name = "CODEC", default_value = "auto")]
+    initrd_compression: keel::output::InitrdCompression,
+    /// Allow plain HTTP to registries that are not on loopback.
+    #[arg(long)]
+    insecure_registry: bool,
+    /// The artifact: a UKI (NAME.efi) or a raw-efi disk (NAME-efi.img, NAME.raw).
+    #[arg(value_name = "ARTIFACT")]
+    artifact: PathBuf,
+    /// The YAML files it was built from, in the same order; their lock file pins the images.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -605,6 +631,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let (Some(output), Some(_scratch)) = (&args.output, &scratch) {
                 deliver(&written, output)?;
             }
+        }
+        Command::Verify(args) => {
+            let opts = keel::verify::VerifyOptions {
+                artifact: args.artifact,
+                files: args.files,
+                arch: args.arch.unwrap_or_else(keel_image::Arch::host),
+                keys: args.keys,
+                initrd_compression: args.initrd_compression,
+                registry: registry(&mirrors, args.insecure_registry)?,
+            };
+            let verified = keel::verify::verify(&open_store()?, &opts)?;
+            println!("ok: {}", opts.artifact.display());
+            match (&verified.signed_by, verified.signed) {
+                (Some(cert), _) => println!("  signed: verified with {}", cert.display()),
+                (None, true) => println!("  signed: not checked (no --keys)"),
+                (None, false) => println!("  signed: no"),
+            }
+            println!(
+                "  built from {} with the images its lock file pins: identical",
+                opts.files.join(" ")
+            );
+            println!("  PCR 11 (sha256): {}", hex::encode(verified.pcr11));
         }
         Command::Keys(KeysCommand::Generate { dir, name }) => {
             let keys = keel::keys::KeySet::generate(&dir, &name)?;

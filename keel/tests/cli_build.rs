@@ -1348,3 +1348,80 @@ fn sign_with_signs_the_uki_reproducibly() {
         listing(&w.path("broken"))
     );
 }
+
+/// `keel verify`: a signed UKI and the same UKI in a raw-efi disk verify against the key set
+/// and the YAML; another key set, a YAML that builds something else, one changed byte and an
+/// unsigned UKI with `--keys` are each refused, naming what is wrong.
+#[test]
+fn verify_checks_the_signature_and_rebuilds_from_the_yaml() {
+    let (w, _) = Work::with_fixtures();
+    w.write("sys.yml", &system_yaml(APP));
+    run(&mut w.keel(["keys", "generate", "keys"])).ok();
+    run(&mut w.keel(["keys", "generate", "other"])).ok();
+    let build = |dir: &str, extra: &[&str], yaml: &str| {
+        let mut args = vec!["build", "--arch", "x86_64", "--no-sbom", "--dir", dir];
+        args.extend_from_slice(extra);
+        args.push(yaml);
+        run(&mut w.keel(args)).ok();
+    };
+    build(
+        "out",
+        &["-f", "uki", "-f", "raw-efi", "--sign-with", "keys"],
+        "sys.yml",
+    );
+    build("plain", &["-f", "uki"], "sys.yml");
+    let verify = |keys: Option<&str>, artifact: &str, yaml: &str| {
+        let mut args = vec!["verify", "--arch", "x86_64"];
+        if let Some(k) = keys {
+            args.extend(["--keys", k]);
+        }
+        args.extend([artifact, yaml]);
+        run(&mut w.keel(args))
+    };
+    let pcr = String::from_utf8(read(&w.path("out/sys-pcr11.json"))).unwrap();
+    for artifact in ["out/sys.efi", "out/sys-efi.img"] {
+        let ok = verify(Some("keys"), artifact, "sys.yml").ok();
+        assert!(ok.stdout.contains("signed: verified with"), "{}", ok.stdout);
+        let line = ok.stdout.lines().find(|l| l.contains("PCR 11")).unwrap();
+        let hash = line.rsplit(' ').next().unwrap();
+        assert!(pcr.contains(hash), "{line} / {pcr}");
+    }
+
+    let err = verify(Some("other"), "out/sys.efi", "sys.yml").failed();
+    assert!(err.contains("the signature does not verify with"), "{err}");
+    let err = verify(Some("keys"), "plain/sys.efi", "sys.yml").failed();
+    assert!(err.contains("the UKI is not signed"), "{err}");
+    // Unsigned and no keys: the rebuild alone.
+    let ok = verify(None, "plain/sys.efi", "sys.yml").ok();
+    assert!(ok.stdout.contains("signed: no"), "{}", ok.stdout);
+
+    // Another command line: the YAML no longer builds this UKI.
+    let text = std::fs::read_to_string(w.path("sys.yml")).unwrap();
+    let changed = text.replacen("cmdline: \"", "cmdline: \"quiet ", 1);
+    assert_ne!(changed, text, "the fixture YAML has a cmdline");
+    w.write("changed.yml", &changed);
+    std::fs::copy(w.path("sys.lock.json"), w.path("changed.lock.json")).unwrap();
+    let err = verify(Some("keys"), "out/sys.efi", "changed.yml").failed();
+    assert!(
+        err.contains("not what changed.yml builds from its lock file: sections .cmdline differ"),
+        "{err}"
+    );
+
+    // One byte of the initramfs changed in the signed file: the signature breaks first.
+    let mut uki = read(&w.path("out/sys.efi"));
+    let at = uki.len() / 2;
+    uki[at] ^= 1;
+    std::fs::write(w.path("tampered.efi"), &uki).unwrap();
+    let err = verify(Some("keys"), "tampered.efi", "sys.yml").failed();
+    assert!(err.contains("the signature does not verify"), "{err}");
+    // Without --keys the rebuild finds it.
+    let err = verify(None, "tampered.efi", "sys.yml").failed();
+    assert!(err.contains("differ"), "{err}");
+
+    std::fs::write(w.path("junk.bin"), b"junk").unwrap();
+    let err = verify(None, "junk.bin", "sys.yml").failed();
+    assert!(
+        err.contains("neither a UKI (.efi) nor a raw-efi disk"),
+        "{err}"
+    );
+}

@@ -6,7 +6,7 @@ use crate::esp::{EspFile, build_esp, esp_size_for};
 use crate::gpt::{self, FIRST_LBA, Guid, Partition, SECTOR};
 use keel_image::Arch;
 use sha2::{Digest, Sha256};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 
 const MIB: u64 = 1 << 20;
 
@@ -76,6 +76,53 @@ pub fn write_raw_efi(
     Ok(size)
 }
 
+/// The UKI a `raw-efi` disk boots on `arch`: the file at [`efi_boot_path`] in the disk's EFI
+/// system partition (the first GPT entry of the ESP type). Reads the partition table and the
+/// ESP only, so a large sparse disk costs no more than a small one.
+pub fn read_uki_from_disk(disk: &mut (impl Read + Seek), arch: Arch) -> Result<Vec<u8>> {
+    let mut read_at = |offset: u64, len: usize| -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        disk.seek(SeekFrom::Start(offset))
+            .and_then(|_| disk.read_exact(&mut buf))
+            .map_err(|_| Error::NotRawEfi("shorter than its partition table says"))?;
+        Ok(buf)
+    };
+    let header = read_at(SECTOR, SECTOR as usize)?;
+    if &header[..8] != b"EFI PART" {
+        return Err(Error::NotRawEfi("no GPT header"));
+    }
+    let le64 = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or_default());
+    let le32 = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or_default());
+    let (entries_lba, count, entry_size) = (
+        le64(&header, 72),
+        le32(&header, 80) as usize,
+        le32(&header, 84) as usize,
+    );
+    if !(128..=4096).contains(&entry_size) || count > 1024 {
+        return Err(Error::NotRawEfi("an implausible partition table"));
+    }
+    let table = read_at(entries_lba * SECTOR, count * entry_size)?;
+    let esp = table
+        .chunks(entry_size)
+        .find(|e| e[..16] == Guid::ESP.bytes())
+        .ok_or(Error::NotRawEfi("no EFI system partition"))?;
+    let (first, last) = (le64(esp, 32), le64(esp, 40));
+    let len = last
+        .checked_sub(first)
+        .map(|n| (n + 1) * SECTOR)
+        .filter(|&n| n <= 4 << 30)
+        .ok_or(Error::NotRawEfi("an implausible EFI system partition"))?;
+    let fat = read_at(first * SECTOR, len as usize)?;
+    let fs = fatfs::FileSystem::new(std::io::Cursor::new(fat), fatfs::FsOptions::new())
+        .map_err(Error::FatRead)?;
+    let mut uki = Vec::new();
+    fs.root_dir()
+        .open_file(efi_boot_path(arch))
+        .and_then(|mut f| f.read_to_end(&mut uki))
+        .map_err(Error::FatRead)?;
+    Ok(uki)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +174,33 @@ mod tests {
             out.is_empty(),
             "nothing is written before the size is checked"
         );
+    }
+
+    #[test]
+    fn the_uki_reads_back_from_the_disk() {
+        let uki: Vec<u8> = (0..300_000u32).map(|i| (i * 13) as u8).collect();
+        for arch in [Arch::X86_64, Arch::Aarch64] {
+            let mut disk = Vec::new();
+            write_raw_efi(&mut disk, &uki, arch, Some(64 << 20)).unwrap();
+            let back = read_uki_from_disk(&mut std::io::Cursor::new(&disk), arch).unwrap();
+            assert!(back == uki, "{arch}");
+        }
+        let mut disk = Vec::new();
+        write_raw_efi(&mut disk, &uki, Arch::X86_64, None).unwrap();
+        // The other architecture's path is not there.
+        let err = read_uki_from_disk(&mut std::io::Cursor::new(&disk), Arch::Aarch64);
+        assert!(matches!(err, Err(Error::FatRead(_))), "{err:?}");
+        // Hostile tables: no header, an entry size that would allocate without end.
+        let mut bad = disk.clone();
+        bad[512..520].copy_from_slice(b"NOT PART");
+        let err = read_uki_from_disk(&mut std::io::Cursor::new(&bad), Arch::X86_64).unwrap_err();
+        assert_eq!(err.to_string(), "not a keel raw-efi disk: no GPT header");
+        let mut bad = disk.clone();
+        bad[512 + 84..512 + 88].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = read_uki_from_disk(&mut std::io::Cursor::new(&bad), Arch::X86_64).unwrap_err();
+        assert!(err.to_string().contains("implausible"), "{err}");
+        let err =
+            read_uki_from_disk(&mut std::io::Cursor::new(&disk[..4096]), Arch::X86_64).unwrap_err();
+        assert!(err.to_string().contains("shorter"), "{err}");
     }
 }

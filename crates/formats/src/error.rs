@@ -23,6 +23,8 @@ pub enum Error {
     },
     #[error("invalid EFI stub: {0}")]
     Stub(&'static str),
+    #[error("not a keel raw-efi disk: {0}")]
+    NotRawEfi(&'static str),
     #[error("the EFI stub has no room for {needed} more section headers")]
     StubHeaderFull { needed: usize },
     #[error("format {format} is not available for {arch}: it is for {supported} only")]
@@ -36,6 +38,8 @@ pub enum Error {
     Boot(&'static str),
     #[error("cannot write the FAT file system")]
     Fat(#[source] std::io::Error),
+    #[error("cannot read the UKI from the EFI system partition")]
+    FatRead(#[source] std::io::Error),
     #[error("cannot write the output")]
     Write(#[source] std::io::Error),
     #[error("cannot run {program}")]

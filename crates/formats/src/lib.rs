@@ -33,7 +33,7 @@ pub mod uki;
 pub mod vhd;
 
 pub use convert::{Container, convert};
-pub use efi::{efi_boot_path, efi_esp, raw_efi_size, write_raw_efi};
+pub use efi::{efi_boot_path, efi_esp, raw_efi_size, read_uki_from_disk, write_raw_efi};
 pub use error::Error;
 pub use gcp::{gcp_disk_size, write_gcp};
 pub use iso::{
@@ -42,7 +42,7 @@ pub use iso::{
 pub use iso9660::{BiosBoot, Iso, IsoFile, IsoOptions, build_iso, data_iso};
 pub use sparse::SparseWriter;
 pub use tools::efi_stub;
-pub use uki::{UkiParts, build_uki, predict_pcr11};
+pub use uki::{UkiParts, build_uki, predict_pcr11, sections, strip_signature};
 pub use vhd::fixed_vhd_footer;
 
 /// Parses a `--size` as LinuxKit does: a number of bytes with a `K`, `M`, `G` or `T` suffix

@@ -207,6 +207,55 @@ fn append_sections(stub: &[u8], new: &[(&str, &[u8])]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The sections of a PE image by name, each as the loader sees it (`VirtualSize` bytes, the
+/// file's data followed by zeros where the size in memory is larger), in file order.
+pub fn sections(pe: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
+    let l = Layout::parse_any(pe)?;
+    let mut out = Vec::with_capacity(l.count);
+    for i in 0..l.count {
+        let h = l.section(i);
+        let raw_name = &pe[h..h + 8];
+        let name = &raw_name[..raw_name.iter().position(|&b| b == 0).unwrap_or(8)];
+        let vsize = u32_at(pe, h + 8)? as usize;
+        let raw_size = u32_at(pe, h + 16)? as usize;
+        let raw_ptr = u32_at(pe, h + 20)? as usize;
+        let file = pe
+            .get(raw_ptr..raw_ptr + raw_size.min(vsize))
+            .ok_or(Error::Stub("section data past the end of the file"))?;
+        let mut data = file.to_vec();
+        data.resize(vsize, 0);
+        out.push((String::from_utf8_lossy(name).into_owned(), data));
+    }
+    Ok(out)
+}
+
+/// `pe` without its Authenticode signature, as it was before `sbsign`: the certificate table
+/// cut off, its directory entry zeroed, the checksum recomputed. `None` if it has none.
+pub fn strip_signature(pe: &[u8]) -> Result<Option<Vec<u8>>> {
+    let l = Layout::parse_any(pe)?;
+    let dirs = u32_at(pe, l.opt + 108)? as usize;
+    if dirs <= SECURITY_DIR {
+        return Ok(None);
+    }
+    let entry = l.opt + 112 + 8 * SECURITY_DIR;
+    let (at, size) = (u32_at(pe, entry)? as usize, u32_at(pe, entry + 4)? as usize);
+    if size == 0 {
+        return Ok(None);
+    }
+    // The table is the file's tail, after every section's data.
+    if at.checked_add(size) != Some(pe.len()) {
+        return Err(Error::Stub(
+            "the certificate table is not at the end of the file",
+        ));
+    }
+    let mut out = pe[..at].to_vec();
+    put_u32(&mut out, entry, 0);
+    put_u32(&mut out, entry + 4, 0);
+    let checksum = pe_checksum(&out, l.opt + 64);
+    put_u32(&mut out, l.opt + 64, checksum);
+    Ok(Some(out))
+}
+
 /// The sections systemd's stub (252, the version keel's stub is) extends into TPM PCR 11, in
 /// the order it does: each one present is measured as its name with a NUL, then its data.
 /// (`.pcrsig` is in the stub's list but not measured; `.uname` and `.sbat` came after 252.)
@@ -220,24 +269,7 @@ pub const PCR11_SECTIONS: [&str; 7] = [
 /// (a `systemd-pcrphase` would extend it further; keel's systems have none).
 pub fn predict_pcr11(uki: &[u8]) -> Result<[u8; 32]> {
     use sha2::{Digest, Sha256};
-    let l = Layout::parse_any(uki)?;
-    let mut sections = Vec::new();
-    for i in 0..l.count {
-        let h = l.section(i);
-        let raw_name = &uki[h..h + 8];
-        let name = &raw_name[..raw_name.iter().position(|&b| b == 0).unwrap_or(8)];
-        let vsize = u32_at(uki, h + 8)? as usize;
-        let raw_size = u32_at(uki, h + 16)? as usize;
-        let raw_ptr = u32_at(uki, h + 20)? as usize;
-        // What the stub reads: VirtualSize bytes of the section as loaded, the file's data
-        // followed by zeros where VirtualSize is larger.
-        let file = uki
-            .get(raw_ptr..raw_ptr + raw_size.min(vsize))
-            .ok_or(Error::Stub("section data past the end of the file"))?;
-        let mut data = file.to_vec();
-        data.resize(vsize, 0);
-        sections.push((name.to_vec(), data));
-    }
+    let sections = sections(uki)?;
     let mut pcr = [0u8; 32];
     let mut extend = |event: &[u8]| {
         let mut h = Sha256::new();
@@ -246,7 +278,7 @@ pub fn predict_pcr11(uki: &[u8]) -> Result<[u8; 32]> {
         pcr = h.finalize().into();
     };
     for wanted in PCR11_SECTIONS {
-        if let Some((_, data)) = sections.iter().find(|(n, _)| n == wanted.as_bytes()) {
+        if let Some((_, data)) = sections.iter().find(|(n, _)| n == wanted) {
             if data.is_empty() {
                 continue;
             }
@@ -336,6 +368,31 @@ pub(crate) mod tests {
                 .finalize()
                 .into()
         })
+    }
+
+    #[test]
+    fn a_signature_strips_back_to_the_unsigned_image() {
+        let uki = build_uki(&fake_stub(), &parts(b"kernel", b"initrd")).unwrap();
+        assert!(strip_signature(&uki).unwrap().is_none());
+        // What sbsign does: a certificate table appended, named in the security directory,
+        // the checksum recomputed.
+        let mut signed = uki.clone();
+        let l = Layout::parse_any(&uki).unwrap();
+        let entry = l.opt + 112 + 8 * SECURITY_DIR;
+        put_u32(&mut signed, entry, uki.len() as u32);
+        put_u32(&mut signed, entry + 4, 24);
+        signed.extend_from_slice(&[0x5a; 24]);
+        let checksum = pe_checksum(&signed, l.opt + 64);
+        put_u32(&mut signed, l.opt + 64, checksum);
+        assert!(strip_signature(&signed).unwrap().unwrap() == uki);
+        // A table that does not end the file is not cut blindly.
+        signed.push(0);
+        assert!(strip_signature(&signed).is_err());
+        let names: Vec<String> = sections(&uki).unwrap().into_iter().map(|s| s.0).collect();
+        assert_eq!(
+            names,
+            [".text", ".osrel", ".cmdline", ".uname", ".initrd", ".linux"]
+        );
     }
 
     #[test]

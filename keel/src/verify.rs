@@ -1,0 +1,199 @@
+//! `keel verify`: checks a built artifact against the keys and the YAML it is said to come
+//! from. The UKI is read from the artifact (a `.efi`, or the EFI system partition of a `raw-efi`
+//! disk); its Authenticode signature must verify with the key set's db certificate; and without
+//! the signature it must be byte-identical to the UKI the YAML builds now from the images its
+//! lock file pins (`--locked`). keel's outputs are reproducible, so any difference is a change:
+//! the command line, the initramfs (every container image of the system), or the kernel.
+
+use crate::build::{BuildOptions, Format};
+use keel_image::{Arch, Store};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{}: neither a UKI (.efi) nor a raw-efi disk (convert a qcow2-efi, vhd or vmdk with `qemu-img convert -O raw` first)",
+        .0.display()
+    )]
+    Unknown(PathBuf),
+    #[error("{}: cannot find its UKI", path.display())]
+    Extract {
+        path: PathBuf,
+        #[source]
+        source: keel_formats::Error,
+    },
+    #[error("{}: the UKI is not signed, and --keys asks for a signature", .0.display())]
+    Unsigned(PathBuf),
+    #[error("{}: the signature does not verify with {}", path.display(), cert.display())]
+    Signature {
+        path: PathBuf,
+        cert: PathBuf,
+        #[source]
+        source: crate::keys::Error,
+    },
+    #[error("{}: the UKI is not what {yaml} builds from its lock file: {what} differ", path.display())]
+    Differs {
+        path: PathBuf,
+        yaml: String,
+        what: String,
+    },
+    #[error("cannot build {yaml} to compare")]
+    Build {
+        yaml: String,
+        #[source]
+        source: Box<crate::build::Error>,
+    },
+    #[error(transparent)]
+    Keys(#[from] crate::keys::Error),
+    #[error("{}: the UKI cannot be read", .0.display())]
+    Uki(PathBuf, #[source] keel_formats::Error),
+}
+
+/// What `keel verify` checks.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    pub artifact: PathBuf,
+    /// The YAML files the artifact was built from, in merge order.
+    pub files: Vec<String>,
+    pub arch: Arch,
+    /// A key set (only its `db.crt` is read): the UKI must carry a signature it verifies.
+    pub keys: Option<PathBuf>,
+    /// The build's `--initrd-compression` (the rebuild must use the same).
+    pub initrd_compression: crate::output::InitrdCompression,
+    pub registry: keel_image::PullOptions,
+}
+
+/// What was verified.
+#[derive(Debug)]
+pub struct Verified {
+    /// The certificate the signature verified with, if one was asked for.
+    pub signed_by: Option<PathBuf>,
+    /// Whether the UKI carries a signature at all.
+    pub signed: bool,
+    /// PCR 11 as the UKI's stub will leave it.
+    pub pcr11: [u8; 32],
+}
+
+/// The UKI of `artifact`: the file itself, or the one in a `raw-efi` disk's ESP.
+fn extract(artifact: &Path, arch: Arch) -> Result<Vec<u8>, Error> {
+    use std::io::{Read, Seek, SeekFrom};
+    let read_err = |source| Error::Read {
+        path: artifact.into(),
+        source,
+    };
+    let mut file = std::fs::File::open(artifact).map_err(read_err)?;
+    let mut head = [0u8; 520];
+    let n = file.read(&mut head).map_err(read_err)?;
+    if head[..n.min(2)] == *b"MZ" {
+        let mut uki = Vec::new();
+        file.seek(SeekFrom::Start(0)).map_err(read_err)?;
+        file.read_to_end(&mut uki).map_err(read_err)?;
+        return Ok(uki);
+    }
+    if n == head.len() && head[512..520] == *b"EFI PART" {
+        return keel_formats::read_uki_from_disk(&mut file, arch).map_err(|source| {
+            Error::Extract {
+                path: artifact.into(),
+                source,
+            }
+        });
+    }
+    Err(Error::Unknown(artifact.into()))
+}
+
+/// Names what differs between two UKIs: their sections, or else their headers.
+fn differences(a: &[u8], b: &[u8]) -> String {
+    let (Ok(a), Ok(b)) = (keel_formats::sections(a), keel_formats::sections(b)) else {
+        return "the files".into();
+    };
+    let mut names: Vec<String> = a
+        .iter()
+        .filter(|(name, data)| !b.iter().any(|(n, d)| n == name && d == data))
+        .map(|(name, _)| name.clone())
+        .collect();
+    names.extend(
+        b.iter()
+            .filter(|(name, _)| !a.iter().any(|(n, _)| n == name))
+            .map(|(name, _)| name.clone()),
+    );
+    if names.is_empty() {
+        "the PE headers".into()
+    } else {
+        format!("sections {}", names.join(", "))
+    }
+}
+
+/// Verifies `opts.artifact` against its keys and YAML, building the YAML's UKI in `store`.
+pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<Verified, Error> {
+    let path = &opts.artifact;
+    let uki = extract(path, opts.arch)?;
+    let stripped = keel_formats::strip_signature(&uki).map_err(|e| Error::Uki(path.clone(), e))?;
+    let signed = stripped.is_some();
+    let signed_by = match &opts.keys {
+        None => None,
+        Some(_) if !signed => return Err(Error::Unsigned(path.clone())),
+        Some(dir) => {
+            let cert = crate::keys::certificate(dir, "db")?;
+            crate::keys::verify_efi(&cert, &uki).map_err(|source| Error::Signature {
+                path: path.clone(),
+                cert: cert.clone(),
+                source,
+            })?;
+            Some(cert)
+        }
+    };
+    let unsigned = stripped.unwrap_or(uki);
+
+    let yaml = opts.files.join(" ");
+    let dir = tempfile::tempdir().map_err(|source| Error::Read {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let build = BuildOptions {
+        files: opts.files.clone(),
+        formats: vec![Format::Uki],
+        dir: dir.path().into(),
+        name: Some("verify".into()),
+        arch: opts.arch,
+        size: None,
+        dry_run: false,
+        pull: false,
+        locked: true,
+        registry: opts.registry.clone(),
+        max_image_size: crate::build::DEFAULT_MAX_IMAGE_SIZE,
+        sbom: false,
+        decompress_kernel: false,
+        initrd_compression: opts.initrd_compression,
+        input_tar: None,
+        sign_with: None,
+        pcr_file: false,
+    };
+    crate::build::build(store, &build).map_err(|source| Error::Build {
+        yaml: yaml.clone(),
+        source: Box::new(source),
+    })?;
+    let rebuilt_path = dir.path().join("verify.efi");
+    let rebuilt = std::fs::read(&rebuilt_path).map_err(|source| Error::Read {
+        path: rebuilt_path,
+        source,
+    })?;
+    if rebuilt != unsigned {
+        return Err(Error::Differs {
+            path: path.clone(),
+            yaml,
+            what: differences(&unsigned, &rebuilt),
+        });
+    }
+    let pcr11 = keel_formats::predict_pcr11(&unsigned).map_err(|e| Error::Uki(path.clone(), e))?;
+    Ok(Verified {
+        signed_by,
+        signed,
+        pcr11,
+    })
+}
