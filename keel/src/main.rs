@@ -97,7 +97,7 @@ struct VerifyArgs {
     /// Without it the signature is not checked.
     #[arg(long, value_name = "DIR")]
     keys: Option<PathBuf>,
-    /// The architecture the artifact is for. Default: the host's.
+    /// The architecture the artifact is for. Default: the one its UKI is built for.
     #[arg(long)]
     arch: Option<keel_image::Arch>,
     /// The --initrd-compression the artifact was built with.
@@ -636,13 +636,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let opts = keel::verify::VerifyOptions {
                 artifact: args.artifact,
                 files: args.files,
-                arch: args.arch.unwrap_or_else(keel_image::Arch::host),
+                arch: args.arch,
                 keys: args.keys,
                 initrd_compression: args.initrd_compression,
                 registry: registry(&mirrors, args.insecure_registry)?,
             };
             let verified = keel::verify::verify(&open_store()?, &opts)?;
-            println!("ok: {}", opts.artifact.display());
+            println!(
+                "ok: {} ({})",
+                opts.artifact.display(),
+                verified.arch.uname()
+            );
             match (&verified.signed_by, verified.signed) {
                 (Some(cert), _) => println!("  signed: verified with {}", cert.display()),
                 (None, true) => println!("  signed: not checked (no --keys)"),

@@ -649,7 +649,7 @@ fn kernel_arch(head: &[u8]) -> Option<Arch> {
 }
 
 /// The machine of a PE/COFF (EFI) executable.
-fn pe_arch(head: &[u8]) -> Option<Arch> {
+pub(crate) fn pe_arch(head: &[u8]) -> Option<Arch> {
     if head.get(..2) != Some(b"MZ".as_slice()) {
         return None;
     }

@@ -28,6 +28,12 @@ pub enum Error {
         #[source]
         source: keel_formats::Error,
     },
+    #[error("{}: a UKI for {}, not for {} (--arch)", path.display(), is.uname(), asked.uname())]
+    WrongArch {
+        path: PathBuf,
+        is: Arch,
+        asked: Arch,
+    },
     #[error("{}: the UKI is not signed, and --keys asks for a signature", .0.display())]
     Unsigned(PathBuf),
     #[error("{}: the signature does not verify with {}", path.display(), cert.display())]
@@ -61,7 +67,8 @@ pub struct VerifyOptions {
     pub artifact: PathBuf,
     /// The YAML files the artifact was built from, in merge order.
     pub files: Vec<String>,
-    pub arch: Arch,
+    /// The architecture the artifact is for (`--arch`); `None`: the one its UKI is built for.
+    pub arch: Option<Arch>,
     /// A key set (only its `db.crt` is read): the UKI must carry a signature it verifies.
     pub keys: Option<PathBuf>,
     /// The build's `--initrd-compression` (the rebuild must use the same).
@@ -72,6 +79,8 @@ pub struct VerifyOptions {
 /// What was verified.
 #[derive(Debug)]
 pub struct Verified {
+    /// The architecture the UKI is for.
+    pub arch: Arch,
     /// The certificate the signature verified with, if one was asked for.
     pub signed_by: Option<PathBuf>,
     /// Whether the UKI carries a signature at all.
@@ -80,8 +89,22 @@ pub struct Verified {
     pub pcr11: [u8; 32],
 }
 
-/// The UKI of `artifact`: the file itself, or the one in a `raw-efi` disk's ESP.
-fn extract(artifact: &Path, arch: Arch) -> Result<Vec<u8>, Error> {
+/// The UKI of `artifact` and the architecture it is for: the file itself, or the one in a
+/// `raw-efi` disk's ESP (at `arch`'s boot path, or at whichever there is).
+fn extract(artifact: &Path, arch: Option<Arch>) -> Result<(Vec<u8>, Arch), Error> {
+    let uki = read_uki(artifact, arch)?;
+    let is = crate::run::pe_arch(&uki).ok_or_else(|| Error::Unknown(artifact.into()))?;
+    match arch {
+        Some(asked) if asked != is => Err(Error::WrongArch {
+            path: artifact.into(),
+            is,
+            asked,
+        }),
+        _ => Ok((uki, is)),
+    }
+}
+
+fn read_uki(artifact: &Path, arch: Option<Arch>) -> Result<Vec<u8>, Error> {
     use std::io::{Read, Seek, SeekFrom};
     let read_err = |source| Error::Read {
         path: artifact.into(),
@@ -97,11 +120,20 @@ fn extract(artifact: &Path, arch: Arch) -> Result<Vec<u8>, Error> {
         return Ok(uki);
     }
     if n == head.len() && head[512..520] == *b"EFI PART" {
-        return keel_formats::read_uki_from_disk(&mut file, arch).map_err(|source| {
-            Error::Extract {
-                path: artifact.into(),
-                source,
+        let arches = match arch {
+            Some(a) => vec![a],
+            None => vec![Arch::X86_64, Arch::Aarch64],
+        };
+        let mut failure = None;
+        for a in arches {
+            match keel_formats::read_uki_from_disk(&mut file, a) {
+                Ok(uki) => return Ok(uki),
+                Err(e) => failure = Some(e),
             }
+        }
+        return Err(Error::Extract {
+            path: artifact.into(),
+            source: failure.unwrap_or(keel_formats::Error::NotRawEfi("no EFI system partition")),
         });
     }
     Err(Error::Unknown(artifact.into()))
@@ -132,7 +164,7 @@ fn differences(a: &[u8], b: &[u8]) -> String {
 /// Verifies `opts.artifact` against its keys and YAML, building the YAML's UKI in `store`.
 pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<Verified, Error> {
     let path = &opts.artifact;
-    let uki = extract(path, opts.arch)?;
+    let (uki, arch) = extract(path, opts.arch)?;
     let stripped = keel_formats::strip_signature(&uki).map_err(|e| Error::Uki(path.clone(), e))?;
     let signed = stripped.is_some();
     let signed_by = match &opts.keys {
@@ -160,7 +192,7 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<Verified, Error> {
         formats: vec![Format::Uki],
         dir: dir.path().into(),
         name: Some("verify".into()),
-        arch: opts.arch,
+        arch,
         size: None,
         dry_run: false,
         pull: false,
@@ -192,6 +224,7 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<Verified, Error> {
     }
     let pcr11 = keel_formats::predict_pcr11(&unsigned).map_err(|e| Error::Uki(path.clone(), e))?;
     Ok(Verified {
+        arch,
         signed_by,
         signed,
         pcr11,

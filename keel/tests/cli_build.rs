@@ -1418,6 +1418,16 @@ fn verify_checks_the_signature_and_rebuilds_from_the_yaml() {
     let err = verify(None, "tampered.efi", "sys.yml").failed();
     assert!(err.contains("differ"), "{err}");
 
+    // The architecture comes from the UKI; an --arch that disagrees is refused.
+    let ok = run(&mut w.keel(["verify", "out/sys-efi.img", "sys.yml"])).ok();
+    assert!(
+        ok.stdout.starts_with("ok: out/sys-efi.img (x86_64)"),
+        "{}",
+        ok.stdout
+    );
+    let err = run(&mut w.keel(["verify", "--arch", "aarch64", "out/sys.efi", "sys.yml"])).failed();
+    assert!(err.contains("a UKI for x86_64, not for aarch64"), "{err}");
+
     std::fs::write(w.path("junk.bin"), b"junk").unwrap();
     let err = verify(None, "junk.bin", "sys.yml").failed();
     assert!(
