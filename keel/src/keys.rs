@@ -9,7 +9,6 @@
 //! `sbsign` signs RSA PKCS#1 v1.5 without a signing time, so the same UKI and key give the same
 //! bytes. Private keys must be readable by their owner only, as OpenSSH asks of its keys.
 
-use sha2::{Digest, Sha256};
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -187,7 +186,7 @@ impl KeySet {
         // Random, as the certificates are: derived from the platform key's certificate.
         let pk = tmp.path().join("PK.crt");
         let seed = fs::read(&pk).map_err(io_err(&pk))?;
-        let owner = guid_from(&seed);
+        let owner = keel_formats::gpt::Guid::derive(&seed, "keel key set owner").to_string();
         let owner_path = tmp.path().join(OWNER_FILE);
         fs::write(&owner_path, format!("{owner}\n")).map_err(io_err(&owner_path))?;
         let tmp = tmp.keep();
@@ -303,22 +302,6 @@ pub fn verify_efi(cert: &Path, efi: &[u8]) -> Result<()> {
     )
 }
 
-/// A version-4-shaped GUID in its text form, from the SHA-256 of `seed`.
-fn guid_from(seed: &[u8]) -> String {
-    let mut b: [u8; 16] = Sha256::digest(seed)[..16].try_into().unwrap_or_default();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
 fn is_guid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
     groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
@@ -333,7 +316,7 @@ mod tests {
 
     #[test]
     fn guids_are_version_4_text() {
-        let g = guid_from(b"seed");
+        let g = keel_formats::gpt::Guid::derive(b"seed", "keel key set owner").to_string();
         assert!(is_guid(&g), "{g}");
         assert_eq!(&g[14..15], "4");
         assert!(!is_guid("0123"));

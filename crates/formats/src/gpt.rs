@@ -71,6 +71,20 @@ impl Guid {
     }
 }
 
+/// The registry form, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`: the first three fields are stored
+/// little-endian, the last eight bytes as they are.
+impl std::fmt::Display for Guid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = &self.0;
+        write!(
+            f,
+            "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-",
+            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9]
+        )?;
+        b[10..].iter().try_for_each(|x| write!(f, "{x:02x}"))
+    }
+}
+
 /// One partition and its contents.
 #[derive(Debug, Clone, Copy)]
 pub struct Partition<'a> {
@@ -296,5 +310,13 @@ mod tests {
         );
         assert!(err.to_string().contains(&needed.to_string()), "{err}");
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn guids_print_in_registry_form() {
+        assert_eq!(
+            Guid::ESP.to_string(),
+            "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+        );
     }
 }
