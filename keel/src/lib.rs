@@ -4,11 +4,13 @@
 pub mod assemble;
 pub mod build;
 pub mod cache;
+pub mod cluster;
 pub mod ctl;
 pub mod hardening;
 pub mod input_tar;
 pub mod kernel;
 pub mod keys;
+pub mod lan;
 pub mod lock;
 pub mod output;
 pub mod pkg;

@@ -4,8 +4,10 @@ use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use keel::build::{BuildOptions, Format};
 use keel::run::{Accel, Device, Disk, Options as RunOptions, Publish, Share};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -305,6 +307,29 @@ enum MetadataCommand {
 enum RunCommand {
     /// Boot in QEMU: a build prefix (out/minimal) or a file (.iso, .efi, disk image).
     Qemu(Box<QemuArgs>),
+    /// List the VMs and clusters `keel run -d` started that still run.
+    Ls {
+        /// One JSON object per run.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop what `keel run -d` started: every node of a cluster, or the one VM. Each guest is
+    /// asked to power off; what still runs after --timeout is ended.
+    Stop {
+        /// The build prefix or state directory it was started with.
+        target: PathBuf,
+        /// Seconds each guest gets to power off.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// The switch of a cluster's private network (started by `keel run qemu --nodes`, with the
+    /// bound socket as standard input).
+    #[command(hide = true)]
+    Lan {
+        /// MAC=ADDRESS: the address the network's DHCP server gives that MAC. Repeatable.
+        #[arg(long = "lease", value_name = "MAC=ADDRESS")]
+        leases: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -312,6 +337,15 @@ struct QemuArgs {
     /// Guest architecture. Default: the host's.
     #[arg(long)]
     arch: Option<keel_image::Arch>,
+    /// Start N VMs of this build on a private network (192.168.76.0/24 from the network's own
+    /// DHCP server; node I gets .(10+I) on its second NIC, eth1), in the background with -d:
+    /// each with its own state directory (STATE/nodeI), disks, metadata and console
+    /// (STATE/nodeI/console.log); --publish goes to node 1. See docs/cluster.md.
+    #[arg(long, value_name = "N")]
+    nodes: Option<u32>,
+    /// I=FILE: node I's metadata, instead of --data's. Repeatable.
+    #[arg(long = "node-data", value_name = "I=FILE", requires = "nodes")]
+    node_data: Vec<String>,
     /// Start the VM in the background and return: the console goes to --console-file (default
     /// <state>/console.log); `keel ctl PREFIX poweroff` stops it. Without it the VM ends with
     /// keel.
@@ -679,6 +713,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Run(RunCommand::Qemu(qemu)) => return run_qemu(*qemu),
+        Command::Run(RunCommand::Ls { json }) => run_ls(json)?,
+        Command::Run(RunCommand::Stop { target, timeout }) => {
+            let state = if target.join(keel::cluster::RECORD).is_file()
+                || target.join("qemu.pid").is_file()
+            {
+                target
+            } else {
+                keel::run::default_state_dir(&target)
+            };
+            let stopped = keel::cluster::stop(&state, Duration::from_secs(timeout))?;
+            eprintln!("keel: stopped {stopped} VM(s) in {}", state.display());
+        }
+        Command::Run(RunCommand::Lan { leases }) => run_lan(&leases)?,
         Command::Cache(cmd) => keel::cache::run(&open_store()?, cache_command(cmd, &mirrors)?)?,
         Command::Pkg(PkgCommand::Build {
             dir,
@@ -830,8 +877,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The backends `keel run` knows (LinuxKit's word for them).
-const RUN_BACKENDS: &[&str] = &["qemu"];
+/// The backends `keel run` knows (LinuxKit's word for them), and its other verbs.
+const RUN_BACKENDS: &[&str] = &["qemu", "ls", "stop", "lan"];
 
 /// `keel run PREFIX` means `keel run qemu PREFIX`, as `linuxkit run` picks the platform's
 /// default backend: inserts `qemu` after `run` when what follows is not a backend or a request
@@ -904,6 +951,7 @@ fn deliver(written: &[PathBuf], output: &Path) -> Result<()> {
 /// `keel run qemu` (and `keel run` without a backend).
 fn run_qemu(args: QemuArgs) -> Result<ExitCode> {
     let detached = args.detached;
+    let (nodes, node_data) = (args.nodes, args.node_data);
     let data = match (args.data, &args.data_file) {
         (Some(text), _) => Some(text.into_bytes()),
         (None, Some(file)) => Some(
@@ -948,14 +996,57 @@ fn run_qemu(args: QemuArgs) -> Result<ExitCode> {
         devices: args.devices,
         shares: args.shares,
         virtiofsd: args.virtiofsd,
+        lan: None,
         extra: args.qemu_args,
     };
+    if let Some(nodes) = nodes {
+        let mut by_node = std::collections::BTreeMap::new();
+        for spec in &node_data {
+            let (node, file) = spec
+                .split_once('=')
+                .and_then(|(n, f)| Some((n.parse::<u32>().ok()?, f)))
+                .with_context(|| format!("invalid --node-data {spec:?}: expected I=FILE"))?;
+            let bytes = std::fs::read(file)
+                .with_context(|| format!("cannot read --node-data {node}={file}"))?;
+            by_node.insert(node, bytes);
+        }
+        let cluster = keel::cluster::Options {
+            run: opts,
+            nodes,
+            data,
+            node_data: by_node,
+            keel: std::env::current_exe().context("cannot find the keel binary")?,
+        };
+        let record = keel::cluster::start(&cluster)?;
+        for node in &record.nodes {
+            eprintln!(
+                "keel: {} {} (pid {}): console {}; keel ctl {}",
+                node.name,
+                node.addr,
+                node.pid,
+                node.console.display(),
+                node.state.display()
+            );
+        }
+        if detached {
+            eprintln!(
+                "keel: {} node(s) started in the background; stop them with keel run stop {}",
+                record.nodes.len(),
+                record.state.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        eprintln!("keel: ctrl-c stops every node");
+        keel::cluster::wait(&record, Duration::from_secs(30))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(data) = data {
         let drive = keel::run::data_volume(&keel::run::state_dir(&opts), &data)?;
         opts.extra.splice(0..0, drive);
     }
     if detached {
         let vm = keel::run::run_detached(&opts)?;
+        keel::cluster::note_run(&vm.state);
         println!("{}", vm.pid);
         eprintln!(
             "keel: started in the background (pid {}); console: {}; stop it with keel ctl {} poweroff",
@@ -967,6 +1058,58 @@ fn run_qemu(args: QemuArgs) -> Result<ExitCode> {
     }
     let code = keel::run::run(&opts)?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// `keel run ls`.
+fn run_ls(json: bool) -> Result<()> {
+    let runs = keel::cluster::list();
+    let mut out = std::io::stdout().lock();
+    if json {
+        for run in &runs {
+            serde_json::to_writer(&mut out, run).context("cannot write to standard output")?;
+            writeln!(out)?;
+        }
+        return Ok(());
+    }
+    writeln!(out, "{:<48} {:<7} ADDRESSES", "STATE", "NODES")?;
+    for run in &runs {
+        let addrs: Vec<String> = run.addrs.iter().map(ToString::to_string).collect();
+        writeln!(
+            out,
+            "{:<48} {:<7} {}",
+            run.state.display(),
+            format!("{}/{}", run.running, run.nodes),
+            if addrs.is_empty() {
+                "-".to_owned()
+            } else {
+                addrs.join(" ")
+            }
+        )?;
+    }
+    Ok(())
+}
+
+/// `keel run lan`: the switch of a cluster's network, on the socket it was handed as its
+/// standard input, until the last node has gone.
+fn run_lan(leases: &[String]) -> Result<()> {
+    let mut server = keel::cluster::network(0);
+    for lease in leases {
+        let (mac, addr) = lease
+            .split_once('=')
+            .with_context(|| format!("invalid --lease {lease:?}: expected MAC=ADDRESS"))?;
+        let mac = mac
+            .parse()
+            .with_context(|| format!("invalid --lease {lease:?}"))?;
+        let addr = addr.parse().with_context(|| {
+            format!("invalid --lease {lease:?}: {addr:?} is not an IPv4 address")
+        })?;
+        server.leases.insert(mac, addr);
+    }
+    let listener = keel::lan::listener_from_stdin().context(
+        "standard input is not a listening socket: `keel run lan` is started by `keel run qemu --nodes`",
+    )?;
+    keel::lan::Switch::new(listener, server)?.serve()?;
+    Ok(())
 }
 
 /// `keel ctl`: needs no image store.

@@ -511,7 +511,17 @@ pub struct Options {
     /// The virtiofsd binary (`--virtiofsd`, `KEEL_VIRTIOFSD`); `None`: `virtiofsd` from `PATH`,
     /// else `/usr/libexec/virtiofsd`.
     pub virtiofsd: Option<PathBuf>,
+    /// A second NIC on a cluster's private network ([`crate::cluster`]).
+    pub lan: Option<LanNic>,
     pub extra: Vec<String>,
+}
+
+/// A NIC on a cluster's private network: QEMU connects it to the switch's socket
+/// ([`crate::lan`]) with the MAC the switch's DHCP server knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LanNic {
+    pub socket: PathBuf,
+    pub mac: crate::lan::dhcp::Mac,
 }
 
 /// Which output of a build prefix to boot, as LinuxKit's `run qemu -kernel`, `-squashfs` and
@@ -809,7 +819,7 @@ pub fn default_state_dir(target: &Path) -> PathBuf {
 /// Creates the state directory (and its parents) if missing. The directory itself is made
 /// 0700: it holds the control channel's socket ([`CONTROL_SOCKET`]), and its permissions decide
 /// who may use every verb of the guest's PID 1. An existing directory is left as it is.
-fn create_state(state: &Path) -> Result<(), Error> {
+pub(crate) fn create_state(state: &Path) -> Result<(), Error> {
     use std::os::unix::fs::DirBuilderExt;
     let failed = |source| Error::State {
         path: state.into(),
@@ -1270,8 +1280,24 @@ fn command_with(opts: &Options, accel: Accel, channel: bool) -> Result<Command, 
             "-device",
             &format!("virtio-net-pci,netdev=net0,mac={}", mac_address(&state)?),
         );
-    } else {
+    } else if opts.lan.is_none() {
         arg(&mut cmd, "-nic", "none");
+    }
+    // After the user-mode NIC, so that the guest names it eth1 (eth0 without one).
+    if let Some(lan) = &opts.lan {
+        arg(
+            &mut cmd,
+            "-netdev",
+            &format!(
+                "stream,id=lan0,server=off,addr.type=unix,addr.path={}",
+                lan.socket.display()
+            ),
+        );
+        arg(
+            &mut cmd,
+            "-device",
+            &format!("virtio-net-pci,netdev=lan0,mac={}", lan.mac),
+        );
     }
     cmd.args(&opts.extra);
     Ok(cmd)
@@ -2230,12 +2256,19 @@ pub fn run_detached(opts: &Options) -> Result<Detached, Error> {
     use std::os::unix::process::CommandExt;
     let state = state_dir(opts);
     create_state(&state)?;
+    // Absolute, so that QEMU's command line names it wherever `keel run ls` and `keel run
+    // stop` are run from (they tell a VM from a process that reused its pid by it).
+    let state = fs::canonicalize(&state).map_err(|source| Error::State {
+        path: state.clone(),
+        source,
+    })?;
     let console = opts
         .console_file
         .clone()
         .unwrap_or_else(|| state.join("console.log"));
     let opts = Options {
         console_file: Some(console.clone()),
+        state: Some(state.clone()),
         ..opts.clone()
     };
     let choice = choose_accel(&opts);
@@ -2621,6 +2654,7 @@ mod tests {
                     .unwrap(),
             ],
             virtiofsd: Some(fake),
+            lan: None,
             state: Some(dir.path().join("state")),
             ..opts(prefix.clone())
         };
@@ -2647,6 +2681,7 @@ mod tests {
         // A virtiofsd that is not there.
         let o = Options {
             virtiofsd: Some(dir.path().join("nope")),
+            lan: None,
             ..o
         };
         let err = Virtiofs::start(&o, false).unwrap_err();
@@ -2737,6 +2772,7 @@ mod tests {
             devices: vec![],
             shares: vec![],
             virtiofsd: None,
+            lan: None,
             extra: vec!["-s".into()],
         }
     }

@@ -98,3 +98,16 @@ pub fn clean_up_on_termination(cleanup: fn()) -> nix::Result<()> {
     });
     Ok(())
 }
+
+/// Standard input as a unix listening socket: how `keel run lan` receives the socket its parent
+/// bound. Takes ownership of file descriptor 0; the caller checks that it is a socket.
+pub fn stdin_as_listener() -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let fd = std::io::stdin().as_raw_fd();
+    // Refuse a closed descriptor before taking ownership of it.
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)?;
+    // SAFETY: fd 0 is open (checked above) and nothing else in the process owns it: `keel run
+    // lan` calls this once, at its start, and never reads standard input otherwise.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(std::os::unix::net::UnixListener::from(owned))
+}

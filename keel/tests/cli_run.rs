@@ -463,3 +463,100 @@ fn bad_shares_and_devices_are_refused_before_qemu_starts() {
     }
     assert!(!pidfile.exists(), "QEMU was started");
 }
+
+/// A QEMU that writes its pid where `-pidfile` says, as QEMU does, and stays a shell (its
+/// command line, which names the state directory, is how `keel run ls` and `stop` know it).
+fn pidfile_qemu(w: &Work) -> PathBuf {
+    let q = w.write(
+        "qemu-pidfile",
+        "#!/bin/sh\nwhile [ $# -gt 0 ]; do\n  if [ \"$1\" = -pidfile ]; then echo $$ > \"$2\"; fi\n  shift\ndone\nwhile :; do sleep 1; done\n",
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&q, std::fs::Permissions::from_mode(0o755)).unwrap();
+    q
+}
+
+#[test]
+fn a_detached_vm_is_listed_and_stopped() {
+    let w = Work::empty();
+    let target = prefix(&w);
+    let qemu = pidfile_qemu(&w);
+    let runs = w.path("runs");
+    let out = run(w
+        .keel([
+            "run", "qemu", "-d", "--arch", "x86_64", "--accel", "tcg", "--qemu",
+        ])
+        .arg(&qemu)
+        .arg(&target)
+        .env("KEEL_RUN_DIR", &runs))
+    .ok();
+    let pid = out.stdout.trim().to_owned();
+    wait_for("the stand-in QEMU writes its pidfile", || {
+        w.path("sys-state/qemu.pid").is_file()
+    });
+    let state = std::fs::canonicalize(w.path("sys-state")).unwrap();
+
+    let listed = run(w.keel(["run", "ls"]).env("KEEL_RUN_DIR", &runs)).ok();
+    assert!(
+        listed.stdout.contains(&format!("{} ", state.display())) && listed.stdout.contains("1/1"),
+        "{}",
+        listed.stdout
+    );
+    // No guest answers the control channel here: stop ends the process after the timeout.
+    let stopped = run(w
+        .keel(["run", "stop", "--timeout", "1"])
+        .arg(&target)
+        .env("KEEL_RUN_DIR", &runs))
+    .ok();
+    assert!(
+        stopped.stderr.contains("stopped 1 VM(s)"),
+        "{}",
+        stopped.stderr
+    );
+    wait_for("the VM ends", || !alive(&pid));
+    let listed = run(w.keel(["run", "ls", "--json"]).env("KEEL_RUN_DIR", &runs)).ok();
+    assert_eq!(listed.stdout, "", "an ended run is not listed");
+    let again = run(w
+        .keel(["run", "stop"])
+        .arg(&target)
+        .env("KEEL_RUN_DIR", &runs))
+    .failed();
+    assert!(again.contains("nothing keel started runs in"), "{again}");
+}
+
+#[test]
+fn nodes_that_cannot_work_are_refused_before_anything_starts() {
+    let w = Work::empty();
+    let target = prefix(&w);
+    let qemu = pidfile_qemu(&w);
+    for (args, expected) in [
+        (&["--nodes", "0"][..], "--nodes 0: expected 1 to 200"),
+        (&["--nodes", "201"][..], "--nodes 201: expected 1 to 200"),
+        (
+            &["--nodes", "2", "--disk", "file=one.qcow2"][..],
+            "names one file, which every node would write",
+        ),
+        (
+            &["--nodes", "2", "--console-file", "c.log"][..],
+            "each node's console goes to STATE/nodeN/console.log",
+        ),
+        (
+            &["--nodes", "2", "--node-data", "x=y"][..],
+            "invalid --node-data \"x=y\"",
+        ),
+    ] {
+        let out = run(w
+            .keel([
+                "run", "qemu", "-d", "--arch", "x86_64", "--accel", "tcg", "--qemu",
+            ])
+            .arg(&qemu)
+            .args(args)
+            .arg(&target))
+        .failed();
+        assert!(out.contains(expected), "{args:?}: {out}");
+        assert!(
+            !w.path("sys-state").exists(),
+            "{args:?} left a state directory"
+        );
+    }
+}

@@ -92,6 +92,7 @@ impl Vm {
             devices: boot.devices.clone(),
             shares: boot.virtiofs.clone(),
             virtiofsd: (!boot.virtiofs.is_empty()).then(crate::virtiofsd),
+            lan: None,
             extra: vec!["-no-reboot".into()],
         };
         let mut cmd = keel::run::command(&opts, Accel::Tcg).unwrap_or_else(|e| {

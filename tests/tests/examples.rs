@@ -99,6 +99,7 @@ impl Guest {
             devices: vec![],
             shares: vec![],
             virtiofsd: None,
+            lan: None,
             extra: vec!["-no-reboot".into()],
         };
         if let Some(data) = &setup.data {
