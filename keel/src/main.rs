@@ -317,7 +317,11 @@ enum RunCommand {
     /// asked to power off; what still runs after --timeout is ended.
     Stop {
         /// The build prefix or state directory it was started with.
-        target: PathBuf,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        target: Option<PathBuf>,
+        /// Stop everything `keel run ls` lists.
+        #[arg(long)]
+        all: bool,
         /// Seconds each guest gets to power off.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
@@ -714,16 +718,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run(RunCommand::Qemu(qemu)) => return run_qemu(*qemu),
         Command::Run(RunCommand::Ls { json }) => run_ls(json)?,
-        Command::Run(RunCommand::Stop { target, timeout }) => {
-            let state = if target.join(keel::cluster::RECORD).is_file()
-                || target.join("qemu.pid").is_file()
-            {
-                target
-            } else {
-                keel::run::default_state_dir(&target)
+        Command::Run(RunCommand::Stop {
+            target,
+            all,
+            timeout,
+        }) => {
+            let states = match target {
+                Some(target)
+                    if target.join(keel::cluster::RECORD).is_file()
+                        || target.join("qemu.pid").is_file() =>
+                {
+                    vec![target]
+                }
+                Some(target) => vec![keel::run::default_state_dir(&target)],
+                None if all => keel::cluster::list().into_iter().map(|r| r.state).collect(),
+                None => Vec::new(),
             };
-            let stopped = keel::cluster::stop(&state, Duration::from_secs(timeout))?;
-            eprintln!("keel: stopped {stopped} VM(s) in {}", state.display());
+            for state in states {
+                let stopped = keel::cluster::stop(&state, Duration::from_secs(timeout))?;
+                eprintln!("keel: stopped {stopped} VM(s) in {}", state.display());
+            }
         }
         Command::Run(RunCommand::Lan { leases }) => run_lan(&leases)?,
         Command::Cache(cmd) => keel::cache::run(&open_store()?, cache_command(cmd, &mirrors)?)?,

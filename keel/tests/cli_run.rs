@@ -464,12 +464,13 @@ fn bad_shares_and_devices_are_refused_before_qemu_starts() {
     assert!(!pidfile.exists(), "QEMU was started");
 }
 
-/// A QEMU that writes its pid where `-pidfile` says, as QEMU does, and stays a shell (its
-/// command line, which names the state directory, is how `keel run ls` and `stop` know it).
+/// A QEMU that writes its pid where `-pidfile` says, as QEMU does (and its arguments beside it,
+/// in `qemu.pid.args`), and stays a shell (its command line, which names the state directory,
+/// is how `keel run ls` and `stop` know it).
 fn pidfile_qemu(w: &Work) -> PathBuf {
     let q = w.write(
         "qemu-pidfile",
-        "#!/bin/sh\nwhile [ $# -gt 0 ]; do\n  if [ \"$1\" = -pidfile ]; then echo $$ > \"$2\"; fi\n  shift\ndone\nwhile :; do sleep 1; done\n",
+        "#!/bin/sh\nall=\"$*\"\nwhile [ $# -gt 0 ]; do\n  if [ \"$1\" = -pidfile ]; then echo \"$all\" > \"$2.args\"; echo $$ > \"$2\"; fi\n  shift\ndone\nwhile :; do sleep 1; done\n",
     );
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&q, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -522,6 +523,30 @@ fn a_detached_vm_is_listed_and_stopped() {
         .env("KEEL_RUN_DIR", &runs))
     .failed();
     assert!(again.contains("nothing keel started runs in"), "{again}");
+
+    // --all: whatever is listed.
+    let out = run(w
+        .keel([
+            "run", "qemu", "-d", "--arch", "x86_64", "--accel", "tcg", "--qemu",
+        ])
+        .arg(&qemu)
+        .arg(&target)
+        .env("KEEL_RUN_DIR", &runs))
+    .ok();
+    let pid = out.stdout.trim().to_owned();
+    wait_for("the stand-in QEMU writes its pidfile again", || {
+        std::fs::read_to_string(w.path("sys-state/qemu.pid")).is_ok_and(|p| p.trim() == pid)
+    });
+    let stopped = run(w
+        .keel(["run", "stop", "--all", "--timeout", "1"])
+        .env("KEEL_RUN_DIR", &runs))
+    .ok();
+    assert!(
+        stopped.stderr.contains("stopped 1 VM(s)"),
+        "{}",
+        stopped.stderr
+    );
+    wait_for("the VM ends", || !alive(&pid));
 }
 
 #[test]
@@ -559,4 +584,92 @@ fn nodes_that_cannot_work_are_refused_before_anything_starts() {
             "{args:?} left a state directory"
         );
     }
+}
+
+#[test]
+fn each_node_gets_its_own_state_network_card_and_metadata() {
+    let w = Work::empty();
+    let target = prefix(&w);
+    let qemu = pidfile_qemu(&w);
+    let runs = w.path("runs");
+    w.write("one.json", "{\"role\": {\"content\": \"manager\"}}");
+    let out = run(w
+        .keel([
+            "run",
+            "qemu",
+            "--nodes",
+            "2",
+            "-d",
+            "--arch",
+            "x86_64",
+            "--accel",
+            "tcg",
+            "--publish",
+            "8080:80",
+            "--disk",
+            "size=1G",
+            "--data",
+            "{}",
+            "--qemu",
+        ])
+        .arg(&qemu)
+        .arg("--node-data")
+        .arg(format!("1={}", w.path("one.json").display()))
+        .arg(&target)
+        .env("KEEL_RUN_DIR", &runs))
+    .ok();
+    assert!(out.stderr.contains("node2 192.168.76.12"), "{}", out.stderr);
+    let state = std::fs::canonicalize(w.path("sys-state")).unwrap();
+    for n in 1..=2 {
+        wait_for("the stand-in QEMUs start", || {
+            state.join(format!("node{n}/qemu.pid.args")).is_file()
+        });
+    }
+    let args =
+        |n: u32| std::fs::read_to_string(state.join(format!("node{n}/qemu.pid.args"))).unwrap();
+    let (one, two) = (args(1), args(2));
+    let socket = state.join("lan.sock");
+    for (n, args) in [(1, &one), (2, &two)] {
+        assert!(
+            args.contains(&format!("addr.path={}", socket.display()))
+                && args.contains(&format!("netdev=lan0,mac=02:6b:65:4c:00:0{n}")),
+            "node{n}: {args}"
+        );
+        let node = state.join(format!("node{n}"));
+        assert!(
+            args.contains(&format!("{}/disk0.qcow2", node.display()))
+                && args.contains(&format!("{}/data.iso", node.display())),
+            "node{n}: its own disk and metadata: {args}"
+        );
+    }
+    assert!(one.contains("hostfwd=tcp:127.0.0.1:8080-:80"), "{one}");
+    assert!(!two.contains("hostfwd"), "only node 1 publishes: {two}");
+    // node 1's metadata is its own.
+    let iso = |n: u32| std::fs::read(state.join(format!("node{n}/data.iso"))).unwrap();
+    let has =
+        |data: &[u8], needle: &str| data.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(has(&iso(1), "manager") && !has(&iso(2), "manager"));
+
+    // The switch runs (the stand-ins never connect; it would end after two minutes).
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("cluster.json")).unwrap()).unwrap();
+    let lan = record["lan_pid"].as_u64().unwrap().to_string();
+    assert!(alive(&lan), "the switch is not running");
+    let listed = run(w.keel(["run", "ls"]).env("KEEL_RUN_DIR", &runs)).ok();
+    assert!(
+        listed.stdout.contains("2/2") && listed.stdout.contains("192.168.76.12"),
+        "{}",
+        listed.stdout
+    );
+    let stopped = run(w
+        .keel(["run", "stop", "--timeout", "1"])
+        .arg(&target)
+        .env("KEEL_RUN_DIR", &runs))
+    .ok();
+    assert!(
+        stopped.stderr.contains("stopped 2 VM(s)"),
+        "{}",
+        stopped.stderr
+    );
+    wait_for("the switch ends with its nodes", || !alive(&lan));
 }

@@ -1,6 +1,7 @@
 //! `keel run qemu --nodes N` (issue 17), through the `keel` binary as a user runs it: three
 //! nodes of one build (tests/cases/lan.yml) on the private network, each with its address from
-//! the network's DHCP server, reaching the other two (as each says in its log, read through its
+//! the network's DHCP server and its metadata (node 1 its own, `--node-data`), reaching the
+//! other two (as each says in its log, read through its
 //! own control channel with `keel ctl STATE/nodeI`); `keel run ls` lists them, `keel run stop`
 //! powers them all off and the switch ends with them. What cannot work
 //! with several nodes is refused before anything starts.
@@ -116,12 +117,30 @@ fn three_nodes_reach_each_other_and_stop_together() {
         assert!(!state.exists(), "{all:?} left {}", state.display());
     }
 
+    // Node 1 gets its own metadata, the others the shared one.
+    let manager = work.path().join("manager.json");
+    std::fs::write(&manager, r#"{"role": {"content": "manager"}}"#).unwrap();
+    let node1_data = format!("1={}", manager.display());
     let _cleanup = Cleanup(state.clone());
     let out = keel(
         &runs,
         &[
-            "run", "qemu", "--nodes", "3", "-d", "--accel", "tcg", "--mem", "256", "--state",
-            state_arg, &prefix,
+            "run",
+            "qemu",
+            "--nodes",
+            "3",
+            "-d",
+            "--accel",
+            "tcg",
+            "--mem",
+            "256",
+            "--state",
+            state_arg,
+            "--data",
+            r#"{"role": {"content": "worker"}}"#,
+            "--node-data",
+            &node1_data,
+            &prefix,
         ],
     );
     assert!(out.status.success(), "keel run --nodes 3: {}", text(&out));
@@ -171,6 +190,11 @@ fn three_nodes_reach_each_other_and_stop_together() {
             check("addr"),
             Some(format!("192.168.76.{}/24", 10 + n).as_str()),
             "node{n}: the address keel assigned it\n{log}"
+        );
+        assert_eq!(
+            check("role"),
+            Some(if n == 1 { "manager" } else { "worker" }),
+            "node{n}: the role its metadata gives it\n{log}"
         );
         for host in 11..=13 {
             assert_eq!(
