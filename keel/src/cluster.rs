@@ -18,6 +18,7 @@
 
 use crate::lan::dhcp::{Mac, Server};
 use crate::run;
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
@@ -229,15 +230,7 @@ pub fn start(opts: &Options) -> Result<Record, Error> {
             path: socket.clone(),
             source,
         })?;
-    let log_path = state.join("lan.log");
-    let log = fs::File::create(&log_path).map_err(|source| Error::Write {
-        path: log_path.clone(),
-        source,
-    })?;
-    let log_err = log.try_clone().map_err(|source| Error::Write {
-        path: log_path.clone(),
-        source,
-    })?;
+    let (log, log_err) = run::log_outputs(&state.join("lan.log"))?;
     let mut lan = Command::new(&opts.keel);
     lan.args(["run", "lan"]);
     for (mac, addr) in &network(opts.nodes).leases {
@@ -301,9 +294,9 @@ pub fn start(opts: &Options) -> Result<Record, Error> {
             }),
             Err(source) => {
                 for n in &record.nodes {
-                    kill(n.pid, nix::sys::signal::Signal::SIGKILL);
+                    crate::sys::signal_pid(n.pid, Signal::SIGKILL);
                 }
-                kill(record.lan_pid, nix::sys::signal::Signal::SIGKILL);
+                crate::sys::signal_pid(record.lan_pid, Signal::SIGKILL);
                 return Err(Error::Node {
                     node,
                     source: Box::new(source),
@@ -360,14 +353,8 @@ fn lan_alive(pid: u32) -> bool {
     alive(pid, node_mac(1).to_string().as_bytes())
 }
 
-fn kill(pid: u32, signal: nix::sys::signal::Signal) {
-    if let Ok(pid) = i32::try_from(pid) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
-    }
-}
-
-/// One background run as `keel run ls` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One background run as `keel run ls` shows it (`--json`: one per line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Listed {
     pub state: PathBuf,
     pub target: PathBuf,
@@ -457,6 +444,16 @@ pub fn list() -> Vec<Listed> {
     runs
 }
 
+/// The state directory of what `keel run` started from `target`: `target` itself when it holds
+/// a cluster's record or a VM's `qemu.pid`, else the build prefix's `PREFIX-state`.
+pub fn state_of(target: &Path) -> PathBuf {
+    if target.join(RECORD).is_file() || target.join("qemu.pid").is_file() {
+        target.to_owned()
+    } else {
+        run::default_state_dir(target)
+    }
+}
+
 /// `keel run stop`: asks every VM in `state` (a cluster's nodes, or the single VM) to power
 /// off through its control channel, waits up to `grace` for them to end, then ends what is
 /// left with SIGTERM, and the cluster's switch with them. Returns how many VMs were running.
@@ -499,7 +496,7 @@ pub fn stop(state: &Path, grace: Duration) -> Result<usize, Error> {
     }
     for (pid, dir) in &running {
         if vm_alive(*pid, dir) {
-            kill(*pid, nix::sys::signal::Signal::SIGTERM);
+            crate::sys::signal_pid(*pid, Signal::SIGTERM);
         }
     }
     if let Some(lan) = lan {
@@ -509,7 +506,7 @@ pub fn stop(state: &Path, grace: Duration) -> Result<usize, Error> {
             std::thread::sleep(Duration::from_millis(100));
         }
         if lan_alive(lan) {
-            kill(lan, nix::sys::signal::Signal::SIGTERM);
+            crate::sys::signal_pid(lan, Signal::SIGTERM);
         }
     }
     Ok(running.len())
@@ -533,7 +530,7 @@ pub fn wait(record: &Record, grace: Duration) -> Result<(), Error> {
         if !record.nodes.iter().any(node_alive) {
             // Nothing left for the switch: it ends by itself; this is for one that did not.
             if lan_alive(record.lan_pid) {
-                kill(record.lan_pid, nix::sys::signal::Signal::SIGTERM);
+                crate::sys::signal_pid(record.lan_pid, Signal::SIGTERM);
             }
             return Ok(());
         }

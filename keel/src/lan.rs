@@ -123,7 +123,7 @@ impl Switch {
     pub fn turn(&mut self, timeout: Duration) -> Result<(), Error> {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         let ids: Vec<u64> = self.ports.keys().copied().collect();
-        let ready: Vec<(bool, PollFlags)> = {
+        let ready: Vec<PollFlags> = {
             let mut fds = Vec::with_capacity(ids.len() + 1);
             fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
             for id in &ids {
@@ -140,19 +140,13 @@ impl Switch {
                 Err(e) => return Err(Error::Poll(e)),
             }
             fds.iter()
-                .map(|fd| {
-                    let r = fd.revents().unwrap_or(PollFlags::empty());
-                    (!r.is_empty(), r)
-                })
+                .map(|fd| fd.revents().unwrap_or(PollFlags::empty()))
                 .collect()
         };
-        if ready[0].0 {
+        if !ready[0].is_empty() {
             self.accept()?;
         }
-        for (id, (any, flags)) in ids.iter().zip(&ready[1..]) {
-            if !any {
-                continue;
-            }
+        for (id, flags) in ids.iter().zip(&ready[1..]) {
             if flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
                 self.read_from(*id);
             }

@@ -724,13 +724,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             timeout,
         }) => {
             let states = match target {
-                Some(target)
-                    if target.join(keel::cluster::RECORD).is_file()
-                        || target.join("qemu.pid").is_file() =>
-                {
-                    vec![target]
-                }
-                Some(target) => vec![keel::run::default_state_dir(&target)],
+                Some(target) => vec![keel::cluster::state_of(&target)],
                 None if all => keel::cluster::list().into_iter().map(|r| r.state).collect(),
                 None => Vec::new(),
             };

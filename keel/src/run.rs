@@ -2238,6 +2238,17 @@ pub fn run(opts: &Options) -> Result<i32, Error> {
     Ok(status.code().unwrap_or(1))
 }
 
+/// A new log file at `path` as a background process's standard output and error.
+pub(crate) fn log_outputs(path: &Path) -> Result<(fs::File, fs::File), Error> {
+    let failed = |source| Error::State {
+        path: path.to_owned(),
+        source,
+    };
+    let log = fs::File::create(path).map_err(failed)?;
+    let log_err = log.try_clone().map_err(failed)?;
+    Ok((log, log_err))
+}
+
 /// A VM started by [`run_detached`].
 #[derive(Debug)]
 pub struct Detached {
@@ -2280,14 +2291,7 @@ pub fn run_detached(opts: &Options) -> Result<Detached, Error> {
     announce(&virtiofs);
     let tpm = Tpm::start(&opts)?;
     let log_path = state.join("qemu.log");
-    let log = fs::File::create(&log_path).map_err(|source| Error::State {
-        path: log_path.clone(),
-        source,
-    })?;
-    let log_err = log.try_clone().map_err(|source| Error::State {
-        path: log_path.clone(),
-        source,
-    })?;
+    let (log, log_err) = log_outputs(&log_path)?;
     let mut child = cmd
         .stdin(std::process::Stdio::null())
         .stdout(log)

@@ -47,6 +47,14 @@ pub fn terminate(child: &std::process::Child) -> nix::Result<()> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM)
 }
 
+/// Sends `signal` to process `pid`, ignoring a process that is gone (the callers check first
+/// that `pid` is the process they mean).
+pub fn signal_pid(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    }
+}
+
 /// The size of the filesystem holding `path` (or, when `path` does not exist yet, its nearest
 /// existing ancestor): what a sparse disk image written there can at most be filled with.
 pub fn filesystem_size(path: &std::path::Path) -> std::io::Result<u64> {

@@ -482,14 +482,12 @@ fn a_detached_vm_is_listed_and_stopped() {
     let w = Work::empty();
     let target = prefix(&w);
     let qemu = pidfile_qemu(&w);
-    let runs = w.path("runs");
     let out = run(w
         .keel([
             "run", "qemu", "-d", "--arch", "x86_64", "--accel", "tcg", "--qemu",
         ])
         .arg(&qemu)
-        .arg(&target)
-        .env("KEEL_RUN_DIR", &runs))
+        .arg(&target))
     .ok();
     let pid = out.stdout.trim().to_owned();
     wait_for("the stand-in QEMU writes its pidfile", || {
@@ -497,31 +495,23 @@ fn a_detached_vm_is_listed_and_stopped() {
     });
     let state = std::fs::canonicalize(w.path("sys-state")).unwrap();
 
-    let listed = run(w.keel(["run", "ls"]).env("KEEL_RUN_DIR", &runs)).ok();
+    let listed = run(&mut w.keel(["run", "ls"])).ok();
     assert!(
         listed.stdout.contains(&format!("{} ", state.display())) && listed.stdout.contains("1/1"),
         "{}",
         listed.stdout
     );
     // No guest answers the control channel here: stop ends the process after the timeout.
-    let stopped = run(w
-        .keel(["run", "stop", "--timeout", "1"])
-        .arg(&target)
-        .env("KEEL_RUN_DIR", &runs))
-    .ok();
+    let stopped = run(w.keel(["run", "stop", "--timeout", "1"]).arg(&target)).ok();
     assert!(
         stopped.stderr.contains("stopped 1 VM(s)"),
         "{}",
         stopped.stderr
     );
     wait_for("the VM ends", || !alive(&pid));
-    let listed = run(w.keel(["run", "ls", "--json"]).env("KEEL_RUN_DIR", &runs)).ok();
+    let listed = run(&mut w.keel(["run", "ls", "--json"])).ok();
     assert_eq!(listed.stdout, "", "an ended run is not listed");
-    let again = run(w
-        .keel(["run", "stop"])
-        .arg(&target)
-        .env("KEEL_RUN_DIR", &runs))
-    .failed();
+    let again = run(w.keel(["run", "stop"]).arg(&target)).failed();
     assert!(again.contains("nothing keel started runs in"), "{again}");
 
     // --all: whatever is listed.
@@ -530,17 +520,13 @@ fn a_detached_vm_is_listed_and_stopped() {
             "run", "qemu", "-d", "--arch", "x86_64", "--accel", "tcg", "--qemu",
         ])
         .arg(&qemu)
-        .arg(&target)
-        .env("KEEL_RUN_DIR", &runs))
+        .arg(&target))
     .ok();
     let pid = out.stdout.trim().to_owned();
     wait_for("the stand-in QEMU writes its pidfile again", || {
         std::fs::read_to_string(w.path("sys-state/qemu.pid")).is_ok_and(|p| p.trim() == pid)
     });
-    let stopped = run(w
-        .keel(["run", "stop", "--all", "--timeout", "1"])
-        .env("KEEL_RUN_DIR", &runs))
-    .ok();
+    let stopped = run(&mut w.keel(["run", "stop", "--all", "--timeout", "1"])).ok();
     assert!(
         stopped.stderr.contains("stopped 1 VM(s)"),
         "{}",
@@ -591,7 +577,6 @@ fn each_node_gets_its_own_state_network_card_and_metadata() {
     let w = Work::empty();
     let target = prefix(&w);
     let qemu = pidfile_qemu(&w);
-    let runs = w.path("runs");
     w.write("one.json", "{\"role\": {\"content\": \"manager\"}}");
     let out = run(w
         .keel([
@@ -615,8 +600,7 @@ fn each_node_gets_its_own_state_network_card_and_metadata() {
         .arg(&qemu)
         .arg("--node-data")
         .arg(format!("1={}", w.path("one.json").display()))
-        .arg(&target)
-        .env("KEEL_RUN_DIR", &runs))
+        .arg(&target))
     .ok();
     assert!(out.stderr.contains("node2 192.168.76.12"), "{}", out.stderr);
     let state = std::fs::canonicalize(w.path("sys-state")).unwrap();
@@ -651,21 +635,18 @@ fn each_node_gets_its_own_state_network_card_and_metadata() {
     assert!(has(&iso(1), "manager") && !has(&iso(2), "manager"));
 
     // The switch runs (the stand-ins never connect; it would end after two minutes).
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state.join("cluster.json")).unwrap()).unwrap();
-    let lan = record["lan_pid"].as_u64().unwrap().to_string();
+    let lan = keel::cluster::read_record(&state)
+        .unwrap()
+        .lan_pid
+        .to_string();
     assert!(alive(&lan), "the switch is not running");
-    let listed = run(w.keel(["run", "ls"]).env("KEEL_RUN_DIR", &runs)).ok();
+    let listed = run(&mut w.keel(["run", "ls"])).ok();
     assert!(
         listed.stdout.contains("2/2") && listed.stdout.contains("192.168.76.12"),
         "{}",
         listed.stdout
     );
-    let stopped = run(w
-        .keel(["run", "stop", "--timeout", "1"])
-        .arg(&target)
-        .env("KEEL_RUN_DIR", &runs))
-    .ok();
+    let stopped = run(w.keel(["run", "stop", "--timeout", "1"]).arg(&target)).ok();
     assert!(
         stopped.stderr.contains("stopped 2 VM(s)"),
         "{}",

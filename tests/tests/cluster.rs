@@ -29,7 +29,7 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn alive(pid: u64) -> bool {
+fn alive(pid: u32) -> bool {
     // A zombie is not running; these are not our children, so none stays one for long.
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         !stat
@@ -42,16 +42,10 @@ fn alive(pid: u64) -> bool {
 }
 
 /// The pids in a cluster's record (nodes, then the switch).
-fn pids(state: &Path) -> Vec<u64> {
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state.join("cluster.json")).unwrap()).unwrap();
-    let mut pids: Vec<u64> = record["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["pid"].as_u64().unwrap())
-        .collect();
-    pids.push(record["lan_pid"].as_u64().unwrap());
+fn pids(state: &Path) -> Vec<u32> {
+    let record = keel::cluster::read_record(state).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    let mut pids: Vec<u32> = record.nodes.iter().map(|n| n.pid).collect();
+    pids.push(record.lan_pid);
     pids
 }
 
@@ -60,15 +54,8 @@ struct Cleanup(PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Ok(bytes) = std::fs::read(self.0.join("cluster.json"))
-            && let Ok(record) = serde_json::from_slice::<serde_json::Value>(&bytes)
-        {
-            let nodes = record["nodes"].as_array().cloned().unwrap_or_default();
-            for pid in nodes
-                .iter()
-                .filter_map(|n| n["pid"].as_u64())
-                .chain(record["lan_pid"].as_u64())
-            {
+        if self.0.join(keel::cluster::RECORD).is_file() {
+            for pid in pids(&self.0) {
                 let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
             }
         }
@@ -208,15 +195,15 @@ fn three_nodes_reach_each_other_and_stop_together() {
     // Listed, with every node's address.
     let out = keel(&runs, &["run", "ls", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
-    let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+    let listed: Vec<keel::cluster::Listed> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
         .collect();
     assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(listed[0]["running"], 3);
+    assert_eq!(listed[0].running, 3);
     assert_eq!(
-        listed[0]["addrs"],
-        serde_json::json!(["192.168.76.11", "192.168.76.12", "192.168.76.13"])
+        listed[0].addrs,
+        [11, 12, 13].map(|h| std::net::Ipv4Addr::new(192, 168, 76, h))
     );
 
     // Stopped together: the guests power off, the switch follows.

@@ -327,8 +327,8 @@ impl Work {
         p
     }
 
-    /// `keel ARGS` with the workspace as working directory and store, and a clean environment
-    /// for the settings that change output (`SOURCE_DATE_EPOCH`) or logging.
+    /// `keel ARGS` with the workspace as working directory, store and run directory, and a clean
+    /// environment for the settings that change output (`SOURCE_DATE_EPOCH`) or logging.
     pub fn keel<I, S>(&self, args: I) -> Command
     where
         I: IntoIterator<Item = S>,
@@ -377,6 +377,8 @@ impl Work {
             .env_remove("KEEL_KERNEL_SIGNING_KEY")
             .env_remove("XDG_CACHE_HOME")
             .env("DOCKER_CONFIG", self.path("no-docker-config"))
+            // `keel run -d` notes its runs here, not in the user's run directory.
+            .env("KEEL_RUN_DIR", self.path("runs"))
             .stdin(Stdio::null());
     }
 }
