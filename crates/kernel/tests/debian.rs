@@ -188,3 +188,52 @@ fn resolves_the_meta_package_to_a_pin() {
         pin.name.split('-').take(3).collect::<Vec<_>>()
     );
 }
+
+/// `kernel/debian-6.1-docker` is `debian-6.1` with more modules: the same pinned packages (so a
+/// refresh of one pin is a refresh of both), every module of the smaller list, and the
+/// netfilter, VXLAN and IPVS modules the Docker engine and swarm mode use, with their
+/// dependencies.
+#[test]
+fn docker_recipe_is_debian_61_with_the_engines_modules() {
+    let base = recipe();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernel/debian-6.1-docker");
+    let docker = Recipe::load(&dir).unwrap();
+    assert_eq!(docker.x86_64, base.x86_64, "x86_64 pins differ");
+    assert_eq!(docker.aarch64, base.aarch64, "aarch64 pins differ");
+    for module in &base.modules {
+        assert!(
+            docker.modules.contains(module),
+            "{module} of debian-6.1 is not in debian-6.1-docker"
+        );
+    }
+    let artifacts = build(&docker, "x86_64", &cache()).unwrap();
+    let root = format!("lib/modules/{}", artifacts.release);
+    let dep = tar_file(&artifacts.modules_tar, &format!("{root}/modules.dep"));
+    for module in [
+        "kernel/net/bridge/br_netfilter.ko",
+        "kernel/net/ipv4/netfilter/iptable_nat.ko",
+        "kernel/net/netfilter/xt_MASQUERADE.ko",
+        "kernel/net/netfilter/ipvs/ip_vs.ko",
+        "kernel/net/netfilter/xt_ipvs.ko",
+        "kernel/drivers/net/vxlan/vxlan.ko",
+    ] {
+        let line = dep
+            .lines()
+            .find(|l| l.starts_with(&format!("{module}:")))
+            .unwrap_or_else(|| panic!("{module} is not shipped"));
+        for needed in line.split_whitespace().skip(1) {
+            assert!(
+                dep.lines().any(|l| l.starts_with(&format!("{needed}:"))),
+                "{module} needs {needed}, which is not shipped"
+            );
+        }
+    }
+    // The kernel asks for IPVS by its generic netlink family's alias.
+    let alias = tar_file(&artifacts.modules_tar, &format!("{root}/modules.alias"));
+    assert!(
+        alias
+            .lines()
+            .any(|l| l.contains("IPVS") && l.ends_with(" ip_vs")),
+        "{alias}"
+    );
+}
