@@ -50,6 +50,7 @@ const TOP_KEYS: &[&str] = &[
     "workdir",
     "binaries",
     "debs",
+    "remove",
     "files",
 ];
 const BINARY_KEYS: &[&str] = &["package", "bin", "path", "links"];
@@ -73,6 +74,8 @@ pub struct BuildManifest {
     pub binaries: Vec<Binary>,
     /// Debian package names (the roots of the dependency closure).
     pub debs: Vec<Spanned<String>>,
+    /// Paths the Debian packages install that the image leaves out (each must exist).
+    pub remove: Vec<Spanned<String>>,
     pub files: Vec<PkgFile>,
 }
 
@@ -166,6 +169,7 @@ pub fn parse(name: &str, text: &str) -> R<BuildManifest> {
         workdir: None,
         binaries: Vec::new(),
         debs: Vec::new(),
+        remove: Vec::new(),
         files: Vec::new(),
     };
     for (k, key, v) in entries(&root, "build.yml")? {
@@ -195,6 +199,12 @@ pub fn parse(name: &str, text: &str) -> R<BuildManifest> {
                     check_deb_name(d)?;
                 }
                 m.debs = debs.value;
+            }
+            "remove" => {
+                m.remove = items(v, key)?
+                    .iter()
+                    .map(|n| image_path(n, "remove path"))
+                    .collect::<R<_>>()?;
             }
             "files" => m.files = items(v, key)?.iter().map(file).collect::<R<_>>()?,
             other => return Err(unknown_key(k, other, "build.yml", TOP_KEYS)),
@@ -491,6 +501,22 @@ files:
 "#;
 
     #[test]
+    fn remove_takes_image_paths() {
+        let m = parse(
+            "build.yml",
+            "image: x\ndebs: [busybox-static]\nremove: [/usr/share/doc, usr/bin/x]\n",
+        )
+        .unwrap();
+        let paths: Vec<&str> = m.remove.iter().map(|p| p.as_str()).collect();
+        assert_eq!(paths, ["/usr/share/doc", "/usr/bin/x"]);
+        for bad in ["[/]", "[/usr/../etc]", "/usr/bin/x"] {
+            let text = format!("image: x\ndebs: [busybox-static]\nremove: {bad}\n");
+            let err = parse("build.yml", &text).unwrap_err().to_string();
+            assert!(err.starts_with("build.yml:3:"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn full_manifest_parses() {
         let m = parse("build.yml", FULL).unwrap();
         assert_eq!(m.image.as_str(), "keel/init");
@@ -529,7 +555,7 @@ files:
     fn unknown_keys_have_positions() {
         assert_eq!(
             err("image: x/y\nimagee: z\n"),
-            "build.yml:2:1: unknown key \"imagee\" in build.yml (did you mean image?); expected one of: image, org, arches, config, entrypoint, cmd, env, workdir, binaries, debs, files"
+            "build.yml:2:1: unknown key \"imagee\" in build.yml (did you mean image?); expected one of: image, org, arches, config, entrypoint, cmd, env, workdir, binaries, debs, remove, files"
         );
         let e = err("image: x/y\nfiles:\n  - {path: /a, contents: x, owner: 0}\n");
         assert!(

@@ -75,6 +75,17 @@ pub(crate) fn tree(p: &Prepared, arch: Arch, deb_cache: &Path) -> Result<(Tree, 
     for deb in &mut debs {
         deb.copyright = copyright_of(&tree, &deb.name);
     }
+    // What the packages install and the image does without; a path that is not there is an
+    // error, so that a package update that moves it is noticed rather than shipped.
+    for path in &p.manifest.remove {
+        if !tree.remove(path.as_str()) {
+            return Err(Error::RemoveMissing {
+                loc: path.loc.to_string(),
+                path: path.value.clone(),
+                arch: arch.to_string(),
+            });
+        }
+    }
     let built = p.binaries.get(&arch).map(Vec::as_slice).unwrap_or_default();
     for (b, data) in p.manifest.binaries.iter().zip(built) {
         let origin = format!("bin {}/{}", b.package.as_str(), b.bin.as_str());

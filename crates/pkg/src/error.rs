@@ -97,6 +97,15 @@ pub enum Error {
         dir: PathBuf,
         problem: String,
     },
+    /// A `remove:` path that no Debian package of the image installs.
+    #[error(
+        "{loc}: remove {path}: no Debian package of this image installs it ({arch}); drop the entry or fix the path"
+    )]
+    RemoveMissing {
+        loc: String,
+        path: String,
+        arch: String,
+    },
     /// A fetched package could not be unpacked.
     #[error("cannot unpack Debian package {package}")]
     Unpack {

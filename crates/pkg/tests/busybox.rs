@@ -155,3 +155,52 @@ fn busybox_builds_for_both_arches_reproducibly() {
     assert!(cause.contains("sha256 mismatch"), "{e}: {cause}");
     assert!(s3.resolve(&r).unwrap().is_none());
 }
+
+/// `remove:` leaves out what a package installs; a path that no package installs is an error
+/// naming the line, and nothing is written to the store.
+#[test]
+fn remove_leaves_out_package_paths_and_refuses_missing_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("pkg");
+    std::fs::create_dir(&pkg).unwrap();
+    std::fs::copy(package().join(LOCK_FILE), pkg.join(LOCK_FILE)).unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let yml = |remove: &str| {
+        std::fs::write(
+            pkg.join("build.yml"),
+            format!("image: keel/trimmed\narches: [x86_64]\ndebs: [busybox-static]\nremove: [{remove}]\n"),
+        )
+        .unwrap();
+    };
+    yml("/usr/share/doc/busybox-static");
+    let r = keel_pkg::build(&store, &pkg, &opts()).unwrap();
+    let image = store.image(&r, Arch::X86_64).unwrap();
+    let mut reader = store.open_layer(&image.layers()[0]).unwrap();
+    let mut tar = Vec::new();
+    reader.read_to_end(&mut tar).unwrap();
+    reader.finish().unwrap();
+    let paths: Vec<String> = tar::Archive::new(tar.as_slice())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(paths.iter().any(|p| p == "bin/busybox"), "{paths:?}");
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.starts_with("usr/share/doc/busybox-static")),
+        "{paths:?}"
+    );
+
+    yml("/usr/bin/not-in-busybox");
+    let err = keel_pkg::build(&store, &pkg, &opts())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("build.yml:4:")
+            && err.contains(
+                "remove /usr/bin/not-in-busybox: no Debian package of this image installs it"
+            ),
+        "{err}"
+    );
+}
