@@ -7,6 +7,9 @@
 #                                   (tests/examples/bootbench.rs; ARGS are its flags)
 #   scripts/bench.sh runtime        keel-shim against crun and runc in one VM
 #                                   (tests/cases/sup/bench.sh, run by the supervision test)
+#   scripts/bench.sh swarm          four `images/swarm.yml` nodes: boot to a swarm of three
+#                                   Ready, each node's QEMU RSS, rescheduling and rejoin times
+#                                   (tests/tests/swarm.rs; no peer runs here, see benchmarks.md)
 #
 # Each prints a one-line summary per measure (`bench: ...`) after its table, so a run can be
 # compared with the last one at a glance. Times are wall-clock and noisy: the benchmarks are
@@ -119,8 +122,13 @@ case "$what" in
         console=${TMPDIR:-/tmp}/keel-sup-bench-amd64.console
         grep 'bench|' "$console"
         ;;
+    swarm)
+        need cargo
+        cargo test --locked -p keel-vmtests --test swarm -- --nocapture 2>&1 |
+            sed -n 's/^swarm: /bench: swarm: /p'
+        ;;
     *)
-        echo "usage: $0 build [RUNS] | boot [BOOTBENCH-ARGS] | runtime" >&2
+        echo "usage: $0 build [RUNS] | boot [BOOTBENCH-ARGS] | runtime | swarm" >&2
         exit 2
         ;;
 esac

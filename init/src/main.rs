@@ -55,17 +55,8 @@ fn main() {
     finish(action)
 }
 
-/// An error and its causes on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
+/// An error and its causes on one line (the guest programs' one helper).
+pub use keel_guest::chain;
 
 fn boot(mut timeline: Timeline) -> PowerAction {
     switch_to_real_root();

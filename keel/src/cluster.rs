@@ -99,6 +99,20 @@ pub enum Error {
     },
     #[error("nothing keel started runs in {}", .0.display())]
     NotRunning(PathBuf),
+    #[error("{} has no node {node}", state.display())]
+    NoSuchNode { state: PathBuf, node: u32 },
+    #[error("node {node} is running: stop it first with keel ctl {} poweroff", state.display())]
+    NodeRunning { node: u32, state: PathBuf },
+    #[error(
+        "the network of {} has ended with its last node: start the cluster again with keel run qemu --nodes",
+        .0.display()
+    )]
+    NetworkGone(PathBuf),
+    #[error(
+        "{} was started by a keel that did not record its command: start the cluster again with keel run qemu --nodes",
+        .0.display()
+    )]
+    NoInvocation(PathBuf),
     #[error(transparent)]
     Run(#[from] run::Error),
     #[error(transparent)]
@@ -149,6 +163,17 @@ pub struct Options {
     pub node_data: BTreeMap<u32, Vec<u8>>,
     /// The `keel` binary that runs the switch (`keel run lan`): the running one.
     pub keel: PathBuf,
+    /// The command that made these options, recorded for [`restart`].
+    pub invocation: Option<Invocation>,
+}
+
+/// A `keel run qemu --nodes` command as it was given: its arguments (after `keel`) and the
+/// directory it ran in, which its relative paths are relative to. `keel run start` parses it
+/// again to start a stopped node exactly as the cluster started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invocation {
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
 }
 
 /// What runs in a cluster's state directory (`cluster.json`).
@@ -159,6 +184,9 @@ pub struct Record {
     /// The switch's process.
     pub lan_pid: u32,
     pub nodes: Vec<NodeRecord>,
+    /// How the cluster was started (absent in records of older keels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocation: Option<Invocation>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,60 +281,112 @@ pub fn start(opts: &Options) -> Result<Record, Error> {
         state: state.clone(),
         lan_pid: lan.id(),
         nodes: Vec::new(),
+        invocation: opts.invocation.clone(),
     };
 
     for node in 1..=opts.nodes {
-        let name = format!("node{node}");
-        let node_state = state.join(&name);
-        let console = node_state.join("console.log");
-        let mut node_opts = run::Options {
-            state: Some(node_state.clone()),
-            console_file: Some(console.clone()),
-            lan: Some(run::LanNic {
-                socket: socket.clone(),
-                mac: node_mac(node),
-            }),
-            ..opts.run.clone()
-        };
-        if node != 1 {
-            node_opts.publish.clear();
-        }
-        let started = opts
-            .node_data
-            .get(&node)
-            .or(opts.data.as_ref())
-            .map(|data| run::data_volume(&node_state, data))
-            .transpose()
-            .and_then(|drive| {
-                if let Some(drive) = drive {
-                    node_opts.extra.splice(0..0, drive);
-                }
-                run::run_detached(&node_opts)
-            });
-        match started {
-            Ok(vm) => record.nodes.push(NodeRecord {
-                name,
-                pid: vm.pid,
-                state: node_state,
-                console,
-                addr: node_addr(node),
-                mac: node_mac(node).to_string(),
-            }),
-            Err(source) => {
+        match start_node(opts, &state, node) {
+            Ok(started) => record.nodes.push(started),
+            Err(e) => {
                 for n in &record.nodes {
                     crate::sys::signal_pid(n.pid, Signal::SIGKILL);
                 }
                 crate::sys::signal_pid(record.lan_pid, Signal::SIGKILL);
-                return Err(Error::Node {
-                    node,
-                    source: Box::new(source),
-                });
+                return Err(e);
             }
         }
     }
     write_record(&state, &record)?;
     note_run(&state);
     Ok(record)
+}
+
+/// Starts node `node` of the cluster in `state` (canonical), on its network's socket.
+fn start_node(opts: &Options, state: &Path, node: u32) -> Result<NodeRecord, Error> {
+    let name = format!("node{node}");
+    let node_state = state.join(&name);
+    let console = node_state.join("console.log");
+    let mut node_opts = run::Options {
+        state: Some(node_state.clone()),
+        console_file: Some(console.clone()),
+        lan: Some(run::LanNic {
+            socket: state.join("lan.sock"),
+            mac: node_mac(node),
+        }),
+        ..opts.run.clone()
+    };
+    if node != 1 {
+        node_opts.publish.clear();
+    }
+    let started = opts
+        .node_data
+        .get(&node)
+        .or(opts.data.as_ref())
+        .map(|data| run::data_volume(&node_state, data))
+        .transpose()
+        .and_then(|drive| {
+            if let Some(drive) = drive {
+                node_opts.extra.splice(0..0, drive);
+            }
+            run::run_detached(&node_opts)
+        })
+        .map_err(|source| Error::Node {
+            node,
+            source: Box::new(source),
+        })?;
+    Ok(NodeRecord {
+        name,
+        pid: started.pid,
+        state: node_state,
+        console,
+        addr: node_addr(node),
+        mac: node_mac(node).to_string(),
+    })
+}
+
+/// `keel run start`: starts the given nodes of the cluster in `state` again (every stopped one
+/// when `nodes` is empty), with `opts` parsed from the cluster's [`Invocation`], on the network
+/// that still runs: each gets its address back from the network's DHCP server by its MAC, and
+/// its disks and state as it left them. Returns the nodes started.
+pub fn restart(opts: &Options, state: &Path, nodes: &[u32]) -> Result<Vec<u32>, Error> {
+    let mut record = read_record(state)?;
+    if !lan_alive(record.lan_pid) {
+        return Err(Error::NetworkGone(state.to_owned()));
+    }
+    let wanted: Vec<u32> = if nodes.is_empty() {
+        (1..=opts.nodes)
+            .filter(|&n| {
+                record
+                    .nodes
+                    .get(usize::try_from(n - 1).unwrap_or(usize::MAX))
+                    .is_some_and(|r| !node_alive(r))
+            })
+            .collect()
+    } else {
+        nodes.to_vec()
+    };
+    for &node in &wanted {
+        let index = usize::try_from(node.wrapping_sub(1)).unwrap_or(usize::MAX);
+        let Some(current) = record.nodes.get(index) else {
+            return Err(Error::NoSuchNode {
+                state: state.to_owned(),
+                node,
+            });
+        };
+        if node_alive(current) {
+            return Err(Error::NodeRunning {
+                node,
+                state: current.state.clone(),
+            });
+        }
+    }
+    for &node in &wanted {
+        let started = start_node(opts, &record.state, node)?;
+        let index = usize::try_from(node - 1).unwrap_or(usize::MAX);
+        record.nodes[index] = started;
+        write_record(&record.state, &record)?;
+    }
+    Ok(wanted)
 }
 
 fn write_record(state: &Path, record: &Record) -> Result<(), Error> {

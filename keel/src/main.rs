@@ -326,6 +326,15 @@ enum RunCommand {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Start stopped nodes of a cluster again, as `keel run qemu --nodes` started them (same
+    /// options, disks, metadata and address), on its network that still runs.
+    Start {
+        /// The build prefix or state directory the cluster was started with.
+        target: PathBuf,
+        /// The node to start (1-based); repeatable. Default: every node that is not running.
+        #[arg(long = "node", value_name = "I")]
+        nodes: Vec<u32>,
+    },
     /// The switch of a cluster's private network (started by `keel run qemu --nodes`, with the
     /// bound socket as standard input).
     #[command(hide = true)]
@@ -734,6 +743,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Run(RunCommand::Lan { leases }) => run_lan(&leases)?,
+        Command::Run(RunCommand::Start { target, nodes }) => run_start(&target, &nodes)?,
         Command::Cache(cmd) => keel::cache::run(&open_store()?, cache_command(cmd, &mirrors)?)?,
         Command::Pkg(PkgCommand::Build {
             dir,
@@ -886,7 +896,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// The backends `keel run` knows (LinuxKit's word for them), and its other verbs.
-const RUN_BACKENDS: &[&str] = &["qemu", "ls", "stop", "lan"];
+const RUN_BACKENDS: &[&str] = &["qemu", "ls", "stop", "start", "lan"];
 
 /// `keel run PREFIX` means `keel run qemu PREFIX`, as `linuxkit run` picks the platform's
 /// default backend: inserts `qemu` after `run` when what follows is not a backend or a request
@@ -957,7 +967,16 @@ fn deliver(written: &[PathBuf], output: &Path) -> Result<()> {
 }
 
 /// `keel run qemu` (and `keel run` without a backend).
-fn run_qemu(args: QemuArgs) -> Result<ExitCode> {
+/// What `keel run qemu`'s arguments ask for.
+struct QemuPlan {
+    opts: RunOptions,
+    data: Option<Vec<u8>>,
+    nodes: Option<u32>,
+    node_data: Vec<String>,
+    detached: bool,
+}
+
+fn qemu_plan(args: QemuArgs) -> Result<QemuPlan> {
     let detached = args.detached;
     let (nodes, node_data) = (args.nodes, args.node_data);
     let data = match (args.data, &args.data_file) {
@@ -968,7 +987,7 @@ fn run_qemu(args: QemuArgs) -> Result<ExitCode> {
         ),
         (None, None) => None,
     };
-    let mut opts = RunOptions {
+    let opts = RunOptions {
         target: args.target,
         media: if args.iso {
             Some(keel::run::Media::Iso)
@@ -1007,24 +1026,50 @@ fn run_qemu(args: QemuArgs) -> Result<ExitCode> {
         lan: None,
         extra: args.qemu_args,
     };
-    if let Some(nodes) = nodes {
-        let mut by_node = std::collections::BTreeMap::new();
-        for spec in &node_data {
-            let (node, file) = spec
-                .split_once('=')
-                .and_then(|(n, f)| Some((n.parse::<u32>().ok()?, f)))
-                .with_context(|| format!("invalid --node-data {spec:?}: expected I=FILE"))?;
-            let bytes = std::fs::read(file)
-                .with_context(|| format!("cannot read --node-data {node}={file}"))?;
-            by_node.insert(node, bytes);
-        }
-        let cluster = keel::cluster::Options {
-            run: opts,
-            nodes,
-            data,
-            node_data: by_node,
-            keel: std::env::current_exe().context("cannot find the keel binary")?,
+    Ok(QemuPlan {
+        opts,
+        data,
+        nodes,
+        node_data,
+        detached,
+    })
+}
+
+/// A cluster's options from its plan (`--node-data` files read).
+fn cluster_options(
+    plan: QemuPlan,
+    nodes: u32,
+    invocation: Option<keel::cluster::Invocation>,
+) -> Result<keel::cluster::Options> {
+    let mut by_node = std::collections::BTreeMap::new();
+    for spec in &plan.node_data {
+        let (node, file) = spec
+            .split_once('=')
+            .and_then(|(n, f)| Some((n.parse::<u32>().ok()?, f)))
+            .with_context(|| format!("invalid --node-data {spec:?}: expected I=FILE"))?;
+        let bytes = std::fs::read(file)
+            .with_context(|| format!("cannot read --node-data {node}={file}"))?;
+        by_node.insert(node, bytes);
+    }
+    Ok(keel::cluster::Options {
+        run: plan.opts,
+        nodes,
+        data: plan.data,
+        node_data: by_node,
+        keel: std::env::current_exe().context("cannot find the keel binary")?,
+        invocation,
+    })
+}
+
+fn run_qemu(args: QemuArgs) -> Result<ExitCode> {
+    let plan = qemu_plan(args)?;
+    let detached = plan.detached;
+    if let Some(nodes) = plan.nodes {
+        let invocation = keel::cluster::Invocation {
+            args: std::env::args().skip(1).collect(),
+            cwd: std::env::current_dir().context("cannot read the current directory")?,
         };
+        let cluster = cluster_options(plan, nodes, Some(invocation))?;
         let record = keel::cluster::start(&cluster)?;
         for node in &record.nodes {
             eprintln!(
@@ -1048,6 +1093,7 @@ fn run_qemu(args: QemuArgs) -> Result<ExitCode> {
         keel::cluster::wait(&record, Duration::from_secs(30))?;
         return Ok(ExitCode::SUCCESS);
     }
+    let QemuPlan { mut opts, data, .. } = plan;
     if let Some(data) = data {
         let drive = keel::run::data_volume(&keel::run::state_dir(&opts), &data)?;
         opts.extra.splice(0..0, drive);
@@ -1066,6 +1112,52 @@ fn run_qemu(args: QemuArgs) -> Result<ExitCode> {
     }
     let code = keel::run::run(&opts)?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// `keel run start`: the cluster's recorded command parsed again, in the directory it ran in,
+/// and the nodes started with those options.
+fn run_start(target: &Path, nodes: &[u32]) -> Result<()> {
+    let state = keel::cluster::state_of(target);
+    let record = keel::cluster::read_record(&state)?;
+    let invocation = record
+        .invocation
+        .clone()
+        .ok_or_else(|| keel::cluster::Error::NoInvocation(state.clone()))?;
+    std::env::set_current_dir(&invocation.cwd).with_context(|| {
+        format!(
+            "cannot enter {}, where the cluster was started",
+            invocation.cwd.display()
+        )
+    })?;
+    let words = std::iter::once("keel".to_owned())
+        .chain(invocation.args.clone())
+        .map(std::ffi::OsString::from)
+        .collect();
+    let cli = Cli::try_parse_from(with_default_backend(words))
+        .context("cannot parse the cluster's recorded command again")?;
+    let Command::Run(RunCommand::Qemu(args)) = cli.command else {
+        anyhow::bail!("the cluster's recorded command is not keel run qemu");
+    };
+    let plan = qemu_plan(*args)?;
+    let count = plan.nodes.unwrap_or(1);
+    let opts = cluster_options(plan, count, Some(invocation))?;
+    let started = keel::cluster::restart(&opts, &record.state, nodes)?;
+    if started.is_empty() {
+        eprintln!("keel: every node of {} is running", record.state.display());
+    }
+    for node in started {
+        let record = keel::cluster::read_record(&record.state)?;
+        let n = &record.nodes[usize::try_from(node - 1).unwrap_or(0)];
+        eprintln!(
+            "keel: {} {} (pid {}) started again: console {}; keel ctl {}",
+            n.name,
+            n.addr,
+            n.pid,
+            n.console.display(),
+            n.state.display()
+        );
+    }
+    Ok(())
 }
 
 /// `keel run ls`.

@@ -646,6 +646,42 @@ fn each_node_gets_its_own_state_network_card_and_metadata() {
         "{}",
         listed.stdout
     );
+
+    // A stopped node starts again as it started: the same QEMU command line (disk, metadata,
+    // network card), from the recorded command, run from another directory.
+    let node2 = |record: &keel::cluster::Record| record.nodes[1].pid.to_string();
+    let old = node2(&keel::cluster::read_record(&state).unwrap());
+    assert!(run(std::process::Command::new("kill").args(["-9", &old])).code == Some(0));
+    wait_for("node 2's stand-in ends", || !alive(&old));
+    std::fs::remove_file(state.join("node2/qemu.pid.args")).unwrap();
+    let refused = run(w.keel(["run", "start", "--node", "1"]).arg(&target)).failed();
+    assert!(
+        refused.contains("node 1 is running: stop it first with keel ctl")
+            && refused.contains("node1 poweroff"),
+        "{refused}"
+    );
+    let refused = run(w.keel(["run", "start", "--node", "3"]).arg(&target)).failed();
+    assert!(refused.contains("has no node 3"), "{refused}");
+    let started = run(w
+        .keel(["run", "start"])
+        .arg(&state)
+        .current_dir(std::env::temp_dir()))
+    .ok();
+    assert!(
+        started.stderr.contains("node2 192.168.76.12") && started.stderr.contains("started again"),
+        "{}",
+        started.stderr
+    );
+    let new = node2(&keel::cluster::read_record(&state).unwrap());
+    assert_ne!(new, old);
+    assert!(alive(&new), "node 2 is not running again");
+    wait_for("node 2's stand-in starts again", || {
+        state.join("node2/qemu.pid.args").is_file()
+    });
+    assert_eq!(args(2), two, "node 2's QEMU command line changed");
+    let again = run(w.keel(["run", "start"]).arg(&target)).ok();
+    assert!(again.stderr.contains("every node of"), "{}", again.stderr);
+
     let stopped = run(w.keel(["run", "stop", "--timeout", "1"]).arg(&target)).ok();
     assert!(
         stopped.stderr.contains("stopped 2 VM(s)"),
@@ -653,4 +689,6 @@ fn each_node_gets_its_own_state_network_card_and_metadata() {
         stopped.stderr
     );
     wait_for("the switch ends with its nodes", || !alive(&lan));
+    let gone = run(w.keel(["run", "start", "--node", "2"]).arg(&target)).failed();
+    assert!(gone.contains("has ended with its last node"), "{gone}");
 }

@@ -12,6 +12,7 @@ mod probe;
 mod sys;
 mod userdata;
 
+use keel_guest::chain;
 use probe::Devices;
 use std::fs;
 use std::io;
@@ -40,8 +41,7 @@ enum Error {
 }
 
 fn main() -> ExitCode {
-    let _ = log::set_logger(&LOGGER);
-    log::set_max_level(log::LevelFilter::Info);
+    keel_guest::init_logger("metadata", log::LevelFilter::Info, keel_guest::Console::No);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dirs = Dirs {
         config: CONFIG_DIR.into(),
@@ -158,39 +158,6 @@ fn set_hostname(config: &Path) {
         Ok(()) => log::info!("hostname set to {name}"),
         Err(e) => log::warn!("cannot set hostname {name:?}: {e}"),
     }
-}
-
-/// An error with its causes, `: `-separated.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// Every record to stderr (the container's output, which keel sends to the console and logs).
-struct Logger;
-
-static LOGGER: Logger = Logger;
-
-impl log::Log for Logger {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record) {
-        use std::io::Write;
-        let level = match record.level() {
-            log::Level::Error => "error: ",
-            log::Level::Warn => "warning: ",
-            _ => "",
-        };
-        let _ = writeln!(io::stderr(), "metadata: {level}{}", record.args());
-    }
-    fn flush(&self) {}
 }
 
 #[cfg(test)]

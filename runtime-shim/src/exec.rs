@@ -1,6 +1,7 @@
 //! `keel-shim exec <id> -- CMD...`: runs a command inside a running container, like
 //! `runc exec`, through libcontainer's tenant builder: it joins the container's namespaces and
-//! cgroup. Its stdio is the shim's own (keelctl's terminal); the shim forwards signals and
+//! cgroup (or, when the container's init has moved into a cgroup below its own, that one; see
+//! [`init_sub_cgroup`]). Its stdio is the shim's own (keelctl's terminal); the shim forwards signals and
 //! exits with the command's status.
 //!
 //! The command gets exactly the container's privileges, read from the container's own
@@ -137,6 +138,11 @@ pub fn exec(id: &str, args: Vec<String>) -> Result<i32, ExecError> {
     let stdin = dup(io::stdin().as_fd())?;
     let stdout = dup(io::stdout().as_fd())?;
     let stderr = dup(io::stderr().as_fd())?;
+    let sub_cgroup = state.pid().and_then(|pid| {
+        let own = spec.linux().as_ref()?.cgroups_path().clone()?;
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        init_sub_cgroup(&own, &cgroup)
+    });
     let signals = block_signals()?;
     let err = |e| ExecError::Tenant(id.to_owned(), e);
     let pid = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
@@ -150,6 +156,7 @@ pub fn exec(id: &str, args: Vec<String>) -> Result<i32, ExecError> {
         .with_stdout(stdout)
         .with_stderr(stderr)
         .as_tenant()
+        .with_sub_cgroup(sub_cgroup)
         // The whole process (args, env, cwd, user, capabilities, noNewPrivileges, rlimits);
         // the tenant builder's own choices would come from the elevated copy.
         .with_process(Some(process_path))
@@ -158,6 +165,21 @@ pub fn exec(id: &str, args: Vec<String>) -> Result<i32, ExecError> {
         .build()
         .map_err(err)?;
     Ok(wait_for(pid, &signals)?)
+}
+
+/// The cgroup below the container's own (`own`, its `cgroupsPath`) that its init process is in
+/// (`proc_cgroup`: `/proc/PID/cgroup` as the shim sees it), relative to `own`, if it is in one.
+///
+/// A container that runs containers itself (a Docker engine) enables controllers for cgroups
+/// below its own, which cgroup v2 allows only once its processes have left that cgroup: they
+/// move into a child (`init`, as Docker's `dind` does), and no process can join the container's
+/// own cgroup any more. An exec'd command joins the init process's cgroup instead, as `runc
+/// exec` does.
+fn init_sub_cgroup(own: &Path, proc_cgroup: &str) -> Option<String> {
+    let path = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let sub = Path::new(path.trim()).strip_prefix(own).ok()?;
+    let sub = sub.to_str()?;
+    (!sub.is_empty() && !sub.split('/').any(|c| c == "..")).then(|| sub.to_owned())
 }
 
 #[cfg(test)]
@@ -190,6 +212,20 @@ mod tests {
                 "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"mount"}}]{profile}}}}}"#
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn exec_joins_the_cgroup_init_moved_into() {
+        let own = Path::new("/keel/services/docker");
+        assert_eq!(
+            init_sub_cgroup(own, "0::/keel/services/docker/init\n"),
+            Some("init".into())
+        );
+        // Still in its own cgroup, or somewhere else entirely: the container's own.
+        assert_eq!(init_sub_cgroup(own, "0::/keel/services/docker\n"), None);
+        assert_eq!(init_sub_cgroup(own, "0::/keel/services/dockerd/x\n"), None);
+        assert_eq!(init_sub_cgroup(own, "1:name=systemd:/x\n"), None);
+        assert_eq!(init_sub_cgroup(own, ""), None);
     }
 
     fn caps(p: &Process) -> &LinuxCapabilities {

@@ -20,6 +20,7 @@ mod run;
 mod seccomp;
 mod sys;
 
+use keel_guest::chain;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -61,18 +62,6 @@ fn log_level() -> log::LevelFilter {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(log::LevelFilter::Info)
-}
-
-/// The error and its causes on one line.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 fn main() -> ExitCode {

@@ -97,6 +97,52 @@ fn read_runtime(bundle: &Path) -> Result<Runtime, RunError> {
     }
 }
 
+/// How long the processes of a container's cgroup tree get to die after `cgroup.kill`.
+const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Ends whatever still runs in a container's cgroup `dir` (cgroup v2's `cgroup.kill`) and
+/// removes the cgroups below it, deepest first. A container that runs containers of its own (a
+/// Docker engine) leaves cgroups of its own below its cgroup; the kernel removes a cgroup only
+/// once it has none, and libcgroups removes the container's cgroup alone: without this a
+/// service that delegates its cgroup could not be deleted, nor started again under the same
+/// path.
+fn remove_child_cgroups(dir: &Path) {
+    let has_children = |dir: &Path| {
+        fs::read_dir(dir).is_ok_and(|mut entries| {
+            entries.any(|e| e.is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_dir())))
+        })
+    };
+    if !has_children(dir) {
+        return;
+    }
+    // Everything in the tree: nested containers die with the container that ran them.
+    if let Err(err) = fs::write(dir.join("cgroup.kill"), "1") {
+        log::debug!("cannot kill the cgroup tree {}: {err}", dir.display());
+    }
+    let deadline = std::time::Instant::now() + KILL_WAIT;
+    while fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|e| e.contains("populated 1"))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    remove_below(dir);
+}
+
+fn remove_below(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let child = entry.path();
+            remove_below(&child);
+            if let Err(err) = fs::remove_dir(&child) {
+                log::warn!("cannot remove cgroup {}: {err}", child.display());
+            }
+        }
+    }
+}
+
 /// Removes what a previous shim for `id` may have left (after a crash or a SIGKILL).
 fn remove_stale(id: &str) {
     let dir = Path::new(STATE_DIR).join(id);
@@ -104,7 +150,15 @@ fn remove_stale(id: &str) {
         return;
     }
     log::warn!("removing stale state of container {id}");
-    let deleted = Container::load(dir.clone()).and_then(|mut c| c.delete(true));
+    let deleted = Container::load(dir.clone()).and_then(|mut c| {
+        if let Some(cgroup) = Spec::load(c.bundle().join(CONFIG_FILE))
+            .ok()
+            .and_then(|spec| spec.linux().as_ref()?.cgroups_path().clone())
+        {
+            remove_child_cgroups(&prepare::cgroup_dir(cgroup));
+        }
+        c.delete(true)
+    });
     if let Err(err) = deleted {
         log::debug!("stale container {id} could not be deleted ({err}); removing its state");
         if let Err(err) = fs::remove_dir_all(&dir) {
@@ -128,6 +182,8 @@ pub fn block_signals() -> Result<SignalFd, RunError> {
 struct Cleanup {
     prepared: Prepared,
     container: Option<Container>,
+    /// The container's cgroup directory (under /sys/fs/cgroup), when the spec names one.
+    cgroup: Option<PathBuf>,
     /// The private spec directory, when the spec was derived.
     private: Option<PathBuf>,
 }
@@ -142,10 +198,13 @@ fn remove_private(dir: Option<&Path>) {
 
 impl Cleanup {
     fn finish(mut self) {
-        if let Some(mut c) = self.container.take()
-            && let Err(err) = c.delete(true)
-        {
-            log::error!("cannot delete container {}: {err}", c.id());
+        if let Some(mut c) = self.container.take() {
+            if let Some(cgroup) = &self.cgroup {
+                remove_child_cgroups(cgroup);
+            }
+            if let Err(err) = c.delete(true) {
+                log::error!("cannot delete container {}: {err}", c.id());
+            }
         }
         self.prepared.undo();
         remove_private(self.private.as_deref());
@@ -197,6 +256,11 @@ pub fn run(bundle: &Path, id: &str) -> Result<i32, RunError> {
     let mut cleanup = Cleanup {
         prepared,
         container: None,
+        cgroup: spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(prepare::cgroup_dir),
         private,
     };
 
@@ -374,6 +438,33 @@ mod tests {
     }
 
     use super::*;
+
+    /// On a plain directory tree standing in for cgroupfs (where `rmdir` of a cgroup succeeds
+    /// despite its control files): the cgroups below go, deepest first; the container's own is
+    /// left for libcgroups.
+    #[test]
+    fn child_cgroups_are_removed_deepest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = dir.path().join("keel/services/docker");
+        for sub in ["init", "docker/abc/nested", "docker/def"] {
+            fs::create_dir_all(own.join(sub)).unwrap();
+        }
+        fs::write(own.join("cgroup.events"), "populated 0\nfrozen 0\n").unwrap();
+        remove_child_cgroups(&own);
+        assert!(own.is_dir());
+        let left: Vec<_> = fs::read_dir(&own)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(fs::read_to_string(own.join("cgroup.kill")).unwrap(), "1");
+        // A leaf is not touched at all.
+        let leaf = dir.path().join("keel/services/web");
+        fs::create_dir_all(&leaf).unwrap();
+        remove_child_cgroups(&leaf);
+        assert!(!leaf.join("cgroup.kill").exists());
+    }
 
     #[test]
     fn statuses_map_like_a_shell() {

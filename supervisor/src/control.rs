@@ -5,6 +5,7 @@ use crate::exec::Execs;
 use crate::lifecycle::{Now, Status, Supervisor};
 use crate::procs;
 use crate::protocol::{InitUsage, LogLine, Request, Response, TimelineStep, Usage};
+use keel_guest::chain;
 use nix::sys::signal::Signal;
 use std::path::Path;
 
@@ -187,17 +188,6 @@ fn reply<E: std::error::Error>(r: Result<(), E>, message: String) -> Response {
         Ok(()) => Response::Done { message },
         Err(e) => Response::error(chain(&e)),
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

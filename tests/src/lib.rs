@@ -5,6 +5,7 @@
 //! Containers under test print lines `CHECK <key>=<value>`; PID 1 relays them to the console as
 //! `<container-id>| CHECK <key>=<value>`, which [`Checks::parse`] collects per container.
 
+pub mod docker;
 pub mod vm;
 
 pub use keel::output::InitrdCompression;

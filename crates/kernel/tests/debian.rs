@@ -213,6 +213,7 @@ fn docker_recipe_is_debian_61_with_the_engines_modules() {
         "kernel/net/bridge/br_netfilter.ko",
         "kernel/net/ipv4/netfilter/iptable_nat.ko",
         "kernel/net/netfilter/xt_MASQUERADE.ko",
+        "kernel/net/netfilter/xt_REDIRECT.ko",
         "kernel/net/netfilter/ipvs/ip_vs.ko",
         "kernel/net/netfilter/xt_ipvs.ko",
         "kernel/drivers/net/vxlan/vxlan.ko",
