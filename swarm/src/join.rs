@@ -291,6 +291,19 @@ mod tests {
     }
 
     #[test]
+    fn an_unreachable_manager_is_named() {
+        // A port nothing listens on: bound, its address taken, closed.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let err =
+            request(addr, &secret("cluster secret 0123"), Role::Worker, &[9; 32]).unwrap_err();
+        assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+        assert_eq!(err.to_string(), format!("cannot reach {addr}"));
+    }
+
+    #[test]
     fn a_wrong_secret_is_refused_and_gets_nothing() {
         let (served, token) = run("cluster secret 0123", "another secret 4567", Role::Worker);
         assert_eq!(served.unwrap(), Served::WrongSecret);
