@@ -239,17 +239,9 @@ fn unbuilt_reference(dir: &Path) -> std::result::Result<String, String> {
         .map_err(|e| error_chain(&e))
 }
 
-/// An error and its causes on one line (`a: b: c`), for messages embedded in other errors.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
+/// An error and its causes on one line (`a: b: c`), for messages embedded in other errors: the
+/// one helper keel's programs share.
+pub use keel_guest::chain as error_chain;
 
 /// Every image reference a config names, as written, in build order.
 pub(crate) fn reference_texts(config: &Config) -> Vec<String> {
