@@ -26,10 +26,15 @@ packages=(
   crun runc busybox-static
   # boot media helpers and checks
   xorriso mtools dosfstools squashfs-tools erofs-utils isolinux syslinux-common systemd-boot-efi
+  # veritysetup and sfdisk: the reference checks of the dm-verity trees and partition tables
+  # keel writes (--verity)
+  cryptsetup-bin fdisk
   cpio zstd xz-utils hyperfine
   # Secure Boot: signing UKIs (keel build --sign-with), enrolling keys in the firmware's
   # variables (keel run --secure-boot; from backports), a TPM for keel run --tpm
   sbsigntool python3-virt-firmware swtpm
+  # sbsign stamps the signing time: it runs with the clock stopped at SOURCE_DATE_EPOCH
+  faketime
   # clients the example-system tests use against booted guests
   redis-tools curl openssh-client
   # libraries virtiofsd (below) links against

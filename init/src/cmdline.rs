@@ -62,6 +62,8 @@ impl Cmdline {
                     .filter(|t| *t <= MAX_ONBOOT_TIMEOUT)
                     .map(|t| c.onboot_timeout = t)
                     .is_some(),
+                // The loader's verified root (crate::verity checks them before this runs).
+                "verity" | "verity_salt" | "verity_blocks" => true,
                 _ => false,
             };
             if !ok {
@@ -84,6 +86,8 @@ mod tests {
         assert_eq!(c.onboot_timeout, Duration::from_secs(5));
         assert!(c.unknown.is_empty());
         assert_eq!(Cmdline::parse("root=/dev/sda"), Cmdline::default());
+        let verity = "keel.verity=ab keel.verity_salt=cd keel.verity_blocks=8";
+        assert_eq!(Cmdline::parse(verity), Cmdline::default());
     }
 
     #[test]

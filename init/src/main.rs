@@ -17,6 +17,7 @@ mod rootfs;
 mod run;
 mod shim;
 mod sys;
+mod verity;
 
 use cmdline::Cmdline;
 use keel_supervisor::{Kind, Settings, Supervisor};
@@ -120,9 +121,10 @@ fn boot(mut timeline: Timeline) -> PowerAction {
 }
 
 /// On an initramfs that holds no system (no `/containers`: the `kernel+squashfs` format's
-/// loader) with `root=` on the command line, boots the system from that device instead: mounts
-/// it and executes its init. Returns when there is nothing to switch to, or on failure (logged),
-/// with the initramfs still the root.
+/// loader) with `root=` or `keel.verity=` on the command line, boots the system from that
+/// device instead: mounts it and executes its init. Returns when there is nothing to switch to,
+/// or on failure (logged), with the initramfs still the root; a verified root's failure never
+/// falls back to `root=`.
 fn switch_to_real_root() {
     if !rootfs::on_initramfs() || Path::new("/").join(keel_bundle::CONTAINERS_DIR).exists() {
         return;
@@ -131,12 +133,25 @@ fn switch_to_real_root() {
         log::error!("{}", chain(&e));
     }
     let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let Some(spec) = realroot::RootSpec::from_cmdline(&text) else {
-        realroot::unmount_loader();
-        return;
+    const UNVERIFIED: &str = "will not boot from an unverified root: staying on the initramfs";
+    let spec = match realroot::RootSpec::from_cmdline(&text) {
+        Ok(Some(spec)) => spec,
+        Ok(None) => {
+            realroot::unmount_loader();
+            return;
+        }
+        Err(e) => {
+            realroot::unmount_loader();
+            log::error!("verity: {}; {UNVERIFIED}", chain(&e));
+            return;
+        }
     };
-    let err = realroot::switch(&spec, &load_modules);
-    log::error!("{}; staying on the initramfs", chain(&err));
+    let err = realroot::switch(&spec, &load_modules, &load_module);
+    if spec.verified() {
+        log::error!("verity: {}; {UNVERIFIED}", chain(&err));
+    } else {
+        log::error!("{}; staying on the initramfs", chain(&err));
+    }
 }
 
 /// `modprobe [-q] [-b] [--] NAME...` as the kernel's `request_module` calls it: each name is a
@@ -163,9 +178,8 @@ fn modprobe(args: impl Iterator<Item = String>) -> i32 {
     status
 }
 
-/// Coldplug plus `/etc/modules`, then re-scans while new modules made new devices appear
-/// (virtio_pci exposes the virtio devices whose drivers load next).
-fn load_modules() {
+/// The running kernel's module loader; None (logged) when it has no modules.
+fn module_loader() -> Option<modules::Loader> {
     let dir = PathBuf::from("/lib/modules").join(sys::kernel_release());
     let index = match modules::ModuleIndex::read(&dir) {
         Ok(i) => i,
@@ -175,14 +189,32 @@ fn load_modules() {
                 "no modules for this kernel ({} is absent): nothing to load",
                 dir.display()
             );
-            return;
+            return None;
         }
         Err(e) => {
             log::warn!("no module index in {}: {e}", dir.display());
-            return;
+            return None;
         }
     };
-    let mut loader = modules::Loader::new(dir, index);
+    Some(modules::Loader::new(dir, index))
+}
+
+/// Loads module `name` and its dependencies, for what no device asks for (`dm_verity`).
+fn load_module(name: &str) {
+    let Some(mut loader) = module_loader() else {
+        return;
+    };
+    if !loader.load_or_alias(name) {
+        log::warn!("this kernel has no module {name}");
+    }
+}
+
+/// Coldplug plus `/etc/modules`, then re-scans while new modules made new devices appear
+/// (virtio_pci exposes the virtio devices whose drivers load next).
+fn load_modules() {
+    let Some(mut loader) = module_loader() else {
+        return;
+    };
     let devices = Path::new("/sys/devices");
     let mut again = loader.coldplug(devices);
     if let Ok(text) = std::fs::read_to_string("/etc/modules") {

@@ -3,9 +3,12 @@
 //! initramfs (this binary and the kernel's modules) with `root=DEVICE` on its command line.
 //! PID 1 then loads the modules the device needs, waits for it, mounts it read-only, moves it
 //! onto `/` and executes the `/sbin/init` it holds, which boots the system as PID 1 from there.
+//! With `keel.verity=` instead, the root is a dm-verity device over two GPT partitions
+//! ([`crate::verity`]), and nothing else: an unverified root is never a fallback.
 
 use crate::boot::{self, Op};
 use crate::sys;
+use crate::verity::{self, VerityError, VeritySpec};
 use nix::mount::MsFlags;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -14,8 +17,8 @@ use std::time::{Duration, Instant};
 const MOUNT_DIR: &str = "/.keel-realroot";
 /// The init executed in the real root.
 const INIT: &str = "/sbin/init";
-/// How long `root=` may take to appear (a slow emulated machine probes virtio late).
-const ROOT_WAIT: Duration = Duration::from_secs(60);
+/// How long the root's devices may take to appear (a slow emulated machine probes virtio late).
+pub const ROOT_WAIT: Duration = Duration::from_secs(60);
 
 /// What the loader needs of `/proc/cmdline`; mounted by [`LOADER`] and unmounted again.
 pub const LOADER: &[Op] = &[
@@ -24,17 +27,26 @@ pub const LOADER: &[Op] = &[
     boot::mount("devtmpfs", "/dev", boot::NOSUID_NOEXEC, "mode=0755"),
 ];
 
-/// `root=` and `rootfstype=` of the kernel command line.
+/// `root=` (or the `keel.verity*` knobs) and `rootfstype=` of the kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootSpec {
-    pub device: PathBuf,
+    pub source: RootSource,
     pub fstype: String,
+}
+
+/// Where the root filesystem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootSource {
+    /// `root=`: a device path.
+    Device(PathBuf),
+    /// `keel.verity=`: a verified device; takes precedence over `root=`.
+    Verity(VeritySpec),
 }
 
 impl RootSpec {
     /// The root to switch to, if the command line names one (`rootfstype` defaults to
-    /// squashfs, the format that uses this).
-    pub fn from_cmdline(text: &str) -> Option<RootSpec> {
+    /// squashfs, the format that uses this). An error for invalid `keel.verity*` knobs.
+    pub fn from_cmdline(text: &str) -> Result<Option<RootSpec>, VerityError> {
         let mut device = None;
         let mut fstype = "squashfs".to_owned();
         for word in text.split_ascii_whitespace() {
@@ -44,7 +56,21 @@ impl RootSpec {
                 fstype = t.to_owned();
             }
         }
-        device.map(|device| RootSpec { device, fstype })
+        if let Some(spec) = VeritySpec::from_cmdline(text)? {
+            return Ok(Some(RootSpec {
+                source: RootSource::Verity(spec),
+                fstype,
+            }));
+        }
+        Ok(device.map(|device| RootSpec {
+            source: RootSource::Device(device),
+            fstype,
+        }))
+    }
+
+    /// Whether this root is verified (dm-verity).
+    pub fn verified(&self) -> bool {
+        matches!(self.source, RootSource::Verity(_))
     }
 }
 
@@ -64,8 +90,16 @@ pub enum RealRootError {
         #[source]
         source: nix::Error,
     },
+    #[error(transparent)]
+    Verity(#[from] VerityError),
     #[error("the root on {} has no {INIT}", .0.display())]
     NoInit(PathBuf),
+    #[error("cannot look for {INIT} on {}", .device.display())]
+    FindInit {
+        device: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot move {MOUNT_DIR} onto /")]
     Move(#[source] nix::Error),
     #[error("cannot execute {INIT}")]
@@ -73,9 +107,14 @@ pub enum RealRootError {
 }
 
 /// Mounts `spec`'s device and executes its init; returns only on failure, with the initramfs
-/// still the root and its [`LOADER`] mounts undone. `load_modules` runs coldplug.
-pub fn switch(spec: &RootSpec, load_modules: &dyn Fn()) -> RealRootError {
-    let err = match mount_root(spec, load_modules) {
+/// still the root and its [`LOADER`] mounts undone. `load_modules` runs coldplug,
+/// `load_module` loads one module by name.
+pub fn switch(
+    spec: &RootSpec,
+    load_modules: &dyn Fn(),
+    load_module: &dyn Fn(&str),
+) -> RealRootError {
+    let err = match mount_root(spec, load_modules, load_module) {
         Ok(()) => return exec_init(),
         Err(e) => e,
     };
@@ -83,16 +122,14 @@ pub fn switch(spec: &RootSpec, load_modules: &dyn Fn()) -> RealRootError {
     err
 }
 
-fn mount_root(spec: &RootSpec, load_modules: &dyn Fn()) -> Result<(), RealRootError> {
-    if !spec.device.starts_with("/dev/") {
-        return Err(RealRootError::NotAPath(spec.device.clone()));
-    }
-    load_modules();
+/// Polls `ready` every 100 ms until it returns true, or false after [`ROOT_WAIT`]; runs
+/// `load_modules` again every 2 s.
+pub fn wait_for(load_modules: &dyn Fn(), mut ready: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     let mut polls = 0u32;
-    while !spec.device.exists() {
+    while !ready() {
         if start.elapsed() > ROOT_WAIT {
-            return Err(RealRootError::NoDevice(spec.device.clone()));
+            return false;
         }
         std::thread::sleep(Duration::from_millis(100));
         polls += 1;
@@ -101,28 +138,62 @@ fn mount_root(spec: &RootSpec, load_modules: &dyn Fn()) -> Result<(), RealRootEr
             load_modules();
         }
     }
+    true
+}
+
+/// The device `root=` names, once it is there.
+fn wait_for_device(device: &Path, load_modules: &dyn Fn()) -> Result<PathBuf, RealRootError> {
+    if !device.starts_with("/dev/") {
+        return Err(RealRootError::NotAPath(device.to_owned()));
+    }
+    load_modules();
+    let start = Instant::now();
+    if !wait_for(load_modules, || device.exists()) {
+        return Err(RealRootError::NoDevice(device.to_owned()));
+    }
     log::info!(
         "root {} appeared after {} ms",
-        spec.device.display(),
+        device.display(),
         start.elapsed().as_millis()
     );
+    Ok(device.to_owned())
+}
+
+fn mount_root(
+    spec: &RootSpec,
+    load_modules: &dyn Fn(),
+    load_module: &dyn Fn(&str),
+) -> Result<(), RealRootError> {
+    let device = match &spec.source {
+        RootSource::Device(device) => wait_for_device(device, load_modules)?,
+        RootSource::Verity(v) => verity::open_root(v, load_modules, load_module)?,
+    };
     match std::fs::create_dir(MOUNT_DIR) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(RealRootError::Mkdir(e)),
     }
-    let device = spec.device.to_string_lossy();
     sys::mount(
-        Some(&device),
+        Some(&device.to_string_lossy()),
         Path::new(MOUNT_DIR),
         Some(&spec.fstype),
         MsFlags::MS_RDONLY,
         None,
     )
-    .map_err(|source| RealRootError::Mount {
-        device: spec.device.clone(),
-        fstype: spec.fstype.clone(),
-        source,
+    .map_err(|source| {
+        let (device, fstype) = (device.clone(), spec.fstype.clone());
+        match spec.source {
+            RootSource::Device(_) => RealRootError::Mount {
+                device,
+                fstype,
+                source,
+            },
+            RootSource::Verity(_) => RealRootError::Verity(VerityError::Mount {
+                device,
+                fstype,
+                errno: source,
+            }),
+        }
     })?;
     let unmount = |e| {
         if let Err(u) = sys::umount(Path::new(MOUNT_DIR), true) {
@@ -130,11 +201,14 @@ fn mount_root(spec: &RootSpec, load_modules: &dyn Fn()) -> Result<(), RealRootEr
         }
         e
     };
-    if !Path::new(MOUNT_DIR)
+    // A block that fails verification reads as an I/O error: say so rather than "no init".
+    match Path::new(MOUNT_DIR)
         .join(INIT.trim_start_matches('/'))
-        .exists()
+        .try_exists()
     {
-        return Err(unmount(RealRootError::NoInit(spec.device.clone())));
+        Ok(true) => {}
+        Ok(false) => return Err(unmount(RealRootError::NoInit(device))),
+        Err(source) => return Err(unmount(RealRootError::FindInit { device, source })),
     }
     // The real init mounts its own; these must not be stacked below them.
     unmount_loader();
@@ -169,20 +243,34 @@ mod tests {
 
     #[test]
     fn root_and_type_come_from_the_command_line() {
-        assert_eq!(RootSpec::from_cmdline("console=ttyS0 quiet"), None);
+        assert_eq!(RootSpec::from_cmdline("console=ttyS0 quiet").unwrap(), None);
         assert_eq!(
-            RootSpec::from_cmdline("root=/dev/vda console=ttyS0\n"),
+            RootSpec::from_cmdline("root=/dev/vda console=ttyS0\n").unwrap(),
             Some(RootSpec {
-                device: "/dev/vda".into(),
+                source: RootSource::Device("/dev/vda".into()),
                 fstype: "squashfs".into()
             })
         );
         assert_eq!(
-            RootSpec::from_cmdline("rootfstype=erofs root=/dev/vdb"),
+            RootSpec::from_cmdline("rootfstype=erofs root=/dev/vdb").unwrap(),
             Some(RootSpec {
-                device: "/dev/vdb".into(),
+                source: RootSource::Device("/dev/vdb".into()),
                 fstype: "erofs".into()
             })
         );
+    }
+
+    #[test]
+    fn verity_takes_precedence_and_never_falls_back() {
+        let hash = "ab".repeat(32);
+        let text = format!(
+            "root=/dev/vda keel.verity={hash} keel.verity_salt=00 keel.verity_blocks=8 rootfstype=erofs"
+        );
+        let spec = RootSpec::from_cmdline(&text).unwrap().unwrap();
+        assert!(spec.verified());
+        assert_eq!(spec.fstype, "erofs");
+        // An invalid verity knob is an error, not a reason to use root=.
+        assert!(RootSpec::from_cmdline("root=/dev/vda keel.verity_blocks=8").is_err());
+        assert!(RootSpec::from_cmdline("root=/dev/vda keel.verity=x").is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! The syscalls PID 1 makes that std does not wrap: mounts, root switch, signals, module
-//! loading, interface flags, power. The only module with `unsafe`; everything else in the init
-//! goes through these small safe functions.
+//! loading, device-mapper, interface flags, power. The only module with `unsafe`; everything
+//! else in the init goes through these small safe functions.
 
 use nix::mount::MsFlags;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
@@ -57,6 +57,49 @@ pub fn mknod_char(path: &Path, mode: u32, major: u64, minor: u64) -> nix::Result
         Mode::from_bits_truncate(mode),
         makedev(major, minor),
     )
+}
+
+/// `mknod(2)` of a block device.
+pub fn mknod_block(path: &Path, mode: u32, major: u64, minor: u64) -> nix::Result<()> {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    mknod(
+        path,
+        SFlag::S_IFBLK,
+        Mode::from_bits_truncate(mode),
+        makedev(major, minor),
+    )
+}
+
+/// A device-mapper ioctl (`request`, an `_IOWR(0xfd, ..)` number) on the control device
+/// `control`. `buf` is a `struct dm_ioctl` ([`crate::verity::DmIoctl`]) and the data after it;
+/// the kernel reads the header's `data_size` bytes from it and writes its answer over them.
+pub fn dm_ioctl(control: &File, request: u32, buf: &mut [u8]) -> io::Result<()> {
+    use crate::verity::{DM_IOCTL_SIZE, DmIoctl};
+    let at = std::mem::offset_of!(DmIoctl, data_size);
+    let data_size = buf
+        .get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_ne_bytes)
+        .and_then(|n| usize::try_from(n).ok());
+    if buf.len() < DM_IOCTL_SIZE || data_size.is_none_or(|n| n > buf.len()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "device-mapper request shorter than its data_size",
+        ));
+    }
+    // The request type is c_int on musl (the number's bits as they are), c_ulong on glibc.
+    #[cfg(target_env = "musl")]
+    let request = libc::Ioctl::from_ne_bytes(request.to_ne_bytes());
+    #[cfg(not(target_env = "musl"))]
+    let request = libc::Ioctl::from(request);
+    // SAFETY: `buf` is ours, outlives the call, and holds a whole `struct dm_ioctl` and the
+    // `data_size` bytes it declares (checked above). The kernel reads at most `data_size`
+    // bytes, and writes back its header (305 bytes) or at most the `data_size` the request
+    // declared: both within `buf`.
+    if unsafe { libc::ioctl(control.as_raw_fd(), request, buf.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Blocks every signal PID 1 handles and returns a signalfd that reads them. Synchronous

@@ -131,6 +131,8 @@ pub struct BuildOptions {
     pub sign_with: Option<crate::keys::KeySet>,
     /// Write `<name>-pcr11.json` beside a UKI's outputs (not with `-o`, which writes one file).
     pub pcr_file: bool,
+    /// The root on a dm-verity checked partition of the EFI disk formats (`--verity`).
+    pub verity: bool,
 }
 
 /// The largest YAML document fetched from a URL (the parser's own limit on a document).
@@ -476,7 +478,13 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
     formats.dedup();
     // Formats given on the command line are checked before anything is built.
     if !opts.dry_run && !formats.is_empty() {
-        crate::output::check(&formats, &name, opts.arch, opts.sign_with.is_some())?;
+        crate::output::check(
+            &formats,
+            &name,
+            opts.arch,
+            opts.sign_with.is_some(),
+            opts.verity,
+        )?;
         check_decompress(&formats, opts)?;
     }
     let packages = if opts.dry_run {
@@ -494,7 +502,13 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
     }
     if formats.is_empty() {
         formats = yaml_formats(&config)?;
-        crate::output::check(&formats, &name, opts.arch, opts.sign_with.is_some())?;
+        crate::output::check(
+            &formats,
+            &name,
+            opts.arch,
+            opts.sign_with.is_some(),
+            opts.verity,
+        )?;
         check_decompress(&formats, opts)?;
     }
 
@@ -567,6 +581,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
         initrd_compression: opts.initrd_compression,
         sign_with: opts.sign_with.as_ref(),
         pcr_file: opts.pcr_file,
+        verity: opts.verity,
     };
     // The SBOM is made before any output is written, so that its failure leaves none.
     let sbom = if opts.sbom {
@@ -648,6 +663,7 @@ fn build_from(
         initrd_compression: opts.initrd_compression,
         sign_with: opts.sign_with.as_ref(),
         pcr_file: opts.pcr_file,
+        verity: opts.verity,
     };
     let sbom = if opts.sbom {
         let images = local_images(store, config, lock, opts.arch)?;
@@ -880,6 +896,7 @@ mod tests {
             input_tar: None,
             sign_with: None,
             pcr_file: true,
+            verity: false,
         };
         assert_eq!(output_name(&opts), "minimal");
         opts.files = vec!["-".into()];

@@ -64,14 +64,21 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
 
 /// Runs a host tool to completion; its standard error becomes the error's text.
 fn run(tool: &'static str, package: &'static str, args: &[&std::ffi::OsStr]) -> Result<()> {
-    let out = Command::new(tool)
-        .args(args)
-        .output()
-        .map_err(|source| Error::ToolMissing {
-            tool,
-            package,
-            source,
-        })?;
+    run_as(tool, Command::new(tool).args(args), (tool, package))
+}
+
+/// Runs `command`, whose failure is `tool`'s; failing to start it at all names `runner` (the
+/// program and its Debian package).
+fn run_as(
+    tool: &'static str,
+    command: &mut Command,
+    (runner, package): (&'static str, &'static str),
+) -> Result<()> {
+    let out = command.output().map_err(|source| Error::ToolMissing {
+        tool: runner,
+        package,
+        source,
+    })?;
     if out.status.success() {
         return Ok(());
     }
@@ -86,6 +93,15 @@ fn run(tool: &'static str, package: &'static str, args: &[&std::ffi::OsStr]) -> 
         status: out.status,
         stderr: String::from_utf8_lossy(said).trim().to_owned(),
     })
+}
+
+/// `time` (seconds since the epoch) as libfaketime's absolute, stopped clock:
+/// `YYYY-MM-DD hh:mm:ss` in UTC.
+fn faketime_clock(time: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(time);
+    keel_bundle::time::rfc3339(at)
+        .trim_end_matches('Z')
+        .replacen('T', " ", 1)
 }
 
 /// A complete key set on disk.
@@ -214,16 +230,23 @@ impl KeySet {
         self.dir.join(format!("{role}.{ext}"))
     }
 
-    /// `efi` (a PE image) with an Authenticode signature by the `db` key appended.
-    pub fn sign_efi(&self, efi: &[u8]) -> Result<Vec<u8>> {
+    /// `efi` (a PE image) with an Authenticode signature by the `db` key appended. `sbsign`
+    /// puts the signing time in the signature's signed attributes and has no option to leave
+    /// it out, so it runs under `faketime` with the clock stopped at `time` (seconds since the
+    /// epoch: the build's `SOURCE_DATE_EPOCH`): the same image and key give the same bytes.
+    /// Firmware ignores the signing time (db certificates are checked without a clock).
+    pub fn sign_efi(&self, efi: &[u8], time: u64) -> Result<Vec<u8>> {
         let tmp = tempfile::tempdir().map_err(io_err(Path::new("temporary directory")))?;
         let (input, output) = (tmp.path().join("in.efi"), tmp.path().join("out.efi"));
         fs::write(&input, efi).map_err(io_err(&input))?;
         let (key, crt) = (self.file("db", "key"), self.file("db", "crt"));
-        run(
+        let stopped = faketime_clock(time);
+        run_as(
             "sbsign",
-            "sbsigntool",
-            &[
+            Command::new("faketime").args([
+                "-f".as_ref(),
+                stopped.as_ref(),
+                "sbsign".as_ref(),
                 "--key".as_ref(),
                 key.as_os_str(),
                 "--cert".as_ref(),
@@ -231,7 +254,8 @@ impl KeySet {
                 "--output".as_ref(),
                 output.as_os_str(),
                 input.as_os_str(),
-            ],
+            ]),
+            ("faketime", "faketime"),
         )?;
         fs::read(&output).map_err(io_err(&output))
     }
@@ -367,7 +391,13 @@ mod tests {
 
         // sbsign refuses what is not a PE image, and says so.
         let set = KeySet::open(&dir).unwrap();
-        let err = set.sign_efi(b"not a PE image").unwrap_err().to_string();
+        let err = set.sign_efi(b"not a PE image", 0).unwrap_err().to_string();
         assert!(err.starts_with("sbsign failed"), "{err}");
+    }
+
+    #[test]
+    fn the_signing_clock_is_the_build_time_in_utc() {
+        assert_eq!(faketime_clock(0), "1970-01-01 00:00:00");
+        assert_eq!(faketime_clock(1_764_000_000), "2025-11-24 16:00:00");
     }
 }

@@ -228,9 +228,15 @@ struct BuildArgs {
     no_sbom: bool,
     /// Sign the UKI with the db key of this Secure Boot key set (`keel keys generate DIR`),
     /// for the formats that boot it: uki, raw-efi, qcow2-efi, vhd, dynamic-vhd, vmdk, aws,
-    /// gcp, iso-efi. Any other format is refused. Needs sbsign (Debian's sbsigntool).
+    /// gcp, iso-efi. Any other format is refused. Needs sbsign (Debian's sbsigntool) and faketime.
     #[arg(long, value_name = "DIR")]
     sign_with: Option<PathBuf>,
+    /// Put the root on its own read-only squashfs partition checked block by block by
+    /// dm-verity, the hash tree in a second partition and the root hash on the UKI's command
+    /// line (signed with --sign-with), for the EFI disk formats: raw-efi, qcow2-efi, vhd,
+    /// dynamic-vhd, vmdk, aws. The kernel needs dm-verity (a module, or built in).
+    #[arg(long)]
+    verity: bool,
     /// Write the one output file here instead of into --dir ("-": standard output); needs
     /// exactly one -f FORMAT that writes one file (tar, iso-efi, raw-efi, qcow2-efi, ...).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
@@ -673,6 +679,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .map(keel::keys::KeySet::open)
                     .transpose()?,
                 pcr_file: args.output.is_none(),
+                verity: args.verity,
             };
             let written = keel::build::build(&open_store()?, &opts)?;
             if let (Some(output), Some(_scratch)) = (&args.output, &scratch) {
@@ -703,6 +710,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "  built from {} with the images its lock file pins: identical",
                 opts.files.join(" ")
             );
+            if verified.verity {
+                println!(
+                    "  verified root: the root and hash-tree partitions are the ones the YAML builds, their root hash on the UKI's command line"
+                );
+            }
             println!("  PCR 11 (sha256): {}", hex::encode(verified.pcr11));
         }
         Command::Keys(KeysCommand::Generate { dir, name }) => {

@@ -91,6 +91,14 @@ pub enum Error {
     Unsignable(Format),
     #[error("cannot sign the UKI")]
     Sign(#[source] crate::keys::Error),
+    #[error(
+        "--verity: format {0} has no disk to hold a verified root partition; use raw-efi, qcow2-efi, vhd, dynamic-vhd, vmdk or aws"
+    )]
+    NoVerityDisk(Format),
+    #[error("cannot make the verified root")]
+    Verity(#[source] keel_rootfs::Error),
+    #[error("cannot compute the verified root's hash tree")]
+    HashTree(#[source] keel_formats::Error),
 }
 
 type Result<T> = std::result::Result<T, Error>;
@@ -197,6 +205,20 @@ impl Format {
     /// Whether the format boots through keel's UKI (on its own, or in an ESP), which
     /// `--sign-with` signs; the others boot a kernel keel does not sign (GRUB, isolinux, QEMU's
     /// `-kernel`) or do not boot at all.
+    /// A GPT disk made by [`Products::write_raw`] around the UKI, which `--verity` can give a
+    /// verified root partition.
+    pub fn is_efi_disk(self) -> bool {
+        matches!(
+            self,
+            Format::RawEfi
+                | Format::Qcow2Efi
+                | Format::Vhd
+                | Format::DynamicVhd
+                | Format::Vmdk
+                | Format::Aws
+        )
+    }
+
     pub fn boots_uki(self) -> bool {
         matches!(
             self,
@@ -300,6 +322,9 @@ pub struct Settings<'a> {
     pub sign_with: Option<&'a crate::keys::KeySet>,
     /// Write `<name>-pcr11.json` (the UKI's predicted PCR 11) beside a UKI's outputs.
     pub pcr_file: bool,
+    /// `--verity`: the root as a read-only squashfs partition checked by dm-verity, the UKI
+    /// holding only the loader and the root hash.
+    pub verity: bool,
 }
 
 /// How an initramfs is compressed (`--initrd-compression`).
@@ -411,9 +436,40 @@ struct Products<'a> {
     /// TPM PCR 11 as the UKI's stub will leave it ([`keel_formats::predict_pcr11`]).
     pcr11: Option<[u8; 32]>,
     iso_bios: Option<Vec<u8>>,
+    /// `--verity`'s root filesystem (padded to whole blocks) and its hash tree.
+    verity: Option<(Vec<u8>, keel_formats::verity::HashTree)>,
 }
 
 impl Products<'_> {
+    /// The verified root of `--verity`: the root filesystem without `boot/` as squashfs, and
+    /// its dm-verity hash tree.
+    fn verity_root(&mut self) -> Result<&(Vec<u8>, keel_formats::verity::HashTree)> {
+        let verity = match self.verity.take() {
+            Some(verity) => verity,
+            None => {
+                let mut rootfs = self.assembled.tree.clone();
+                rootfs.remove("boot");
+                let mut data = keel_rootfs::write_squashfs(
+                    &rootfs,
+                    std::io::Cursor::new(Vec::new()),
+                    &self.opts,
+                )
+                .map_err(Error::Verity)?
+                .into_inner();
+                data.resize(data.len().next_multiple_of(keel_formats::verity::BLOCK), 0);
+                let salt = keel_formats::verity::derive_salt(&data);
+                let tree = keel_formats::verity::hash_tree(&data, salt).map_err(Error::HashTree)?;
+                log::info!(
+                    "verified root: {} bytes, root hash {}",
+                    data.len(),
+                    hex::encode(tree.root_hash)
+                );
+                (data, tree)
+            }
+        };
+        Ok(self.verity.insert(verity))
+    }
+
     /// `--size` in bytes, if given.
     fn size(&self) -> Result<Option<u64>> {
         self.settings
@@ -479,9 +535,30 @@ impl Products<'_> {
         Ok(self.initrd.as_deref().unwrap_or_default())
     }
 
+    /// The UKI: the kernel, the initramfs and the command line; with `--verity` the
+    /// initramfs is the loader alone and the command line names the verified root.
     fn uki(&mut self, format: Format) -> Result<&[u8]> {
         if self.uki.is_none() {
-            let initrd = self.initrd(format)?.to_vec();
+            let (initrd, cmdline) = if self.settings.verity {
+                let kernel = self.kernel(format)?.clone();
+                let codec = self.codec(format)?;
+                let mut rootfs = self.assembled.tree.clone();
+                rootfs.remove("boot");
+                let loader = crate::assemble::loader_tree(&rootfs).map_err(Error::Loader)?;
+                let path = self
+                    .settings
+                    .dir
+                    .join(format!("{}-initrd.img", self.settings.name));
+                let initrd = initramfs(&loader, &kernel, codec, &self.opts, path)?;
+                let (_, tree) = self.verity_root()?;
+                let cmdline = format!("{} {}", kernel.cmdline, tree.cmdline())
+                    .trim()
+                    .to_owned();
+                (initrd, cmdline)
+            } else {
+                let cmdline = self.kernel(format)?.cmdline.clone();
+                (self.initrd(format)?.to_vec(), cmdline)
+            };
             let kernel = self.kernel(format)?;
             let fail = |source| Error::Format { format, source };
             let stub = crate::tools::efi_stub(self.settings.store, self.settings.arch)
@@ -489,14 +566,14 @@ impl Products<'_> {
             let parts = keel_formats::UkiParts {
                 kernel: &kernel.kernel,
                 initrd: &initrd,
-                cmdline: &kernel.cmdline,
+                cmdline: &cmdline,
                 os_release: Some("NAME=keel\nID=keel\n"),
                 uname: None,
             };
             let mut uki = keel_formats::build_uki(&stub, &parts).map_err(fail)?;
             self.pcr11 = Some(keel_formats::predict_pcr11(&uki).map_err(fail)?);
             if let Some(keys) = self.settings.sign_with {
-                uki = keys.sign_efi(&uki).map_err(Error::Sign)?;
+                uki = keys.sign_efi(&uki, self.opts.mtime).map_err(Error::Sign)?;
                 log::info!("UKI signed with the db key of {}", keys.dir().display());
             }
             self.uki = Some(uki);
@@ -517,8 +594,17 @@ impl Products<'_> {
             (size, keel_formats::gpt::Guid::derive(iso, "raw-bios"))
         } else {
             let arch = self.settings.arch;
-            let uki = self.uki(format)?;
-            let size = keel_formats::write_raw_efi(out, uki, arch, size).map_err(fail)?;
+            self.uki(format)?;
+            if self.settings.verity {
+                self.verity_root()?;
+            }
+            let uki = self.uki.as_deref().unwrap_or_default();
+            let root = self
+                .verity
+                .as_ref()
+                .map(|(data, tree)| keel_formats::VerityRoot { data, tree });
+            let size = keel_formats::write_raw_efi_with(out, uki, arch, size, root.as_ref())
+                .map_err(fail)?;
             (size, keel_formats::gpt::Guid::derive(uki, "raw-efi"))
         };
         let mut seed = content.bytes().to_vec();
@@ -566,9 +652,12 @@ impl Products<'_> {
 
 /// Refuses a set of formats that cannot be built together, for `arch`, or signed (`signed`:
 /// `--sign-with` was given), before anything is fetched or written.
-pub fn check(formats: &[Format], name: &str, arch: Arch, signed: bool) -> Result<()> {
+pub fn check(formats: &[Format], name: &str, arch: Arch, signed: bool, verity: bool) -> Result<()> {
     if signed && let Some(unsignable) = formats.iter().find(|f| !f.boots_uki()) {
         return Err(Error::Unsignable(*unsignable));
+    }
+    if verity && let Some(diskless) = formats.iter().find(|f| !f.is_efi_disk()) {
+        return Err(Error::NoVerityDisk(*diskless));
     }
     if formats.len() > 1
         && let Some(alone) = formats.iter().find(|f| **f == Format::Tar)
@@ -627,6 +716,7 @@ pub fn write(
         settings.name,
         settings.arch,
         settings.sign_with.is_some(),
+        settings.verity,
     )?;
     let dir = settings.dir;
     if dir.exists() && !dir.is_dir() {
@@ -677,6 +767,7 @@ fn write_into(
         uki: None,
         pcr11: None,
         iso_bios: None,
+        verity: None,
     };
     let mut pending: Vec<AtomicFile> = Vec::new();
     let create = |file: &str| -> Result<AtomicFile> {
@@ -1015,6 +1106,7 @@ mod tests {
             initrd_compression: InitrdCompression::Auto,
             sign_with: None,
             pcr_file: true,
+            verity: false,
         };
         let err = write(&assembled, &[Format::Vhd, Format::DynamicVhd], &settings).unwrap_err();
         assert_eq!(
@@ -1032,7 +1124,7 @@ mod tests {
     #[test]
     fn signing_refuses_formats_without_a_uki() {
         for format in Format::ALL {
-            let checked = check(&[Format::Uki, format], "m", Arch::X86_64, true);
+            let checked = check(&[Format::Uki, format], "m", Arch::X86_64, true, false);
             // uki with itself clashes; every other pair is about signing alone.
             if format == Format::Uki {
                 continue;
@@ -1045,13 +1137,39 @@ mod tests {
                 }
                 Err(e) => panic!("{format}: {e}"),
             }
-            assert!(check(&[format], "m", Arch::X86_64, false).is_ok());
+            assert!(check(&[format], "m", Arch::X86_64, false, false).is_ok());
         }
-        let err = check(&[Format::KernelInitrd], "m", Arch::X86_64, true).unwrap_err();
+        let err = check(&[Format::KernelInitrd], "m", Arch::X86_64, true, false).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("--sign-with: format kernel+initrd does not boot a keel UKI"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn verity_needs_an_efi_disk() {
+        for format in Format::ALL {
+            match check(&[format], "m", Arch::X86_64, false, true) {
+                Ok(()) => assert!(format.is_efi_disk() && format.boots_uki(), "{format}"),
+                Err(Error::NoVerityDisk(f)) => {
+                    assert_eq!(f, format);
+                    assert!(!format.is_efi_disk());
+                }
+                Err(e) => panic!("{format}: {e}"),
+            }
+        }
+        let err = check(
+            &[Format::RawEfi, Format::Uki],
+            "m",
+            Arch::X86_64,
+            true,
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--verity: format uki has no disk to hold a verified root partition; use raw-efi, qcow2-efi, vhd, dynamic-vhd, vmdk or aws"
         );
     }
 
@@ -1075,6 +1193,7 @@ mod tests {
             initrd_compression: InitrdCompression::Auto,
             sign_with: None,
             pcr_file: true,
+            verity: false,
         };
         for format in [Format::IsoBios, Format::RawBios, Format::Qcow2Bios] {
             let err = write(&assembled, &[Format::IsoEfi, format], &settings).unwrap_err();

@@ -4,6 +4,10 @@
 //! the signature it must be byte-identical to the UKI the YAML builds now from the images its
 //! lock file pins (`--locked`). keel's outputs are reproducible, so any difference is a change:
 //! the command line, the initramfs (every container image of the system), or the kernel.
+//!
+//! A disk built with `--verity` is rebuilt as such, and its root and hash-tree partitions must
+//! be byte-identical to the rebuilt ones too: the root hash on the signed command line then
+//! vouches for exactly the root the YAML makes.
 
 use crate::build::{BuildOptions, Format};
 use keel_image::{Arch, Store};
@@ -43,7 +47,7 @@ pub enum Error {
         #[source]
         source: crate::keys::Error,
     },
-    #[error("{}: the UKI is not what {yaml} builds from its lock file: {what} differ", path.display())]
+    #[error("{}: not what {yaml} builds from its lock file: {what} differ", path.display())]
     Differs {
         path: PathBuf,
         yaml: String,
@@ -87,6 +91,39 @@ pub struct Verified {
     pub signed: bool,
     /// PCR 11 as the UKI's stub will leave it.
     pub pcr11: [u8; 32],
+    /// Whether the artifact is a disk whose root is verified by dm-verity (`--verity`), its
+    /// root and hash partitions checked too.
+    pub verity: bool,
+}
+
+/// The largest root or hash-tree partition `keel verify` reads (both are read whole).
+const MAX_PARTITION: u64 = 16 << 30;
+
+/// The root and hash-tree partitions of a `--verity` disk, if `artifact` is one.
+fn verity_partitions(artifact: &Path, arch: Arch) -> Result<Option<[Vec<u8>; 2]>, Error> {
+    let mut file = std::fs::File::open(artifact).map_err(|source| Error::Read {
+        path: artifact.into(),
+        source,
+    })?;
+    let mut head = [0u8; 8];
+    use std::io::{Read, Seek, SeekFrom};
+    let is_disk = file.seek(SeekFrom::Start(512)).is_ok()
+        && file.read_exact(&mut head).is_ok()
+        && head == *b"EFI PART";
+    if !is_disk {
+        return Ok(None);
+    }
+    let (root_type, hash_type) = keel_formats::verity_partition_types(arch);
+    let mut read = |t| {
+        keel_formats::read_partition(&mut file, t, MAX_PARTITION).map_err(|source| Error::Extract {
+            path: artifact.into(),
+            source,
+        })
+    };
+    match (read(root_type)?, read(hash_type)?) {
+        (Some(root), Some(hash)) => Ok(Some([root, hash])),
+        _ => Ok(None),
+    }
 }
 
 /// The UKI of `artifact` and the architecture it is for: the file itself, or the one in a
@@ -187,9 +224,15 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<Verified, Error> {
         path: std::env::temp_dir(),
         source,
     })?;
+    let verity = verity_partitions(path, arch)?;
     let build = BuildOptions {
         files: opts.files.clone(),
-        formats: vec![Format::Uki],
+        // A verified root's UKI exists only inside its disk.
+        formats: vec![if verity.is_some() {
+            Format::RawEfi
+        } else {
+            Format::Uki
+        }],
         dir: dir.path().into(),
         name: Some("verify".into()),
         arch,
@@ -205,22 +248,40 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<Verified, Error> {
         input_tar: None,
         sign_with: None,
         pcr_file: false,
+        verity: verity.is_some(),
     };
     crate::build::build(store, &build).map_err(|source| Error::Build {
         yaml: yaml.clone(),
         source: Box::new(source),
     })?;
-    let rebuilt_path = dir.path().join("verify.efi");
-    let rebuilt = std::fs::read(&rebuilt_path).map_err(|source| Error::Read {
-        path: rebuilt_path,
-        source,
-    })?;
+    let rebuilt_path = dir.path().join(if verity.is_some() {
+        "verify-efi.img"
+    } else {
+        "verify.efi"
+    });
+    let rebuilt = read_uki(&rebuilt_path, Some(arch))?;
     if rebuilt != unsigned {
         return Err(Error::Differs {
             path: path.clone(),
             yaml,
-            what: differences(&unsigned, &rebuilt),
+            what: format!("the UKIs' {}", differences(&unsigned, &rebuilt)),
         });
+    }
+    if let Some(partitions) = &verity {
+        let expected = verity_partitions(&rebuilt_path, arch)?.unwrap_or_default();
+        for ((ours, theirs), what) in partitions
+            .iter()
+            .zip(&expected)
+            .zip(["the root partitions", "the hash-tree partitions"])
+        {
+            if ours != theirs {
+                return Err(Error::Differs {
+                    path: path.clone(),
+                    yaml,
+                    what: what.into(),
+                });
+            }
+        }
     }
     let pcr11 = keel_formats::predict_pcr11(&unsigned).map_err(|e| Error::Uki(path.clone(), e))?;
     Ok(Verified {
@@ -228,5 +289,6 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<Verified, Error> {
         signed_by,
         signed,
         pcr11,
+        verity: verity.is_some(),
     })
 }

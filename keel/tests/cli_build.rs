@@ -7,6 +7,7 @@ use common::*;
 use keel_image::Arch;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::Command;
 
 /// `/etc/hosts` as every image gets it.
 const HOSTS: &str = "127.0.0.1       localhost\n::1     localhost ip6-localhost ip6-loopback\nfe00::0 ip6-localnet\nff00::0 ip6-mcastprefix\nff02::1 ip6-allnodes\nff02::2 ip6-allrouters\n";
@@ -1285,6 +1286,8 @@ fn sign_with_signs_the_uki_reproducibly() {
         run(&mut w.keel(args))
     };
     build("one", &["-f", "uki", "--sign-with", "keys"]).ok();
+    // A second later: a signature stamped with the wall clock would differ.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     build("two", &["-f", "uki", "--sign-with", "keys"]).ok();
     build("plain", &["-f", "uki"]).ok();
     let signed = read(&w.path("one/sys.efi"));
@@ -1403,7 +1406,9 @@ fn verify_checks_the_signature_and_rebuilds_from_the_yaml() {
     std::fs::copy(w.path("sys.lock.json"), w.path("changed.lock.json")).unwrap();
     let err = verify(Some("keys"), "out/sys.efi", "changed.yml").failed();
     assert!(
-        err.contains("not what changed.yml builds from its lock file: sections .cmdline differ"),
+        err.contains(
+            "not what changed.yml builds from its lock file: the UKIs' sections .cmdline differ"
+        ),
         "{err}"
     );
 
@@ -1434,4 +1439,94 @@ fn verify_checks_the_signature_and_rebuilds_from_the_yaml() {
         err.contains("neither a UKI (.efi) nor a raw-efi disk"),
         "{err}"
     );
+}
+
+/// `--verity`: the root on its own squashfs partition with a dm-verity hash tree beside it and
+/// the root hash on the signed UKI's command line; byte-identical twice, accepted by `keel
+/// verify`, which names the partition a changed byte is in. Formats without a disk are refused
+/// before anything is written.
+#[test]
+fn verity_disks_are_reproducible_and_verified() {
+    let (w, _) = Work::with_fixtures();
+    w.write("sys.yml", &system_yaml(APP));
+    run(&mut w.keel(["keys", "generate", "keys"])).ok();
+    let build = |dir: &str, format: &str| {
+        run(&mut w.keel([
+            "build",
+            "--arch",
+            "x86_64",
+            "--no-sbom",
+            "--dir",
+            dir,
+            "-f",
+            format,
+            "--verity",
+            "--sign-with",
+            "keys",
+            "sys.yml",
+        ]))
+    };
+    build("a", "raw-efi").ok();
+    build("b", "raw-efi").ok();
+    let disk = read(&w.path("a/sys-efi.img"));
+    assert!(disk == read(&w.path("b/sys-efi.img")), "two builds differ");
+
+    let err = build("c", "uki").failed();
+    assert!(
+        err.contains("--verity: format uki has no disk to hold a verified root partition"),
+        "{err}"
+    );
+    assert!(!w.path("c").exists(), "a refused build wrote its directory");
+
+    // The partitions, as a user would list them.
+    let out = Command::new("sfdisk")
+        .arg("--json")
+        .arg(w.path("a/sys-efi.img"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    let names: Vec<&str> = parts.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["EFI system partition", "keel-root", "keel-root-verity"]
+    );
+    let start = |i: usize| usize::try_from(parts[i]["start"].as_u64().unwrap() * 512).unwrap();
+
+    // The root hash on the UKI's command line is the one veritysetup computes.
+    let uki = {
+        let needle = b"keel.verity=";
+        let at = disk
+            .windows(needle.len())
+            .position(|win| win == needle)
+            .expect("keel.verity= in the UKI");
+        String::from_utf8_lossy(&disk[at + needle.len()..at + needle.len() + 64]).into_owned()
+    };
+    let size = |i: usize| usize::try_from(parts[i]["size"].as_u64().unwrap() * 512).unwrap();
+    std::fs::write(w.path("root.img"), &disk[start(1)..start(1) + size(1)]).unwrap();
+    std::fs::write(w.path("hash.img"), &disk[start(2)..start(2) + size(2)]).unwrap();
+    let check = Command::new("veritysetup")
+        .arg("verify")
+        .arg(w.path("root.img"))
+        .arg(w.path("hash.img"))
+        .arg(&uki)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+
+    let verify = |artifact: &str| {
+        run(&mut w.keel([
+            "verify", "--arch", "x86_64", "--keys", "keys", artifact, "sys.yml",
+        ]))
+    };
+    let ok = verify("a/sys-efi.img").ok();
+    assert!(ok.stdout.contains("verified root:"), "{}", ok.stdout);
+    for (partition, what) in [(1, "the root partitions"), (2, "the hash-tree partitions")] {
+        let mut changed = disk.clone();
+        changed[start(partition) + 4096 + 7] ^= 1;
+        std::fs::write(w.path("changed-efi.img"), &changed).unwrap();
+        let err = verify("changed-efi.img").failed();
+        assert!(err.contains(&format!("{what} differ")), "{err}");
+    }
 }

@@ -113,6 +113,19 @@ pub fn build_signed(
     initrd: InitrdCompression,
     keys: Option<&keel::keys::KeySet>,
 ) -> Result<Built, Error> {
+    build_secured(yamls, arch, formats, initrd, keys, false)
+}
+
+/// Like [`build_signed`], the root on a dm-verity checked partition when `verity` is set
+/// (`keel build --verity`).
+pub fn build_secured(
+    yamls: &[&Path],
+    arch: Arch,
+    formats: &[keel::build::Format],
+    initrd: InitrdCompression,
+    keys: Option<&keel::keys::KeySet>,
+    verity: bool,
+) -> Result<Built, Error> {
     let (_lock, store) = lock_store()?;
     let dir = tempfile::Builder::new()
         .prefix("keel-vmtest-")
@@ -152,6 +165,7 @@ pub fn build_signed(
         input_tar: None,
         sign_with: keys.cloned(),
         pcr_file: true,
+        verity,
     };
     keel::build::build(&store, &opts).map_err(|source| Error::Build {
         yaml: first.to_path_buf(),

@@ -68,6 +68,8 @@ pub enum Error {
     },
     #[error("cannot put {path:?} in an ISO 9660 image: {reason}")]
     IsoName { path: String, reason: &'static str },
+    #[error("a dm-verity data area of {len} bytes is not a whole number of 4096-byte blocks")]
+    VerityBlocks { len: usize },
     #[error("the Debian package {package} has no file {path}")]
     MissingFile { package: String, path: String },
 }

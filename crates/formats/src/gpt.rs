@@ -38,6 +38,45 @@ impl Guid {
         [0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4],
     );
 
+    /// The Discoverable Partitions Specification's root partition for x86-64,
+    /// `4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709`, and its dm-verity hash partition,
+    /// `2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5`.
+    pub const ROOT_X86_64: Guid = Guid::from_fields(
+        0x4F68_BCE3,
+        0xE8CD,
+        0x4DB1,
+        [0x96, 0xE7, 0xFB, 0xCA, 0xF9, 0x84, 0xB7, 0x09],
+    );
+    pub const ROOT_VERITY_X86_64: Guid = Guid::from_fields(
+        0x2C73_57ED,
+        0xEBD2,
+        0x46D9,
+        [0xAE, 0xC1, 0x23, 0xD4, 0x37, 0xEC, 0x2B, 0xF5],
+    );
+    /// The same for arm64: `B921B045-1DF0-41C3-AF44-4C6F280D3FAE` and
+    /// `DF3300CE-D69F-4C92-978C-9BFB0F38D820`.
+    pub const ROOT_AARCH64: Guid = Guid::from_fields(
+        0xB921_B045,
+        0x1DF0,
+        0x41C3,
+        [0xAF, 0x44, 0x4C, 0x6F, 0x28, 0x0D, 0x3F, 0xAE],
+    );
+    pub const ROOT_VERITY_AARCH64: Guid = Guid::from_fields(
+        0xDF33_00CE,
+        0xD69F,
+        0x4C92,
+        [0x97, 0x8C, 0x9B, 0xFB, 0x0F, 0x38, 0xD8, 0x20],
+    );
+
+    /// The GUID whose textual form spells `bytes` in order (as a UUID's 16 bytes are written
+    /// out): GPT stores the first three fields little-endian.
+    pub const fn from_uuid_bytes(b: [u8; 16]) -> Guid {
+        Guid([
+            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
+            b[14], b[15],
+        ])
+    }
+
     /// A GUID from its textual fields.
     pub const fn from_fields(a: u32, b: u16, c: u16, d: [u8; 8]) -> Guid {
         let a = a.to_le_bytes();
@@ -317,6 +356,15 @@ mod tests {
         assert_eq!(
             Guid::ESP.to_string(),
             "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+        );
+        assert_eq!(
+            Guid::ROOT_VERITY_AARCH64.to_string(),
+            "df3300ce-d69f-4c92-978c-9bfb0f38d820"
+        );
+        let bytes: [u8; 16] = std::array::from_fn(|i| u8::try_from(i * 17).unwrap());
+        assert_eq!(
+            Guid::from_uuid_bytes(bytes).to_string(),
+            "00112233-4455-6677-8899-aabbccddeeff"
         );
     }
 }

@@ -14,6 +14,7 @@
 //! - [`gcp`]: the `raw-efi` disk as `disk.raw` in a GNU `.tar.gz`, as GCE imports it.
 //! - [`vhd`]: the fixed VHD footer (`vhd` and `aws` are raw disks, this one with a footer).
 //! - [`convert`]: qcow2, VMDK and dynamic VHD through `qemu-img convert`.
+//! - [`verity`]: dm-verity hash trees for `--verity` disks' read-only root.
 //! - [`tools`]: the pinned Debian packages boot binaries come from.
 //!
 //! Writers check sizes before writing anything, so a too-small `--size` fails with the needed
@@ -30,10 +31,14 @@ pub mod iso9660;
 pub mod sparse;
 pub mod tools;
 pub mod uki;
+pub mod verity;
 pub mod vhd;
 
 pub use convert::{Container, convert};
-pub use efi::{efi_boot_path, efi_esp, raw_efi_size, read_uki_from_disk, write_raw_efi};
+pub use efi::{
+    VerityRoot, efi_boot_path, efi_esp, raw_efi_size, raw_efi_size_with, read_partition,
+    read_uki_from_disk, verity_partition_types, write_raw_efi, write_raw_efi_with,
+};
 pub use error::Error;
 pub use gcp::{gcp_disk_size, write_gcp};
 pub use iso::{
