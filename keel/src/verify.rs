@@ -1,6 +1,7 @@
 //! `keel verify`: checks a built artifact against the keys and the YAML it is said to come
-//! from. The UKI is read from the artifact (a `.efi`, or the EFI system partition of a `raw-efi`
-//! disk); its Authenticode signature must verify with the key set's db certificate; and without
+//! from. The UKI is read from the artifact (a `.efi`, the EFI system partition of a `raw-efi`
+//! disk, of a qcow2, VMDK or VHD disk converted to raw first, or the El Torito EFI image of an
+//! `iso-efi`); its Authenticode signature must verify with the key set's db certificate; and without
 //! the signature it must be byte-identical to the UKI the YAML builds now from the images its
 //! lock file pins (`--locked`). keel's outputs are reproducible, so any difference is a change:
 //! the command line, the initramfs (every container image of the system), or the kernel.
@@ -22,10 +23,16 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(
-        "{}: neither a UKI (.efi) nor a raw-efi disk (convert a qcow2-efi, vhd or vmdk with `qemu-img convert -O raw` first)",
+        "{}: not a UKI (.efi), an EFI disk (raw, qcow2, vmdk, vhd) or an iso-efi image",
         .0.display()
     )]
     Unknown(PathBuf),
+    #[error("{}: cannot convert the disk to raw to read it", path.display())]
+    Convert {
+        path: PathBuf,
+        #[source]
+        source: keel_formats::Error,
+    },
     #[error("{}: cannot find its UKI", path.display())]
     Extract {
         path: PathBuf,
@@ -63,6 +70,30 @@ pub enum Error {
     Keys(#[from] crate::keys::Error),
     #[error("{}: the UKI cannot be read", .0.display())]
     Uki(PathBuf, #[source] keel_formats::Error),
+}
+
+impl Error {
+    /// This error with `read` (a raw disk converted from the artifact) named as `artifact`.
+    fn for_artifact(self, read: &Path, artifact: &Path) -> Error {
+        let rename = |p: PathBuf| if p == read { artifact.to_path_buf() } else { p };
+        match self {
+            Error::Read { path, source } => Error::Read {
+                path: rename(path),
+                source,
+            },
+            Error::Unknown(path) => Error::Unknown(rename(path)),
+            Error::Extract { path, source } => Error::Extract {
+                path: rename(path),
+                source,
+            },
+            Error::WrongArch { path, is, asked } => Error::WrongArch {
+                path: rename(path),
+                is,
+                asked,
+            },
+            other => other,
+        }
+    }
 }
 
 /// What `keel verify` checks.
@@ -156,6 +187,24 @@ fn read_uki(artifact: &Path, arch: Option<Arch>) -> Result<Vec<u8>, Error> {
         file.read_to_end(&mut uki).map_err(read_err)?;
         return Ok(uki);
     }
+    if is_iso(&mut file) {
+        file.seek(SeekFrom::Start(0)).map_err(read_err)?;
+        let arches = match arch {
+            Some(a) => vec![a],
+            None => vec![Arch::X86_64, Arch::Aarch64],
+        };
+        let mut failure = None;
+        for a in arches {
+            match keel_formats::iso::read_uki_from_iso(&mut file, a) {
+                Ok(uki) => return Ok(uki),
+                Err(e) => failure = Some(e),
+            }
+        }
+        return Err(Error::Extract {
+            path: artifact.into(),
+            source: failure.unwrap_or(keel_formats::Error::NotIsoEfi("no EFI boot entry")),
+        });
+    }
     if n == head.len() && head[512..520] == *b"EFI PART" {
         let arches = match arch {
             Some(a) => vec![a],
@@ -174,6 +223,32 @@ fn read_uki(artifact: &Path, arch: Option<Arch>) -> Result<Vec<u8>, Error> {
         });
     }
     Err(Error::Unknown(artifact.into()))
+}
+
+/// An ISO 9660 image: `CD001` in its first volume descriptor (sector 16).
+fn is_iso(file: &mut std::fs::File) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut magic = [0u8; 6];
+    file.seek(SeekFrom::Start(16 * 2048)).is_ok()
+        && file.read_exact(&mut magic).is_ok()
+        && magic[1..] == *b"CD001"
+}
+
+/// A disk container `qemu-img` reads (qcow2, VMDK, dynamic VHD), by its magic: such an
+/// artifact is converted to raw before it is read.
+fn is_container(artifact: &Path) -> Result<bool, Error> {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    let mut file = std::fs::File::open(artifact).map_err(|source| Error::Read {
+        path: artifact.into(),
+        source,
+    })?;
+    let n = file.read(&mut head).map_err(|source| Error::Read {
+        path: artifact.into(),
+        source,
+    })?;
+    let head = &head[..n];
+    Ok(head.starts_with(b"QFI\xfb") || head.starts_with(b"KDMV") || head.starts_with(b"conectix"))
 }
 
 /// Names what differs between two UKIs: their sections, or else their headers.
@@ -201,7 +276,22 @@ fn differences(a: &[u8], b: &[u8]) -> String {
 /// Verifies `opts.artifact` against its keys and YAML, building the YAML's UKI in `store`.
 pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<Verified, Error> {
     let path = &opts.artifact;
-    let (uki, arch) = extract(path, opts.arch)?;
+    let scratch = tempfile::tempdir().map_err(|source| Error::Read {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    // A container is read as the raw disk it holds (errors still name the artifact).
+    let disk = if is_container(path)? {
+        let raw = scratch.path().join("disk.raw");
+        keel_formats::convert::to_raw(path, &raw).map_err(|source| Error::Convert {
+            path: path.clone(),
+            source,
+        })?;
+        raw
+    } else {
+        path.clone()
+    };
+    let (uki, arch) = extract(&disk, opts.arch).map_err(|e| e.for_artifact(&disk, path))?;
     let stripped = keel_formats::strip_signature(&uki).map_err(|e| Error::Uki(path.clone(), e))?;
     let signed = stripped.is_some();
     let signed_by = match &opts.keys {
@@ -224,7 +314,7 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<Verified, Error> {
         path: std::env::temp_dir(),
         source,
     })?;
-    let verity = verity_partitions(path, arch)?;
+    let verity = verity_partitions(&disk, arch).map_err(|e| e.for_artifact(&disk, path))?;
     let build = BuildOptions {
         files: opts.files.clone(),
         // A verified root's UKI exists only inside its disk.

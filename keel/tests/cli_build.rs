@@ -1369,7 +1369,18 @@ fn verify_checks_the_signature_and_rebuilds_from_the_yaml() {
     };
     build(
         "out",
-        &["-f", "uki", "-f", "raw-efi", "--sign-with", "keys"],
+        &[
+            "-f",
+            "uki",
+            "-f",
+            "raw-efi",
+            "-f",
+            "qcow2-efi",
+            "-f",
+            "iso-efi",
+            "--sign-with",
+            "keys",
+        ],
         "sys.yml",
     );
     build("plain", &["-f", "uki"], "sys.yml");
@@ -1382,7 +1393,12 @@ fn verify_checks_the_signature_and_rebuilds_from_the_yaml() {
         run(&mut w.keel(args))
     };
     let pcr = String::from_utf8(read(&w.path("out/sys-pcr11.json"))).unwrap();
-    for artifact in ["out/sys.efi", "out/sys-efi.img"] {
+    for artifact in [
+        "out/sys.efi",
+        "out/sys-efi.img",
+        "out/sys-efi.qcow2",
+        "out/sys-efi.iso",
+    ] {
         let ok = verify(Some("keys"), artifact, "sys.yml").ok();
         assert!(ok.stdout.contains("signed: verified with"), "{}", ok.stdout);
         let line = ok.stdout.lines().find(|l| l.contains("PCR 11")).unwrap();
@@ -1433,10 +1449,17 @@ fn verify_checks_the_signature_and_rebuilds_from_the_yaml() {
     let err = run(&mut w.keel(["verify", "--arch", "aarch64", "out/sys.efi", "sys.yml"])).failed();
     assert!(err.contains("a UKI for x86_64, not for aarch64"), "{err}");
 
+    // A file that claims to be qcow2 and is not: qemu-img's refusal, naming the file.
+    std::fs::write(w.path("fake.qcow2"), b"QFI\xfbnot really a qcow2 image").unwrap();
+    let err = verify(None, "fake.qcow2", "sys.yml").failed();
+    assert!(
+        err.contains("fake.qcow2: cannot convert the disk to raw to read it"),
+        "{err}"
+    );
     std::fs::write(w.path("junk.bin"), b"junk").unwrap();
     let err = verify(None, "junk.bin", "sys.yml").failed();
     assert!(
-        err.contains("neither a UKI (.efi) nor a raw-efi disk"),
+        err.contains("not a UKI (.efi), an EFI disk (raw, qcow2, vmdk, vhd) or an iso-efi image"),
         "{err}"
     );
 }

@@ -2,7 +2,7 @@
 //! (x86_64) or AAVMF (aarch64) enforcing Secure Boot with the key set enrolled (`keel run
 //! --secure-boot --keys`), and the firmware refuses the same system unsigned, signed by a key
 //! it does not trust, or with one byte of its signed command line changed. With a TPM
-//! (`--tpm`, x86_64), PCR 11 read in the guest is what `keel build` predicted.
+//! (`--tpm`), PCR 11 read in the guest is what `keel build` predicted.
 
 use keel::build::Format;
 use keel::keys::KeySet;
@@ -23,10 +23,9 @@ fn secure_vm(name: &str, disk: &Path, arch: Arch, keys: &KeySet) -> Vm {
         disk,
         &Boot {
             secure_boot: Some(keys.clone()),
-            // Debian's arm64 cloud kernel has no driver for QEMU's arm TPM (tpm_tis is a
-            // module keel's kernel recipe leaves out), so the TPM is checked on x86_64, whose
-            // tpm_crb is built in.
-            tpm: arch == Arch::X86_64,
+            // A CRB TPM on x86_64 (tpm_crb is built into Debian's kernel), TIS on aarch64
+            // (the tpm_tis module kernel/debian-6.1 keeps).
+            tpm: true,
             ..Boot::new(arch)
         },
     )
@@ -98,7 +97,7 @@ fn secure_boot(arch: Arch) {
                 .find(|l| l.starts_with("status| status"))
                 .unwrap_or_default();
             assert!(line.contains("running"), "{name}: {line}");
-            if arch == Arch::X86_64 {
+            {
                 let json =
                     std::fs::read_to_string(format!("{}-pcr11.json", signed.prefix.display()))
                         .unwrap();

@@ -159,6 +159,28 @@ fn fix_vhd_footers(file: &mut File, mtime: u64, seed: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Converts the disk image `image` (any container `qemu-img` reads: qcow2, VMDK, VHD) to a raw
+/// disk at `raw`, sparse where the image has no data.
+pub fn to_raw(image: &Path, raw: &Path) -> Result<()> {
+    let output = Command::new("qemu-img")
+        .args(["convert", "-q", "-O", "raw"])
+        .arg(image)
+        .arg(raw)
+        .output()
+        .map_err(|source| Error::Spawn {
+            program: "qemu-img",
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(Error::Tool {
+            program: "qemu-img",
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     /// A sparse VMDK header (sector 0) and a one-sector embedded descriptor with this CID.

@@ -25,6 +25,8 @@ pub enum Error {
     Stub(&'static str),
     #[error("not a keel raw-efi disk: {0}")]
     NotRawEfi(&'static str),
+    #[error("not an iso-efi image: {0}")]
+    NotIsoEfi(&'static str),
     #[error("the EFI stub has no room for {needed} more section headers")]
     StubHeaderFull { needed: usize },
     #[error("format {format} is not available for {arch}: it is for {supported} only")]

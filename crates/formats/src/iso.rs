@@ -266,6 +266,70 @@ pub fn write_raw_bios(out: &mut impl std::io::Write, iso: &[u8], size: Option<u6
     Ok(size)
 }
 
+/// ISO 9660's logical sector.
+const ISO_SECTOR: u64 = 2048;
+
+/// The UKI an `iso-efi` image boots on `arch`: the file at [`efi_boot_path`] in the FAT image
+/// its El Torito catalog names for the EFI platform (0xEF). The FAT image's size comes from its
+/// own boot sector (an El Torito entry's 16-bit count cannot hold it); everything is read with
+/// limits, so a hostile image is refused, never allocated for.
+pub fn read_uki_from_iso(
+    iso: &mut (impl std::io::Read + std::io::Seek),
+    arch: Arch,
+) -> Result<Vec<u8>> {
+    use std::io::{Read, SeekFrom};
+    let mut read_at = |offset: u64, len: usize| -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        iso.seek(SeekFrom::Start(offset))
+            .and_then(|_| iso.read_exact(&mut buf))
+            .map_err(|_| Error::NotIsoEfi("shorter than its descriptors say"))?;
+        Ok(buf)
+    };
+    let record = read_at(17 * ISO_SECTOR, 2048)?;
+    if &record[1..6] != b"CD001" || &record[7..30] != b"EL TORITO SPECIFICATION" {
+        return Err(Error::NotIsoEfi("no El Torito boot record"));
+    }
+    let le32 = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let le16 = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let catalog = read_at(u64::from(le32(&record, 71)) * ISO_SECTOR, 2048)?;
+    // The validation entry names the default entry's platform; section headers (0x90, 0x91)
+    // name their entries'.
+    let mut platform = catalog[1];
+    let mut esp_lba = None;
+    for e in catalog.chunks(32).skip(1) {
+        match e[0] {
+            0x90 | 0x91 => platform = e[1],
+            0x88 if platform == 0xEF => {
+                esp_lba = Some(u64::from(le32(e, 8)));
+                break;
+            }
+            _ => {}
+        }
+    }
+    let start = esp_lba.ok_or(Error::NotIsoEfi("no EFI boot entry"))? * ISO_SECTOR;
+    let boot = read_at(start, 512)?;
+    let sector_size = u64::from(le16(&boot, 11));
+    let sectors = match le16(&boot, 19) {
+        0 => u64::from(le32(&boot, 32)),
+        n => u64::from(n),
+    };
+    let len = Some(sector_size)
+        .filter(|n| [512, 1024, 2048, 4096].contains(n))
+        .and_then(|n| n.checked_mul(sectors))
+        .filter(|n| (512..=4 << 30).contains(n))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or(Error::NotIsoEfi("an implausible EFI boot image"))?;
+    let fat = read_at(start, len)?;
+    let fs = fatfs::FileSystem::new(std::io::Cursor::new(fat), fatfs::FsOptions::new())
+        .map_err(Error::FatRead)?;
+    let mut uki = Vec::new();
+    fs.root_dir()
+        .open_file(efi_boot_path(arch))
+        .and_then(|mut f| f.read_to_end(&mut uki))
+        .map_err(Error::FatRead)?;
+    Ok(uki)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,5 +500,42 @@ mod tests {
             err.to_string(),
             "format iso-bios is not available for aarch64: it is for x86_64 only"
         );
+    }
+
+    #[test]
+    fn the_uki_reads_back_from_an_iso() {
+        let uki: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        for arch in [Arch::X86_64, Arch::Aarch64] {
+            let iso = iso_efi(&uki, arch, 0).unwrap();
+            let back = read_uki_from_iso(&mut std::io::Cursor::new(&iso), arch).unwrap();
+            assert!(back == uki, "{arch}");
+        }
+        let iso = iso_efi(&uki, Arch::X86_64, 0).unwrap();
+        // Hostile images: no boot record, a catalog without an EFI entry, a huge FAT.
+        let mut bad = iso.clone();
+        bad[17 * 2048 + 7] = b'X';
+        let err = read_uki_from_iso(&mut std::io::Cursor::new(&bad), Arch::X86_64).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "not an iso-efi image: no El Torito boot record"
+        );
+        let catalog = u64::from(u32::from_le_bytes(
+            iso[17 * 2048 + 71..17 * 2048 + 75].try_into().unwrap(),
+        ));
+        let at = usize::try_from(catalog * 2048).unwrap();
+        let mut bad = iso.clone();
+        bad[at + 1] = 0;
+        let err = read_uki_from_iso(&mut std::io::Cursor::new(&bad), Arch::X86_64).unwrap_err();
+        assert!(err.to_string().contains("no EFI boot entry"), "{err}");
+        let lba = u32::from_le_bytes(iso[at + 40..at + 44].try_into().unwrap());
+        let fat = usize::try_from(u64::from(lba) * 2048).unwrap();
+        let mut bad = iso.clone();
+        bad[fat + 11..fat + 13].copy_from_slice(&u16::MAX.to_le_bytes());
+        bad[fat + 19..fat + 21].copy_from_slice(&u16::MAX.to_le_bytes());
+        let err = read_uki_from_iso(&mut std::io::Cursor::new(&bad), Arch::X86_64).unwrap_err();
+        assert!(err.to_string().contains("implausible"), "{err}");
+        let err =
+            read_uki_from_iso(&mut std::io::Cursor::new(&iso[..40_000]), Arch::X86_64).unwrap_err();
+        assert!(err.to_string().contains("shorter"), "{err}");
     }
 }
