@@ -133,6 +133,8 @@ pub struct BuildOptions {
     pub pcr_file: bool,
     /// The root on a dm-verity checked partition of the EFI disk formats (`--verity`).
     pub verity: bool,
+    /// `--ab`'s A/B disk layout (it needs `verity`).
+    pub ab: Option<crate::output::AbSettings>,
 }
 
 /// The largest YAML document fetched from a URL (the parser's own limit on a document).
@@ -470,9 +472,13 @@ fn yaml_formats(config: &Config) -> Result<Vec<Format>> {
 
 /// `keel build`.
 pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
+    let ab = opts.ab.as_ref();
     let name = output_name(opts);
     if let Some(size) = &opts.size {
         crate::output::check_size(size, &opts.dir)?;
+    }
+    if let Some(ab) = ab {
+        crate::output::check_ab_sizes(ab, &opts.dir)?;
     }
     let mut formats = opts.formats.clone();
     formats.dedup();
@@ -484,6 +490,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
             opts.arch,
             opts.sign_with.is_some(),
             opts.verity,
+            ab.is_some(),
         )?;
         check_decompress(&formats, opts)?;
     }
@@ -508,6 +515,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
             opts.arch,
             opts.sign_with.is_some(),
             opts.verity,
+            ab.is_some(),
         )?;
         check_decompress(&formats, opts)?;
     }
@@ -556,6 +564,9 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
             tool.ensure(store)?;
         }
     }
+    if ab.is_some() {
+        crate::tools::SYSTEMD_BOOT.ensure(store)?;
+    }
     let fingerprint = crate::input_tar::fingerprint(&config, &pins, opts.arch, opts)?;
     let mut assembled = assemble::assemble(
         store,
@@ -582,6 +593,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
         sign_with: opts.sign_with.as_ref(),
         pcr_file: opts.pcr_file,
         verity: opts.verity,
+        ab,
     };
     // The SBOM is made before any output is written, so that its failure leaves none.
     let sbom = if opts.sbom {
@@ -648,6 +660,7 @@ fn build_from(
     name: &str,
     opts: &BuildOptions,
 ) -> Result<Vec<PathBuf>> {
+    let ab = opts.ab.as_ref();
     for tool in formats.iter().filter_map(|f| f.tool()) {
         if tool.arches.contains(&opts.arch) {
             tool.ensure(store)?;
@@ -664,6 +677,7 @@ fn build_from(
         sign_with: opts.sign_with.as_ref(),
         pcr_file: opts.pcr_file,
         verity: opts.verity,
+        ab,
     };
     let sbom = if opts.sbom {
         let images = local_images(store, config, lock, opts.arch)?;
@@ -897,6 +911,7 @@ mod tests {
             sign_with: None,
             pcr_file: true,
             verity: false,
+            ab: None,
         };
         assert_eq!(output_name(&opts), "minimal");
         opts.files = vec!["-".into()];

@@ -237,6 +237,36 @@ struct BuildArgs {
     /// dynamic-vhd, vmdk, aws. The kernel needs dm-verity (a module, or built in).
     #[arg(long)]
     verity: bool,
+    /// With --verity: the A/B layout, room for two versions booted through systemd-boot (at the
+    /// removable-media path, with loader/loader.conf; signed too with --sign-with). The ESP holds
+    /// the UKI at EFI/Linux/keel-VERSION.efi and room for a second; then the root slots
+    /// keel-root-a and keel-root-verity-a (this build), keel-root-b and keel-root-verity-b
+    /// (empty, for the next version) and keel-data (unformatted: the system formats and mounts
+    /// it).
+    #[arg(long)]
+    ab: bool,
+    /// With --ab: the version in the UKI's os-release (IMAGE_VERSION) and file name, by which
+    /// systemd-boot boots the newest: up to 64 of A-Z a-z 0-9 . _ ~ ^ -.
+    #[arg(long, value_name = "VERSION", requires = "ab", default_value = "1")]
+    image_version: keel_formats::ImageVersion,
+    /// With --ab: the size of each root slot (rounded up to a MiB), e.g. 512M; the next
+    /// version's root must fit in it. Default: twice this build's root.
+    #[arg(
+        long,
+        value_name = "SIZE",
+        requires = "ab",
+        value_parser = |s: &str| keel_formats::parse_size(s).map_err(|e| e.to_string())
+    )]
+    slot_size: Option<u64>,
+    /// With --ab: the size of the keel-data partition (rounded up to a MiB), e.g. 1G. Default:
+    /// 64M.
+    #[arg(
+        long,
+        value_name = "SIZE",
+        requires = "ab",
+        value_parser = |s: &str| keel_formats::parse_size(s).map_err(|e| e.to_string())
+    )]
+    data_size: Option<u64>,
     /// Write the one output file here instead of into --dir ("-": standard output); needs
     /// exactly one -f FORMAT that writes one file (tar, iso-efi, raw-efi, qcow2-efi, ...).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
@@ -680,6 +710,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .transpose()?,
                 pcr_file: args.output.is_none(),
                 verity: args.verity,
+                ab: args.ab.then_some(keel::output::AbSettings {
+                    version: args.image_version,
+                    slot_size: args.slot_size,
+                    data_size: args.data_size,
+                }),
             };
             let written = keel::build::build(&open_store()?, &opts)?;
             if let (Some(output), Some(_scratch)) = (&args.output, &scratch) {
@@ -710,6 +745,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "  built from {} with the images its lock file pins: identical",
                 opts.files.join(" ")
             );
+            if verified.ab {
+                println!(
+                    "  A/B disk: systemd-boot and the UKI in EFI/Linux are the ones the YAML builds"
+                );
+            }
             if verified.verity {
                 println!(
                     "  verified root: the root and hash-tree partitions are the ones the YAML builds, their root hash on the UKI's command line"

@@ -36,6 +36,16 @@ pub enum Error {
         dir: PathBuf,
         fs_size: u64,
     },
+    #[error(
+        "{flag} {given} bytes is larger than the filesystem that holds {} ({fs_size} bytes): the disk image could never be filled; give a size that fits",
+        dir.display()
+    )]
+    PartitionTooLarge {
+        flag: &'static str,
+        given: u64,
+        dir: PathBuf,
+        fs_size: u64,
+    },
     #[error("cannot look at the filesystem of {}", dir.display())]
     Filesystem {
         dir: PathBuf,
@@ -95,6 +105,10 @@ pub enum Error {
         "--verity: format {0} has no disk to hold a verified root partition; use raw-efi, qcow2-efi, vhd, dynamic-vhd, vmdk or aws"
     )]
     NoVerityDisk(Format),
+    #[error(
+        "--ab needs --verity: the A/B layout's slots hold verified roots; add --verity (and an EFI disk format: raw-efi, qcow2-efi, vhd, dynamic-vhd, vmdk or aws)"
+    )]
+    AbNeedsVerity,
     #[error("cannot make the verified root")]
     Verity(#[source] keel_rootfs::Error),
     #[error("cannot compute the verified root's hash tree")]
@@ -325,6 +339,19 @@ pub struct Settings<'a> {
     /// `--verity`: the root as a read-only squashfs partition checked by dm-verity, the UKI
     /// holding only the loader and the root hash.
     pub verity: bool,
+    /// `--ab`: the A/B layout (two root slots, a data partition, systemd-boot); needs `verity`.
+    pub ab: Option<&'a AbSettings>,
+}
+
+/// The options of `--ab` disks (see `keel_formats::efi`'s module note for the layout).
+#[derive(Debug, Clone, Default)]
+pub struct AbSettings {
+    /// `--image-version`: the UKI's `IMAGE_VERSION` and file name (default `1`).
+    pub version: keel_formats::ImageVersion,
+    /// `--slot-size` in bytes; `None`: twice the root, rounded up to a MiB.
+    pub slot_size: Option<u64>,
+    /// `--data-size` in bytes; `None`: 64 MiB.
+    pub data_size: Option<u64>,
 }
 
 /// How an initramfs is compressed (`--initrd-compression`).
@@ -563,11 +590,16 @@ impl Products<'_> {
             let fail = |source| Error::Format { format, source };
             let stub = crate::tools::efi_stub(self.settings.store, self.settings.arch)
                 .map_err(|source| Error::Tool { format, source })?;
+            // --ab: the version systemd-boot sorts by; otherwise the bytes every keel UKI has.
+            let os_release = match self.settings.ab {
+                Some(ab) => keel_formats::ab_os_release(&ab.version),
+                None => "NAME=keel\nID=keel\n".to_owned(),
+            };
             let parts = keel_formats::UkiParts {
                 kernel: &kernel.kernel,
                 initrd: &initrd,
                 cmdline: &cmdline,
-                os_release: Some("NAME=keel\nID=keel\n"),
+                os_release: Some(&os_release),
                 uname: None,
             };
             let mut uki = keel_formats::build_uki(&stub, &parts).map_err(fail)?;
@@ -581,8 +613,28 @@ impl Products<'_> {
         Ok(self.uki.as_deref().unwrap_or_default())
     }
 
+    /// systemd-boot for `--ab` disks, signed with the db key under `--sign-with` (Secure Boot
+    /// then chains firmware, systemd-boot, UKI: systemd-boot loads the UKI through the
+    /// firmware, which checks it against db).
+    fn boot_manager(&self, format: Format) -> Result<Vec<u8>> {
+        let boot = crate::tools::systemd_boot(self.settings.store, self.settings.arch)
+            .map_err(|source| Error::Tool { format, source })?;
+        match self.settings.sign_with {
+            Some(keys) => {
+                let signed = keys.sign_efi(&boot, self.opts.mtime).map_err(Error::Sign)?;
+                log::info!(
+                    "systemd-boot signed with the db key of {}",
+                    keys.dir().display()
+                );
+                Ok(signed)
+            }
+            None => Ok(boot),
+        }
+    }
+
     /// Writes the raw disk of `format` into `out`: `raw-bios` (the isohybrid image grown to
-    /// `--size`) for a BIOS format, else `raw-efi` (the UKI in an ESP on a GPT disk). Returns
+    /// `--size`) for a BIOS format, else `raw-efi` (the UKI in an ESP on a GPT disk; with
+    /// `--ab`, systemd-boot and the UKI, two root slots and a data partition). Returns
     /// its size and a seed for the IDs of containers around it: a hash of what the disk is
     /// made from, so that the disk itself need not be read again.
     fn write_raw(&mut self, format: Format, out: &mut impl Write) -> Result<(u64, [u8; 16])> {
@@ -603,8 +655,25 @@ impl Products<'_> {
                 .verity
                 .as_ref()
                 .map(|(data, tree)| keel_formats::VerityRoot { data, tree });
-            let size = keel_formats::write_raw_efi_with(out, uki, arch, size, root.as_ref())
-                .map_err(fail)?;
+            let size = match (self.settings.ab, root) {
+                (Some(ab), Some(root)) => {
+                    let boot_manager = self.boot_manager(format)?;
+                    let disk = keel_formats::AbDisk {
+                        boot_manager: &boot_manager,
+                        uki,
+                        version: &ab.version,
+                        root,
+                        slot_size: ab.slot_size,
+                        data_size: ab.data_size.unwrap_or(keel_formats::efi::DEFAULT_DATA_SIZE),
+                    };
+                    keel_formats::write_ab_efi(out, &disk, arch, size)
+                }
+                (Some(_), None) => return Err(Error::AbNeedsVerity),
+                (None, root) => {
+                    keel_formats::write_raw_efi_with(out, uki, arch, size, root.as_ref())
+                }
+            }
+            .map_err(fail)?;
             (size, keel_formats::gpt::Guid::derive(uki, "raw-efi"))
         };
         let mut seed = content.bytes().to_vec();
@@ -652,7 +721,17 @@ impl Products<'_> {
 
 /// Refuses a set of formats that cannot be built together, for `arch`, or signed (`signed`:
 /// `--sign-with` was given), before anything is fetched or written.
-pub fn check(formats: &[Format], name: &str, arch: Arch, signed: bool, verity: bool) -> Result<()> {
+pub fn check(
+    formats: &[Format],
+    name: &str,
+    arch: Arch,
+    signed: bool,
+    verity: bool,
+    ab: bool,
+) -> Result<()> {
+    if ab && !verity {
+        return Err(Error::AbNeedsVerity);
+    }
     if signed && let Some(unsignable) = formats.iter().find(|f| !f.boots_uki()) {
         return Err(Error::Unsignable(*unsignable));
     }
@@ -702,6 +781,32 @@ pub fn check_size(size: &str, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an `--ab` `--slot-size` or `--data-size` larger than the output directory's
+/// filesystem, before any image is read (as [`check_size`] does for `--size`).
+pub fn check_ab_sizes(ab: &AbSettings, dir: &Path) -> Result<()> {
+    let sizes = [("--slot-size", ab.slot_size), ("--data-size", ab.data_size)];
+    if sizes.iter().all(|(_, s)| s.is_none()) {
+        return Ok(());
+    }
+    let fs_size = crate::sys::filesystem_size(dir).map_err(|source| Error::Filesystem {
+        dir: dir.into(),
+        source,
+    })?;
+    for (flag, size) in sizes {
+        if let Some(given) = size
+            && given > fs_size
+        {
+            return Err(Error::PartitionTooLarge {
+                flag,
+                given,
+                dir: dir.into(),
+                fs_size,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Writes every format into temporary files, then commits them all: either every output
 /// appears or none does. Returns the paths written. Temporary files that an earlier, killed
 /// build left in the directory are removed first; a directory this call created is removed
@@ -717,6 +822,7 @@ pub fn write(
         settings.arch,
         settings.sign_with.is_some(),
         settings.verity,
+        settings.ab.is_some(),
     )?;
     let dir = settings.dir;
     if dir.exists() && !dir.is_dir() {
@@ -1107,6 +1213,7 @@ mod tests {
             sign_with: None,
             pcr_file: true,
             verity: false,
+            ab: None,
         };
         let err = write(&assembled, &[Format::Vhd, Format::DynamicVhd], &settings).unwrap_err();
         assert_eq!(
@@ -1124,7 +1231,14 @@ mod tests {
     #[test]
     fn signing_refuses_formats_without_a_uki() {
         for format in Format::ALL {
-            let checked = check(&[Format::Uki, format], "m", Arch::X86_64, true, false);
+            let checked = check(
+                &[Format::Uki, format],
+                "m",
+                Arch::X86_64,
+                true,
+                false,
+                false,
+            );
             // uki with itself clashes; every other pair is about signing alone.
             if format == Format::Uki {
                 continue;
@@ -1137,9 +1251,17 @@ mod tests {
                 }
                 Err(e) => panic!("{format}: {e}"),
             }
-            assert!(check(&[format], "m", Arch::X86_64, false, false).is_ok());
+            assert!(check(&[format], "m", Arch::X86_64, false, false, false).is_ok());
         }
-        let err = check(&[Format::KernelInitrd], "m", Arch::X86_64, true, false).unwrap_err();
+        let err = check(
+            &[Format::KernelInitrd],
+            "m",
+            Arch::X86_64,
+            true,
+            false,
+            false,
+        )
+        .unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("--sign-with: format kernel+initrd does not boot a keel UKI"),
@@ -1150,7 +1272,7 @@ mod tests {
     #[test]
     fn verity_needs_an_efi_disk() {
         for format in Format::ALL {
-            match check(&[format], "m", Arch::X86_64, false, true) {
+            match check(&[format], "m", Arch::X86_64, false, true, false) {
                 Ok(()) => assert!(format.is_efi_disk() && format.boots_uki(), "{format}"),
                 Err(Error::NoVerityDisk(f)) => {
                     assert_eq!(f, format);
@@ -1165,12 +1287,23 @@ mod tests {
             Arch::X86_64,
             true,
             true,
+            false,
         )
         .unwrap_err();
         assert_eq!(
             err.to_string(),
             "--verity: format uki has no disk to hold a verified root partition; use raw-efi, qcow2-efi, vhd, dynamic-vhd, vmdk or aws"
         );
+    }
+
+    #[test]
+    fn ab_needs_verity() {
+        let err = check(&[Format::RawEfi], "m", Arch::X86_64, false, false, true).unwrap_err();
+        assert!(err.to_string().starts_with("--ab needs --verity"), "{err}");
+        assert!(check(&[Format::RawEfi], "m", Arch::X86_64, true, true, true).is_ok());
+        // --verity's own check still names the format.
+        let err = check(&[Format::IsoEfi], "m", Arch::X86_64, false, true, true).unwrap_err();
+        assert!(err.to_string().contains("iso-efi"), "{err}");
     }
 
     #[test]
@@ -1194,6 +1327,7 @@ mod tests {
             sign_with: None,
             pcr_file: true,
             verity: false,
+            ab: None,
         };
         for format in [Format::IsoBios, Format::RawBios, Format::Qcow2Bios] {
             let err = write(&assembled, &[Format::IsoEfi, format], &settings).unwrap_err();

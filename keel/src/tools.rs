@@ -1,5 +1,5 @@
 //! Boot tools as pinned OCI images in the store: systemd's EFI stub (UKIs and every EFI disk),
-//! isolinux (the BIOS formats) and GRUB's CD image (`iso-efi-initrd`).
+//! systemd-boot (`--ab` disks), isolinux (the BIOS formats) and GRUB's CD image (`iso-efi-initrd`).
 //!
 //! Like LinuxKit's `mkimage-*` images, each tool is an image pinned by digest in this table. keel
 //! makes it the way it makes kernel images: from pinned Debian packages (version and sha256 of
@@ -89,6 +89,16 @@ pub const EFI_STUB: ToolImage = ToolImage {
     files: |arch| vec![keel_formats::tools::efi_stub_pin(arch)],
 };
 
+/// systemd-boot, from `systemd-boot-efi` (the EFI stub's package): the boot manager of `--ab`
+/// disks.
+pub const SYSTEMD_BOOT: ToolImage = ToolImage {
+    name: "keel/tools/systemd-boot",
+    purpose: "systemd-boot, the boot manager of --ab disks",
+    arches: &Arch::ALL,
+    digest: "sha256:f5a98de7162c30cdafa2e2672e2801476807ba6d37991d201be27a4cb11526ef",
+    files: |arch| vec![keel_formats::tools::systemd_boot_pin(arch)],
+};
+
 /// isolinux, from `isolinux` and `syslinux-common` (BIOS, so x86_64 only).
 pub const ISOLINUX: ToolImage = ToolImage {
     name: "keel/tools/isolinux",
@@ -108,7 +118,7 @@ pub const GRUB_CD: ToolImage = ToolImage {
 };
 
 /// Every tool image.
-pub const ALL: [&ToolImage; 3] = [&EFI_STUB, &ISOLINUX, &GRUB_CD];
+pub const ALL: [&ToolImage; 4] = [&EFI_STUB, &SYSTEMD_BOOT, &ISOLINUX, &GRUB_CD];
 
 impl ToolImage {
     /// Every file of the image for `arch` with its path: the tools, then each package's
@@ -327,6 +337,11 @@ pub fn efi_stub(store: &Store, arch: Arch) -> Result<Vec<u8>> {
     EFI_STUB.tool(store, arch)
 }
 
+/// systemd-boot for `arch`.
+pub fn systemd_boot(store: &Store, arch: Arch) -> Result<Vec<u8>> {
+    SYSTEMD_BOOT.tool(store, arch)
+}
+
 /// GRUB's CD image for `arch`.
 pub fn grub_cd(store: &Store, arch: Arch) -> Result<Vec<u8>> {
     GRUB_CD.tool(store, arch)
@@ -379,6 +394,8 @@ mod tests {
         for arch in Arch::ALL {
             let from_deb = keel_formats::tools::efi_stub(arch, &debs).unwrap();
             assert!(efi_stub(&store, arch).unwrap() == from_deb, "{arch}");
+            let from_deb = keel_formats::tools::systemd_boot(arch, &debs).unwrap();
+            assert!(systemd_boot(&store, arch).unwrap() == from_deb, "{arch}");
             let from_deb = keel_formats::tools::grub_cd(arch, &debs).unwrap();
             assert!(grub_cd(&store, arch).unwrap() == from_deb, "{arch}");
         }

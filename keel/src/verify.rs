@@ -45,11 +45,12 @@ pub enum Error {
         is: Arch,
         asked: Arch,
     },
-    #[error("{}: the UKI is not signed, and --keys asks for a signature", .0.display())]
-    Unsigned(PathBuf),
-    #[error("{}: the signature does not verify with {}", path.display(), cert.display())]
+    #[error("{}: {what} is not signed, and --keys asks for a signature", path.display())]
+    Unsigned { path: PathBuf, what: String },
+    #[error("{}: the signature of {what} does not verify with {}", path.display(), cert.display())]
     Signature {
         path: PathBuf,
+        what: String,
         cert: PathBuf,
         #[source]
         source: crate::keys::Error,
@@ -68,6 +69,12 @@ pub enum Error {
     },
     #[error(transparent)]
     Keys(#[from] crate::keys::Error),
+    #[error(
+        "{}: an A/B disk holding {} versions; keel verify checks a disk as keel build wrote it (one version)",
+        .0.display(),
+        .1
+    )]
+    AbVersions(PathBuf, usize),
     #[error("{}: the UKI cannot be read", .0.display())]
     Uki(PathBuf, #[source] keel_formats::Error),
 }
@@ -82,6 +89,7 @@ impl Error {
                 source,
             },
             Error::Unknown(path) => Error::Unknown(rename(path)),
+            Error::AbVersions(path, n) => Error::AbVersions(rename(path), n),
             Error::Extract { path, source } => Error::Extract {
                 path: rename(path),
                 source,
@@ -125,25 +133,32 @@ pub struct Verified {
     /// Whether the artifact is a disk whose root is verified by dm-verity (`--verity`), its
     /// root and hash partitions checked too.
     pub verity: bool,
+    /// Whether the artifact is an A/B disk (`--ab`), its systemd-boot checked too.
+    pub ab: bool,
 }
 
 /// The largest root or hash-tree partition `keel verify` reads (both are read whole).
 const MAX_PARTITION: u64 = 16 << 30;
 
-/// The root and hash-tree partitions of a `--verity` disk, if `artifact` is one.
-fn verity_partitions(artifact: &Path, arch: Arch) -> Result<Option<[Vec<u8>; 2]>, Error> {
-    let mut file = std::fs::File::open(artifact).map_err(|source| Error::Read {
-        path: artifact.into(),
+/// `path` opened, if it is a GPT disk (`EFI PART` at sector 1).
+fn open_gpt_disk(path: &Path) -> Result<Option<std::fs::File>, Error> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).map_err(|source| Error::Read {
+        path: path.into(),
         source,
     })?;
     let mut head = [0u8; 8];
-    use std::io::{Read, Seek, SeekFrom};
     let is_disk = file.seek(SeekFrom::Start(512)).is_ok()
         && file.read_exact(&mut head).is_ok()
         && head == *b"EFI PART";
-    if !is_disk {
+    Ok(is_disk.then_some(file))
+}
+
+/// The root and hash-tree partitions of a `--verity` disk, if `artifact` is one.
+fn verity_partitions(artifact: &Path, arch: Arch) -> Result<Option<[Vec<u8>; 2]>, Error> {
+    let Some(mut file) = open_gpt_disk(artifact)? else {
         return Ok(None);
-    }
+    };
     let (root_type, hash_type) = keel_formats::verity_partition_types(arch);
     let mut read = |t| {
         keel_formats::read_partition(&mut file, t, MAX_PARTITION).map_err(|source| Error::Extract {
@@ -291,23 +306,43 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<Verified, Error> {
     } else {
         path.clone()
     };
-    let (uki, arch) = extract(&disk, opts.arch).map_err(|e| e.for_artifact(&disk, path))?;
-    let stripped = keel_formats::strip_signature(&uki).map_err(|e| Error::Uki(path.clone(), e))?;
-    let signed = stripped.is_some();
-    let signed_by = match &opts.keys {
-        None => None,
-        Some(_) if !signed => return Err(Error::Unsigned(path.clone())),
-        Some(dir) => {
-            let cert = crate::keys::certificate(dir, "db")?;
-            crate::keys::verify_efi(&cert, &uki).map_err(|source| Error::Signature {
-                path: path.clone(),
-                cert: cert.clone(),
-                source,
-            })?;
-            Some(cert)
-        }
+    let (boot_file, arch) = extract(&disk, opts.arch).map_err(|e| e.for_artifact(&disk, path))?;
+    // An `--ab` disk boots systemd-boot, which boots the UKI in EFI/Linux.
+    let ab = ab_layout(&disk, arch).map_err(|e| e.for_artifact(&disk, path))?;
+    let (uki, boot_manager) = match ab {
+        Some((_, ref uki)) => (uki.clone(), Some(boot_file)),
+        None => (boot_file, None),
     };
-    let unsigned = stripped.unwrap_or(uki);
+    let check = |efi: &[u8], what: &str| -> Result<(Vec<u8>, bool, Option<PathBuf>), Error> {
+        let stripped =
+            keel_formats::strip_signature(efi).map_err(|e| Error::Uki(path.clone(), e))?;
+        let signed = stripped.is_some();
+        let signed_by = match &opts.keys {
+            None => None,
+            Some(_) if !signed => {
+                return Err(Error::Unsigned {
+                    path: path.clone(),
+                    what: what.to_owned(),
+                });
+            }
+            Some(dir) => {
+                let cert = crate::keys::certificate(dir, "db").map_err(Error::Keys)?;
+                crate::keys::verify_efi(&cert, efi).map_err(|source| Error::Signature {
+                    path: path.clone(),
+                    what: what.to_owned(),
+                    cert: cert.clone(),
+                    source,
+                })?;
+                Some(cert)
+            }
+        };
+        Ok((stripped.unwrap_or_else(|| efi.to_vec()), signed, signed_by))
+    };
+    let (unsigned, signed, signed_by) = check(&uki, "the UKI")?;
+    let boot_manager = boot_manager
+        .map(|efi| check(&efi, "systemd-boot"))
+        .transpose()?
+        .map(|(unsigned, _, _)| unsigned);
 
     let yaml = opts.files.join(" ");
     let dir = tempfile::tempdir().map_err(|source| Error::Read {
@@ -339,6 +374,7 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<Verified, Error> {
         sign_with: None,
         pcr_file: false,
         verity: verity.is_some(),
+        ab: ab.map(|(settings, _)| settings),
     };
     crate::build::build(store, &build).map_err(|source| Error::Build {
         yaml: yaml.clone(),
@@ -349,7 +385,24 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<Verified, Error> {
     } else {
         "verify.efi"
     });
-    let rebuilt = read_uki(&rebuilt_path, Some(arch))?;
+    let rebuilt = match &boot_manager {
+        None => read_uki(&rebuilt_path, Some(arch))?,
+        Some(ours) => {
+            let theirs = read_uki(&rebuilt_path, Some(arch))?;
+            let same = keel_formats::is_unsigned_original(ours, &theirs)
+                .map_err(|e| Error::Uki(path.clone(), e))?;
+            if !same {
+                return Err(Error::Differs {
+                    path: path.clone(),
+                    yaml,
+                    what: "the boot managers (systemd-boot)".into(),
+                });
+            }
+            ab_layout(&rebuilt_path, arch)?
+                .map(|(_, uki)| uki)
+                .unwrap_or_default()
+        }
+    };
     if rebuilt != unsigned {
         return Err(Error::Differs {
             path: path.clone(),
@@ -380,5 +433,38 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<Verified, Error> {
         signed,
         pcr11,
         verity: verity.is_some(),
+        ab: boot_manager.is_some(),
     })
+}
+
+/// The `--ab` settings a disk was built with and the UKI it boots, if it is an A/B disk: its
+/// ESP holds `EFI/Linux/keel-<version>.efi` (exactly one, as `keel build` writes it), the
+/// slot size is its first root partition's, the data size its data partition's.
+fn ab_layout(
+    disk: &Path,
+    arch: Arch,
+) -> Result<Option<(crate::output::AbSettings, Vec<u8>)>, Error> {
+    let Some(mut file) = open_gpt_disk(disk)? else {
+        return Ok(None);
+    };
+    let fail = |source| Error::Extract {
+        path: disk.into(),
+        source,
+    };
+    let mut ukis = keel_formats::read_ab_ukis(&mut file).map_err(fail)?;
+    let (version, uki) = match ukis.len() {
+        0 => return Ok(None),
+        1 => ukis.remove(0),
+        n => return Err(Error::AbVersions(disk.into(), n)),
+    };
+    let (root_type, _) = keel_formats::verity_partition_types(arch);
+    let slot_size = keel_formats::partition_size(&mut file, root_type).map_err(fail)?;
+    let data_size = keel_formats::partition_size(&mut file, keel_formats::gpt::Guid::LINUX_DATA)
+        .map_err(fail)?;
+    let settings = crate::output::AbSettings {
+        version,
+        slot_size,
+        data_size,
+    };
+    Ok(Some((settings, uki)))
 }

@@ -1407,7 +1407,10 @@ fn verify_checks_the_signature_and_rebuilds_from_the_yaml() {
     }
 
     let err = verify(Some("other"), "out/sys.efi", "sys.yml").failed();
-    assert!(err.contains("the signature does not verify with"), "{err}");
+    assert!(
+        err.contains("the signature of the UKI does not verify with"),
+        "{err}"
+    );
     let err = verify(Some("keys"), "plain/sys.efi", "sys.yml").failed();
     assert!(err.contains("the UKI is not signed"), "{err}");
     // Unsigned and no keys: the rebuild alone.
@@ -1434,7 +1437,10 @@ fn verify_checks_the_signature_and_rebuilds_from_the_yaml() {
     uki[at] ^= 1;
     std::fs::write(w.path("tampered.efi"), &uki).unwrap();
     let err = verify(Some("keys"), "tampered.efi", "sys.yml").failed();
-    assert!(err.contains("the signature does not verify"), "{err}");
+    assert!(
+        err.contains("the signature of the UKI does not verify"),
+        "{err}"
+    );
     // Without --keys the rebuild finds it.
     let err = verify(None, "tampered.efi", "sys.yml").failed();
     assert!(err.contains("differ"), "{err}");
@@ -1552,4 +1558,180 @@ fn verity_disks_are_reproducible_and_verified() {
         let err = verify("changed-efi.img").failed();
         assert!(err.contains(&format!("{what} differ")), "{err}");
     }
+}
+
+/// `--ab`: systemd-boot (signed with the db key under `--sign-with`) at the removable-media
+/// path, `loader/loader.conf` and the signed UKI at `EFI/Linux/keel-<version>.efi` in the ESP;
+/// then slots A and B and the data partition, in that order; byte-identical twice. `--ab`
+/// without `--verity`, a bad `--image-version` and a `--slot-size` the root does not fit in
+/// are refused before anything is written.
+#[test]
+fn ab_disks_boot_through_systemd_boot() {
+    let (w, _) = Work::with_fixtures();
+    w.write("sys.yml", &system_yaml(APP));
+    run(&mut w.keel(["keys", "generate", "keys"])).ok();
+    let build = |dir: &str, extra: &[&str]| {
+        let mut args = vec![
+            "build",
+            "--arch",
+            "x86_64",
+            "--no-sbom",
+            "--dir",
+            dir,
+            "-f",
+            "raw-efi",
+        ];
+        args.extend_from_slice(extra);
+        args.push("sys.yml");
+        run(&mut w.keel(args))
+    };
+    let ab = ["--verity", "--ab", "--sign-with", "keys"];
+    build("a", &ab).ok();
+    build("b", &ab).ok();
+    let disk = read(&w.path("a/sys-efi.img"));
+    assert!(disk == read(&w.path("b/sys-efi.img")), "two builds differ");
+
+    let out = Command::new("sfdisk")
+        .arg("--json")
+        .arg(w.path("a/sys-efi.img"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    let names: Vec<&str> = parts.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "EFI system partition",
+            "keel-root-a",
+            "keel-root-verity-a",
+            "keel-root-b",
+            "keel-root-verity-b",
+            "keel-data"
+        ]
+    );
+    assert_eq!(parts[5]["type"], "0FC63DAF-8483-4772-8E79-3D69D8477DE4");
+    assert_eq!(parts[5]["size"].as_u64().unwrap() * 512, 64 << 20);
+    assert_eq!(parts[1]["size"], parts[3]["size"]);
+    assert_eq!(parts[2]["size"], parts[4]["size"]);
+
+    // The ESP's files, as mtools reads them.
+    let esp = format!(
+        "{}@@{}",
+        w.path("a/sys-efi.img").display(),
+        parts[0]["start"].as_u64().unwrap() * 512
+    );
+    let copy = |from: &str, to: &str| {
+        let out = Command::new("mcopy")
+            .args(["-n", "-i", &esp, from])
+            .arg(w.path(to))
+            .output()
+            .expect("mcopy runs (mtools)");
+        assert!(out.status.success(), "{from}: {out:?}");
+    };
+    copy("::/EFI/BOOT/BOOTX64.EFI", "systemd-boot.efi");
+    copy("::/loader/loader.conf", "loader.conf");
+    copy("::/EFI/Linux/keel-1.efi", "keel-1.efi");
+    let conf = std::fs::read_to_string(w.path("loader.conf")).unwrap();
+    assert!(conf.starts_with("timeout 0\n"), "{conf}");
+    assert!(conf.contains("default keel-*\n"), "{conf}");
+    let boot = read(&w.path("systemd-boot.efi"));
+    assert!(
+        boot.windows(13).any(|w| w == b"auto-firmware"),
+        "BOOTX64.EFI is not systemd-boot"
+    );
+    let uki = read(&w.path("keel-1.efi"));
+    assert!(uki.windows(15).any(|w| w == b"IMAGE_VERSION=1"));
+    for file in ["systemd-boot.efi", "keel-1.efi"] {
+        let out = Command::new("sbverify")
+            .args(["--cert", "keys/db.crt"])
+            .arg(file)
+            .current_dir(w.path(""))
+            .output()
+            .expect("sbverify runs (scripts/setup.sh installs sbsigntool)");
+        assert!(out.status.success(), "{file}: {out:?}");
+    }
+
+    // keel verify: systemd-boot and the UKI signed and rebuilt, the slot's partitions compared.
+    let verify = |keys: bool, artifact: &str| {
+        let mut args = vec!["verify", "--arch", "x86_64"];
+        if keys {
+            args.extend(["--keys", "keys"]);
+        }
+        args.extend([artifact, "sys.yml"]);
+        run(&mut w.keel(args))
+    };
+    let ok = verify(true, "a/sys-efi.img").ok();
+    assert!(
+        ok.stdout.contains("A/B disk: systemd-boot"),
+        "{}",
+        ok.stdout
+    );
+    assert!(ok.stdout.contains("verified root:"), "{}", ok.stdout);
+    // systemd-boot with one byte changed: its signature breaks; without keys, the rebuild
+    // names it.
+    let mut changed = boot.clone();
+    let at = changed.len() / 3;
+    changed[at] ^= 1;
+    std::fs::write(w.path("changed-boot.efi"), &changed).unwrap();
+    std::fs::copy(w.path("a/sys-efi.img"), w.path("changed-efi.img")).unwrap();
+    let esp_changed = format!(
+        "{}@@{}",
+        w.path("changed-efi.img").display(),
+        parts[0]["start"].as_u64().unwrap() * 512
+    );
+    let out = Command::new("mcopy")
+        .args(["-o", "-i", &esp_changed])
+        .arg(w.path("changed-boot.efi"))
+        .arg("::/EFI/BOOT/BOOTX64.EFI")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = verify(true, "changed-efi.img").failed();
+    assert!(
+        err.contains("the signature of systemd-boot does not verify"),
+        "{err}"
+    );
+    let err = verify(false, "changed-efi.img").failed();
+    assert!(
+        err.contains("the boot managers (systemd-boot) differ"),
+        "{err}"
+    );
+
+    // Another version: the UKI's name and os-release follow it.
+    build("v", &["--verity", "--ab", "--image-version", "2.0~rc1"]).ok();
+    let esp = format!("{}@@{}", w.path("v/sys-efi.img").display(), 1 << 20);
+    let out = Command::new("mdir")
+        .args(["-b", "-i", &esp, "::/EFI/Linux"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("keel-2.0~rc1.efi"),
+        "{out:?}"
+    );
+
+    let err = build("c", &["--ab"]).failed();
+    assert!(err.contains("--ab needs --verity"), "{err}");
+    // Usage errors (status 2), from the flags' parsers.
+    let usage = |extra: &[&str]| {
+        let bad = build("c", extra);
+        assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+        bad.stderr
+    };
+    let err = usage(&["--verity", "--ab", "--image-version", "1/2"]);
+    assert!(
+        err.contains(
+            "invalid value '1/2' for '--image-version <VERSION>': invalid image version \"1/2\""
+        ),
+        "{err}"
+    );
+    let err = usage(&["--verity", "--image-version", "2"]);
+    assert!(err.contains("--ab"), "{err}");
+    let err = build("c", &["--verity", "--ab", "--slot-size", "1K"]).failed();
+    assert!(
+        err.contains("--slot-size of 1024 bytes cannot hold the verified root"),
+        "{err}"
+    );
+    assert!(!w.path("c").exists(), "a refused build wrote its directory");
 }

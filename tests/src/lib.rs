@@ -126,6 +126,39 @@ pub fn build_secured(
     keys: Option<&keel::keys::KeySet>,
     verity: bool,
 ) -> Result<Built, Error> {
+    build_layout(yamls, arch, formats, initrd, keys, verity, None)
+}
+
+/// Like [`build_secured`] with `--verity`, on the A/B disk layout of `ab`
+/// (`keel build --verity --ab`, booted through systemd-boot).
+pub fn build_ab(
+    yamls: &[&Path],
+    arch: Arch,
+    formats: &[keel::build::Format],
+    keys: Option<&keel::keys::KeySet>,
+    ab: &keel::output::AbSettings,
+) -> Result<Built, Error> {
+    build_layout(
+        yamls,
+        arch,
+        formats,
+        InitrdCompression::Auto,
+        keys,
+        true,
+        Some(ab),
+    )
+}
+
+/// [`build_secured`], with `--ab`'s settings when given.
+fn build_layout(
+    yamls: &[&Path],
+    arch: Arch,
+    formats: &[keel::build::Format],
+    initrd: InitrdCompression,
+    keys: Option<&keel::keys::KeySet>,
+    verity: bool,
+    ab: Option<&keel::output::AbSettings>,
+) -> Result<Built, Error> {
     let (_lock, store) = lock_store()?;
     let dir = tempfile::Builder::new()
         .prefix("keel-vmtest-")
@@ -166,6 +199,7 @@ pub fn build_secured(
         sign_with: keys.cloned(),
         pcr_file: true,
         verity,
+        ab: ab.cloned(),
     };
     keel::build::build(&store, &opts).map_err(|source| Error::Build {
         yaml: first.to_path_buf(),

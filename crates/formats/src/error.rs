@@ -72,6 +72,15 @@ pub enum Error {
     IsoName { path: String, reason: &'static str },
     #[error("a dm-verity data area of {len} bytes is not a whole number of 4096-byte blocks")]
     VerityBlocks { len: usize },
+    #[error(
+        "invalid image version {given:?}: {reason}; use up to 64 of A-Z a-z 0-9 . _ ~ ^ -, such as 1 or 2.1"
+    )]
+    ImageVersion { given: String, reason: &'static str },
+    #[error(
+        "--slot-size of {given} bytes cannot hold the verified root ({root} bytes): give at least {root_mib} MiB, or leave it out (default: twice the root)",
+        root_mib = .root.div_ceil(1 << 20)
+    )]
+    SlotTooSmall { root: u64, given: u64 },
     #[error("the Debian package {package} has no file {path}")]
     MissingFile { package: String, path: String },
 }

@@ -5,7 +5,8 @@
 //! the same bytes, whatever the clock, time zone, umask or working directory.
 //!
 //! - [`uki`]: a unified kernel image (systemd's EFI stub + kernel + initrd + cmdline).
-//! - [`efi`]: `raw-efi`, a GPT disk with an EFI system partition holding the UKI.
+//! - [`efi`]: `raw-efi`, a GPT disk with an EFI system partition holding the UKI; with
+//!   `--verity` a verified root beside it, with `--ab` two root slots and systemd-boot.
 //! - [`esp`], [`gpt`]: the FAT and GPT writers beneath it.
 //! - [`iso`]: `iso-efi`, `iso-efi-initrd` (GRUB), `iso-bios` (isolinux, isohybrid) and
 //!   `raw-bios`.
@@ -36,8 +37,9 @@ pub mod vhd;
 
 pub use convert::{Container, convert};
 pub use efi::{
-    VerityRoot, efi_boot_path, efi_esp, raw_efi_size, raw_efi_size_with, read_partition,
-    read_uki_from_disk, verity_partition_types, write_raw_efi, write_raw_efi_with,
+    AbDisk, ImageVersion, VerityRoot, ab_efi_size, ab_os_release, ab_uki_path, efi_boot_path,
+    efi_esp, partition_size, raw_efi_size, raw_efi_size_with, read_ab_ukis, read_partition,
+    read_uki_from_disk, verity_partition_types, write_ab_efi, write_raw_efi, write_raw_efi_with,
 };
 pub use error::Error;
 pub use gcp::{gcp_disk_size, write_gcp};
@@ -46,8 +48,10 @@ pub use iso::{
 };
 pub use iso9660::{BiosBoot, Iso, IsoFile, IsoOptions, build_iso, data_iso};
 pub use sparse::SparseWriter;
-pub use tools::efi_stub;
-pub use uki::{UkiParts, build_uki, predict_pcr11, sections, strip_signature};
+pub use tools::{efi_stub, systemd_boot};
+pub use uki::{
+    UkiParts, build_uki, is_unsigned_original, predict_pcr11, sections, strip_signature,
+};
 pub use vhd::fixed_vhd_footer;
 
 /// Parses a `--size` as LinuxKit does: a number of bytes with a `K`, `M`, `G` or `T` suffix

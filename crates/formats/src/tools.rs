@@ -1,5 +1,5 @@
-//! Boot binaries from pinned Debian packages: systemd's EFI stub for UKIs, isolinux for the
-//! BIOS formats, GRUB for `iso-efi-initrd`.
+//! Boot binaries from pinned Debian packages: systemd's EFI stub for UKIs, systemd-boot for
+//! `--ab` disks, isolinux for the BIOS formats, GRUB for `iso-efi-initrd`.
 //!
 //! The pins live in this table (package, exact version, sha256 of the `.deb`, file inside it).
 //! A `.deb` is fetched through [`keel_debian`] into a cache directory, verified against its
@@ -43,6 +43,19 @@ pub fn efi_stub_pin(arch: Arch) -> ToolFile {
             sha256: "d75fbbfa90d37d409e7e65f1149afd770bc17daa3f15f49ef651f608fe7e1dbc",
             path: "usr/lib/systemd/boot/efi/linuxaa64.efi.stub",
         },
+    }
+}
+
+/// systemd-boot (`systemd-boot-efi`, the same upload as [`efi_stub_pin`]), the boot manager of
+/// `--ab` disks ([`crate::efi::write_ab_efi`]): it picks the newest UKI in `EFI/Linux/`.
+pub fn systemd_boot_pin(arch: Arch) -> ToolFile {
+    let stub = efi_stub_pin(arch);
+    ToolFile {
+        path: match arch {
+            Arch::X86_64 => "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+            Arch::Aarch64 => "usr/lib/systemd/boot/efi/systemd-bootaa64.efi",
+        },
+        ..stub
     }
 }
 
@@ -149,10 +162,31 @@ pub fn efi_stub(arch: Arch, cache_dir: &Path) -> Result<Vec<u8>> {
     fetch(&efi_stub_pin(arch), cache_dir)
 }
 
+/// systemd-boot for `arch`, from the pinned package.
+pub fn systemd_boot(arch: Arch, cache_dir: &Path) -> Result<Vec<u8>> {
+    fetch(&systemd_boot_pin(arch), cache_dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::uki::{UkiParts, build_uki};
+
+    #[test]
+    fn pinned_systemd_boot_is_a_pe_image_for_its_machine() {
+        let cache = keel_testutil::deb_cache();
+        for arch in Arch::ALL {
+            let boot = systemd_boot(arch, &cache).unwrap();
+            let pe = goblin::pe::PE::parse(&boot).unwrap();
+            let expected = match arch {
+                Arch::X86_64 => goblin::pe::header::COFF_MACHINE_X86_64,
+                Arch::Aarch64 => goblin::pe::header::COFF_MACHINE_ARM64,
+            };
+            assert_eq!(pe.header.coff_header.machine, expected, "{arch}");
+            // The boot manager, not the stub: it reads loader.conf.
+            assert!(boot.windows(13).any(|w| w == b"auto-firmware"), "{arch}");
+        }
+    }
 
     /// Fetches the real pinned stubs (Debian's archive is reachable from build machines) into
     /// the test run's shared cache, and builds a UKI from each.

@@ -256,6 +256,22 @@ pub fn strip_signature(pe: &[u8]) -> Result<Option<Vec<u8>>> {
     Ok(Some(out))
 }
 
+/// Whether `stripped` ([`strip_signature`]'s output) is `original` as it was before `sbsign`:
+/// identical but for what signing changes besides appending the table, the checksum and up to
+/// seven zero bytes that align the table to 8 bytes (a file keel wrote is aligned already).
+pub fn is_unsigned_original(stripped: &[u8], original: &[u8]) -> Result<bool> {
+    let l = Layout::parse_any(original)?;
+    let checksum = l.opt + 64..l.opt + 68;
+    let Some(padding) = stripped.get(original.len()..) else {
+        return Ok(false);
+    };
+    if padding.len() > 7 || padding.iter().any(|b| *b != 0) {
+        return Ok(false);
+    }
+    let same = |range: std::ops::Range<usize>| stripped.get(range.clone()) == original.get(range);
+    Ok(same(0..checksum.start) && same(checksum.end..original.len()))
+}
+
 /// The sections systemd's stub (252, the version keel's stub is) extends into TPM PCR 11, in
 /// the order it does: each one present is measured as its name with a NUL, then its data.
 /// (`.pcrsig` is in the stub's list but not measured; `.uname` and `.sbat` came after 252.)

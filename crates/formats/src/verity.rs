@@ -80,6 +80,12 @@ fn level_sizes(data_blocks: u64) -> Vec<u64> {
         .collect()
 }
 
+/// The size in bytes of the hash device for `data_blocks` blocks of data: the superblock's
+/// block and the tree's.
+pub fn hash_device_len(data_blocks: u64) -> u64 {
+    (1 + level_sizes(data_blocks.max(1)).iter().sum::<u64>()) * HASHES_PER_BLOCK * 32
+}
+
 /// Builds the hash tree of `data` (a whole number of [`BLOCK`]s, at least one) with `salt`.
 pub fn hash_tree(data: &[u8], salt: [u8; 32]) -> Result<HashTree> {
     if data.is_empty() || !data.len().is_multiple_of(BLOCK) {
@@ -151,6 +157,18 @@ mod tests {
         assert_eq!(level_sizes(129), [2, 1]);
         assert_eq!(level_sizes(128 * 128), [128, 1]);
         assert_eq!(level_sizes(128 * 128 + 1), [129, 2, 1]);
+    }
+
+    #[test]
+    fn the_hash_device_length_is_the_trees() {
+        for blocks in [1, 2, 128, 129, 300, 128 * 128 + 1] {
+            let tree = hash_tree(&data(usize::try_from(blocks).unwrap()), [0; 32]).unwrap();
+            assert_eq!(
+                tree.hash_device.len() as u64,
+                hash_device_len(blocks),
+                "{blocks}"
+            );
+        }
     }
 
     #[test]
