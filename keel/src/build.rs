@@ -131,10 +131,9 @@ pub struct BuildOptions {
     pub sign_with: Option<crate::keys::KeySet>,
     /// Write `<name>-pcr11.json` beside a UKI's outputs (not with `-o`, which writes one file).
     pub pcr_file: bool,
-    /// The root on a dm-verity checked partition of the EFI disk formats (`--verity`).
-    pub verity: bool,
-    /// `--ab`'s A/B disk layout (it needs `verity`).
-    pub ab: Option<crate::output::AbSettings>,
+    /// Where the root goes: the initramfs, or a dm-verity checked partition of the EFI disk
+    /// formats (`--verity`), in the A/B layout (`--ab`).
+    pub root: crate::output::RootLayout,
 }
 
 /// The largest YAML document fetched from a URL (the parser's own limit on a document).
@@ -472,7 +471,7 @@ fn yaml_formats(config: &Config) -> Result<Vec<Format>> {
 
 /// `keel build`.
 pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
-    let ab = opts.ab.as_ref();
+    let ab = opts.root.ab();
     let name = output_name(opts);
     if let Some(size) = &opts.size {
         crate::output::check_size(size, &opts.dir)?;
@@ -489,8 +488,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
             &name,
             opts.arch,
             opts.sign_with.is_some(),
-            opts.verity,
-            ab.is_some(),
+            &opts.root,
         )?;
         check_decompress(&formats, opts)?;
     }
@@ -514,8 +512,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
             &name,
             opts.arch,
             opts.sign_with.is_some(),
-            opts.verity,
-            ab.is_some(),
+            &opts.root,
         )?;
         check_decompress(&formats, opts)?;
     }
@@ -592,8 +589,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
         initrd_compression: opts.initrd_compression,
         sign_with: opts.sign_with.as_ref(),
         pcr_file: opts.pcr_file,
-        verity: opts.verity,
-        ab,
+        root: &opts.root,
     };
     // The SBOM is made before any output is written, so that its failure leaves none.
     let sbom = if opts.sbom {
@@ -660,11 +656,13 @@ fn build_from(
     name: &str,
     opts: &BuildOptions,
 ) -> Result<Vec<PathBuf>> {
-    let ab = opts.ab.as_ref();
     for tool in formats.iter().filter_map(|f| f.tool()) {
         if tool.arches.contains(&opts.arch) {
             tool.ensure(store)?;
         }
+    }
+    if opts.root.ab().is_some() {
+        crate::tools::SYSTEMD_BOOT.ensure(store)?;
     }
     let settings = crate::output::Settings {
         dir: &opts.dir,
@@ -676,8 +674,7 @@ fn build_from(
         initrd_compression: opts.initrd_compression,
         sign_with: opts.sign_with.as_ref(),
         pcr_file: opts.pcr_file,
-        verity: opts.verity,
-        ab,
+        root: &opts.root,
     };
     let sbom = if opts.sbom {
         let images = local_images(store, config, lock, opts.arch)?;
@@ -910,8 +907,7 @@ mod tests {
             input_tar: None,
             sign_with: None,
             pcr_file: true,
-            verity: false,
-            ab: None,
+            root: crate::output::RootLayout::Initramfs,
         };
         assert_eq!(output_name(&opts), "minimal");
         opts.files = vec!["-".into()];

@@ -243,7 +243,7 @@ struct BuildArgs {
     /// keel-root-a and keel-root-verity-a (this build), keel-root-b and keel-root-verity-b
     /// (empty, for the next version) and keel-data (unformatted: the system formats and mounts
     /// it).
-    #[arg(long)]
+    #[arg(long, requires = "verity")]
     ab: bool,
     /// With --ab: the version in the UKI's os-release (IMAGE_VERSION) and file name, by which
     /// systemd-boot boots the newest: up to 64 of A-Z a-z 0-9 . _ ~ ^ -.
@@ -709,12 +709,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .map(keel::keys::KeySet::open)
                     .transpose()?,
                 pcr_file: args.output.is_none(),
-                verity: args.verity,
-                ab: args.ab.then_some(keel::output::AbSettings {
-                    version: args.image_version,
-                    slot_size: args.slot_size,
-                    data_size: args.data_size,
-                }),
+                root: match (args.verity, args.ab) {
+                    (false, _) => keel::output::RootLayout::Initramfs,
+                    (true, false) => keel::output::RootLayout::Verity,
+                    (true, true) => keel::output::RootLayout::Ab(keel::output::AbSettings {
+                        version: args.image_version,
+                        slot_size: args.slot_size,
+                        data_size: args.data_size,
+                    }),
+                },
             };
             let written = keel::build::build(&open_store()?, &opts)?;
             if let (Some(output), Some(_scratch)) = (&args.output, &scratch) {

@@ -105,10 +105,6 @@ pub enum Error {
         "--verity: format {0} has no disk to hold a verified root partition; use raw-efi, qcow2-efi, vhd, dynamic-vhd, vmdk or aws"
     )]
     NoVerityDisk(Format),
-    #[error(
-        "--ab needs --verity: the A/B layout's slots hold verified roots; add --verity (and an EFI disk format: raw-efi, qcow2-efi, vhd, dynamic-vhd, vmdk or aws)"
-    )]
-    AbNeedsVerity,
     #[error("cannot make the verified root")]
     Verity(#[source] keel_rootfs::Error),
     #[error("cannot compute the verified root's hash tree")]
@@ -336,11 +332,37 @@ pub struct Settings<'a> {
     pub sign_with: Option<&'a crate::keys::KeySet>,
     /// Write `<name>-pcr11.json` (the UKI's predicted PCR 11) beside a UKI's outputs.
     pub pcr_file: bool,
-    /// `--verity`: the root as a read-only squashfs partition checked by dm-verity, the UKI
-    /// holding only the loader and the root hash.
-    pub verity: bool,
-    /// `--ab`: the A/B layout (two root slots, a data partition, systemd-boot); needs `verity`.
-    pub ab: Option<&'a AbSettings>,
+    /// Where the root filesystem goes (`--verity`, `--ab`).
+    pub root: &'a RootLayout,
+}
+
+/// Where a build puts the root filesystem.
+#[derive(Debug, Clone, Default)]
+pub enum RootLayout {
+    /// In the initramfs, inside the UKI or beside the kernel (every format's default).
+    #[default]
+    Initramfs,
+    /// `--verity`: a read-only squashfs partition checked by dm-verity, beside the ESP of the
+    /// EFI disk formats; the UKI holds only the loader and the root hash.
+    Verity,
+    /// `--verity --ab`: [`RootLayout::Verity`] in slot A of the A/B layout (two root slots, a
+    /// data partition, systemd-boot).
+    Ab(AbSettings),
+}
+
+impl RootLayout {
+    /// Whether the root is on a verified partition.
+    pub fn is_verity(&self) -> bool {
+        !matches!(self, RootLayout::Initramfs)
+    }
+
+    /// The A/B settings, for [`RootLayout::Ab`].
+    pub fn ab(&self) -> Option<&AbSettings> {
+        match self {
+            RootLayout::Ab(ab) => Some(ab),
+            _ => None,
+        }
+    }
 }
 
 /// The options of `--ab` disks (see `keel_formats::efi`'s module note for the layout).
@@ -566,7 +588,7 @@ impl Products<'_> {
     /// initramfs is the loader alone and the command line names the verified root.
     fn uki(&mut self, format: Format) -> Result<&[u8]> {
         if self.uki.is_none() {
-            let (initrd, cmdline) = if self.settings.verity {
+            let (initrd, cmdline) = if self.settings.root.is_verity() {
                 let kernel = self.kernel(format)?.clone();
                 let codec = self.codec(format)?;
                 let mut rootfs = self.assembled.tree.clone();
@@ -591,7 +613,7 @@ impl Products<'_> {
             let stub = crate::tools::efi_stub(self.settings.store, self.settings.arch)
                 .map_err(|source| Error::Tool { format, source })?;
             // --ab: the version systemd-boot sorts by; otherwise the bytes every keel UKI has.
-            let os_release = match self.settings.ab {
+            let os_release = match self.settings.root.ab() {
                 Some(ab) => keel_formats::ab_os_release(&ab.version),
                 None => "NAME=keel\nID=keel\n".to_owned(),
             };
@@ -647,7 +669,7 @@ impl Products<'_> {
         } else {
             let arch = self.settings.arch;
             self.uki(format)?;
-            if self.settings.verity {
+            if self.settings.root.is_verity() {
                 self.verity_root()?;
             }
             let uki = self.uki.as_deref().unwrap_or_default();
@@ -655,7 +677,7 @@ impl Products<'_> {
                 .verity
                 .as_ref()
                 .map(|(data, tree)| keel_formats::VerityRoot { data, tree });
-            let size = match (self.settings.ab, root) {
+            let size = match (self.settings.root.ab(), root) {
                 (Some(ab), Some(root)) => {
                     let boot_manager = self.boot_manager(format)?;
                     let disk = keel_formats::AbDisk {
@@ -668,10 +690,7 @@ impl Products<'_> {
                     };
                     keel_formats::write_ab_efi(out, &disk, arch, size)
                 }
-                (Some(_), None) => return Err(Error::AbNeedsVerity),
-                (None, root) => {
-                    keel_formats::write_raw_efi_with(out, uki, arch, size, root.as_ref())
-                }
+                (_, root) => keel_formats::write_raw_efi_with(out, uki, arch, size, root.as_ref()),
             }
             .map_err(fail)?;
             (size, keel_formats::gpt::Guid::derive(uki, "raw-efi"))
@@ -726,16 +745,14 @@ pub fn check(
     name: &str,
     arch: Arch,
     signed: bool,
-    verity: bool,
-    ab: bool,
+    root: &RootLayout,
 ) -> Result<()> {
-    if ab && !verity {
-        return Err(Error::AbNeedsVerity);
-    }
     if signed && let Some(unsignable) = formats.iter().find(|f| !f.boots_uki()) {
         return Err(Error::Unsignable(*unsignable));
     }
-    if verity && let Some(diskless) = formats.iter().find(|f| !f.is_efi_disk()) {
+    if root.is_verity()
+        && let Some(diskless) = formats.iter().find(|f| !f.is_efi_disk())
+    {
         return Err(Error::NoVerityDisk(*diskless));
     }
     if formats.len() > 1
@@ -821,8 +838,7 @@ pub fn write(
         settings.name,
         settings.arch,
         settings.sign_with.is_some(),
-        settings.verity,
-        settings.ab.is_some(),
+        settings.root,
     )?;
     let dir = settings.dir;
     if dir.exists() && !dir.is_dir() {
@@ -1212,8 +1228,7 @@ mod tests {
             initrd_compression: InitrdCompression::Auto,
             sign_with: None,
             pcr_file: true,
-            verity: false,
-            ab: None,
+            root: &RootLayout::Initramfs,
         };
         let err = write(&assembled, &[Format::Vhd, Format::DynamicVhd], &settings).unwrap_err();
         assert_eq!(
@@ -1236,8 +1251,7 @@ mod tests {
                 "m",
                 Arch::X86_64,
                 true,
-                false,
-                false,
+                &RootLayout::Initramfs,
             );
             // uki with itself clashes; every other pair is about signing alone.
             if format == Format::Uki {
@@ -1251,15 +1265,14 @@ mod tests {
                 }
                 Err(e) => panic!("{format}: {e}"),
             }
-            assert!(check(&[format], "m", Arch::X86_64, false, false, false).is_ok());
+            assert!(check(&[format], "m", Arch::X86_64, false, &RootLayout::Initramfs).is_ok());
         }
         let err = check(
             &[Format::KernelInitrd],
             "m",
             Arch::X86_64,
             true,
-            false,
-            false,
+            &RootLayout::Initramfs,
         )
         .unwrap_err();
         assert!(
@@ -1272,7 +1285,7 @@ mod tests {
     #[test]
     fn verity_needs_an_efi_disk() {
         for format in Format::ALL {
-            match check(&[format], "m", Arch::X86_64, false, true, false) {
+            match check(&[format], "m", Arch::X86_64, false, &RootLayout::Verity) {
                 Ok(()) => assert!(format.is_efi_disk() && format.boots_uki(), "{format}"),
                 Err(Error::NoVerityDisk(f)) => {
                     assert_eq!(f, format);
@@ -1286,8 +1299,7 @@ mod tests {
             "m",
             Arch::X86_64,
             true,
-            true,
-            false,
+            &RootLayout::Verity,
         )
         .unwrap_err();
         assert_eq!(
@@ -1297,12 +1309,11 @@ mod tests {
     }
 
     #[test]
-    fn ab_needs_verity() {
-        let err = check(&[Format::RawEfi], "m", Arch::X86_64, false, false, true).unwrap_err();
-        assert!(err.to_string().starts_with("--ab needs --verity"), "{err}");
-        assert!(check(&[Format::RawEfi], "m", Arch::X86_64, true, true, true).is_ok());
+    fn ab_disks_are_efi_disks() {
+        let ab = RootLayout::Ab(AbSettings::default());
+        assert!(check(&[Format::RawEfi], "m", Arch::X86_64, true, &ab).is_ok());
         // --verity's own check still names the format.
-        let err = check(&[Format::IsoEfi], "m", Arch::X86_64, false, true, true).unwrap_err();
+        let err = check(&[Format::IsoEfi], "m", Arch::X86_64, false, &ab).unwrap_err();
         assert!(err.to_string().contains("iso-efi"), "{err}");
     }
 
@@ -1326,8 +1337,7 @@ mod tests {
             initrd_compression: InitrdCompression::Auto,
             sign_with: None,
             pcr_file: true,
-            verity: false,
-            ab: None,
+            root: &RootLayout::Initramfs,
         };
         for format in [Format::IsoBios, Format::RawBios, Format::Qcow2Bios] {
             let err = write(&assembled, &[Format::IsoEfi, format], &settings).unwrap_err();

@@ -373,8 +373,11 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<Verified, Error> {
         input_tar: None,
         sign_with: None,
         pcr_file: false,
-        verity: verity.is_some(),
-        ab: ab.map(|(settings, _)| settings),
+        root: match (ab, &verity) {
+            (Some((settings, _)), _) => crate::output::RootLayout::Ab(settings),
+            (None, Some(_)) => crate::output::RootLayout::Verity,
+            (None, None) => crate::output::RootLayout::Initramfs,
+        },
     };
     crate::build::build(store, &build).map_err(|source| Error::Build {
         yaml: yaml.clone(),

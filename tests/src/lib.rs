@@ -113,51 +113,24 @@ pub fn build_signed(
     initrd: InitrdCompression,
     keys: Option<&keel::keys::KeySet>,
 ) -> Result<Built, Error> {
-    build_secured(yamls, arch, formats, initrd, keys, false)
+    build_secured(
+        yamls,
+        arch,
+        formats,
+        initrd,
+        keys,
+        keel::output::RootLayout::Initramfs,
+    )
 }
 
-/// Like [`build_signed`], the root on a dm-verity checked partition when `verity` is set
-/// (`keel build --verity`).
+/// Like [`build_signed`], the root where `root` says (`keel build --verity`, `--ab`).
 pub fn build_secured(
     yamls: &[&Path],
     arch: Arch,
     formats: &[keel::build::Format],
     initrd: InitrdCompression,
     keys: Option<&keel::keys::KeySet>,
-    verity: bool,
-) -> Result<Built, Error> {
-    build_layout(yamls, arch, formats, initrd, keys, verity, None)
-}
-
-/// Like [`build_secured`] with `--verity`, on the A/B disk layout of `ab`
-/// (`keel build --verity --ab`, booted through systemd-boot).
-pub fn build_ab(
-    yamls: &[&Path],
-    arch: Arch,
-    formats: &[keel::build::Format],
-    keys: Option<&keel::keys::KeySet>,
-    ab: &keel::output::AbSettings,
-) -> Result<Built, Error> {
-    build_layout(
-        yamls,
-        arch,
-        formats,
-        InitrdCompression::Auto,
-        keys,
-        true,
-        Some(ab),
-    )
-}
-
-/// [`build_secured`], with `--ab`'s settings when given.
-fn build_layout(
-    yamls: &[&Path],
-    arch: Arch,
-    formats: &[keel::build::Format],
-    initrd: InitrdCompression,
-    keys: Option<&keel::keys::KeySet>,
-    verity: bool,
-    ab: Option<&keel::output::AbSettings>,
+    root: keel::output::RootLayout,
 ) -> Result<Built, Error> {
     let (_lock, store) = lock_store()?;
     let dir = tempfile::Builder::new()
@@ -198,8 +171,7 @@ fn build_layout(
         input_tar: None,
         sign_with: keys.cloned(),
         pcr_file: true,
-        verity,
-        ab: ab.cloned(),
+        root,
     };
     keel::build::build(&store, &opts).map_err(|source| Error::Build {
         yaml: first.to_path_buf(),

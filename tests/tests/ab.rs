@@ -9,9 +9,9 @@
 
 use keel::build::Format;
 use keel::keys::KeySet;
-use keel::output::AbSettings;
+use keel::output::{AbSettings, InitrdCompression, RootLayout};
 use keel_vmtests::vm::{Boot, Vm};
-use keel_vmtests::{Arch, build_ab, workspace};
+use keel_vmtests::{Arch, build_secured, workspace};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -39,12 +39,13 @@ fn ab_boot(arch: Arch) {
     let keys = KeySet::generate(&keys_dir.path().join("keys"), "keel test").unwrap();
     let minimal = workspace().join("images/minimal.yml");
     let case = keel_vmtests::case("verity.yml");
-    let built = build_ab(
+    let built = build_secured(
         &[&minimal, &case],
         arch,
         &[Format::RawEfi],
+        InitrdCompression::Auto,
         Some(&keys),
-        &AbSettings::default(),
+        RootLayout::Ab(AbSettings::default()),
     )
     .unwrap_or_else(|e| panic!("{arch}: {}", keel_vmtests::chain(&e)));
     let disk = PathBuf::from(format!("{}-efi.img", built.prefix.display()));

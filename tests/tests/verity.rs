@@ -7,7 +7,7 @@
 
 use keel::build::Format;
 use keel::keys::KeySet;
-use keel::output::InitrdCompression;
+use keel::output::{InitrdCompression, RootLayout};
 use keel_vmtests::vm::{Boot, Vm};
 use keel_vmtests::{Arch, build_secured, workspace};
 use std::path::PathBuf;
@@ -44,7 +44,7 @@ fn verified_root(arch: Arch) {
             &[Format::RawEfi],
             InitrdCompression::Auto,
             Some(&keys),
-            true,
+            RootLayout::Verity,
         )
         .unwrap_or_else(|e| panic!("{arch}: {}", keel_vmtests::chain(&e)))
     };
