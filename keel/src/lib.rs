@@ -19,6 +19,7 @@ pub mod run;
 pub mod sbom;
 pub(crate) mod sys;
 pub mod tools;
+pub mod update;
 pub mod verify;
 
 /// Makes SIGINT, SIGTERM and SIGHUP remove the unfinished outputs of a build (its temporary

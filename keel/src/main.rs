@@ -58,9 +58,13 @@ enum Command {
     /// Secure Boot keys for `keel build --sign-with` and `keel run --secure-boot --keys`.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Check a built UKI or raw-efi disk: its signature against a key set's db certificate,
+    /// Check a built UKI, EFI disk or ISO: its signature against a key set's db certificate,
     /// and that it is, byte for byte, what the YAML builds from its lock file's pins.
     Verify(VerifyArgs),
+    /// Move a stopped A/B disk (keel build --verity --ab) to the version another A/B build
+    /// holds: its root into the slot the disk does not boot now, its UKI beside the running
+    /// one, where systemd-boot boots the newest. The data partition is kept.
+    Update(UpdateArgs),
     /// Talk to a running VM's PID 1 over its control channel (what keelctl does in the guest).
     Ctl(CtlArgs),
     /// Push an image of the store (every platform it has) to a registry.
@@ -108,12 +112,26 @@ struct VerifyArgs {
     /// Allow plain HTTP to registries that are not on loopback.
     #[arg(long)]
     insecure_registry: bool,
-    /// The artifact: a UKI (NAME.efi) or a raw-efi disk (NAME-efi.img, NAME.raw).
+    /// The artifact: a UKI (NAME.efi), an EFI disk (raw, qcow2, vmdk, vhd) or an iso-efi image.
     #[arg(value_name = "ARTIFACT")]
     artifact: PathBuf,
     /// The YAML files it was built from, in the same order; their lock file pins the images.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct UpdateArgs {
+    /// The new version: a raw A/B disk built with keel build -f raw-efi --verity --ab and a
+    /// higher --image-version.
+    #[arg(long, value_name = "NEW")]
+    to: PathBuf,
+    /// The key set whose db certificate must verify the new UKI's signature.
+    #[arg(long, value_name = "DIR")]
+    keys: Option<PathBuf>,
+    /// The raw A/B disk to update (not running: keel writes it directly).
+    #[arg(value_name = "DISK")]
+    disk: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -723,6 +741,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let (Some(output), Some(_scratch)) = (&args.output, &scratch) {
                 deliver(&written, output)?;
             }
+        }
+        Command::Update(args) => {
+            if args.keys.is_none() {
+                log::warn!(
+                    "no --keys: the new version's signature is not checked (its root still is, against its own command line)"
+                );
+            }
+            let updated = keel::update::update(&args.disk, &args.to, args.keys.as_deref())?;
+            println!(
+                "{}: slot {} now holds version {} (root hash {}); systemd-boot boots it next, slot {} keeps version {}",
+                args.disk.display(),
+                updated.slot,
+                updated.version,
+                hex::encode(updated.root_hash),
+                if updated.slot == 'a' { 'b' } else { 'a' },
+                updated.previous
+            );
         }
         Command::Verify(args) => {
             let opts = keel::verify::VerifyOptions {

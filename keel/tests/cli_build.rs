@@ -1735,3 +1735,184 @@ fn ab_disks_boot_through_systemd_boot() {
     );
     assert!(!w.path("c").exists(), "a refused build wrote its directory");
 }
+
+/// `keel update --to NEW DISK` on A/B disks: the new version's root goes into the slot the disk
+/// does not boot, that slot's GUIDs become its root hash's, its UKI joins the ESP (the replaced
+/// slot's UKI leaves), the data partition is untouched; a version that is not newer, an update
+/// whose root was changed after its build and one signed by another key are refused, leaving
+/// the disk as it was.
+#[test]
+fn update_writes_the_other_slot() {
+    let (w, _) = Work::with_fixtures();
+    w.write("sys.yml", &system_yaml(APP));
+    // Each version's root differs: another onboot container.
+    for v in ["2", "3"] {
+        let text = std::fs::read_to_string(w.path("sys.yml")).unwrap();
+        let more = text.replace(
+            "onboot:\n",
+            &format!("onboot:\n  - name: v{v}\n    image: {APP}\n    command: [/bin/app, v{v}]\n"),
+        );
+        assert_ne!(more, text);
+        w.write(&format!("sys{v}.yml"), &more);
+    }
+    run(&mut w.keel(["keys", "generate", "keys"])).ok();
+    run(&mut w.keel(["keys", "generate", "other"])).ok();
+    let build = |dir: &str, yaml: &str, version: &str, keys: &str| {
+        run(&mut w.keel([
+            "build",
+            "--arch",
+            "x86_64",
+            "--no-sbom",
+            "--dir",
+            dir,
+            "-f",
+            "raw-efi",
+            "--verity",
+            "--ab",
+            "--image-version",
+            version,
+            "--sign-with",
+            keys,
+            yaml,
+        ]))
+        .ok();
+    };
+    build("v1", "sys.yml", "1", "keys");
+    build("v2", "sys2.yml", "2", "keys");
+    build("v3", "sys3.yml", "3", "keys");
+    build("v3other", "sys3.yml", "3", "other");
+    let disk = w.path("v1/sys-efi.img");
+    let table = |path: &Path| -> Vec<serde_json::Value> {
+        let out = Command::new("sfdisk")
+            .arg("--json")
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        t["partitiontable"]["partitions"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let esp_files = |path: &Path| {
+        let esp = format!("{}@@{}", path.display(), 1 << 20);
+        let out = Command::new("mdir")
+            .args(["-b", "-i", &esp, "::/EFI/Linux"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.rsplit('/').next().map(str::to_owned))
+            .collect();
+        names.sort();
+        names
+    };
+    // A marker in the data partition, which no update may touch.
+    let parts = table(&disk);
+    let data_at = parts[5]["start"].as_u64().unwrap() * 512;
+    let mut bytes = read(&disk);
+    let at = usize::try_from(data_at).unwrap() + 4096;
+    bytes[at..at + 6].copy_from_slice(b"marker");
+    std::fs::write(&disk, &bytes).unwrap();
+    let update = |new: &str, keys: &str| {
+        run(&mut w.keel(["update", "--keys", keys, "--to", new, "v1/sys-efi.img"]))
+    };
+    let guid_of = |hash: &str| {
+        let text = |h: &str| {
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            )
+            .to_uppercase()
+        };
+        (text(&hash[..32]), text(&hash[32..]))
+    };
+    let root_hash = |out: &str| {
+        let at = out.find("root hash ").expect("the root hash is printed") + 10;
+        out[at..at + 64].to_owned()
+    };
+
+    let ok = update("v2/sys2-efi.img", "keys").ok();
+    assert!(
+        ok.stdout.contains("slot b now holds version 2"),
+        "{}",
+        ok.stdout
+    );
+    let (root_b, hash_b) = guid_of(&root_hash(&ok.stdout));
+    let parts = table(&disk);
+    assert_eq!(parts[3]["uuid"], root_b.as_str());
+    assert_eq!(parts[4]["uuid"], hash_b.as_str());
+    assert_eq!(esp_files(&disk), ["keel-1.efi", "keel-2.efi"]);
+    let bytes = read(&disk);
+    assert_eq!(&bytes[at..at + 6], b"marker", "the data partition changed");
+    // Slot b verifies against the new root hash, as the kernel will check it.
+    let slice = |i: usize, name: &str| {
+        let (start, size) = (
+            parts[i]["start"].as_u64().unwrap() * 512,
+            parts[i]["size"].as_u64().unwrap() * 512,
+        );
+        let (start, size) = (
+            usize::try_from(start).unwrap(),
+            usize::try_from(size).unwrap(),
+        );
+        std::fs::write(w.path(name), &bytes[start..start + size]).unwrap();
+        w.path(name)
+    };
+    let check = Command::new("veritysetup")
+        .arg("verify")
+        .arg(slice(3, "root-b"))
+        .arg(slice(4, "hash-b"))
+        .arg(root_hash(&ok.stdout))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+
+    // Refusals leave the disk as it is.
+    let before = read(&disk);
+    let err = update("v2/sys2-efi.img", "keys").failed();
+    assert!(
+        err.contains("version 2 is not newer than version 2"),
+        "{err}"
+    );
+    let err = update("v3other/sys3-efi.img", "keys").failed();
+    assert!(err.contains("its UKI's signature does not verify"), "{err}");
+    let mut changed = read(&w.path("v3/sys3-efi.img"));
+    let root_a = usize::try_from(
+        table(&w.path("v3/sys3-efi.img"))[1]["start"]
+            .as_u64()
+            .unwrap()
+            * 512,
+    )
+    .unwrap();
+    changed[root_a + 100] ^= 1;
+    std::fs::write(w.path("changed-efi.img"), &changed).unwrap();
+    let err = update("changed-efi.img", "keys").failed();
+    assert!(
+        err.contains("does not hash to the root hash on its UKI's command line"),
+        "{err}"
+    );
+    assert!(read(&disk) == before, "a refused update changed the disk");
+
+    // The next update goes to slot a, and version 1's UKI leaves with its root.
+    let ok = update("v3/sys3-efi.img", "keys").ok();
+    assert!(
+        ok.stdout.contains("slot a now holds version 3"),
+        "{}",
+        ok.stdout
+    );
+    assert!(
+        ok.stdout.contains("slot b keeps version 2"),
+        "{}",
+        ok.stdout
+    );
+    assert_eq!(esp_files(&disk), ["keel-2.efi", "keel-3.efi"]);
+    let (root_a, _) = guid_of(&root_hash(&ok.stdout));
+    assert_eq!(table(&disk)[1]["uuid"], root_a.as_str());
+    assert_eq!(&read(&disk)[at..at + 6], b"marker");
+}

@@ -4,8 +4,9 @@
 //! and a data partition. Under firmware enforcing Secure Boot the firmware starts systemd-boot
 //! (the only binary at the path it boots), systemd-boot starts the UKI through the firmware's
 //! LoadImage, which checks it against db, and the loader finds slot A by the root hash: the
-//! system runs with its root on the read-only `keel-root` device-mapper device. With the UKI's
-//! signature removed, systemd-boot's LoadImage is refused and no kernel starts.
+//! system runs with its root on the read-only `keel-root` device-mapper device. `keel update`
+//! to version 2 writes slot B and its UKI: the next boot runs version 2 from slot B. With that
+//! UKI's signature removed, systemd-boot's LoadImage is refused and no kernel starts.
 
 use keel::build::Format;
 use keel::keys::KeySet;
@@ -108,10 +109,46 @@ fn ab_boot(arch: Arch) {
         .find(|l| l.starts_with("status| status"))
         .unwrap_or_default();
     assert!(line.contains("running"), "{name}: {line}");
+    assert!(!console.contains("RUNNING=version-2"), "{name}\n{console}");
+    drop(vm);
+
+    // keel update to version 2 (another onboot container): slot b, booted next by
+    // systemd-boot, the loader finding slot b by its new root hash.
+    let second = build_secured(
+        &[&minimal, &case, &keel_vmtests::case("version2.yml")],
+        arch,
+        &[Format::RawEfi],
+        InitrdCompression::Auto,
+        Some(&keys),
+        RootLayout::Ab(AbSettings {
+            version: "2".parse().unwrap(),
+            ..AbSettings::default()
+        }),
+    )
+    .unwrap_or_else(|e| panic!("{arch}: {}", keel_vmtests::chain(&e)));
+    let new = PathBuf::from(format!("{}-efi.img", second.prefix.display()));
+    let updated = keel::update::update(&disk, &new, Some(keys.dir()))
+        .unwrap_or_else(|e| panic!("{arch}: {}", keel_vmtests::chain(&e)));
+    assert_eq!(updated.slot, 'b', "{arch}");
+    let name = format!("A/B updated to version 2 {arch}");
+    let mut vm = Vm::boot(
+        &name,
+        &disk,
+        &Boot {
+            secure_boot: Some(keys.clone()),
+            ..Boot::new(arch)
+        },
+    );
+    let console = vm.wait_for("status| status", DEADLINE);
+    assert!(
+        console.contains("RUNNING=version-2") && console.contains("ROOTDM=keel-root RO=1"),
+        "{name}: version 2 does not run from its verified root\n{console}"
+    );
     drop(vm);
 
     // The chain holds past systemd-boot: with the UKI's signature removed, the firmware's
     // LoadImage refuses it and nothing of it runs.
+    let uki = mcopy("::/EFI/Linux/keel-2.efi");
     let unsigned = built.dir.path().join("unsigned.efi");
     std::fs::write(&unsigned, &uki).unwrap();
     let run = |cmd: &mut std::process::Command| {
@@ -124,7 +161,7 @@ fn ab_boot(arch: Arch) {
     run(std::process::Command::new("mcopy")
         .args(["-o", "-i", &esp])
         .arg(&unsigned)
-        .arg("::/EFI/Linux/keel-1.efi"));
+        .arg("::/EFI/Linux/keel-2.efi"));
     let name = format!("A/B unsigned UKI {arch}");
     let mut vm = Vm::boot(
         &name,
@@ -135,7 +172,7 @@ fn ab_boot(arch: Arch) {
         },
     );
     // systemd-boot's own message (it exits, and the firmware moves on to its next option).
-    let refused = r"Error loading \EFI\Linux\keel-1.efi: ";
+    let refused = r"Error loading \EFI\Linux\keel-2.efi: ";
     let console = vm.wait_for_any(&[refused, "Linux version"], DEADLINE);
     let refusal = console
         .lines()

@@ -599,6 +599,100 @@ pub fn read_ab_ukis(disk: &mut (impl Read + Seek)) -> Result<Vec<(ImageVersion, 
     Ok(ukis)
 }
 
+/// A partition of a disk file as a file of its own, for the FAT code.
+struct Region<'a, F> {
+    file: &'a mut F,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl<F: Read + Seek> Read for Region<'_, F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.len.saturating_sub(self.pos);
+        let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+        let read = self.file.read(&mut buf[..n])?;
+        self.pos += read as u64;
+        Ok(read)
+    }
+}
+
+impl<F: Write + Seek> Write for Region<'_, F> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let left = self.len.saturating_sub(self.pos);
+        let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+        if n == 0 && !buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "past the end of the partition",
+            ));
+        }
+        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+        let written = self.file.write(&buf[..n])?;
+        self.pos += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl<F> Seek for Region<'_, F> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let pos = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = pos.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        Ok(self.pos)
+    }
+}
+
+/// Changes the files in the EFI system partition of `disk` in place: removes `remove`, then
+/// writes `put` (a path and its contents) whole under a temporary name and renames it into
+/// place, so that a reader never sees it half-written under its name.
+pub fn edit_esp(
+    disk: &mut (impl Read + Write + Seek),
+    remove: &[String],
+    put: Option<(&str, &[u8])>,
+) -> Result<()> {
+    let esp = partition_table(disk)?
+        .into_iter()
+        .find(|e| e.type_guid == Guid::ESP.bytes())
+        .ok_or(Error::NotRawEfi("no EFI system partition"))?;
+    let len = esp
+        .last
+        .checked_sub(esp.first)
+        .map(|n| (n + 1).saturating_mul(SECTOR))
+        .ok_or(Error::NotRawEfi("an implausible EFI system partition"))?;
+    let mut region = Region {
+        file: disk,
+        start: esp.first.saturating_mul(SECTOR),
+        len,
+        pos: 0,
+    };
+    let fs =
+        fatfs::FileSystem::new(&mut region, fatfs::FsOptions::new()).map_err(Error::FatRead)?;
+    let root = fs.root_dir();
+    for path in remove {
+        root.remove(path).map_err(Error::Fat)?;
+    }
+    if let Some((path, data)) = put {
+        const TEMPORARY: &str = "EFI/Linux/keel-update.tmp";
+        let mut f = root.create_file(TEMPORARY).map_err(Error::Fat)?;
+        f.truncate().map_err(Error::Fat)?;
+        f.write_all(data).map_err(Error::Fat)?;
+        f.flush().map_err(Error::Fat)?;
+        drop(f);
+        root.rename(TEMPORARY, &root, path).map_err(Error::Fat)?;
+    }
+    drop(root);
+    fs.unmount().map_err(Error::Fat)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -262,6 +262,153 @@ pub fn write_disk(
     w(crate::sparse::write_zeros(out, size - total * SECTOR))
 }
 
+/// One entry of a partition table read back from a disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// Its index in the entry array (the partition number minus one).
+    pub index: usize,
+    pub type_guid: Guid,
+    pub guid: Guid,
+    pub first_lba: u64,
+    pub last_lba: u64,
+    pub name: String,
+}
+
+impl EntryInfo {
+    /// The partition's size in bytes.
+    pub fn bytes(&self) -> u64 {
+        (self.last_lba.saturating_sub(self.first_lba) + 1).saturating_mul(SECTOR)
+    }
+}
+
+/// A disk's GPT as read back (primary header and entries, and the backup header), to be
+/// changed in place: a partition's unique GUID, then [`Table::write`] both copies with their
+/// checksums. Read with limits (at most 1 024 entries of 128 to 4 096 bytes); a header whose
+/// checksum does not match is refused.
+#[derive(Debug, Clone)]
+pub struct Table {
+    primary: [u8; SECTOR as usize],
+    backup: [u8; SECTOR as usize],
+    entries: Vec<u8>,
+    entry_size: usize,
+}
+
+fn le32(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+fn le64(b: &[u8], o: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[o..o + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// A header's CRC32 over its first 92 bytes, with the CRC field itself zero.
+fn header_crc(h: &[u8]) -> u32 {
+    let mut copy = [0u8; 92];
+    copy.copy_from_slice(&h[..92]);
+    copy[16..20].fill(0);
+    crc32fast::hash(&copy)
+}
+
+impl Table {
+    /// Reads the GPT of `disk`.
+    pub fn read(disk: &mut (impl io::Read + io::Seek)) -> Result<Table> {
+        let bad = |what: &'static str| Error::NotRawEfi(what);
+        let mut read_at = |lba: u64, len: usize| -> Result<Vec<u8>> {
+            let mut buf = vec![0u8; len];
+            disk.seek(io::SeekFrom::Start(lba.saturating_mul(SECTOR)))
+                .and_then(|_| disk.read_exact(&mut buf))
+                .map_err(|_| bad("shorter than its partition table says"))?;
+            Ok(buf)
+        };
+        let header = |b: Vec<u8>| -> Result<[u8; SECTOR as usize]> {
+            let mut h = [0u8; SECTOR as usize];
+            h.copy_from_slice(&b);
+            if &h[..8] != b"EFI PART" {
+                return Err(bad("no GPT header"));
+            }
+            if header_crc(&h) != le32(&h, 16) {
+                return Err(bad("a GPT header whose checksum does not match"));
+            }
+            Ok(h)
+        };
+        let primary = header(read_at(1, SECTOR as usize)?)?;
+        let (count, entry_size) = (le32(&primary, 80) as usize, le32(&primary, 84) as usize);
+        if !(128..=4096).contains(&entry_size) || count > 1024 {
+            return Err(bad("an implausible partition table"));
+        }
+        let entries = read_at(le64(&primary, 72), count * entry_size)?;
+        if crc32fast::hash(&entries) != le32(&primary, 88) {
+            return Err(bad("partition entries whose checksum does not match"));
+        }
+        let backup = header(read_at(le64(&primary, 32), SECTOR as usize)?)?;
+        Ok(Table {
+            primary,
+            backup,
+            entries,
+            entry_size,
+        })
+    }
+
+    /// The used entries, in table order.
+    pub fn entries(&self) -> Vec<EntryInfo> {
+        self.entries
+            .chunks(self.entry_size)
+            .enumerate()
+            .filter(|(_, e)| e[..16].iter().any(|b| *b != 0))
+            .map(|(index, e)| {
+                let units: Vec<u16> = e[56..128]
+                    .chunks(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .take_while(|u| *u != 0)
+                    .collect();
+                let guid = |o: usize| {
+                    let mut g = [0u8; 16];
+                    g.copy_from_slice(&e[o..o + 16]);
+                    Guid(g)
+                };
+                EntryInfo {
+                    index,
+                    type_guid: guid(0),
+                    guid: guid(16),
+                    first_lba: le64(e, 32),
+                    last_lba: le64(e, 40),
+                    name: String::from_utf16_lossy(&units),
+                }
+            })
+            .collect()
+    }
+
+    /// Gives entry `index` the unique GUID `guid`.
+    pub fn set_guid(&mut self, index: usize, guid: Guid) {
+        if let Some(e) = self.entries.chunks_mut(self.entry_size).nth(index) {
+            e[16..32].copy_from_slice(&guid.0);
+        }
+    }
+
+    /// Writes both copies of the table (entries, then headers with new checksums) to `disk`.
+    pub fn write(&self, disk: &mut (impl io::Write + io::Seek)) -> Result<()> {
+        let crc = crc32fast::hash(&self.entries);
+        let w = |r: io::Result<()>| r.map_err(Error::Write);
+        for header in [&self.backup, &self.primary] {
+            let mut h = *header;
+            put_u32(&mut h, 88, crc);
+            put_u32(&mut h, 16, 0);
+            let c = header_crc(&h);
+            put_u32(&mut h, 16, c);
+            let (me, entries_lba) = (le64(&h, 24), le64(&h, 72));
+            w(disk
+                .seek(io::SeekFrom::Start(entries_lba * SECTOR))
+                .map(|_| ()))?;
+            w(disk.write_all(&self.entries))?;
+            w(disk.seek(io::SeekFrom::Start(me * SECTOR)).map(|_| ()))?;
+            w(disk.write_all(&h))?;
+        }
+        w(disk.flush())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,5 +513,44 @@ mod tests {
             Guid::from_uuid_bytes(bytes).to_string(),
             "00112233-4455-6677-8899-aabbccddeeff"
         );
+    }
+
+    #[test]
+    fn a_table_reads_back_and_changes_in_place() {
+        let data = vec![0xAB; 3000];
+        let part = |name, first_lba| Partition {
+            type_guid: Guid::LINUX_DATA,
+            guid: Guid::derive(name, "p"),
+            name: std::str::from_utf8(name).unwrap(),
+            first_lba,
+            sectors: 8,
+            data: &data,
+        };
+        let mut disk = Vec::new();
+        let parts = [part(b"one", FIRST_LBA), part(b"two", FIRST_LBA + 8)];
+        write_disk(&mut disk, 4 << 20, Guid::derive(b"d", "disk"), &parts).unwrap();
+        let mut cursor = io::Cursor::new(disk);
+        let mut table = Table::read(&mut cursor).unwrap();
+        let entries = table.entries();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].name, "two");
+        assert_eq!(entries[1].first_lba, FIRST_LBA + 8);
+        assert_eq!(entries[1].bytes(), 8 * SECTOR);
+        let new = Guid::derive(b"new", "p");
+        table.set_guid(1, new);
+        table.write(&mut cursor).unwrap();
+        // Both copies changed, with checksums that match (read checks them, as sfdisk would).
+        let back = Table::read(&mut cursor).unwrap();
+        assert_eq!(back.entries()[1].guid, new);
+        assert_eq!(back.entries()[0].guid, Guid::derive(b"one", "p"));
+        let disk = cursor.into_inner();
+        let backup_entries = (4 << 20) / 512 - 1 - 32;
+        let at = usize::try_from(backup_entries * 512 + 128 + 16).unwrap();
+        assert_eq!(&disk[at..at + 16], &new.bytes());
+        // A changed byte in the entries is refused.
+        let mut bad = disk.clone();
+        bad[1024 + 60] ^= 1;
+        let err = Table::read(&mut io::Cursor::new(bad)).unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
     }
 }
