@@ -469,6 +469,18 @@ fn yaml_formats(config: &Config) -> Result<Vec<Format>> {
     Ok(formats)
 }
 
+/// Refuses `formats` that cannot be built together or with `opts`, before anything is written.
+fn check_formats(formats: &[Format], name: &str, opts: &BuildOptions) -> Result<()> {
+    crate::output::check(
+        formats,
+        name,
+        opts.arch,
+        opts.sign_with.is_some(),
+        &opts.root,
+    )?;
+    check_decompress(formats, opts)
+}
+
 /// `keel build`.
 pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
     let ab = opts.root.ab();
@@ -483,14 +495,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
     formats.dedup();
     // Formats given on the command line are checked before anything is built.
     if !opts.dry_run && !formats.is_empty() {
-        crate::output::check(
-            &formats,
-            &name,
-            opts.arch,
-            opts.sign_with.is_some(),
-            &opts.root,
-        )?;
-        check_decompress(&formats, opts)?;
+        check_formats(&formats, &name, opts)?;
     }
     let packages = if opts.dry_run {
         Packages::Unbuilt
@@ -507,14 +512,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
     }
     if formats.is_empty() {
         formats = yaml_formats(&config)?;
-        crate::output::check(
-            &formats,
-            &name,
-            opts.arch,
-            opts.sign_with.is_some(),
-            &opts.root,
-        )?;
-        check_decompress(&formats, opts)?;
+        check_formats(&formats, &name, opts)?;
     }
 
     let lock_file = lock_path(&opts.files);

@@ -107,12 +107,10 @@ pub struct Updated {
 struct Version {
     version: ImageVersion,
     uki: Vec<u8>,
-    root_hash: [u8; 32],
-    salt: Vec<u8>,
-    blocks: u64,
+    root: verity::Params,
 }
 
-/// The `keel.verity*` values of a UKI's command line.
+/// A version's UKI with the `keel.verity*` parameters of its command line.
 fn parse_version(path: &Path, version: ImageVersion, uki: Vec<u8>) -> Result<Version, Error> {
     let sections = keel_formats::sections(&uki).map_err(|source| Error::Disk {
         path: path.into(),
@@ -123,43 +121,11 @@ fn parse_version(path: &Path, version: ImageVersion, uki: Vec<u8>) -> Result<Ver
         .find(|(name, _)| name == ".cmdline")
         .map(|(_, data)| String::from_utf8_lossy(data).into_owned())
         .unwrap_or_default();
-    let knob = |name: &str| {
-        cmdline
-            .split_ascii_whitespace()
-            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
-            .map(|v| v.trim_end_matches('\0').to_owned())
-    };
-    let bad = |knob| Error::Cmdline {
+    let root = verity::Params::from_cmdline(&cmdline).map_err(|knob| Error::Cmdline {
         path: path.into(),
         knob,
-    };
-    let root_hash = knob("keel.verity")
-        .and_then(|h| hex::decode(h).ok())
-        .and_then(|h| <[u8; 32]>::try_from(h).ok())
-        .ok_or_else(|| bad("keel.verity"))?;
-    let salt = knob("keel.verity_salt")
-        .and_then(|s| hex::decode(s).ok())
-        .ok_or_else(|| bad("keel.verity_salt"))?;
-    let blocks = knob("keel.verity_blocks")
-        .and_then(|b| b.parse::<u64>().ok())
-        .filter(|b| *b > 0)
-        .ok_or_else(|| bad("keel.verity_blocks"))?;
-    Ok(Version {
-        version,
-        uki,
-        root_hash,
-        salt,
-        blocks,
-    })
-}
-
-/// The GUIDs a slot's root and hash partitions take for `root_hash`.
-fn slot_guids(root_hash: &[u8; 32]) -> (Guid, Guid) {
-    let mut data = [0u8; 16];
-    let mut hash = [0u8; 16];
-    data.copy_from_slice(&root_hash[..16]);
-    hash.copy_from_slice(&root_hash[16..]);
-    (Guid::from_uuid_bytes(data), Guid::from_uuid_bytes(hash))
+    })?;
+    Ok(Version { version, uki, root })
 }
 
 /// Compares versions as systemd-boot orders them, for the versions keel accepts: runs of
@@ -263,7 +229,10 @@ fn read_update(path: &Path, keys: Option<&Path>) -> Result<(Version, Vec<u8>, Ha
     let table = Table::read(&mut file).map_err(disk_err)?;
     let layout = layout(path, &table)?;
     let (root_part, hash_part) = &layout.slots[0];
-    let data_len = version.blocks.saturating_mul(verity::BLOCK as u64);
+    let data_len = version
+        .root
+        .data_blocks
+        .saturating_mul(verity::BLOCK as u64);
     if data_len > MAX_ROOT {
         return Err(Error::NotAb {
             path: path.into(),
@@ -278,6 +247,7 @@ fn read_update(path: &Path, keys: Option<&Path>) -> Result<(Version, Vec<u8>, Ha
     };
     let data = read(&mut file, root_part, data_len)?;
     let salt: [u8; 32] = version
+        .root
         .salt
         .clone()
         .try_into()
@@ -287,7 +257,7 @@ fn read_update(path: &Path, keys: Option<&Path>) -> Result<(Version, Vec<u8>, Ha
         })?;
     let tree = verity::hash_tree(&data, salt).map_err(disk_err)?;
     let on_disk = read(&mut file, hash_part, tree.hash_device.len() as u64)?;
-    if tree.root_hash != version.root_hash || on_disk != tree.hash_device {
+    if tree.root_hash != version.root.root_hash || on_disk != tree.hash_device {
         return Err(Error::RootMismatch(path.into()));
     }
     Ok((version, data, tree))
@@ -335,7 +305,7 @@ pub fn update(disk: &Path, new: &Path, keys: Option<&Path>) -> Result<Updated, E
             disk: disk.into(),
         });
     }
-    let (current_root, _) = slot_guids(&current.root_hash);
+    let (current_root, _) = verity::partition_guids(&current.root.root_hash);
     let active = layout
         .slots
         .iter()
@@ -372,7 +342,7 @@ pub fn update(disk: &Path, new: &Path, keys: Option<&Path>) -> Result<Updated, E
     // 1. The UKIs of the slot about to be replaced go: none may boot a half-written slot.
     let stale: Vec<String> = installed
         .iter()
-        .filter(|v| slot_guids(&v.root_hash).0 == root_part.guid)
+        .filter(|v| verity::partition_guids(&v.root.root_hash).0 == root_part.guid)
         .map(|v| ab_uki_path(&v.version))
         .collect();
     keel_formats::efi::edit_esp(&mut file, &stale, None).map_err(disk_err)?;
@@ -384,7 +354,7 @@ pub fn update(disk: &Path, new: &Path, keys: Option<&Path>) -> Result<Updated, E
     }
     file.sync_data().map_err(write_err)?;
     // 3. Its GUIDs: the loader finds the new root by them.
-    let (root_guid, hash_guid) = slot_guids(&update.root_hash);
+    let (root_guid, hash_guid) = verity::partition_guids(&update.root.root_hash);
     table.set_guid(root_part.index, root_guid);
     table.set_guid(hash_part.index, hash_guid);
     table.write(&mut file).map_err(|source| Error::Table {
@@ -399,7 +369,7 @@ pub fn update(disk: &Path, new: &Path, keys: Option<&Path>) -> Result<Updated, E
     Ok(Updated {
         slot,
         version: update.version,
-        root_hash: update.root_hash,
+        root_hash: update.root.root_hash,
         previous: current.version.clone(),
     })
 }

@@ -44,25 +44,15 @@ pub fn convert(
 ) -> Result<()> {
     let dir = tempfile::tempdir().map_err(Error::Write)?;
     let dest = dir.path().join("image");
-    let output = Command::new("qemu-img")
-        .arg("convert")
-        .args(["-q", "-f", "raw"])
-        .args(to.args())
-        .arg(raw)
-        .arg(&dest)
-        .env("TZ", "UTC")
-        .output()
-        .map_err(|source| Error::Spawn {
-            program: "qemu-img",
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(Error::Tool {
-            program: "qemu-img",
-            status: output.status,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
+    qemu_img(
+        Command::new("qemu-img")
+            .arg("convert")
+            .args(["-q", "-f", "raw"])
+            .args(to.args())
+            .arg(raw)
+            .arg(&dest)
+            .env("TZ", "UTC"),
+    )?;
     let mut file = File::options()
         .read(true)
         .write(true)
@@ -162,15 +152,20 @@ fn fix_vhd_footers(file: &mut File, mtime: u64, seed: &[u8]) -> io::Result<()> {
 /// Converts the disk image `image` (any container `qemu-img` reads: qcow2, VMDK, VHD) to a raw
 /// disk at `raw`, sparse where the image has no data.
 pub fn to_raw(image: &Path, raw: &Path) -> Result<()> {
-    let output = Command::new("qemu-img")
-        .args(["convert", "-q", "-O", "raw"])
-        .arg(image)
-        .arg(raw)
-        .output()
-        .map_err(|source| Error::Spawn {
-            program: "qemu-img",
-            source,
-        })?;
+    qemu_img(
+        Command::new("qemu-img")
+            .args(["convert", "-q", "-O", "raw"])
+            .arg(image)
+            .arg(raw),
+    )
+}
+
+/// Runs a `qemu-img` command; its failure carries what it printed.
+fn qemu_img(command: &mut Command) -> Result<()> {
+    let output = command.output().map_err(|source| Error::Spawn {
+        program: "qemu-img",
+        source,
+    })?;
     if !output.status.success() {
         return Err(Error::Tool {
             program: "qemu-img",

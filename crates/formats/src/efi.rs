@@ -83,7 +83,7 @@ impl VerityRoot<'_> {
         [
             Partition {
                 type_guid: data_type,
-                guid: Guid::from_uuid_bytes(data_guid),
+                guid: data_guid,
                 name: "keel-root",
                 first_lba: data_lba,
                 sectors: data_sectors,
@@ -91,7 +91,7 @@ impl VerityRoot<'_> {
             },
             Partition {
                 type_guid: hash_type,
-                guid: Guid::from_uuid_bytes(hash_guid),
+                guid: hash_guid,
                 name: "keel-root-verity",
                 first_lba: data_lba + data_sectors,
                 sectors: (hash.len() as u64).div_ceil(MIB) * align,
@@ -394,7 +394,6 @@ pub fn write_ab_efi(
     let seed = Sha256::digest(disk.uki);
     let (root_type, hash_type) = verity_partition_types(arch);
     let (root_a, hash_a) = disk.root.tree.partition_guids();
-    let (root_a, hash_a) = (Guid::from_uuid_bytes(root_a), Guid::from_uuid_bytes(hash_a));
     let mut taken = vec![root_a, hash_a];
     let mut guid = |purpose: &str| {
         let g = derive_avoiding(&seed, purpose, &taken);
@@ -467,39 +466,16 @@ pub fn write_ab_efi(
     Ok(size)
 }
 
-/// One GPT partition entry: its type and its first and last sectors.
-struct Entry {
-    type_guid: [u8; 16],
-    first: u64,
-    last: u64,
-}
-
-/// The partition table of a GPT disk, read with limits: a hostile table is refused, never
-/// allocated for.
-fn partition_table(disk: &mut (impl Read + Seek)) -> Result<Vec<Entry>> {
-    let header = read_at(disk, SECTOR, SECTOR as usize)?;
-    if &header[..8] != b"EFI PART" {
-        return Err(Error::NotRawEfi("no GPT header"));
-    }
-    let le64 = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or_default());
-    let le32 = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or_default());
-    let (entries_lba, count, entry_size) = (
-        le64(&header, 72),
-        le32(&header, 80) as usize,
-        le32(&header, 84) as usize,
-    );
-    if !(128..=4096).contains(&entry_size) || count > 1024 {
-        return Err(Error::NotRawEfi("an implausible partition table"));
-    }
-    let table = read_at(disk, entries_lba.saturating_mul(SECTOR), count * entry_size)?;
-    Ok(table
-        .chunks(entry_size)
-        .map(|e| Entry {
-            type_guid: e[..16].try_into().unwrap_or_default(),
-            first: le64(e, 32),
-            last: le64(e, 40),
-        })
-        .collect())
+/// The first partition of type `type_guid` in the disk's GPT ([`gpt::Table`], read with
+/// limits and checksums: a hostile table is refused, never allocated for).
+fn find_partition(
+    disk: &mut (impl Read + Seek),
+    type_guid: Guid,
+) -> Result<Option<gpt::EntryInfo>> {
+    Ok(gpt::Table::read(disk)?
+        .entries()
+        .into_iter()
+        .find(|e| e.type_guid == type_guid))
 }
 
 fn read_at(disk: &mut (impl Read + Seek), offset: u64, len: usize) -> Result<Vec<u8>> {
@@ -512,11 +488,7 @@ fn read_at(disk: &mut (impl Read + Seek), offset: u64, len: usize) -> Result<Vec
 
 /// The size in bytes of the first partition of type `type_guid`, if the disk has one.
 pub fn partition_size(disk: &mut (impl Read + Seek), type_guid: Guid) -> Result<Option<u64>> {
-    Ok(partition_table(disk)?
-        .into_iter()
-        .find(|e| e.type_guid == type_guid.bytes())
-        .and_then(|e| e.last.checked_sub(e.first))
-        .map(|n| (n + 1).saturating_mul(SECTOR)))
+    Ok(find_partition(disk, type_guid)?.map(|e| e.bytes()))
 }
 
 /// The contents of the first partition of type `type_guid`, if the disk has one, read whole
@@ -526,20 +498,15 @@ pub fn read_partition(
     type_guid: Guid,
     max: u64,
 ) -> Result<Option<Vec<u8>>> {
-    let Some(entry) = partition_table(disk)?
-        .into_iter()
-        .find(|e| e.type_guid == type_guid.bytes())
-    else {
+    let Some(entry) = find_partition(disk, type_guid)? else {
         return Ok(None);
     };
-    let len = entry
-        .last
-        .checked_sub(entry.first)
-        .map(|n| (n + 1).saturating_mul(SECTOR))
+    let len = Some(entry.bytes())
+        .filter(|_| entry.last_lba >= entry.first_lba)
         .filter(|&n| n <= max)
         .ok_or(Error::NotRawEfi("an implausible partition"))?;
     let len = usize::try_from(len).map_err(|_| Error::NotRawEfi("an implausible partition"))?;
-    read_at(disk, entry.first.saturating_mul(SECTOR), len).map(Some)
+    read_at(disk, entry.first_lba.saturating_mul(SECTOR), len).map(Some)
 }
 
 /// The verity root partitions' types for `arch`: the root's and its hash tree's.
@@ -556,14 +523,20 @@ pub fn verity_partition_types(arch: Arch) -> (Guid, Guid) {
 pub fn read_uki_from_disk(disk: &mut (impl Read + Seek), arch: Arch) -> Result<Vec<u8>> {
     let fat = read_partition(disk, Guid::ESP, 4 << 30)?
         .ok_or(Error::NotRawEfi("no EFI system partition"))?;
+    read_boot_file(fat, arch)
+}
+
+/// The file at [`efi_boot_path`] for `arch` in the FAT image `fat` (an ESP, or an El Torito
+/// EFI image).
+pub(crate) fn read_boot_file(fat: Vec<u8>, arch: Arch) -> Result<Vec<u8>> {
     let fs = fatfs::FileSystem::new(std::io::Cursor::new(fat), fatfs::FsOptions::new())
         .map_err(Error::FatRead)?;
-    let mut uki = Vec::new();
+    let mut file = Vec::new();
     fs.root_dir()
         .open_file(efi_boot_path(arch))
-        .and_then(|mut f| f.read_to_end(&mut uki))
+        .and_then(|mut f| f.read_to_end(&mut file))
         .map_err(Error::FatRead)?;
-    Ok(uki)
+    Ok(file)
 }
 
 /// The UKIs of an `--ab` disk: the files `EFI/Linux/keel-<version>.efi` of its ESP, with their
@@ -659,18 +632,13 @@ pub fn edit_esp(
     remove: &[String],
     put: Option<(&str, &[u8])>,
 ) -> Result<()> {
-    let esp = partition_table(disk)?
-        .into_iter()
-        .find(|e| e.type_guid == Guid::ESP.bytes())
+    let esp = find_partition(disk, Guid::ESP)?
+        .filter(|e| e.last_lba >= e.first_lba)
         .ok_or(Error::NotRawEfi("no EFI system partition"))?;
-    let len = esp
-        .last
-        .checked_sub(esp.first)
-        .map(|n| (n + 1).saturating_mul(SECTOR))
-        .ok_or(Error::NotRawEfi("an implausible EFI system partition"))?;
+    let len = esp.bytes();
     let mut region = Region {
         file: disk,
-        start: esp.first.saturating_mul(SECTOR),
+        start: esp.first_lba.saturating_mul(SECTOR),
         len,
         pos: 0,
     };

@@ -328,6 +328,10 @@ impl Table {
             if &h[..8] != b"EFI PART" {
                 return Err(bad("no GPT header"));
             }
+            let (count, entry_size) = (le32(&h, 80), le32(&h, 84));
+            if !(128..=4096).contains(&entry_size) || count > 1024 {
+                return Err(bad("an implausible partition table"));
+            }
             if header_crc(&h) != le32(&h, 16) {
                 return Err(bad("a GPT header whose checksum does not match"));
             }
@@ -335,9 +339,6 @@ impl Table {
         };
         let primary = header(read_at(1, SECTOR as usize)?)?;
         let (count, entry_size) = (le32(&primary, 80) as usize, le32(&primary, 84) as usize);
-        if !(128..=4096).contains(&entry_size) || count > 1024 {
-            return Err(bad("an implausible partition table"));
-        }
         let entries = read_at(le64(&primary, 72), count * entry_size)?;
         if crc32fast::hash(&entries) != le32(&primary, 88) {
             return Err(bad("partition entries whose checksum does not match"));

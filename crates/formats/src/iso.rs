@@ -277,7 +277,7 @@ pub fn read_uki_from_iso(
     iso: &mut (impl std::io::Read + std::io::Seek),
     arch: Arch,
 ) -> Result<Vec<u8>> {
-    use std::io::{Read, SeekFrom};
+    use std::io::SeekFrom;
     let mut read_at = |offset: u64, len: usize| -> Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
         iso.seek(SeekFrom::Start(offset))
@@ -319,15 +319,7 @@ pub fn read_uki_from_iso(
         .filter(|n| (512..=4 << 30).contains(n))
         .and_then(|n| usize::try_from(n).ok())
         .ok_or(Error::NotIsoEfi("an implausible EFI boot image"))?;
-    let fat = read_at(start, len)?;
-    let fs = fatfs::FileSystem::new(std::io::Cursor::new(fat), fatfs::FsOptions::new())
-        .map_err(Error::FatRead)?;
-    let mut uki = Vec::new();
-    fs.root_dir()
-        .open_file(efi_boot_path(arch))
-        .and_then(|mut f| f.read_to_end(&mut uki))
-        .map_err(Error::FatRead)?;
-    Ok(uki)
+    crate::efi::read_boot_file(read_at(start, len)?, arch)
 }
 
 #[cfg(test)]

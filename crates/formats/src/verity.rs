@@ -7,6 +7,7 @@
 //! different roots still get different salts.
 
 use crate::error::{Error, Result};
+use crate::gpt::Guid;
 use sha2::{Digest, Sha256};
 
 /// Data and hash block size, in bytes.
@@ -41,15 +42,57 @@ impl HashTree {
         )
     }
 
-    /// The unique GUIDs, in their textual byte order, of the data and hash partitions, as
-    /// systemd's Discoverable Partitions Specification derives them: the first and the last
-    /// 128 bits of the root hash.
-    pub fn partition_guids(&self) -> ([u8; 16], [u8; 16]) {
-        let mut data = [0u8; 16];
-        let mut hash = [0u8; 16];
-        data.copy_from_slice(&self.root_hash[..16]);
-        hash.copy_from_slice(&self.root_hash[16..]);
-        (data, hash)
+    /// The unique GUIDs of the data and hash partitions: [`partition_guids`] of the root hash.
+    pub fn partition_guids(&self) -> (Guid, Guid) {
+        partition_guids(&self.root_hash)
+    }
+}
+
+/// The unique GUIDs of a verified root's data and hash partitions, as systemd's Discoverable
+/// Partitions Specification derives them: the first and the last 128 bits of the root hash,
+/// each in a GUID's textual byte order.
+pub fn partition_guids(root_hash: &[u8; 32]) -> (Guid, Guid) {
+    let mut data = [0u8; 16];
+    let mut hash = [0u8; 16];
+    data.copy_from_slice(&root_hash[..16]);
+    hash.copy_from_slice(&root_hash[16..]);
+    (Guid::from_uuid_bytes(data), Guid::from_uuid_bytes(hash))
+}
+
+/// What a command line [`HashTree::cmdline`] wrote says about a verified root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Params {
+    pub root_hash: [u8; 32],
+    pub salt: Vec<u8>,
+    pub data_blocks: u64,
+}
+
+impl Params {
+    /// The `keel.verity*` parameters of `cmdline`; the error names the knob that is missing or
+    /// invalid.
+    pub fn from_cmdline(cmdline: &str) -> std::result::Result<Params, &'static str> {
+        let knob = |name: &str| {
+            cmdline
+                .split_ascii_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+                .map(|v| v.trim_end_matches('\0').to_owned())
+        };
+        let root_hash = knob("keel.verity")
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            .ok_or("keel.verity")?;
+        let salt = knob("keel.verity_salt")
+            .and_then(|s| hex::decode(s).ok())
+            .ok_or("keel.verity_salt")?;
+        let data_blocks = knob("keel.verity_blocks")
+            .and_then(|b| b.parse::<u64>().ok())
+            .filter(|b| *b > 0)
+            .ok_or("keel.verity_blocks")?;
+        Ok(Params {
+            root_hash,
+            salt,
+            data_blocks,
+        })
     }
 }
 
@@ -193,8 +236,7 @@ mod tests {
             let theirs = dir.path().join(format!("theirs{blocks}"));
             std::fs::write(&data_path, &bytes).unwrap();
             std::fs::write(&ours, &tree.hash_device).unwrap();
-            let uuid =
-                crate::gpt::Guid::from_uuid_bytes(tree.hash_device[16..32].try_into().unwrap());
+            let uuid = Guid::from_uuid_bytes(tree.hash_device[16..32].try_into().unwrap());
             let out = Command::new("veritysetup")
                 .arg("format")
                 .arg(format!("--salt={}", hex::encode(salt)))
@@ -241,8 +283,21 @@ mod tests {
         assert_ne!(derive_salt(&a), derive_salt(&b));
         let tree = hash_tree(&a, derive_salt(&a)).unwrap();
         let (data_guid, hash_guid) = tree.partition_guids();
-        assert_eq!(data_guid, tree.root_hash[..16]);
-        assert_eq!(hash_guid, tree.root_hash[16..]);
+        let half = |h: &[u8]| Guid::from_uuid_bytes(h.try_into().unwrap());
+        assert_eq!(data_guid, half(&tree.root_hash[..16]));
+        assert_eq!(hash_guid, half(&tree.root_hash[16..]));
+        assert_eq!(
+            Params::from_cmdline(&format!("console=ttyS0 {}", tree.cmdline())),
+            Ok(Params {
+                root_hash: tree.root_hash,
+                salt: tree.salt.to_vec(),
+                data_blocks: 5
+            })
+        );
+        assert_eq!(
+            Params::from_cmdline("keel.verity=00 keel.verity_salt=00 keel.verity_blocks=1"),
+            Err("keel.verity")
+        );
         assert_eq!(
             tree.cmdline(),
             format!(
