@@ -30,7 +30,7 @@ fi
 export KEEL_TEST_CACHE
 export KEEL_CACHE="$KEEL_TEST_CACHE/user-store"
 echo "test caches: $KEEL_TEST_CACHE" >&2
-guest=(-p keel-init -p keel-shim -p keel-supervisor -p keel-metadata -p keel-swarm -p keel-guest -p keel-attack)
+guest=(-p keel-init -p keel-shim -p keel-supervisor -p keel-metadata -p keel-swarm -p keel-guest -p keel-attack -p keel-disk)
 
 step "format"
 cargo fmt --all -- --check

@@ -18,8 +18,36 @@ pub struct Cmdline {
     /// `keel.onboot_timeout=<seconds>`: default time an onboot container may run, at most
     /// [`MAX_ONBOOT_TIMEOUT`].
     pub onboot_timeout: Duration,
+    /// `keel.health_timeout=<seconds>` and `keel.health_stable=<seconds>`: an A/B version on
+    /// trial is kept if every service is running and ready for `stable` within `timeout` of
+    /// the supervisor's start (see `crate::assess`).
+    pub health: Health,
     /// Knobs that were not understood, for a warning once logging is up.
     pub unknown: Vec<String>,
+}
+
+/// The boot assessment's condition: every service running and ready for `stable`, within
+/// `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    pub timeout: Duration,
+    pub stable: Duration,
+}
+
+impl Health {
+    /// The longest either may be: one day, as for timeouts in the YAML.
+    pub const MAX: Duration = keel_bundle::Supervision::MAX_DURATION;
+}
+
+impl Default for Health {
+    /// Five minutes to get there (a slow machine, images pulled by a service), then ten
+    /// seconds of every service ready.
+    fn default() -> Self {
+        Health {
+            timeout: Duration::from_secs(300),
+            stable: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for Cmdline {
@@ -28,6 +56,7 @@ impl Default for Cmdline {
             debug: false,
             console: false,
             onboot_timeout: Duration::from_secs(60),
+            health: Health::default(),
             unknown: Vec::new(),
         }
     }
@@ -45,6 +74,12 @@ impl Cmdline {
     /// Parses a kernel command line; other parameters are ignored.
     pub fn parse(text: &str) -> Self {
         let mut c = Cmdline::default();
+        let seconds = |value: Option<&str>, max: Duration| {
+            value
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_secs)
+                .filter(|t| *t <= max)
+        };
         for word in text.split_ascii_whitespace() {
             let Some(knob) = word.strip_prefix("keel.") else {
                 continue;
@@ -56,14 +91,18 @@ impl Cmdline {
             let ok = match key {
                 "debug" => flag(value).map(|v| c.debug = v).is_some(),
                 "console" => flag(value).map(|v| c.console = v).is_some(),
-                "onboot_timeout" => value
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .map(Duration::from_secs)
-                    .filter(|t| *t <= MAX_ONBOOT_TIMEOUT)
+                "onboot_timeout" => seconds(value, MAX_ONBOOT_TIMEOUT)
                     .map(|t| c.onboot_timeout = t)
                     .is_some(),
-                // The loader's verified root (crate::verity checks them before this runs).
-                "verity" | "verity_salt" | "verity_blocks" => true,
+                "health_timeout" => seconds(value, Health::MAX)
+                    .map(|t| c.health.timeout = t)
+                    .is_some(),
+                "health_stable" => seconds(value, Health::MAX)
+                    .map(|t| c.health.stable = t)
+                    .is_some(),
+                // The loader's verified root (crate::verity checks them before this runs) and
+                // the A/B version (crate::assess reads it with them).
+                "verity" | "verity_salt" | "verity_blocks" | "version" => true,
                 _ => false,
             };
             if !ok {
@@ -86,8 +125,19 @@ mod tests {
         assert_eq!(c.onboot_timeout, Duration::from_secs(5));
         assert!(c.unknown.is_empty());
         assert_eq!(Cmdline::parse("root=/dev/sda"), Cmdline::default());
-        let verity = "keel.verity=ab keel.verity_salt=cd keel.verity_blocks=8";
+        let verity = "keel.verity=ab keel.verity_salt=cd keel.verity_blocks=8 keel.version=2";
         assert_eq!(Cmdline::parse(verity), Cmdline::default());
+        let c = Cmdline::parse("keel.health_timeout=30 keel.health_stable=0");
+        assert_eq!(
+            c.health,
+            Health {
+                timeout: Duration::from_secs(30),
+                stable: Duration::ZERO
+            }
+        );
+        let c = Cmdline::parse("keel.health_timeout=86401 keel.health_stable=x");
+        assert_eq!(c.health, Health::default());
+        assert_eq!(c.unknown.len(), 2);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! reboot is asked for. It never exits and never panics on bad input: errors are logged and the
 //! boot goes on; a fault it cannot handle syncs and reboots.
 
+mod assess;
 mod boot;
 mod channel;
 mod cmdline;

@@ -3,6 +3,7 @@
 //! supervisor's deadlines as the poll timeout. Also the boot timeline and the final stop (kill
 //! what is left, sync, unmount).
 
+use crate::assess::{Assessor, Verdict};
 use crate::channel::{self, Channel};
 use crate::cmdline::Cmdline;
 use crate::console::{self, Console};
@@ -102,6 +103,8 @@ pub struct Init {
     exec_io: Vec<ExecIo>,
     console: Option<Console>,
     channel: HostChannel,
+    /// An A/B version on trial, watched until it is blessed or rejected.
+    assess: Assessor,
 }
 
 /// Wait-status as a shell would report it: exit code, or 128+signal.
@@ -142,6 +145,7 @@ impl Init {
                 until: now + CHANNEL_SEARCH,
             },
             exec_io: Vec::new(),
+            assess: Assessor::Idle,
             sup,
             timeline,
             cmdline,
@@ -158,10 +162,18 @@ impl Init {
     /// Runs onboot, services and the loop until a shutdown finished; returns what to do next.
     pub fn run(mut self) -> PowerAction {
         self.sup.boot();
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        self.assess = Assessor::start(&cmdline, self.cmdline.health, Instant::now());
         loop {
             self.act();
             if self.sup.is_halted() {
                 break;
+            }
+            if self.power.is_none()
+                && self.assess.check(self.sup.records(), Instant::now()) == Some(Verdict::Rejected)
+            {
+                self.request_stop(PowerAction::Reboot);
+                continue;
             }
             self.poll_once();
         }
@@ -232,6 +244,7 @@ impl Init {
             self.control.as_ref().and_then(ControlServer::next_deadline),
             self.console.as_ref().and_then(Console::next_deadline),
             self.execs.next_deadline(),
+            self.assess.next_deadline(),
             match self.channel {
                 HostChannel::Searching { next, .. } => Some(next),
                 _ => None,

@@ -74,7 +74,9 @@ pub enum VerityError {
         guid: Guid,
         disks: String,
     },
-    #[error("the {role} partition {guid} is on two devices, {first} and {second}")]
+    #[error(
+        "the {role} partition {guid} is on two devices, {first} and {second} (an update's disk still attached? detach it)"
+    )]
     Duplicate {
         role: Role,
         guid: Guid,
@@ -1210,7 +1212,7 @@ mod tests {
         let e = find_partitions(&sys, &open, spec().guids()).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "the root data partition aabbccdd-eeff-0011-2233-445566778899 is on two devices, vda1 and vdc1"
+            "the root data partition aabbccdd-eeff-0011-2233-445566778899 is on two devices, vda1 and vdc1 (an update's disk still attached? detach it)"
         );
         // No disks at all.
         let scan = find_partitions(&root.path().join("none"), &open, spec().guids()).unwrap();

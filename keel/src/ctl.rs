@@ -355,6 +355,9 @@ fn run_with(
         let _ = writeln!(out, "{}", usage());
         return Ok(0);
     }
+    if matches!(opts.command, Command::Version | Command::Update { .. }) {
+        return Err(disk_command());
+    }
     let mut channel = Channel::connect(&Target::resolve(target), opts.timeout)?;
     channel.presses = presses;
     match &opts.command {
@@ -377,7 +380,15 @@ fn run_with(
             channel.give_up_at = 2;
             exec(&mut channel, id, argv, opts, out)
         }
+        Command::Version | Command::Update { .. } => Err(disk_command()),
     }
+}
+
+/// `version` and `update` are keelctl's own work on the guest's boot disk, not requests.
+fn disk_command() -> Error {
+    Error::Guest(
+        "version and update read and write the boot disk: run keelctl on the system (keel ctl exec NAME keelctl version), or keel update on a stopped disk".into(),
+    )
 }
 
 fn unexpected(answer: &Response) -> Error {
@@ -632,6 +643,25 @@ mod tests {
         let err = run_with(&socket, &opts, &mut Vec::new(), no_presses).unwrap_err();
         assert!(matches!(err, Error::Guest(_)), "{err:?}");
         assert_eq!(err.to_string(), "no container named x");
+    }
+
+    #[test]
+    fn disk_commands_are_refused_before_connecting() {
+        // No guest at this path: the refusal must come first, naming where they do run.
+        let dir = tempfile::tempdir().unwrap();
+        for command in [&["version"][..], &["update", "/dev/vdb"]] {
+            let err = run_with(
+                &dir.path().join("none"),
+                &options(command),
+                &mut Vec::new(),
+                no_presses,
+            )
+            .unwrap_err();
+            assert!(
+                err.to_string().contains("run keelctl on the system"),
+                "{command:?}: {err}"
+            );
+        }
     }
 
     #[test]

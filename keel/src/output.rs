@@ -507,7 +507,8 @@ impl Products<'_> {
                 .into_inner();
                 data.resize(data.len().next_multiple_of(keel_formats::verity::BLOCK), 0);
                 let salt = keel_formats::verity::derive_salt(&data);
-                let tree = keel_formats::verity::hash_tree(&data, salt).map_err(Error::HashTree)?;
+                let tree = keel_formats::verity::hash_tree(&data, salt)
+                    .map_err(|e| Error::HashTree(e.into()))?;
                 log::info!(
                     "verified root: {} bytes, root hash {}",
                     data.len(),
@@ -599,8 +600,13 @@ impl Products<'_> {
                     .dir
                     .join(format!("{}-initrd.img", self.settings.name));
                 let initrd = initramfs(&loader, &kernel, codec, &self.opts, path)?;
+                // --ab: the running system finds its own UKI (to bless it) by this version.
+                let version = match self.settings.root.ab() {
+                    Some(ab) => format!(" {}={}", keel_formats::ab::VERSION_KNOB, ab.version),
+                    None => String::new(),
+                };
                 let (_, tree) = self.verity_root()?;
-                let cmdline = format!("{} {}", kernel.cmdline, tree.cmdline())
+                let cmdline = format!("{} {}{version}", kernel.cmdline, tree.cmdline())
                     .trim()
                     .to_owned();
                 (initrd, cmdline)
@@ -624,8 +630,8 @@ impl Products<'_> {
                 os_release: Some(&os_release),
                 uname: None,
             };
-            let mut uki = keel_formats::build_uki(&stub, &parts).map_err(fail)?;
-            self.pcr11 = Some(keel_formats::predict_pcr11(&uki).map_err(fail)?);
+            let mut uki = keel_formats::build_uki(&stub, &parts).map_err(|e| fail(e.into()))?;
+            self.pcr11 = Some(keel_formats::predict_pcr11(&uki).map_err(|e| fail(e.into()))?);
             if let Some(keys) = self.settings.sign_with {
                 uki = keys.sign_efi(&uki, self.opts.mtime).map_err(Error::Sign)?;
                 log::info!("UKI signed with the db key of {}", keys.dir().display());

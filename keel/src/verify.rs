@@ -161,9 +161,9 @@ fn verity_partitions(artifact: &Path, arch: Arch) -> Result<Option<[Vec<u8>; 2]>
     };
     let (root_type, hash_type) = keel_formats::verity_partition_types(arch);
     let mut read = |t| {
-        keel_formats::read_partition(&mut file, t, MAX_PARTITION).map_err(|source| Error::Extract {
+        keel_formats::read_partition(&mut file, t, MAX_PARTITION).map_err(|e| Error::Extract {
             path: artifact.into(),
-            source,
+            source: e.into(),
         })
     };
     match (read(root_type)?, read(hash_type)?) {
@@ -315,7 +315,7 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<Verified, Error> {
     };
     let check = |efi: &[u8], what: &str| -> Result<(Vec<u8>, bool, Option<PathBuf>), Error> {
         let stripped =
-            keel_formats::strip_signature(efi).map_err(|e| Error::Uki(path.clone(), e))?;
+            keel_formats::strip_signature(efi).map_err(|e| Error::Uki(path.clone(), e.into()))?;
         let signed = stripped.is_some();
         let signed_by = match &opts.keys {
             None => None,
@@ -393,7 +393,7 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<Verified, Error> {
         Some(ours) => {
             let theirs = read_uki(&rebuilt_path, Some(arch))?;
             let same = keel_formats::is_unsigned_original(ours, &theirs)
-                .map_err(|e| Error::Uki(path.clone(), e))?;
+                .map_err(|e| Error::Uki(path.clone(), e.into()))?;
             if !same {
                 return Err(Error::Differs {
                     path: path.clone(),
@@ -429,7 +429,8 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<Verified, Error> {
             }
         }
     }
-    let pcr11 = keel_formats::predict_pcr11(&unsigned).map_err(|e| Error::Uki(path.clone(), e))?;
+    let pcr11 =
+        keel_formats::predict_pcr11(&unsigned).map_err(|e| Error::Uki(path.clone(), e.into()))?;
     Ok(Verified {
         arch,
         signed_by,
@@ -454,8 +455,8 @@ fn ab_layout(
         path: disk.into(),
         source,
     };
-    let mut ukis = keel_formats::read_ab_ukis(&mut file).map_err(fail)?;
-    let (version, uki) = match ukis.len() {
+    let mut ukis = keel_formats::read_ab_ukis(&mut file).map_err(|e| fail(e.into()))?;
+    let (keel_formats::ab::EntryName { version, .. }, uki) = match ukis.len() {
         0 => return Ok(None),
         1 => ukis.remove(0),
         n => return Err(Error::AbVersions(disk.into(), n)),

@@ -1795,20 +1795,6 @@ fn update_writes_the_other_slot() {
             .unwrap()
             .clone()
     };
-    let esp_files = |path: &Path| {
-        let esp = format!("{}@@{}", path.display(), 1 << 20);
-        let out = Command::new("mdir")
-            .args(["-b", "-i", &esp, "::/EFI/Linux"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.rsplit('/').next().map(str::to_owned))
-            .collect();
-        names.sort();
-        names
-    };
     // A marker in the data partition, which no update may touch.
     let parts = table(&disk);
     let data_at = parts[5]["start"].as_u64().unwrap() * 512;
@@ -1848,7 +1834,11 @@ fn update_writes_the_other_slot() {
     let parts = table(&disk);
     assert_eq!(parts[3]["uuid"], root_b.as_str());
     assert_eq!(parts[4]["uuid"], hash_b.as_str());
-    assert_eq!(esp_files(&disk), ["keel-1.efi", "keel-2.efi"]);
+    // Version 2 is on trial: one boot (systemd-boot's counter), kept only if blessed.
+    assert_eq!(
+        keel_testutil::esp_linux_entries(&disk),
+        ["keel-1.efi", "keel-2+1-0.efi"]
+    );
     let bytes = read(&disk);
     assert_eq!(&bytes[at..at + 6], b"marker", "the data partition changed");
     // Slot b verifies against the new root hash, as the kernel will check it.
@@ -1911,7 +1901,10 @@ fn update_writes_the_other_slot() {
         "{}",
         ok.stdout
     );
-    assert_eq!(esp_files(&disk), ["keel-2.efi", "keel-3.efi"]);
+    assert_eq!(
+        keel_testutil::esp_linux_entries(&disk),
+        ["keel-2+1-0.efi", "keel-3+1-0.efi"]
+    );
     let (root_a, _) = guid_of(&root_hash(&ok.stdout));
     assert_eq!(table(&disk)[1]["uuid"], root_a.as_str());
     assert_eq!(&read(&disk)[at..at + 6], b"marker");

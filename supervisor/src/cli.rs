@@ -73,6 +73,9 @@ pub const COMMANDS: &str = "commands:
   kill [-s SIG] NAME       send a signal (default TERM) to a container's process
   exec NAME CMD [ARG...]   run CMD inside a running container, with the container's privileges
   timeline                 the boot timeline
+  version                  the A/B slots: the version running, the other slot's, the next boot
+  update FILE              write the version FILE holds (an --ab disk image) into the other
+                           slot, to be tried on the next boot
   poweroff | reboot        the orderly shutdown, then power off or reboot
   help                     this text";
 
@@ -93,6 +96,12 @@ pub enum Command {
     Exec {
         id: String,
         argv: Vec<String>,
+    },
+    /// `version`: read from the boot disk by keelctl itself, not asked of PID 1.
+    Version,
+    /// `update FILE`: written to the boot disk by keelctl itself.
+    Update {
+        source: std::path::PathBuf,
     },
 }
 
@@ -136,6 +145,14 @@ pub fn parse(words: &[String]) -> Result<Command, String> {
         "list" => none().map(|()| Command::Call(Request::List))?,
         "timeline" => none().map(|()| Command::Call(Request::Timeline))?,
         "top" => none().map(|()| Command::Top)?,
+        "version" => none().map(|()| Command::Version)?,
+        "update" => match rest {
+            [source] => Command::Update {
+                source: source.into(),
+            },
+            [] => return Err("update needs the file of the new version".to_owned()),
+            [_, extra, ..] => return Err(format!("unexpected argument {extra}")),
+        },
         "poweroff" => none().map(|()| Command::Call(Request::Poweroff))?,
         "reboot" => none().map(|()| Command::Call(Request::Reboot))?,
         "ps" => Command::Call(Request::Ps { id: one("ps")? }),
@@ -401,6 +418,16 @@ mod tests {
     #[test]
     fn parses_container_commands() {
         let cmd = |a: &[&str]| parse(&args(a));
+        assert_eq!(cmd(&["version"]).unwrap(), Command::Version);
+        assert!(cmd(&["version", "x"]).is_err());
+        assert_eq!(
+            cmd(&["update", "/dev/vdb"]).unwrap(),
+            Command::Update {
+                source: "/dev/vdb".into()
+            }
+        );
+        assert!(cmd(&["update"]).unwrap_err().contains("needs the file"));
+        assert!(cmd(&["update", "a", "b"]).is_err());
         assert_eq!(
             cmd(&["stop", "sshd"]).unwrap(),
             Command::Call(Request::Stop { id: "sshd".into() })

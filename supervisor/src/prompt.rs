@@ -487,6 +487,13 @@ impl Session {
                 id: id.clone(),
                 command: argv.clone(),
             },
+            // They read and write the boot disk: long work that PID 1's loop does not do.
+            Command::Version | Command::Update { .. } => {
+                return self.say(
+                    "error: version and update run in keelctl (a shell on the system, or keel ctl exec), not at this prompt",
+                    out,
+                );
+            }
         };
         let needs = access::needs(&request);
         if self.access < needs {

@@ -43,6 +43,11 @@ pub struct Boot {
     pub secure_boot: Option<keel::keys::KeySet>,
     /// `keel run qemu --tpm`: a TPM 2.0 emulated by swtpm.
     pub tpm: bool,
+    /// More disks (`keel run qemu --disk`), after the boot disk: `/dev/vdb` and on.
+    pub disks: Vec<keel::run::Disk>,
+    /// A reboot of the guest resets the machine (as `keel run qemu` does) instead of ending
+    /// QEMU (the tests' default, so that a reboot loop cannot hide in a test).
+    pub reboot: bool,
 }
 
 impl Boot {
@@ -57,6 +62,8 @@ impl Boot {
             devices: vec![],
             secure_boot: None,
             tpm: false,
+            disks: vec![],
+            reboot: false,
         }
     }
 }
@@ -74,7 +81,7 @@ impl Vm {
             accel: Accel::Tcg,
             mem_mb: boot.mem_mb,
             cpus: 1,
-            disks: vec![],
+            disks: boot.disks.clone(),
             publish: vec![],
             uefi: false,
             firmware: None,
@@ -93,7 +100,11 @@ impl Vm {
             shares: boot.virtiofs.clone(),
             virtiofsd: (!boot.virtiofs.is_empty()).then(crate::virtiofsd),
             lan: None,
-            extra: vec!["-no-reboot".into()],
+            extra: if boot.reboot {
+                vec![]
+            } else {
+                vec!["-no-reboot".into()]
+            },
         };
         let mut cmd = keel::run::command(&opts, Accel::Tcg).unwrap_or_else(|e| {
             panic!(

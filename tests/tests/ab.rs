@@ -139,12 +139,18 @@ fn ab_boot(arch: Arch) {
             ..Boot::new(arch)
         },
     );
-    let console = vm.wait_for("status| status", DEADLINE);
+    // On trial (keel update gives it one boot), then made permanent by the boot assessment.
+    let console = vm.wait_for("boot assessment: version 2 is good", DEADLINE);
     assert!(
         console.contains("RUNNING=version-2") && console.contains("ROOTDM=keel-root RO=1"),
         "{name}: version 2 does not run from its verified root\n{console}"
     );
     drop(vm);
+    assert_eq!(
+        keel_testutil::esp_linux_entries(&disk),
+        ["keel-1.efi", "keel-2.efi"],
+        "{name}"
+    );
 
     // The chain holds past systemd-boot: with the UKI's signature removed, the firmware's
     // LoadImage refuses it and nothing of it runs.
@@ -193,4 +199,173 @@ fn ab_boots_through_systemd_boot_x86_64() {
 #[test]
 fn ab_boots_through_systemd_boot_aarch64() {
     ab_boot(Arch::Aarch64);
+}
+
+/// Builds `cases` (after images/minimal.yml, verity.yml and ab-update.yml) as A/B version
+/// `version`, signed with `keys`.
+fn build_version(
+    arch: Arch,
+    keys: &KeySet,
+    cases: &[&str],
+    version: &str,
+) -> (keel_vmtests::Built, PathBuf) {
+    let minimal = workspace().join("images/minimal.yml");
+    let mut files = vec![
+        minimal,
+        keel_vmtests::case("verity.yml"),
+        keel_vmtests::case("ab-update.yml"),
+    ];
+    files.extend(cases.iter().map(|c| keel_vmtests::case(c)));
+    let refs: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
+    let built = build_secured(
+        &refs,
+        arch,
+        &[Format::RawEfi],
+        InitrdCompression::Auto,
+        Some(keys),
+        RootLayout::Ab(AbSettings {
+            version: version.parse().unwrap(),
+            ..AbSettings::default()
+        }),
+    )
+    .unwrap_or_else(|e| panic!("{arch} version {version}: {}", keel_vmtests::chain(&e)));
+    let disk = PathBuf::from(format!("{}-efi.img", built.prefix.display()));
+    (built, disk)
+}
+
+/// An A/B system updates itself: `keelctl update` in the guest writes version 2 into slot B
+/// from a second disk; after the reboot systemd-boot tries it once and PID 1's boot assessment
+/// sees every service ready and makes it permanent. Version 3, whose service never stays up, is
+/// tried once, rejected by the assessment, the machine reboots by itself and systemd-boot boots
+/// version 2 again, where `keelctl version` says why 3 failed (and `keel update` refuses to
+/// install it again). QEMU killed while an update writes its slot: the next boot runs the
+/// version it ran before.
+///
+/// The updater powers the machine off after an update, and the next boot has no second disk:
+/// the update's disk carries the new version's partitions with the GUIDs the loader looks for,
+/// and the loader refuses a root whose GUID is on two disks.
+fn ab_update_in_guest(arch: Arch) {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = KeySet::generate(&keys_dir.path().join("keys"), "keel test").unwrap();
+    let (_v1, disk) = build_version(arch, &keys, &[], "1");
+    let (_v2, v2) = build_version(arch, &keys, &["version2.yml"], "2");
+    let (_v3, v3) = build_version(arch, &keys, &["never-ready.yml"], "3");
+    // Version 4: version 1's root under a newer version, for the update that is cut short.
+    let (_v4, v4) = build_version(arch, &keys, &[], "4");
+    let boot = |second: Option<&PathBuf>| Boot {
+        secure_boot: Some(keys.clone()),
+        reboot: true,
+        disks: second
+            .map(|p| keel::run::Disk {
+                path: Some(p.clone()),
+                size: None,
+                format: Some("raw".into()),
+            })
+            .into_iter()
+            .collect(),
+        ..Boot::new(arch)
+    };
+    // Boots `second` attached: the updater installs it, then powers off.
+    let install = |name: &str, second: &PathBuf, version: &str| {
+        let mut vm = Vm::boot(name, &disk, &boot(Some(second)));
+        let console = vm.wait_exit(DEADLINE);
+        let slot = if version == "3" { 'a' } else { 'b' };
+        assert!(
+            console.contains(&format!(
+                "updater| update: slot {slot} holds version {version}"
+            )),
+            "{name}: version {version} was not installed\n{console}"
+        );
+        console
+    };
+
+    // 1. Version 1 installs version 2; the next boot tries it and makes it permanent.
+    let name = format!("A/B in-guest update to 2 {arch}");
+    let console = install(&name, &v2, "2");
+    assert!(
+        console.contains("updater| running: version 1 from slot a")
+            && console.contains("signed by"),
+        "{name}\n{console}"
+    );
+    assert_eq!(
+        keel_testutil::esp_linux_entries(&disk),
+        ["keel-1.efi", "keel-2+1-0.efi"],
+        "{name}"
+    );
+    let mut vm = Vm::boot(&name, &disk, &boot(None));
+    let trial = vm.wait_for("boot assessment: version 2 is good", DEADLINE);
+    assert!(
+        trial.contains("boot assessment: version 2 (slot b) is on trial (keel-2+0-1.efi)")
+            && trial.contains("RUNNING=version-2"),
+        "{name}: version 2 did not boot on trial\n{trial}"
+    );
+    drop(vm);
+    assert_eq!(
+        keel_testutil::esp_linux_entries(&disk),
+        ["keel-1.efi", "keel-2.efi"],
+        "{name}"
+    );
+
+    // 2. Version 3 never gets its service up: tried once, rejected, back on 2 by itself.
+    let name = format!("A/B in-guest update to a failing 3 {arch}");
+    install(&name, &v3, "3");
+    let mut vm = Vm::boot(&name, &disk, &boot(None));
+    let failed = vm.wait_for("boot assessment: version 3 failed", DEADLINE);
+    assert!(
+        failed.contains("boot assessment: version 3 (slot a) is on trial")
+            && failed.contains("service broken is"),
+        "{name}: version 3's failure does not name its service\n{failed}"
+    );
+    let mark = vm.mark();
+    let back = vm.wait_after(mark, "updater| next boot: version 2", DEADLINE);
+    assert!(
+        back.contains("boot assessment: version 2 (slot b) is permanent")
+            && back.contains("updater| running: version 2 from slot b"),
+        "{name}: not back on version 2\n{back}"
+    );
+    let why = back
+        .lines()
+        .find(|l| l.contains("updater| slot a: version 3"))
+        .unwrap_or_default();
+    assert!(
+        why.contains("bad: failed its boot assessment") && why.contains("service broken is"),
+        "{name}: keelctl version does not say why 3 failed: {why:?}\n{back}"
+    );
+    eprintln!("{name}: {}", why.trim());
+    drop(vm);
+    assert_eq!(
+        keel_testutil::esp_linux_entries(&disk),
+        ["keel-2.efi", "keel-3+0-1.efi"],
+        "{name}"
+    );
+    // The same update code refuses version 3 again (here on the host).
+    let err = keel::update::update(&disk, &v3, Some(keys.dir())).unwrap_err();
+    let err = keel_vmtests::chain(&err);
+    assert!(
+        err.contains("version 3 failed its boot assessment") && err.contains("service broken is"),
+        "{name}: {err}"
+    );
+
+    // 3. QEMU killed while version 4 is written into slot a: the next boot runs version 2.
+    let name = format!("A/B update cut short {arch}");
+    let mut vm = Vm::boot(&name, &disk, &boot(Some(&v4)));
+    vm.wait_for("updater| update: writing slot a", DEADLINE);
+    drop(vm);
+    let entries = keel_testutil::esp_linux_entries(&disk);
+    assert!(
+        entries.contains(&"keel-2.efi".to_owned())
+            && !entries.iter().any(|e| e.starts_with("keel-4")),
+        "{name}: the kill came after the update was complete: {entries:?}"
+    );
+    let mut vm = Vm::boot(&name, &disk, &boot(None));
+    let console = vm.wait_for("updater| running: version 2 from slot b", DEADLINE);
+    assert!(
+        console.contains("boot assessment: version 2 (slot b) is permanent"),
+        "{name}\n{console}"
+    );
+}
+
+#[test]
+fn ab_updates_itself_and_falls_back_x86_64() {
+    ab_update_in_guest(Arch::X86_64);
 }

@@ -27,11 +27,12 @@
 
 use crate::error::{Error, Result};
 use crate::esp::{EspFile, build_esp, esp_size_for};
-use crate::gpt::{self, FIRST_LBA, Guid, Partition, SECTOR};
-use crate::verity::HashTree;
+use keel_disk::ab::{EntryName, ImageVersion, find_partition, read_partition};
+use keel_disk::gpt::{self, FIRST_LBA, Guid, Partition, SECTOR};
+use keel_disk::verity::HashTree;
 use keel_image::Arch;
 use sha2::{Digest, Sha256};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, Write};
 
 const MIB: u64 = 1 << 20;
 /// The largest `--slot-size` and `--data-size`: 1 PiB, so that no sum of sizes overflows.
@@ -177,58 +178,6 @@ pub fn write_raw_efi_with(
 }
 
 /// The version of the system an `--ab` disk's UKI carries (`--image-version`): os-release's
-/// `IMAGE_VERSION`, by which systemd-boot sorts UKIs (newest first), and part of the UKI's file
-/// name. One to 64 of `A-Z a-z 0-9 . _ ~ ^ -` (the characters systemd's version comparison
-/// knows); the default is `1`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageVersion(String);
-
-impl ImageVersion {
-    /// The longest version accepted.
-    pub const MAX_LEN: usize = 64;
-
-    /// The version as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Default for ImageVersion {
-    fn default() -> Self {
-        ImageVersion("1".into())
-    }
-}
-
-impl std::fmt::Display for ImageVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::str::FromStr for ImageVersion {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = |reason| Error::ImageVersion {
-            given: s.chars().take(80).collect(),
-            reason,
-        };
-        if s.is_empty() {
-            return Err(bad("it is empty"));
-        }
-        if s.len() > Self::MAX_LEN {
-            return Err(bad("it is longer than 64 characters"));
-        }
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._~^-".contains(&b))
-        {
-            return Err(bad("it has a character other than those allowed"));
-        }
-        Ok(ImageVersion(s.into()))
-    }
-}
-
 /// The `.osrel` of an `--ab` disk's UKI: `NAME` and `ID` as every keel UKI has them, then
 /// `IMAGE_ID=keel` (systemd-boot's sort key, the same for every version) and `IMAGE_VERSION`
 /// (which it sorts by, newest first).
@@ -252,12 +201,6 @@ pub fn ab_os_release(version: &ImageVersion) -> String {
 /// EFI variables still take precedence, as systemd-boot documents: `LoaderEntryOneShot` (a
 /// trial boot of a new version) and `LoaderEntryDefault`.
 pub const LOADER_CONF: &str = "timeout 0\ndefault keel-*\neditor no\nauto-entries no\nauto-firmware no\nrandom-seed-mode off\n";
-
-/// Where an `--ab` disk's ESP holds its UKI of `version`: the directory systemd-boot scans for
-/// UKIs (Boot Loader Specification type #2 entries).
-pub fn ab_uki_path(version: &ImageVersion) -> String {
-    format!("EFI/Linux/keel-{version}.efi")
-}
 
 /// The default size of an `--ab` disk's `keel-data` partition (`--data-size`): 64 MiB.
 pub const DEFAULT_DATA_SIZE: u64 = 64 * MIB;
@@ -296,7 +239,7 @@ struct AbSizes {
 }
 
 impl AbDisk<'_> {
-    /// The ESP's files for `arch`, the UKI at `uki_path` ([`ab_uki_path`]).
+    /// The ESP's files for `arch`, the UKI at `uki_path` ([`EntryName::path`]).
     fn esp_files<'a>(&'a self, arch: Arch, uki_path: &'a str) -> [EspFile<'a>; 3] {
         [
             EspFile {
@@ -326,7 +269,7 @@ impl AbDisk<'_> {
                 max: MAX_PARTITION,
             });
         }
-        let uki_path = ab_uki_path(self.version);
+        let uki_path = EntryName::good(self.version.clone()).path();
         let esp = mib(uki * 5 / 2 + boot + MIB).max(esp_size_for(&self.esp_files(arch, &uki_path)));
         let root = len(self.root.data);
         let slot = match self.slot_size {
@@ -389,7 +332,7 @@ pub fn write_ab_efi(
     let s = disk.sizes(arch)?;
     let needed = ab_efi_size(disk, arch)?;
     let size = disk_size(size, needed, "the A/B disk")?;
-    let uki_path = ab_uki_path(disk.version);
+    let uki_path = EntryName::good(disk.version.clone()).path();
     let esp = build_esp(&disk.esp_files(arch, &uki_path), s.esp * SECTOR, "EFI")?;
     let seed = Sha256::digest(disk.uki);
     let (root_type, hash_type) = verity_partition_types(arch);
@@ -466,47 +409,9 @@ pub fn write_ab_efi(
     Ok(size)
 }
 
-/// The first partition of type `type_guid` in the disk's GPT ([`gpt::Table`], read with
-/// limits and checksums: a hostile table is refused, never allocated for).
-fn find_partition(
-    disk: &mut (impl Read + Seek),
-    type_guid: Guid,
-) -> Result<Option<gpt::EntryInfo>> {
-    Ok(gpt::Table::read(disk)?
-        .entries()
-        .into_iter()
-        .find(|e| e.type_guid == type_guid))
-}
-
-fn read_at(disk: &mut (impl Read + Seek), offset: u64, len: usize) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    disk.seek(SeekFrom::Start(offset))
-        .and_then(|_| disk.read_exact(&mut buf))
-        .map_err(|_| Error::NotRawEfi("shorter than its partition table says"))?;
-    Ok(buf)
-}
-
 /// The size in bytes of the first partition of type `type_guid`, if the disk has one.
 pub fn partition_size(disk: &mut (impl Read + Seek), type_guid: Guid) -> Result<Option<u64>> {
     Ok(find_partition(disk, type_guid)?.map(|e| e.bytes()))
-}
-
-/// The contents of the first partition of type `type_guid`, if the disk has one, read whole
-/// (at most `max` bytes: a larger one is refused).
-pub fn read_partition(
-    disk: &mut (impl Read + Seek),
-    type_guid: Guid,
-    max: u64,
-) -> Result<Option<Vec<u8>>> {
-    let Some(entry) = find_partition(disk, type_guid)? else {
-        return Ok(None);
-    };
-    let len = Some(entry.bytes())
-        .filter(|_| entry.last_lba >= entry.first_lba)
-        .filter(|&n| n <= max)
-        .ok_or(Error::NotRawEfi("an implausible partition"))?;
-    let len = usize::try_from(len).map_err(|_| Error::NotRawEfi("an implausible partition"))?;
-    read_at(disk, entry.first_lba.saturating_mul(SECTOR), len).map(Some)
 }
 
 /// The verity root partitions' types for `arch`: the root's and its hash tree's.
@@ -539,132 +444,11 @@ pub(crate) fn read_boot_file(fat: Vec<u8>, arch: Arch) -> Result<Vec<u8>> {
     Ok(file)
 }
 
-/// The UKIs of an `--ab` disk: the files `EFI/Linux/keel-<version>.efi` of its ESP, with their
-/// versions, in directory order (other files there are left out). Empty for a disk whose ESP
-/// has no `EFI/Linux` (a plain `raw-efi` disk), whose UKI [`read_uki_from_disk`] reads.
-pub fn read_ab_ukis(disk: &mut (impl Read + Seek)) -> Result<Vec<(ImageVersion, Vec<u8>)>> {
-    let fat = read_partition(disk, Guid::ESP, 4 << 30)?
-        .ok_or(Error::NotRawEfi("no EFI system partition"))?;
-    let fs = fatfs::FileSystem::new(std::io::Cursor::new(fat), fatfs::FsOptions::new())
-        .map_err(Error::FatRead)?;
-    let dir = match fs.root_dir().open_dir("EFI/Linux") {
-        Ok(dir) => dir,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::FatRead(e)),
-    };
-    let mut ukis = Vec::new();
-    for entry in dir.iter() {
-        let entry = entry.map_err(Error::FatRead)?;
-        let name = entry.file_name();
-        let version = name
-            .strip_prefix("keel-")
-            .and_then(|n| n.strip_suffix(".efi"))
-            .and_then(|v| v.parse::<ImageVersion>().ok());
-        if let (true, Some(version)) = (entry.is_file(), version) {
-            let mut uki = Vec::new();
-            entry
-                .to_file()
-                .read_to_end(&mut uki)
-                .map_err(Error::FatRead)?;
-            ukis.push((version, uki));
-        }
-    }
-    Ok(ukis)
-}
-
-/// A partition of a disk file as a file of its own, for the FAT code.
-struct Region<'a, F> {
-    file: &'a mut F,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl<F: Read + Seek> Read for Region<'_, F> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = self.len.saturating_sub(self.pos);
-        let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
-        let read = self.file.read(&mut buf[..n])?;
-        self.pos += read as u64;
-        Ok(read)
-    }
-}
-
-impl<F: Write + Seek> Write for Region<'_, F> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let left = self.len.saturating_sub(self.pos);
-        let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
-        if n == 0 && !buf.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                "past the end of the partition",
-            ));
-        }
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
-        let written = self.file.write(&buf[..n])?;
-        self.pos += written as u64;
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl<F> Seek for Region<'_, F> {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        let pos = match to {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = pos.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        Ok(self.pos)
-    }
-}
-
-/// Changes the files in the EFI system partition of `disk` in place: removes `remove`, then
-/// writes `put` (a path and its contents) whole under a temporary name and renames it into
-/// place, so that a reader never sees it half-written under its name.
-pub fn edit_esp(
-    disk: &mut (impl Read + Write + Seek),
-    remove: &[String],
-    put: Option<(&str, &[u8])>,
-) -> Result<()> {
-    let esp = find_partition(disk, Guid::ESP)?
-        .filter(|e| e.last_lba >= e.first_lba)
-        .ok_or(Error::NotRawEfi("no EFI system partition"))?;
-    let len = esp.bytes();
-    let mut region = Region {
-        file: disk,
-        start: esp.first_lba.saturating_mul(SECTOR),
-        len,
-        pos: 0,
-    };
-    let fs =
-        fatfs::FileSystem::new(&mut region, fatfs::FsOptions::new()).map_err(Error::FatRead)?;
-    let root = fs.root_dir();
-    for path in remove {
-        root.remove(path).map_err(Error::Fat)?;
-    }
-    if let Some((path, data)) = put {
-        const TEMPORARY: &str = "EFI/Linux/keel-update.tmp";
-        let mut f = root.create_file(TEMPORARY).map_err(Error::Fat)?;
-        f.truncate().map_err(Error::Fat)?;
-        f.write_all(data).map_err(Error::Fat)?;
-        f.flush().map_err(Error::Fat)?;
-        drop(f);
-        root.rename(TEMPORARY, &root, path).map_err(Error::Fat)?;
-    }
-    drop(root);
-    fs.unmount().map_err(Error::Fat)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use fatfs::{FileSystem, FsOptions};
+    use keel_disk::ab::read_ab_ukis;
     use std::io::{Cursor, Read};
 
     #[test]
@@ -960,7 +744,7 @@ mod tests {
             assert!(read("EFI/Linux/keel-2.1~rc1^git.efi") == uki);
             let ukis = read_ab_ukis(&mut Cursor::new(&image)).unwrap();
             assert_eq!(ukis.len(), 1);
-            assert_eq!(ukis[0].0, version);
+            assert_eq!(ukis[0].0, EntryName::good(version.clone()));
             assert!(ukis[0].1 == uki);
 
             // Slot A's two partitions verify against the root hash.

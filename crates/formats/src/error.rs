@@ -21,14 +21,10 @@ pub enum Error {
         size: u64,
         max: u64,
     },
-    #[error("invalid EFI stub: {0}")]
-    Stub(&'static str),
     #[error("not a keel raw-efi disk: {0}")]
     NotRawEfi(&'static str),
     #[error("not an iso-efi image: {0}")]
     NotIsoEfi(&'static str),
-    #[error("the EFI stub has no room for {needed} more section headers")]
-    StubHeaderFull { needed: usize },
     #[error("format {format} is not available for {arch}: it is for {supported} only")]
     Unsupported {
         format: &'static str,
@@ -42,6 +38,8 @@ pub enum Error {
     Fat(#[source] std::io::Error),
     #[error("cannot read the UKI from the EFI system partition")]
     FatRead(#[source] std::io::Error),
+    #[error(transparent)]
+    Disk(#[from] keel_disk::Error),
     #[error("cannot write the output")]
     Write(#[source] std::io::Error),
     #[error("cannot run {program}")]
@@ -70,12 +68,6 @@ pub enum Error {
     },
     #[error("cannot put {path:?} in an ISO 9660 image: {reason}")]
     IsoName { path: String, reason: &'static str },
-    #[error("a dm-verity data area of {len} bytes is not a whole number of 4096-byte blocks")]
-    VerityBlocks { len: usize },
-    #[error(
-        "invalid image version {given:?}: {reason}; use up to 64 of A-Z a-z 0-9 . _ ~ ^ -, such as 1 or 2.1"
-    )]
-    ImageVersion { given: String, reason: &'static str },
     #[error(
         "--slot-size of {given} bytes cannot hold the verified root ({root} bytes): give at least {root_mib} MiB, or leave it out (default: twice the root)",
         root_mib = .root.div_ceil(1 << 20)

@@ -5,39 +5,13 @@
 //! ID derived from the contents, and files written in the order given.
 
 use crate::error::{Error, Result};
-use fatfs::{Date, DateTime, FileSystem, FormatVolumeOptions, FsOptions, Time, TimeProvider};
+use fatfs::{FileSystem, FormatVolumeOptions, FsOptions};
+use keel_disk::ab::FAT_EPOCH;
 use sha2::{Digest, Sha256};
 use std::io::{Cursor, Write};
 
 /// Cluster size for the ESP: small enough to waste little, big enough for few FAT sectors.
 const CLUSTER: u64 = 4096;
-
-/// A clock that always says 1980-01-01 00:00:00.
-#[derive(Debug)]
-struct FatEpoch;
-
-impl TimeProvider for FatEpoch {
-    fn get_current_date(&self) -> Date {
-        Date {
-            year: 1980,
-            month: 1,
-            day: 1,
-        }
-    }
-    fn get_current_date_time(&self) -> DateTime {
-        DateTime {
-            date: self.get_current_date(),
-            time: Time {
-                hour: 0,
-                min: 0,
-                sec: 0,
-                millis: 0,
-            },
-        }
-    }
-}
-
-static FAT_EPOCH: FatEpoch = FatEpoch;
 
 /// A file to put in the ESP: a `/`-separated path (parent directories are created) and its
 /// contents.

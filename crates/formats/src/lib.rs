@@ -26,20 +26,19 @@ pub mod efi;
 mod error;
 pub mod esp;
 pub mod gcp;
-pub mod gpt;
 pub mod iso;
 pub mod iso9660;
 pub mod sparse;
 pub mod tools;
-pub mod uki;
-pub mod verity;
 pub mod vhd;
+
+pub use keel_disk::{ab, gpt, uki, verity};
 
 pub use convert::{Container, convert};
 pub use efi::{
-    AbDisk, ImageVersion, VerityRoot, ab_efi_size, ab_os_release, ab_uki_path, efi_boot_path,
-    efi_esp, partition_size, raw_efi_size, raw_efi_size_with, read_ab_ukis, read_partition,
-    read_uki_from_disk, verity_partition_types, write_ab_efi, write_raw_efi, write_raw_efi_with,
+    AbDisk, VerityRoot, ab_efi_size, ab_os_release, efi_boot_path, efi_esp, partition_size,
+    raw_efi_size, raw_efi_size_with, read_uki_from_disk, verity_partition_types, write_ab_efi,
+    write_raw_efi, write_raw_efi_with,
 };
 pub use error::Error;
 pub use gcp::{gcp_disk_size, write_gcp};
@@ -47,11 +46,12 @@ pub use iso::{
     BootParts, Isolinux, check_bios_arch, iso_bios, iso_efi, iso_efi_initrd, write_raw_bios,
 };
 pub use iso9660::{BiosBoot, Iso, IsoFile, IsoOptions, build_iso, data_iso};
-pub use sparse::SparseWriter;
-pub use tools::{efi_stub, systemd_boot};
-pub use uki::{
+pub use keel_disk::ab::{ImageVersion, read_ab_ukis, read_partition};
+pub use keel_disk::uki::{
     UkiParts, build_uki, is_unsigned_original, predict_pcr11, sections, strip_signature,
 };
+pub use sparse::SparseWriter;
+pub use tools::{efi_stub, systemd_boot};
 pub use vhd::fixed_vhd_footer;
 
 /// Parses a `--size` as LinuxKit does: a number of bytes with a `K`, `M`, `G` or `T` suffix

@@ -79,17 +79,7 @@ impl<W: Write + Seek> Write for SparseWriter<W> {
     }
 }
 
-/// Writes `n` zero bytes in large buffers (one MiB at most), so that a [`SparseWriter`] skips
-/// a disk's empty space in few steps.
-pub fn write_zeros(out: &mut impl Write, mut n: u64) -> io::Result<()> {
-    let chunk = vec![0u8; n.min(1 << 20) as usize];
-    while n > 0 {
-        let k = n.min(chunk.len() as u64);
-        out.write_all(&chunk[..k as usize])?;
-        n -= k;
-    }
-    Ok(())
-}
+pub use keel_disk::gpt::write_zeros;
 
 #[cfg(test)]
 mod tests {

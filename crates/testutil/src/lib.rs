@@ -157,3 +157,20 @@ pub fn tar_with(path: &str, content: &[u8]) -> Vec<u8> {
         .expect("a tar in memory");
     b.into_inner().expect("a tar in memory")
 }
+
+/// The file names in `EFI/Linux` of the ESP of an EFI disk keel built (the ESP at 1 MiB), sorted,
+/// read by mtools' `mdir` (a reader other than keel's own).
+pub fn esp_linux_entries(disk: &Path) -> Vec<String> {
+    let esp = format!("{}@@{}", disk.display(), 1 << 20);
+    let out = std::process::Command::new("mdir")
+        .args(["-b", "-i", &esp, "::/EFI/Linux"])
+        .output()
+        .expect("mdir runs (mtools)");
+    assert!(out.status.success(), "{out:?}");
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.rsplit('/').next().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}

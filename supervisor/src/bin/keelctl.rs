@@ -1,9 +1,14 @@
 //! `keelctl`: the console client of keel's supervisor. Talks to PID 1 over the control socket.
 
+use keel_disk::authenticode;
+use keel_disk::running::System;
+use keel_disk::update::{SLOTS, SignatureError, Step, Update, apply};
+use keel_guest::chain;
 use keel_supervisor::cli::{self, Command};
-use keel_supervisor::client::{self, ClientError};
+use keel_supervisor::client;
 use keel_supervisor::{Request, Response};
 use std::io::{IsTerminal, Write};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -114,7 +119,89 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec { id, argv } => exec(&opts, id, argv),
+        Command::Version => version(&opts),
+        Command::Update { source } => update(source),
     }
+}
+
+/// `version`: the running slot and version, and what each slot holds, read from the boot disk
+/// (keelctl needs to read it: root on the system, or a container granted the disk).
+fn version(opts: &Options) -> Result<ExitCode, String> {
+    let system = System::this_machine().map_err(|e| chain(&e))?;
+    let status = system.status().map_err(|e| chain(&e))?;
+    if opts.json {
+        let text = serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?;
+        println!("{text}");
+    } else {
+        println!(
+            "running: version {} from slot {} of {}",
+            system.version,
+            SLOTS[system.slot],
+            system.disk.display()
+        );
+        print!("{status}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `update FILE`: checks the version FILE holds, then writes it into the slot the system does
+/// not run from, to be tried once on the next boot (see `keel_disk::update`).
+fn update(source: &Path) -> Result<ExitCode, String> {
+    let system = System::this_machine().map_err(|e| chain(&e))?;
+    // PID 1 renames the running UKI when its trial ends: no second writer on the ESP meanwhile,
+    // and no update from a version that may yet be rolled back.
+    let entry = system.entry().map_err(|e| chain(&e))?;
+    if system.on_trial(&entry).map_err(|e| chain(&e))? {
+        return Err(format!(
+            "version {} is on trial (its boot assessment is not over): update once it is permanent (keelctl version)",
+            system.version
+        ));
+    }
+    // The new version must be signed by the key that signed the running one: the firmware
+    // accepted that key, and will check the new UKI against the same db at the next boot.
+    let running = system.uki().map_err(|e| chain(&e))?;
+    let trusted = authenticode::signer(&running)
+        .map_err(|e| format!("the running version's UKI: {}", chain(&e)))?;
+    let verify = |uki: &[u8]| -> Result<(), SignatureError> {
+        match &trusted {
+            Some(cert) => Ok(authenticode::verify(uki, std::slice::from_ref(cert))?),
+            None => Ok(()),
+        }
+    };
+    let new = Update::read(source, Some(&verify)).map_err(|e| chain(&e))?;
+    let signature = match &trusted {
+        Some(cert) => format!("signed by {}", authenticode::subject(cert)),
+        None => "not signed, as the running version is not".to_owned(),
+    };
+    println!(
+        "update: {} holds version {}, checked: its UKI is {signature}, its root hashes to its UKI's root hash",
+        source.display(),
+        new.version.entry.version
+    );
+    let mut progress = |step: Step| {
+        let line = match step {
+            Step::RemoveStale { slot } => format!("removing the UKIs of slot {slot}"),
+            Step::WriteSlot { slot, bytes } => format!("writing slot {slot} ({bytes} bytes)"),
+            Step::SetGuids { slot } => format!("naming slot {slot} by the new root hash"),
+            Step::PutUki { slot } => format!("putting the UKI of slot {slot} on the ESP"),
+        };
+        println!("update: {line}");
+        let _ = std::io::stdout().flush();
+    };
+    let updated =
+        apply(&system.disk, &new, Some(&system.root_hash), &mut progress).map_err(|e| chain(&e))?;
+    println!(
+        "update: slot {} holds version {}; the next boot tries it once, and it stays only if it passes its boot assessment (else version {} boots again)",
+        updated.slot, updated.version, updated.previous
+    );
+    if std::fs::metadata(source).is_ok_and(|m| m.file_type().is_block_device()) {
+        // Its partitions carry the GUIDs the loader finds the new root by.
+        println!(
+            "update: detach {} before the next boot: the loader refuses a root found on two disks",
+            source.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `top`: two samples a second apart, so CPU shows as a share of one CPU.
@@ -210,17 +297,6 @@ fn join_host_mounts() -> Result<(), String> {
     // setns leaves the working directory in the old tree; the shim does not care, but a
     // relative path in the command would.
     std::env::set_current_dir("/").map_err(|e| refuse(&e))
-}
-
-fn chain(e: &ClientError) -> String {
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

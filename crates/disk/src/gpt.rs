@@ -245,21 +245,15 @@ pub fn write_disk(
     w(out.write_all(&entries))?;
     let mut at = 2 + ENTRY_SECTORS;
     for p in parts {
-        w(crate::sparse::write_zeros(out, (p.first_lba - at) * SECTOR))?;
+        w(write_zeros(out, (p.first_lba - at) * SECTOR))?;
         w(out.write_all(p.data))?;
-        w(crate::sparse::write_zeros(
-            out,
-            p.sectors * SECTOR - p.data.len() as u64,
-        ))?;
+        w(write_zeros(out, p.sectors * SECTOR - p.data.len() as u64))?;
         at = p.first_lba + p.sectors;
     }
-    w(crate::sparse::write_zeros(
-        out,
-        (total - 1 - ENTRY_SECTORS - at) * SECTOR,
-    ))?;
+    w(write_zeros(out, (total - 1 - ENTRY_SECTORS - at) * SECTOR))?;
     w(out.write_all(&entries))?;
     w(out.write_all(&header(disk, total, true, crc)))?;
-    w(crate::sparse::write_zeros(out, size - total * SECTOR))
+    w(write_zeros(out, size - total * SECTOR))
 }
 
 /// One entry of a partition table read back from a disk.
@@ -408,6 +402,18 @@ impl Table {
         }
         w(disk.flush())
     }
+}
+
+/// Writes `n` zero bytes in large buffers (one MiB at most), so that a sparse writer skips a
+/// disk's empty space in few steps.
+pub fn write_zeros(out: &mut impl Write, mut n: u64) -> io::Result<()> {
+    let chunk = vec![0u8; n.min(1 << 20) as usize];
+    while n > 0 {
+        let k = n.min(chunk.len() as u64);
+        out.write_all(&chunk[..k as usize])?;
+        n -= k;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

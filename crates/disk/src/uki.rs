@@ -229,6 +229,48 @@ pub fn sections(pe: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
+/// Where the fields Authenticode treats specially are in a PE32+ image, and its sections'
+/// data, as file offsets.
+#[derive(Debug, Clone)]
+pub struct PeHeaders {
+    /// The 4-byte checksum.
+    pub checksum: usize,
+    /// The certificate table's 8-byte data directory entry.
+    pub cert_dir: usize,
+    pub size_of_headers: usize,
+    /// Each section's data: (offset, length in the file).
+    pub sections: Vec<(usize, usize)>,
+    /// The certificate table (offset, length), if the image has one.
+    pub cert_table: Option<(usize, usize)>,
+}
+
+/// The [`PeHeaders`] of any PE32+ image, signed or not; a certificate directory is required
+/// (every EFI stub has one).
+pub fn pe_headers(pe: &[u8]) -> Result<PeHeaders> {
+    let l = Layout::parse_any(pe)?;
+    let dirs = u32_at(pe, l.opt + 108)? as usize;
+    if dirs <= SECURITY_DIR {
+        return Err(Error::Stub("no certificate table directory"));
+    }
+    let cert_dir = l.opt + 112 + 8 * SECURITY_DIR;
+    let (at, size) = (
+        u32_at(pe, cert_dir)? as usize,
+        u32_at(pe, cert_dir + 4)? as usize,
+    );
+    let mut sections = Vec::with_capacity(l.count);
+    for i in 0..l.count {
+        let h = l.section(i);
+        sections.push((u32_at(pe, h + 20)? as usize, u32_at(pe, h + 16)? as usize));
+    }
+    Ok(PeHeaders {
+        checksum: l.opt + 64,
+        cert_dir,
+        size_of_headers: l.size_of_headers,
+        sections,
+        cert_table: (size != 0).then_some((at, size)),
+    })
+}
+
 /// `pe` without its Authenticode signature, as it was before `sbsign`: the certificate table
 /// cut off, its directory entry zeroed, the checksum recomputed. `None` if it has none.
 pub fn strip_signature(pe: &[u8]) -> Result<Option<Vec<u8>>> {

@@ -1,0 +1,239 @@
+//! Boot assessment of an A/B system (`keel build --verity --ab`): when the version running was
+//! booted on trial (its UKI `keel-V+N-M.efi`, put there by `keel update` or `keelctl update`
+//! and counted down by systemd-boot), PID 1 watches its services. Every service running and
+//! ready for `keel.health_stable` seconds, within `keel.health_timeout` of the supervisor's
+//! start: the version is blessed (its UKI renamed to `keel-V.efi`, permanent). Otherwise it is
+//! rejected (renamed to no tries left, the reason written on the ESP for `keelctl version`)
+//! and the machine reboots: systemd-boot then boots the other slot's version. A machine that
+//! hangs or loses power during the trial gets there too: systemd-boot already counted the try.
+//!
+//! The disk work is a few sector reads and writes (directory entries of the ESP), done in the
+//! loop like the rest.
+
+use crate::cmdline::Health;
+use keel_disk::ab::{Assessment, EntryName};
+use keel_disk::running::System;
+use keel_supervisor::{Kind, Record, Status};
+use std::time::Instant;
+
+/// What the assessment does next.
+#[derive(Debug)]
+pub enum Assessor {
+    /// Nothing to assess: not an A/B boot, the version is not on trial, or it was decided.
+    Idle,
+    Watching {
+        system: System,
+        entry: EntryName,
+        health: Health,
+        deadline: Instant,
+        /// Since when every service has been running and ready.
+        healthy_since: Option<Instant>,
+    },
+}
+
+/// What became of a trial.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Blessed,
+    /// Rejected: the machine must reboot into the previous version.
+    Rejected,
+}
+
+impl Assessor {
+    /// Looks at how this boot came to be: `cmdline` is `/proc/cmdline`.
+    pub fn start(cmdline: &str, health: Health, now: Instant) -> Assessor {
+        let ab = cmdline
+            .split_ascii_whitespace()
+            .any(|w| w.starts_with(keel_disk::ab::VERSION_KNOB));
+        if !ab {
+            return Assessor::Idle;
+        }
+        let found = System::find(
+            cmdline,
+            std::path::Path::new("/sys/block"),
+            std::path::Path::new("/dev"),
+        )
+        .and_then(|system| Ok((system.entry()?, system)));
+        let (entry, system) = match found {
+            Ok(found) => found,
+            Err(e) => {
+                log::error!(
+                    "boot assessment: {}; this boot is neither blessed nor rejected",
+                    crate::chain(&e)
+                );
+                return Assessor::Idle;
+            }
+        };
+        let slot = keel_disk::update::SLOTS[system.slot];
+        let on_trial = match system.on_trial(&entry) {
+            Ok(t) => t,
+            Err(e) => {
+                log::error!(
+                    "boot assessment: {}; this boot is neither blessed nor rejected",
+                    crate::chain(&e)
+                );
+                return Assessor::Idle;
+            }
+        };
+        match (entry.assessment(), on_trial) {
+            (Assessment::Good, _) => {
+                log::info!(
+                    "boot assessment: version {} (slot {slot}) is permanent",
+                    entry.version
+                );
+                Assessor::Idle
+            }
+            (_, false) => {
+                log::warn!(
+                    "boot assessment: version {} (slot {slot}) failed its assessment before and boots only because nothing else does",
+                    entry.version
+                );
+                Assessor::Idle
+            }
+            (_, true) => {
+                log::info!(
+                    "boot assessment: version {} (slot {slot}) is on trial ({}): it stays if every service runs and is ready for {} s within {} s",
+                    entry.version,
+                    entry.file_name(),
+                    health.stable.as_secs(),
+                    health.timeout.as_secs()
+                );
+                Assessor::Watching {
+                    system,
+                    entry,
+                    health,
+                    deadline: now + health.timeout,
+                    healthy_since: None,
+                }
+            }
+        }
+    }
+
+    /// When [`Assessor::check`] must run next, if at all.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self {
+            Assessor::Idle => None,
+            Assessor::Watching {
+                health,
+                deadline,
+                healthy_since,
+                ..
+            } => Some(match healthy_since {
+                Some(since) => (*since + health.stable).min(*deadline),
+                None => *deadline,
+            }),
+        }
+    }
+
+    /// Looks at the services; blesses or rejects the trial when it is decided.
+    pub fn check(&mut self, records: &[Record], now: Instant) -> Option<Verdict> {
+        let Assessor::Watching {
+            system,
+            entry,
+            health,
+            deadline,
+            healthy_since,
+        } = self
+        else {
+            return None;
+        };
+        let unhealthy = unhealthy_services(records);
+        if unhealthy.is_empty() {
+            let since = *healthy_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= health.stable {
+                let verdict = match system.bless(entry) {
+                    Ok(good) => {
+                        log::info!(
+                            "boot assessment: version {} is good: every service ran and was ready for {} s; {} is permanent",
+                            entry.version,
+                            health.stable.as_secs(),
+                            good.path()
+                        );
+                        Verdict::Blessed
+                    }
+                    Err(e) => {
+                        log::error!(
+                            "boot assessment: version {} is good but cannot be made permanent: {}; the next boot returns to the previous version",
+                            entry.version,
+                            crate::chain(&e)
+                        );
+                        Verdict::Blessed
+                    }
+                };
+                *self = Assessor::Idle;
+                return Some(verdict);
+            }
+            return None;
+        }
+        *healthy_since = None;
+        if now < *deadline {
+            return None;
+        }
+        let reason = format!(
+            "not every service ran and was ready for {} s within {} s of the boot: {}",
+            health.stable.as_secs(),
+            health.timeout.as_secs(),
+            unhealthy.join(", ")
+        );
+        match system.reject(entry, &reason) {
+            Ok(bad) => log::error!(
+                "boot assessment: version {} failed: {reason}; {} has no tries left: rebooting into the previous version",
+                entry.version,
+                bad.path()
+            ),
+            Err(e) => log::error!(
+                "boot assessment: version {} failed: {reason}; marking it failed: {}; rebooting (systemd-boot counted its try)",
+                entry.version,
+                crate::chain(&e)
+            ),
+        }
+        *self = Assessor::Idle;
+        Some(Verdict::Rejected)
+    }
+}
+
+/// Each service that is not running and ready, with what it is doing instead.
+fn unhealthy_services(records: &[Record]) -> Vec<String> {
+    records
+        .iter()
+        .filter(|r| r.kind == Kind::Service)
+        .filter(|r| !(r.status == Status::Running && r.ready))
+        .map(|r| {
+            let mut s = format!("service {} is {}", r.id, r.status.as_str());
+            if r.status == Status::Running {
+                s.push_str(" but not ready");
+            }
+            if let Some(code) = r.exit_status {
+                s.push_str(&format!(" (last exit status {code}"));
+                if r.restarts > 0 {
+                    s.push_str(&format!(", {} restarts", r.restarts));
+                }
+                s.push(')');
+            }
+            s
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_boot_is_not_assessed() {
+        let a = Assessor::start("console=ttyS0", Health::default(), Instant::now());
+        assert!(matches!(a, Assessor::Idle));
+        assert_eq!(a.next_deadline(), None);
+    }
+
+    #[test]
+    fn an_ab_boot_whose_disk_is_missing_is_not_assessed() {
+        // No disk in the test's /sys/block holds this root: logged, nothing decided.
+        let hash = "ab".repeat(32);
+        let cmdline = format!(
+            "keel.verity={hash} keel.verity_salt={hash} keel.verity_blocks=3 keel.version=2"
+        );
+        let a = Assessor::start(&cmdline, Health::default(), Instant::now());
+        assert!(matches!(a, Assessor::Idle));
+    }
+}
