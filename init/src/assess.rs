@@ -10,11 +10,48 @@
 //! The disk work is a few sector reads and writes (directory entries of the ESP), done in the
 //! loop like the rest.
 
-use crate::cmdline::Health;
+use crate::cmdline::Cmdline;
 use keel_disk::ab::{Assessment, EntryName};
 use keel_disk::running::System;
 use keel_supervisor::{Kind, Record, Status};
+use std::time::Duration;
 use std::time::Instant;
+
+/// The boot assessment's condition: every service running and ready for `stable`, within
+/// `timeout` of the supervisor's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    pub timeout: Duration,
+    pub stable: Duration,
+}
+
+impl Default for Health {
+    /// Five minutes to get there (a slow machine, images pulled by a service), then ten
+    /// seconds of every service ready.
+    fn default() -> Self {
+        Health {
+            timeout: Duration::from_secs(300),
+            stable: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Health {
+    /// The kernel command line's knobs over the YAML's `health:` over the defaults.
+    pub fn resolve(cmdline: &Cmdline, yaml: Option<&keel_bundle::HealthSettings>) -> Health {
+        let default = Health::default();
+        Health {
+            timeout: cmdline
+                .health_timeout
+                .or(yaml.and_then(|h| h.timeout))
+                .unwrap_or(default.timeout),
+            stable: cmdline
+                .health_stable
+                .or(yaml.and_then(|h| h.stable))
+                .unwrap_or(default.stable),
+        }
+    }
+}
 
 /// What the assessment does next.
 #[derive(Debug)]
@@ -218,6 +255,21 @@ fn unhealthy_services(records: &[Record]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_line_overrides_the_yaml() {
+        let yaml = keel_bundle::HealthSettings {
+            timeout: Some(Duration::from_secs(60)),
+            stable: Some(Duration::from_secs(5)),
+        };
+        let none = Cmdline::parse("");
+        assert_eq!(Health::resolve(&none, None), Health::default());
+        let h = Health::resolve(&none, Some(&yaml));
+        assert_eq!((h.timeout.as_secs(), h.stable.as_secs()), (60, 5));
+        let knob = Cmdline::parse("keel.health_stable=1");
+        let h = Health::resolve(&knob, Some(&yaml));
+        assert_eq!((h.timeout.as_secs(), h.stable.as_secs()), (60, 1));
+    }
 
     #[test]
     fn a_plain_boot_is_not_assessed() {

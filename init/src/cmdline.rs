@@ -8,6 +8,9 @@ use std::time::Duration;
 /// loop on every boot).
 pub const MAX_ONBOOT_TIMEOUT: Duration = keel_bundle::Supervision::MAX_DURATION;
 
+/// The longest `keel.health_timeout=` and `keel.health_stable=`, as for durations in the YAML.
+pub const MAX_HEALTH: Duration = keel_bundle::Supervision::MAX_DURATION;
+
 /// Settings read from `/proc/cmdline`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cmdline {
@@ -18,36 +21,12 @@ pub struct Cmdline {
     /// `keel.onboot_timeout=<seconds>`: default time an onboot container may run, at most
     /// [`MAX_ONBOOT_TIMEOUT`].
     pub onboot_timeout: Duration,
-    /// `keel.health_timeout=<seconds>` and `keel.health_stable=<seconds>`: an A/B version on
-    /// trial is kept if every service is running and ready for `stable` within `timeout` of
-    /// the supervisor's start (see `crate::assess`).
-    pub health: Health,
+    /// `keel.health_timeout=<seconds>` and `keel.health_stable=<seconds>`: the boot assessment's
+    /// condition (`crate::assess`), over the YAML's `health:`.
+    pub health_timeout: Option<Duration>,
+    pub health_stable: Option<Duration>,
     /// Knobs that were not understood, for a warning once logging is up.
     pub unknown: Vec<String>,
-}
-
-/// The boot assessment's condition: every service running and ready for `stable`, within
-/// `timeout`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Health {
-    pub timeout: Duration,
-    pub stable: Duration,
-}
-
-impl Health {
-    /// The longest either may be: one day, as for timeouts in the YAML.
-    pub const MAX: Duration = keel_bundle::Supervision::MAX_DURATION;
-}
-
-impl Default for Health {
-    /// Five minutes to get there (a slow machine, images pulled by a service), then ten
-    /// seconds of every service ready.
-    fn default() -> Self {
-        Health {
-            timeout: Duration::from_secs(300),
-            stable: Duration::from_secs(10),
-        }
-    }
 }
 
 impl Default for Cmdline {
@@ -56,7 +35,8 @@ impl Default for Cmdline {
             debug: false,
             console: false,
             onboot_timeout: Duration::from_secs(60),
-            health: Health::default(),
+            health_timeout: None,
+            health_stable: None,
             unknown: Vec::new(),
         }
     }
@@ -94,11 +74,11 @@ impl Cmdline {
                 "onboot_timeout" => seconds(value, MAX_ONBOOT_TIMEOUT)
                     .map(|t| c.onboot_timeout = t)
                     .is_some(),
-                "health_timeout" => seconds(value, Health::MAX)
-                    .map(|t| c.health.timeout = t)
+                "health_timeout" => seconds(value, MAX_HEALTH)
+                    .map(|t| c.health_timeout = Some(t))
                     .is_some(),
-                "health_stable" => seconds(value, Health::MAX)
-                    .map(|t| c.health.stable = t)
+                "health_stable" => seconds(value, MAX_HEALTH)
+                    .map(|t| c.health_stable = Some(t))
                     .is_some(),
                 // The loader's verified root (crate::verity checks them before this runs) and
                 // the A/B version (crate::assess reads it with them).
@@ -128,15 +108,10 @@ mod tests {
         let verity = "keel.verity=ab keel.verity_salt=cd keel.verity_blocks=8 keel.version=2";
         assert_eq!(Cmdline::parse(verity), Cmdline::default());
         let c = Cmdline::parse("keel.health_timeout=30 keel.health_stable=0");
-        assert_eq!(
-            c.health,
-            Health {
-                timeout: Duration::from_secs(30),
-                stable: Duration::ZERO
-            }
-        );
+        assert_eq!(c.health_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.health_stable, Some(Duration::ZERO));
         let c = Cmdline::parse("keel.health_timeout=86401 keel.health_stable=x");
-        assert_eq!(c.health, Health::default());
+        assert_eq!((c.health_timeout, c.health_stable), (None, None));
         assert_eq!(c.unknown.len(), 2);
     }
 

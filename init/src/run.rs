@@ -3,7 +3,7 @@
 //! supervisor's deadlines as the poll timeout. Also the boot timeline and the final stop (kill
 //! what is left, sync, unmount).
 
-use crate::assess::{Assessor, Verdict};
+use crate::assess::{Assessor, Health, Verdict};
 use crate::channel::{self, Channel};
 use crate::cmdline::Cmdline;
 use crate::console::{self, Console};
@@ -105,6 +105,8 @@ pub struct Init {
     channel: HostChannel,
     /// An A/B version on trial, watched until it is blessed or rejected.
     assess: Assessor,
+    /// Its condition (kernel command line, YAML `health:`, defaults).
+    health: Health,
 }
 
 /// Wait-status as a shell would report it: exit code, or 128+signal.
@@ -132,7 +134,10 @@ impl Init {
         let system = match console::read_system(&Path::new("/").join(keel_bundle::SYSTEM_FILE)) {
             Ok(s) => s,
             Err(e) => {
-                log::error!("{}; the console prompt stays off", crate::chain(&e));
+                log::error!(
+                    "{}; the console prompt stays off, health: is PID 1's default",
+                    crate::chain(&e)
+                );
                 keel_bundle::System::default()
             }
         };
@@ -146,6 +151,7 @@ impl Init {
             },
             exec_io: Vec::new(),
             assess: Assessor::Idle,
+            health: Health::resolve(&cmdline, system.health.as_ref()),
             sup,
             timeline,
             cmdline,
@@ -163,7 +169,7 @@ impl Init {
     pub fn run(mut self) -> PowerAction {
         self.sup.boot();
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-        self.assess = Assessor::start(&cmdline, self.cmdline.health, Instant::now());
+        self.assess = Assessor::start(&cmdline, self.health, Instant::now());
         loop {
             self.act();
             if self.sup.is_halted() {

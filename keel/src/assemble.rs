@@ -540,9 +540,16 @@ pub fn assemble(
 
     // System-wide settings for PID 1, only when the YAML asks for something: systems that do
     // not keep their bytes.
-    if let Some(console) = config.console.as_ref().filter(|c| !c.is_default()) {
+    let console = config
+        .console
+        .as_ref()
+        .map(|c| c.value)
+        .filter(|c| !c.is_default());
+    let health = config.health.as_ref().map(|h| h.settings());
+    if console.is_some() || health.is_some() {
         let system = keel_bundle::System {
-            console: console.value,
+            console: console.unwrap_or_default(),
+            health,
         };
         let json =
             serde_json::to_vec_pretty(&system).map_err(|source| keel_config::Error::Json {
@@ -552,7 +559,7 @@ pub fn assemble(
         place(
             &mut root,
             keel_bundle::SYSTEM_FILE,
-            file(json, 0o644, "keel console:"),
+            file(json, 0o644, "keel console: and health:"),
         )?;
     }
 

@@ -201,6 +201,19 @@ fn ab_boots_through_systemd_boot_aarch64() {
     ab_boot(Arch::Aarch64);
 }
 
+/// The byte offset of `disk`'s `keel-data` partition (the sixth GPT entry), plus 4 KiB: where
+/// the test leaves a marker no update may touch.
+fn data_marker_offset(disk: &std::path::Path) -> u64 {
+    use std::io::Read;
+    let mut head = vec![0u8; 1024 + 128 * 128];
+    std::fs::File::open(disk)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .unwrap();
+    assert_eq!(partition_names(&head)[5], "keel-data");
+    let entry = &head[1024 + 5 * 128..1024 + 6 * 128];
+    u64::from_le_bytes(entry[32..40].try_into().unwrap()) * 512 + 4096
+}
+
 /// Builds `cases` (after images/minimal.yml, verity.yml and ab-update.yml) as A/B version
 /// `version`, signed with `keys`.
 fn build_version(
@@ -279,6 +292,27 @@ fn ab_update_in_guest(arch: Arch) {
         console
     };
 
+    // A marker in the data partition, which no update may touch.
+    const MARKER: &[u8] = b"keel data marker";
+    let marker_at = data_marker_offset(&disk);
+    let marker = |write: bool| {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk)
+            .unwrap();
+        f.seek(SeekFrom::Start(marker_at)).unwrap();
+        if write {
+            f.write_all(MARKER).unwrap();
+        }
+        f.seek(SeekFrom::Start(marker_at)).unwrap();
+        let mut got = vec![0u8; MARKER.len()];
+        f.read_exact(&mut got).unwrap();
+        got
+    };
+    assert_eq!(marker(true), MARKER);
+
     // 1. Version 1 installs version 2; the next boot tries it and makes it permanent.
     let name = format!("A/B in-guest update to 2 {arch}");
     let console = install(&name, &v2, "2");
@@ -313,6 +347,7 @@ fn ab_update_in_guest(arch: Arch) {
     let failed = vm.wait_for("boot assessment: version 3 failed", DEADLINE);
     assert!(
         failed.contains("boot assessment: version 3 (slot a) is on trial")
+            && failed.contains("ready for 5 s within 60 s") // the YAML's health:
             && failed.contains("service broken is"),
         "{name}: version 3's failure does not name its service\n{failed}"
     );
@@ -363,9 +398,16 @@ fn ab_update_in_guest(arch: Arch) {
         console.contains("boot assessment: version 2 (slot b) is permanent"),
         "{name}\n{console}"
     );
+    drop(vm);
+    assert_eq!(marker(false), MARKER, "the data partition changed");
 }
 
 #[test]
 fn ab_updates_itself_and_falls_back_x86_64() {
     ab_update_in_guest(Arch::X86_64);
+}
+
+#[test]
+fn ab_updates_itself_and_falls_back_aarch64() {
+    ab_update_in_guest(Arch::Aarch64);
 }

@@ -256,6 +256,20 @@ pub const MAX_SYSTEM_FILE: u64 = 64 * 1024;
 pub struct System {
     #[serde(default, skip_serializing_if = "ConsoleSettings::is_default")]
     pub console: ConsoleSettings,
+    /// YAML `health:`; absent: PID 1's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSettings>,
+}
+
+/// YAML `health:`: when an A/B version on trial counts as good (PID 1's boot assessment): every
+/// service running and ready for `stable`, within `timeout` of the supervisor's start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthSettings {
+    #[serde(default, with = "opt_millis", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(default, with = "opt_millis", skip_serializing_if = "Option::is_none")]
+    pub stable: Option<Duration>,
 }
 
 /// YAML `console:`: the prompt PID 1 serves on the console, and how container output shows.

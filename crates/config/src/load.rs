@@ -117,6 +117,10 @@ pub type IdMap = BTreeMap<String, u32>;
 impl Config {
     /// Appends `other` (a later source) to this config.
     pub fn append(&mut self, other: Config) {
+        // A later `health:` replaces an earlier one as a whole.
+        if other.health.is_some() {
+            self.health = other.health;
+        }
         // A later `console:` replaces an earlier one as a whole.
         if other.console.is_some() {
             self.console = other.console;
@@ -801,5 +805,33 @@ mod tests {
         let e = err("console:\n  promt: admin\n");
         assert!(e.contains("unknown key \"promt\" in console"), "{e}");
         assert!(err("console:\n  raw: maybe\n").contains("true or false"));
+    }
+
+    #[test]
+    fn health_parses_merges_and_prints_back() {
+        use std::time::Duration;
+        let c = ok("health:\n  timeout: 2m\n  stable: 5\n");
+        let h = c.health.clone().unwrap().value.settings();
+        assert_eq!(h.timeout, Some(Duration::from_secs(120)));
+        assert_eq!(h.stable, Some(Duration::from_secs(5)));
+        // What `keel validate` prints reads back the same (durations as written).
+        let y = c.to_yaml().unwrap();
+        assert!(y.contains("timeout: 2m"), "{y}");
+        assert_eq!(ok(&y).health.unwrap().value.settings(), h);
+        let only = ok("health:\n  stable: 500ms\n")
+            .health
+            .unwrap()
+            .value
+            .settings();
+        assert_eq!(
+            (only.timeout, only.stable),
+            (None, Some(Duration::from_millis(500)))
+        );
+        let e = err("health:\n  stabel: 5\n");
+        assert!(e.contains("unknown key \"stabel\" in health"), "{e}");
+        let e = err("health:\n  timeout: forever\n");
+        assert!(e.starts_with("t.yml:2:12:"), "{e}");
+        assert!(err("health:\n  timeout: 25h\n").starts_with("t.yml:2:12:"));
+        assert!(err("health: 5\n").starts_with("t.yml:1:9:"));
     }
 }

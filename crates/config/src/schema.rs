@@ -58,6 +58,9 @@ pub struct Config {
     /// keel's `console:` (the console prompt and container output on the console).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub console: Option<Spanned<ConsoleSettings>>,
+    /// keel's `health:` (an A/B version's boot assessment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Spanned<HealthSpec>>,
     /// The formats of LinuxKit's 2017 `outputs:` section (`- format: kernel+initrd`), in order,
     /// each once: what `keel build` makes when no `-f` is given. Kept as written (this crate
     /// does not know keel's formats); each carries its position for errors. Serialised back
@@ -548,6 +551,7 @@ const TOP_KEYS: &[&str] = &[
     "trust",
     "outputs",
     "console",
+    "health",
 ];
 /// The keys of a 2017 `outputs:` entry (all but `format` were for uploads to clouds).
 const OUTPUT_KEYS: &[&str] = &[
@@ -772,6 +776,38 @@ fn duration(n: &Node) -> R<Spanned<DurationSpec>> {
     ))
 }
 
+/// YAML `health:`, as written (durations keep their text, so the merged YAML prints back).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HealthSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stable: Option<DurationSpec>,
+}
+
+impl HealthSpec {
+    /// What PID 1 reads (`containers/system.json`).
+    pub fn settings(&self) -> keel_bundle::HealthSettings {
+        keel_bundle::HealthSettings {
+            timeout: self.timeout.as_ref().map(|d| d.value),
+            stable: self.stable.as_ref().map(|d| d.value),
+        }
+    }
+}
+
+/// `health: {timeout: DURATION, stable: DURATION}`.
+fn health(n: &Node) -> R<Spanned<HealthSpec>> {
+    let mut spec = HealthSpec::default();
+    for (k, key, v) in entries(n, "health")? {
+        match key {
+            "timeout" => spec.timeout = Some(duration(v)?.value),
+            "stable" => spec.stable = Some(duration(v)?.value),
+            other => return Err(unknown_key(k, other, "health", &["timeout", "stable"])),
+        }
+    }
+    Ok(Spanned::new(spec, n.loc.clone()))
+}
+
 /// `console: off|inspect|admin`, or `console: {prompt: ..., raw: true|false}`.
 fn console(n: &Node) -> R<Spanned<ConsoleSettings>> {
     let prompt = |v: &Node| -> R<ControlGrant> {
@@ -823,6 +859,7 @@ pub(crate) fn config(root: &Node, dir: Option<&PathBuf>) -> R<Config> {
             }
             "volumes" => c.volumes = items(v, "volumes")?.iter().map(volume).collect::<R<_>>()?,
             "console" => c.console = Some(console(v)?),
+            "health" => c.health = Some(health(v)?),
             "trust" => {
                 if !matches!(v.kind, Kind::Null) {
                     for (k, key, v) in entries(v, "trust")? {
