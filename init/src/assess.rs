@@ -10,7 +10,7 @@
 //! The disk work is a few sector reads and writes (directory entries of the ESP), done in the
 //! loop like the rest.
 
-use crate::cmdline::Cmdline;
+use crate::cmdline::{Cmdline, MAX_HEALTH};
 use keel_disk::ab::{Assessment, EntryName};
 use keel_disk::running::System;
 use keel_supervisor::{Kind, Record, Status};
@@ -37,17 +37,28 @@ impl Default for Health {
 }
 
 impl Health {
-    /// The kernel command line's knobs over the YAML's `health:` over the defaults.
+    /// The kernel command line's knobs over the YAML's `health:` over the defaults. A YAML
+    /// value past [`MAX_HEALTH`] (keel build refuses one; a changed initrd may not) is logged and
+    /// the default used: a deadline past the clock's range would panic.
     pub fn resolve(cmdline: &Cmdline, yaml: Option<&keel_bundle::HealthSettings>) -> Health {
         let default = Health::default();
+        let from_yaml = |name: &str, value: Option<Duration>| {
+            value.filter(|d| {
+                let ok = *d <= MAX_HEALTH;
+                if !ok {
+                    log::warn!("health: {name} of {d:?} is longer than {MAX_HEALTH:?}: ignored");
+                }
+                ok
+            })
+        };
         Health {
             timeout: cmdline
                 .health_timeout
-                .or(yaml.and_then(|h| h.timeout))
+                .or_else(|| from_yaml("timeout", yaml.and_then(|h| h.timeout)))
                 .unwrap_or(default.timeout),
             stable: cmdline
                 .health_stable
-                .or(yaml.and_then(|h| h.stable))
+                .or_else(|| from_yaml("stable", yaml.and_then(|h| h.stable)))
                 .unwrap_or(default.stable),
         }
     }
@@ -269,6 +280,12 @@ mod tests {
         let knob = Cmdline::parse("keel.health_stable=1");
         let h = Health::resolve(&knob, Some(&yaml));
         assert_eq!((h.timeout.as_secs(), h.stable.as_secs()), (60, 1));
+        // From a changed system.json: past the clock's range, so the default.
+        let huge = keel_bundle::HealthSettings {
+            timeout: Some(Duration::from_millis(u64::MAX)),
+            stable: Some(MAX_HEALTH + Duration::from_secs(1)),
+        };
+        assert_eq!(Health::resolve(&none, Some(&huge)), Health::default());
     }
 
     #[test]

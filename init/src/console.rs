@@ -226,10 +226,17 @@ mod tests {
     fn system_file_is_read() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("system.json");
-        std::fs::write(&path, r#"{"console":{"prompt":"admin","raw":true}}"#).unwrap();
+        std::fs::write(
+            &path,
+            r#"{"console":{"prompt":"admin","raw":true},"health":{"timeout":60000,"stable":500}}"#,
+        )
+        .unwrap();
         let s = read_system(&path).unwrap();
         assert_eq!(s.console.prompt, ControlGrant::Admin);
         assert!(s.console.raw);
+        let health = s.health.unwrap();
+        assert_eq!(health.timeout, Some(std::time::Duration::from_secs(60)));
+        assert_eq!(health.stable, Some(std::time::Duration::from_millis(500)));
     }
 
     #[test]
@@ -251,6 +258,10 @@ mod tests {
             b"\xff\xfe{}",
             b"[]",
             b"{\"console\":",
+            b"{\"health\":{\"timeout\":\"1h\"}}",
+            b"{\"health\":{\"timeout\":-1}}",
+            b"{\"health\":{\"timeout\":1e30}}",
+            b"{\"health\":{\"forever\":true}}",
         ] {
             std::fs::write(&path, bad).unwrap();
             let e = read_system(&path).unwrap_err();
