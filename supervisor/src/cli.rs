@@ -74,8 +74,8 @@ pub const COMMANDS: &str = "commands:
   exec NAME CMD [ARG...]   run CMD inside a running container, with the container's privileges
   timeline                 the boot timeline
   version                  the A/B slots: the version running, the other slot's, the next boot
-  update FILE              write the version FILE holds (an --ab disk image) into the other
-                           slot, to be tried on the next boot
+  update FILE|URL          write the version FILE (or http:// URL) holds (an --ab disk image)
+                           into the other slot, to be tried on the next boot
   poweroff | reboot        the orderly shutdown, then power off or reboot
   help                     this text";
 

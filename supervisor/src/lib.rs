@@ -1,7 +1,7 @@
 //! keel's supervisor: the lifecycle of onboot, service and onshutdown containers
 //! ([`lifecycle`]), finding their bundles ([`bundles`]), their output ([`output`]), and the
 //! control socket that `keelctl` talks to ([`protocol`], [`server`], [`client`]) with its
-//! access rules ([`access`]). PID 1 (`keel-init`) drives it from its poll loop; nothing here
+//! access rules ([`access`]); `keelctl update`'s HTTP download ([`download`]). PID 1 (`keel-init`) drives it from its poll loop; nothing here
 //! blocks or spawns processes.
 
 pub mod access;
@@ -9,6 +9,7 @@ pub mod bundles;
 pub mod cli;
 pub mod client;
 pub mod control;
+pub mod download;
 pub mod exec;
 pub mod lifecycle;
 pub mod output;

@@ -120,7 +120,10 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         }
         Command::Exec { id, argv } => exec(&opts, id, argv),
         Command::Version => version(&opts),
-        Command::Update { source } => update(source),
+        Command::Update { source } => match source.to_str() {
+            Some(url) if url.contains("://") => update_from(url),
+            _ => update(source),
+        },
     }
 }
 
@@ -142,6 +145,53 @@ fn version(opts: &Options) -> Result<ExitCode, String> {
         print!("{status}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The largest update `keelctl update http://…` downloads.
+const MAX_DOWNLOAD: u64 = 32 << 30;
+
+/// `update URL`: the download, into a temporary file (in `TMPDIR`, else `/var/tmp`, which is
+/// on disk where `/tmp` may be memory), then [`update`] of that file.
+fn update_from(url: &str) -> Result<ExitCode, String> {
+    let url: keel_supervisor::download::Url = url.parse().map_err(|e| chain(&e))?;
+    let dir = std::env::var_os("TMPDIR").map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
+    let mut file = tempfile_in(&dir)?;
+    println!("update: fetching {url} into {}", file.0.display());
+    let len = keel_supervisor::download::fetch(
+        &url,
+        &mut file.1,
+        MAX_DOWNLOAD,
+        std::time::Duration::from_secs(60),
+    )
+    .map_err(|e| chain(&e))?;
+    println!("update: fetched {len} bytes");
+    update(&file.0.clone())
+}
+
+/// A new file in `dir`, removed when dropped.
+struct TempFile(PathBuf, std::fs::File);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn tempfile_in(dir: &Path) -> Result<TempFile, String> {
+    let pid = std::process::id();
+    for n in 0..100u32 {
+        let path = dir.join(format!("keel-update-{pid}-{n}.img"));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(f) => return Ok(TempFile(path, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot create a file in {}: {e}", dir.display())),
+        }
+    }
+    Err(format!("cannot create a file in {}", dir.display()))
 }
 
 /// `update FILE`: checks the version FILE holds, then writes it into the slot the system does
