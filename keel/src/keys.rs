@@ -9,6 +9,7 @@
 //! `sbsign` signs RSA PKCS#1 v1.5 without a signing time, so the same UKI and key give the same
 //! bytes. Private keys must be readable by their owner only, as OpenSSH asks of its keys.
 
+use keel_disk::authenticode;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -45,6 +46,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("{path}: not a certificate")]
+    Certificate {
+        path: PathBuf,
+        #[source]
+        source: authenticode::Error,
+    },
+    #[error(transparent)]
+    Signature(authenticode::Error),
     #[error("{tool} failed ({status}): {stderr}")]
     ToolFailed {
         tool: &'static str,
@@ -314,16 +323,16 @@ pub fn certificate(dir: &Path, role: &str) -> Result<PathBuf> {
     }
 }
 
-/// Checks that `efi` carries an Authenticode signature that `cert` verifies (`sbverify`).
+/// Checks that `efi` carries an Authenticode signature by `cert` (a PEM certificate), with
+/// the check `keelctl update` runs on a live system (`keel_disk::authenticode`, tested against
+/// `sbverify`).
 pub fn verify_efi(cert: &Path, efi: &[u8]) -> Result<()> {
-    let tmp = tempfile::tempdir().map_err(io_err(Path::new("temporary directory")))?;
-    let file = tmp.path().join("image.efi");
-    fs::write(&file, efi).map_err(io_err(&file))?;
-    run(
-        "sbverify",
-        "sbsigntool",
-        &["--cert".as_ref(), cert.as_os_str(), file.as_os_str()],
-    )
+    let pem = fs::read(cert).map_err(io_err(cert))?;
+    let der = authenticode::certificate_from_pem(&pem).map_err(|source| Error::Certificate {
+        path: cert.into(),
+        source,
+    })?;
+    authenticode::verify(efi, &[der]).map_err(Error::Signature)
 }
 
 fn is_guid(s: &str) -> bool {

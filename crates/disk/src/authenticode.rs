@@ -142,6 +142,17 @@ pub fn signer(pe: &[u8]) -> Result<Option<Vec<u8>>, Error> {
     }
 }
 
+/// The DER of a PEM certificate (`-----BEGIN CERTIFICATE-----`, as `keel keys generate` writes
+/// `db.crt`).
+pub fn certificate_from_pem(pem: &[u8]) -> Result<Vec<u8>, Error> {
+    let (label, der_bytes) = der::pem::decode_vec(pem).map_err(|e| Error::Der(e.to_string()))?;
+    if label != "CERTIFICATE" {
+        return Err(Error::Der(format!("a PEM {label}, not a CERTIFICATE")));
+    }
+    Certificate::from_der(&der_bytes).map_err(der_err)?;
+    Ok(der_bytes)
+}
+
 /// A certificate's subject, for messages.
 pub fn subject(cert: &[u8]) -> String {
     Certificate::from_der(cert)
@@ -318,6 +329,12 @@ mod tests {
             .arg(&signed_path));
 
         let db = der_of(&cert);
+        assert_eq!(
+            certificate_from_pem(&std::fs::read(&cert).unwrap()).unwrap(),
+            db
+        );
+        assert!(certificate_from_pem(&std::fs::read(&key).unwrap()).is_err());
+        assert!(certificate_from_pem(b"not pem").is_err());
         verify(&signed, std::slice::from_ref(&db)).unwrap();
         assert_eq!(signer(&signed).unwrap(), Some(db.clone()));
         let err = verify(&signed, &[der_of(&other)]).unwrap_err();
