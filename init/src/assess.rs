@@ -96,13 +96,18 @@ impl Assessor {
         if !ab {
             return Assessor::Idle;
         }
+        // The boot disk, this version's UKI on it, and whether this boot is its trial.
         let found = System::find(
             cmdline,
             std::path::Path::new("/sys/block"),
             std::path::Path::new("/dev"),
         )
-        .and_then(|system| Ok((system.entry()?, system)));
-        let (entry, system) = match found {
+        .and_then(|system| {
+            let entry = system.entry()?;
+            let on_trial = system.on_trial(&entry)?;
+            Ok((system, entry, on_trial))
+        });
+        let (system, entry, on_trial) = match found {
             Ok(found) => found,
             Err(e) => {
                 log::error!(
@@ -113,16 +118,6 @@ impl Assessor {
             }
         };
         let slot = keel_disk::update::SLOTS[system.slot];
-        let on_trial = match system.on_trial(&entry) {
-            Ok(t) => t,
-            Err(e) => {
-                log::error!(
-                    "boot assessment: {}; this boot is neither blessed nor rejected",
-                    crate::chain(&e)
-                );
-                return Assessor::Idle;
-            }
-        };
         match (entry.assessment(), on_trial) {
             (Assessment::Good, _) => {
                 log::info!(

@@ -49,19 +49,12 @@ pub struct System {
     pub slot: usize,
 }
 
-/// The value of `knob=` on `cmdline`.
-fn knob<'a>(cmdline: &'a str, knob: &str) -> Option<&'a str> {
-    cmdline
-        .split_ascii_whitespace()
-        .find_map(|w| w.strip_prefix(knob)?.strip_prefix('='))
-}
-
 impl System {
     /// The running system from the kernel command line `cmdline`, its disk found among the
     /// whole disks under `sys_block` (opened under `dev`).
     pub fn find(cmdline: &str, sys_block: &Path, dev: &Path) -> Result<System, Error> {
         let params = verity::Params::from_cmdline(cmdline).map_err(Error::Cmdline)?;
-        let version: ImageVersion = knob(cmdline, VERSION_KNOB)
+        let version: ImageVersion = verity::knob(cmdline, VERSION_KNOB)
             .and_then(|v| v.parse().ok())
             .ok_or(Error::Cmdline(VERSION_KNOB))?;
         let mut names: Vec<String> = std::fs::read_dir(sys_block)
@@ -226,17 +219,14 @@ impl System {
             })
             .collect();
         for (entry, uki) in installed {
-            let root = crate::uki::sections(&uki)
-                .ok()
-                .and_then(|s| {
-                    s.into_iter()
-                        .find(|(n, _)| n == ".cmdline")
-                        .map(|(_, d)| String::from_utf8_lossy(&d).into_owned())
-                })
-                .and_then(|c| verity::Params::from_cmdline(&c).ok());
-            let Some(slot) = root.and_then(|r| layout.slot_of(&r.root_hash)) else {
+            // A UKI that names no slot's root boots nothing here: not listed.
+            let Ok(version) = crate::update::parse_version(&self.disk, entry, uki) else {
                 continue;
             };
+            let Some(slot) = layout.slot_of(&version.root.root_hash) else {
+                continue;
+            };
+            let entry = version.entry;
             let failure = ab::read_esp_file(&mut file, &failure_path(&entry.version), 4096)
                 .ok()
                 .flatten()

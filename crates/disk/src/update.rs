@@ -131,7 +131,7 @@ pub struct Version {
 }
 
 /// A version's UKI with the `keel.verity*` parameters of its command line.
-fn parse_version(path: &Path, entry: EntryName, uki: Vec<u8>) -> Result<Version, Error> {
+pub(crate) fn parse_version(path: &Path, entry: EntryName, uki: Vec<u8>) -> Result<Version, Error> {
     let sections = uki::sections(&uki).map_err(|source| Error::Disk {
         path: path.into(),
         source,

@@ -67,16 +67,20 @@ pub struct Params {
     pub data_blocks: u64,
 }
 
+/// The value of `name=` on the kernel command line `cmdline` (a UKI's `.cmdline` may end in
+/// NULs).
+pub fn knob<'a>(cmdline: &'a str, name: &str) -> Option<&'a str> {
+    cmdline
+        .split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        .map(|v| v.trim_end_matches('\0'))
+}
+
 impl Params {
     /// The `keel.verity*` parameters of `cmdline`; the error names the knob that is missing or
     /// invalid.
     pub fn from_cmdline(cmdline: &str) -> std::result::Result<Params, &'static str> {
-        let knob = |name: &str| {
-            cmdline
-                .split_ascii_whitespace()
-                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
-                .map(|v| v.trim_end_matches('\0').to_owned())
-        };
+        let knob = |name: &str| knob(cmdline, name);
         let root_hash = knob("keel.verity")
             .and_then(|h| hex::decode(h).ok())
             .and_then(|h| <[u8; 32]>::try_from(h).ok())
