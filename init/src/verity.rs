@@ -5,9 +5,15 @@
 //! device-mapper requests that make them one read-only `verity` device. Nothing is read from the
 //! verity superblock: a block that does not match the root hash reads as an I/O error, so a
 //! changed disk fails closed.
+//!
+//! When the root's partitions are on more than one disk (an A/B update's source disk still
+//! attached holds the new version's partitions under the same GUIDs), the disk the firmware
+//! booted decides: the one holding the ESP that systemd-boot names in the EFI variable
+//! `LoaderDevicePartUUID`. Without that variable such a boot is refused.
 
 use crate::realroot;
 use crate::sys;
+use keel_disk::verity::DM_NAME;
 use std::fmt::{self, Write as _};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -35,14 +41,16 @@ const DM_MODULE: &str = "dm_verity";
 const CONTROL: &str = "/dev/mapper/control";
 const CONTROL_MAJOR: u64 = 10;
 const CONTROL_MINOR: u64 = 236;
-/// The name of the mapped device.
-const DM_NAME: &str = "keel-root";
 /// How long to wait for devtmpfs to make a node before making it ourselves.
 const NODE_WAIT: Duration = Duration::from_secs(2);
 /// The GPT's bounds: larger entries or more of them are refused.
 const GPT_MIN_ENTRY: u32 = 128;
 const GPT_MAX_ENTRY: u32 = 4096;
 const GPT_MAX_ENTRIES: u32 = 1024;
+/// Where efivarfs shows EFI variables, and systemd-boot's variable naming the partition it was
+/// started from (the Boot Loader Interface's vendor GUID).
+const EFIVARS: &str = "/sys/firmware/efi/efivars";
+const LOADER_DEVICE_PART_UUID: &str = "LoaderDevicePartUUID-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
 
 /// The verified root the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +83,7 @@ pub enum VerityError {
         disks: String,
     },
     #[error(
-        "the {role} partition {guid} is on two devices, {first} and {second} (an update's disk still attached? detach it)"
+        "the {role} partition {guid} is on two devices, {first} and {second}, and the boot loader did not name either's disk as the one it booted from (an update's disk still attached? detach it)"
     )]
     Duplicate {
         role: Role,
@@ -257,6 +265,81 @@ impl Guid {
     }
 }
 
+impl std::str::FromStr for Guid {
+    type Err = ();
+
+    /// The text form `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, either case (firmware variables
+    /// spell it in upper case).
+    fn from_str(text: &str) -> Result<Guid, ()> {
+        let fields: Vec<&str> = text.split('-').collect();
+        let lengths = fields.iter().map(|f| f.len()).collect::<Vec<_>>();
+        if lengths != [8, 4, 4, 4, 12] {
+            return Err(());
+        }
+        let bytes = hex::decode(fields.concat()).map_err(|_| ())?;
+        bytes.try_into().map(Guid).map_err(|_| ())
+    }
+}
+
+/// The partition GUID in the value of the EFI variable `LoaderDevicePartUUID` as efivarfs shows
+/// it: 4 bytes of attributes, then the GUID's text in UTF-16LE, NUL-terminated.
+pub fn parse_loader_device_part_uuid(var: &[u8]) -> Option<Guid> {
+    let text: Vec<u16> = var
+        .get(4..)?
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    String::from_utf16(&text).ok()?.parse().ok()
+}
+
+/// The ESP the boot loader says it was started from, read from efivarfs (mounted for the
+/// read, its module loaded if the kernel has it as one); None on a machine without EFI, a loader
+/// that does not set the variable, or any error (logged).
+fn booted_esp(load_module: &dyn Fn(&str)) -> Option<Guid> {
+    let dir = Path::new(EFIVARS);
+    if !dir.exists() {
+        log::info!("verity: no EFI variables: the firmware did not boot through EFI");
+        return None;
+    }
+    let flags = nix::mount::MsFlags::MS_RDONLY
+        | nix::mount::MsFlags::MS_NOSUID
+        | nix::mount::MsFlags::MS_NODEV
+        | nix::mount::MsFlags::MS_NOEXEC;
+    let mount = || sys::mount(Some("efivarfs"), dir, Some("efivarfs"), flags, None);
+    let mounted = match mount() {
+        Ok(()) => true,
+        Err(nix::Error::ENODEV) => {
+            load_module("efivarfs");
+            mount().is_ok()
+        }
+        // Already mounted.
+        Err(nix::Error::EBUSY) => false,
+        Err(e) => {
+            log::warn!("verity: cannot mount efivarfs on {EFIVARS}: {e}");
+            return None;
+        }
+    };
+    let path = dir.join(LOADER_DEVICE_PART_UUID);
+    let read = std::fs::read(&path);
+    if mounted && let Err(e) = sys::umount(dir, true) {
+        log::debug!("cannot unmount {EFIVARS}: {e}");
+    }
+    match read {
+        Ok(var) => {
+            let guid = parse_loader_device_part_uuid(&var);
+            if guid.is_none() {
+                log::warn!("verity: {} holds no partition GUID", path.display());
+            }
+            guid
+        }
+        Err(e) => {
+            log::info!("verity: cannot read {}: {e}", path.display());
+            None
+        }
+    }
+}
+
 impl fmt::Display for Guid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = &self.0;
@@ -434,14 +517,24 @@ fn partition_device(disk_dir: &Path, number: u32) -> Option<Partition> {
     None
 }
 
+/// A disk with a partition of the root: every partition GUID it has, and the root's partitions
+/// on it.
+struct DiskWithRoot {
+    disk: String,
+    guids: Vec<Guid>,
+    parts: Vec<(Role, Partition)>,
+}
+
 /// One look at the whole disks under `sys_block` (`/sys/block`; loop, ram and dm devices
 /// skipped) for the partitions whose unique GUIDs are `guids` (data, hash); `open_disk` opens a
-/// disk by its kernel name. A partition not there yet is None; a GUID on two partitions is an
-/// error.
+/// disk by its kernel name. A partition not there yet is None. When the partitions are on more
+/// than one disk, only the disk holding the partition `booted` names (the ESP the boot loader
+/// was started from; asked only then) counts; without one that does, it is an error.
 pub fn find_partitions(
     sys_block: &Path,
     open_disk: &dyn Fn(&str) -> io::Result<File>,
     guids: [Guid; 2],
+    booted: &dyn Fn() -> Option<Guid>,
 ) -> Result<Scan, VerityError> {
     let mut names: Vec<String> = std::fs::read_dir(sys_block)
         .map(|d| {
@@ -452,6 +545,7 @@ pub fn find_partitions(
         .unwrap_or_default();
     names.sort_unstable();
     let mut scan = Scan::default();
+    let mut found: Vec<DiskWithRoot> = Vec::new();
     for disk in names {
         if ["loop", "ram", "dm-"].iter().any(|p| disk.starts_with(p)) {
             continue;
@@ -471,31 +565,56 @@ pub fn find_partitions(
             }
         };
         let mut note = format!("{disk}: GPT with {} partitions", entries.len());
-        for entry in entries {
+        let mut parts = Vec::new();
+        for entry in &entries {
             for (role, guid) in [Role::Data, Role::Hash].into_iter().zip(guids) {
                 if entry.guid != guid {
                     continue;
                 }
-                let Some(part) = partition_device(&dir, entry.number) else {
-                    let _ = write!(note, ", {role} partition {} without a device", entry.number);
-                    continue;
-                };
-                let slot = match role {
-                    Role::Data => &mut scan.data,
-                    Role::Hash => &mut scan.hash,
-                };
-                if let Some(first) = slot {
-                    return Err(VerityError::Duplicate {
-                        role,
-                        guid,
-                        first: first.name.clone(),
-                        second: part.name,
-                    });
+                match partition_device(&dir, entry.number) {
+                    Some(part) => parts.push((role, part)),
+                    None => {
+                        let _ =
+                            write!(note, ", {role} partition {} without a device", entry.number);
+                    }
                 }
-                *slot = Some(part);
             }
         }
+        if !parts.is_empty() {
+            found.push(DiskWithRoot {
+                guids: entries.iter().map(|e| e.guid).collect(),
+                disk,
+                parts,
+            });
+        }
         scan.disks.push(note);
+    }
+    if found.len() > 1
+        && let Some(esp) = booted()
+        && let Some(at) = found.iter().position(|d| d.guids.contains(&esp))
+    {
+        let all: Vec<String> = found.iter().map(|d| d.disk.clone()).collect();
+        found = vec![found.swap_remove(at)];
+        log::info!(
+            "verity: the root's partitions are on {}: using {}, which holds the ESP {esp} the boot loader was started from",
+            all.join(" and "),
+            found[0].disk
+        );
+    }
+    for (role, part) in found.into_iter().flat_map(|d| d.parts) {
+        let slot = match role {
+            Role::Data => &mut scan.data,
+            Role::Hash => &mut scan.hash,
+        };
+        if let Some(first) = slot {
+            return Err(VerityError::Duplicate {
+                role,
+                guid: guids[usize::from(role == Role::Hash)],
+                first: first.name.clone(),
+                second: part.name,
+            });
+        }
+        *slot = Some(part);
     }
     Ok(scan)
 }
@@ -530,10 +649,12 @@ pub fn open_root(
     load_module(DM_MODULE);
     let guids = spec.guids();
     let open_disk = |disk: &str| File::open(Path::new("/dev").join(disk.replace('!', "/")));
+    let esp = std::cell::OnceCell::new();
+    let booted = || *esp.get_or_init(|| booted_esp(load_module));
     let start = Instant::now();
     let mut last = Ok(Scan::default());
     realroot::wait_for(load_modules, || {
-        last = find_partitions(Path::new("/sys/block"), &open_disk, guids);
+        last = find_partitions(Path::new("/sys/block"), &open_disk, guids, &booted);
         last.as_ref().map_or(true, Scan::complete)
     });
     let scan = last?;
@@ -1163,7 +1284,7 @@ mod tests {
         let dev = root.path().join("dev");
         let open = |name: &str| File::open(dev.join(name));
         let s = spec();
-        let scan = find_partitions(&root.path().join("block"), &open, s.guids()).unwrap();
+        let scan = find_partitions(&root.path().join("block"), &open, s.guids(), &|| None).unwrap();
         let data = scan.data.unwrap();
         let hash = scan.hash.unwrap();
         assert_eq!(
@@ -1182,7 +1303,7 @@ mod tests {
         let root = fake_system(7999);
         let dev = root.path().join("dev");
         let open = |name: &str| File::open(dev.join(name));
-        let scan = find_partitions(&root.path().join("block"), &open, s.guids()).unwrap();
+        let scan = find_partitions(&root.path().join("block"), &open, s.guids(), &|| None).unwrap();
         let e = check_sizes(&s, &scan.data.unwrap(), &scan.hash.unwrap()).unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -1198,25 +1319,98 @@ mod tests {
         let open = |name: &str| File::open(dev.join(name));
         // The partition device is not there yet.
         std::fs::remove_dir_all(sys.join("vda/vda3")).unwrap();
-        let scan = find_partitions(&sys, &open, spec().guids()).unwrap();
+        let scan = find_partitions(&sys, &open, spec().guids(), &|| None).unwrap();
         assert!(scan.data.is_some() && scan.hash.is_none());
         assert_eq!(
             scan.disks[0],
             "vda: GPT with 2 partitions, hash tree partition 3 without a device"
         );
-        // A second disk with the same partitions.
-        std::fs::write(dev.join("vdc"), two_partitions(512)).unwrap();
-        write(&sys.join("vdc/vdc1/partition"), "1\n");
-        write(&sys.join("vdc/vdc1/dev"), "254:17\n");
-        write(&sys.join("vdc/vdc1/size"), "8000\n");
-        let e = find_partitions(&sys, &open, spec().guids()).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "the root data partition aabbccdd-eeff-0011-2233-445566778899 is on two devices, vda1 and vdc1 (an update's disk still attached? detach it)"
+        // A second disk with the same partitions and an ESP: refused unless the boot loader
+        // names the disk it was started from, and then only that disk's partitions count.
+        let [data, _] = spec().guids();
+        let esp: Guid = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B".parse().unwrap();
+        let image = disk_image(512, &[(0, esp, 34, 39), (1, data, 40, 1000)]);
+        std::fs::write(dev.join("vdc"), image).unwrap();
+        write(&sys.join("vdc/vdc2/partition"), "2\n");
+        write(&sys.join("vdc/vdc2/dev"), "254:18\n");
+        write(&sys.join("vdc/vdc2/size"), "8000\n");
+        let asked = std::cell::Cell::new(0);
+        let unknown = || {
+            asked.set(asked.get() + 1);
+            None
+        };
+        let refused = "the root data partition aabbccdd-eeff-0011-2233-445566778899 is on two devices, vda1 and vdc2, and the boot loader did not name either's disk as the one it booted from (an update's disk still attached? detach it)";
+        let e = find_partitions(&sys, &open, spec().guids(), &unknown).unwrap_err();
+        assert_eq!(e.to_string(), refused);
+        assert_eq!(asked.get(), 1);
+        let elsewhere = || Some(Guid([7; 16]));
+        let e = find_partitions(&sys, &open, spec().guids(), &elsewhere).unwrap_err();
+        assert_eq!(e.to_string(), refused);
+        let scan = find_partitions(&sys, &open, spec().guids(), &|| Some(esp)).unwrap();
+        assert_eq!(scan.data.unwrap().name, "vdc2");
+        assert!(scan.hash.is_none(), "vda's hash partition counts no more");
+        // One disk: the boot loader is not asked.
+        std::fs::remove_file(dev.join("vdc")).unwrap();
+        let scan = find_partitions(&sys, &open, spec().guids(), &unknown).unwrap();
+        assert_eq!(scan.data.unwrap().name, "vda1");
+        assert_eq!(asked.get(), 1);
+        // The same GUID twice on one disk stays an error whatever the boot loader says.
+        let image = disk_image(
+            512,
+            &[(0, esp, 34, 39), (1, data, 40, 1000), (2, data, 1001, 1100)],
         );
+        std::fs::write(dev.join("vdc"), image).unwrap();
+        write(&sys.join("vdc/vdc3/partition"), "3\n");
+        write(&sys.join("vdc/vdc3/dev"), "254:19\n");
+        write(&sys.join("vdc/vdc3/size"), "8000\n");
+        let e = find_partitions(&sys, &open, spec().guids(), &|| Some(esp)).unwrap_err();
+        assert!(e.to_string().contains("vdc2 and vdc3"), "{e}");
         // No disks at all.
-        let scan = find_partitions(&root.path().join("none"), &open, spec().guids()).unwrap();
+        let scan =
+            find_partitions(&root.path().join("none"), &open, spec().guids(), &|| None).unwrap();
         assert!(scan.data.is_none() && scan.disks.is_empty());
+    }
+
+    #[test]
+    fn loader_device_part_uuid_is_parsed() {
+        let var = |text: &str| {
+            let mut v = 6u32.to_le_bytes().to_vec();
+            v.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+            v
+        };
+        let want = Guid([
+            0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
+            0xcd, 0xef,
+        ]);
+        for text in [
+            "12345678-9ABC-DEF0-0123-456789ABCDEF\0",
+            "12345678-9abc-def0-0123-456789abcdef",
+        ] {
+            assert_eq!(
+                parse_loader_device_part_uuid(&var(text)),
+                Some(want),
+                "{text}"
+            );
+        }
+        assert_eq!(want.to_string(), "12345678-9abc-def0-0123-456789abcdef");
+        // Hostile or broken values: nothing, never a panic.
+        for text in [
+            "",
+            "12345678-9ABC-DEF0-0123-456789ABCDE",
+            "12345678-9ABC-DEF0-0123-456789ABCDEFF",
+            "123456789ABCDEF00123456789ABCDEF0123",
+            "1234567g-9ABC-DEF0-0123-456789ABCDEF",
+            "12345678+9ABC-DEF0-0123-456789ABCDEF",
+            "éé345678-9ABC-DEF0-0123-456789ABCDEF",
+        ] {
+            assert_eq!(parse_loader_device_part_uuid(&var(text)), None, "{text}");
+        }
+        assert_eq!(parse_loader_device_part_uuid(&[6, 0, 0]), None);
+        assert_eq!(parse_loader_device_part_uuid(&[6, 0, 0, 0, 0x31]), None);
+        assert_eq!(
+            parse_loader_device_part_uuid(&[6, 0, 0, 0, 0x00, 0xd8]),
+            None
+        );
     }
 
     #[test]

@@ -254,9 +254,9 @@ fn build_version(
 /// install it again). QEMU killed while an update writes its slot: the next boot runs the
 /// version it ran before.
 ///
-/// The updater powers the machine off after an update, and the next boot has no second disk:
-/// the update's disk carries the new version's partitions with the GUIDs the loader looks for,
-/// and the loader refuses a root whose GUID is on two disks.
+/// The updater reboots the machine after an update with the update's disk still attached, so
+/// the new version's partitions are on two disks under the GUIDs the loader looks for: the
+/// loader takes the one on the disk systemd-boot was started from (`LoaderDevicePartUUID`).
 fn ab_update_in_guest(arch: Arch) {
     let keys_dir = tempfile::tempdir().unwrap();
     let keys = KeySet::generate(&keys_dir.path().join("keys"), "keel test").unwrap();
@@ -278,18 +278,29 @@ fn ab_update_in_guest(arch: Arch) {
             .collect(),
         ..Boot::new(arch)
     };
-    // Boots `second` attached: the updater installs it, then powers off.
-    let install = |name: &str, second: &PathBuf, version: &str| {
+    // Boots `second` attached: the updater installs it and reboots into it, that disk still
+    // attached. Returns the VM, once the new version's boot assessment has its verdict.
+    let install = |name: &str, second: &PathBuf, version: &str, verdict: &str| {
         let mut vm = Vm::boot(name, &disk, &boot(Some(second)));
-        let console = vm.wait_exit(DEADLINE);
+        let console = vm.wait_for(
+            &format!("boot assessment: version {version} {verdict}"),
+            DEADLINE * 2,
+        );
         let slot = if version == "3" { 'a' } else { 'b' };
         assert!(
             console.contains(&format!(
                 "updater| update: slot {slot} holds version {version}"
+            )) && console.contains(&format!(
+                "boot assessment: version {version} (slot {slot}) is on trial"
             )),
-            "{name}: version {version} was not installed\n{console}"
+            "{name}: version {version} was not installed and tried\n{console}"
         );
-        console
+        // Both disks hold the new root's partitions; systemd-boot's variable names the first.
+        assert!(
+            console.contains("verity: the root's partitions are on vda and vdb: using vda"),
+            "{name}: the loader did not choose the disk it was booted from\n{console}"
+        );
+        (vm, console)
     };
 
     // A marker in the data partition, which no update may touch.
@@ -313,25 +324,16 @@ fn ab_update_in_guest(arch: Arch) {
     };
     assert_eq!(marker(true), MARKER);
 
-    // 1. Version 1 installs version 2; the next boot tries it and makes it permanent.
+    // 1. Version 1 installs version 2 and reboots; the next boot tries it and makes it
+    // permanent.
     let name = format!("A/B in-guest update to 2 {arch}");
-    let console = install(&name, &v2, "2");
+    let (vm, console) = install(&name, &v2, "2", "is good");
     assert!(
         console.contains("updater| running: version 1 from slot a")
-            && console.contains("signed by"),
-        "{name}\n{console}"
-    );
-    assert_eq!(
-        keel_testutil::esp_linux_entries(&disk),
-        ["keel-1.efi", "keel-2+1-0.efi"],
-        "{name}"
-    );
-    let mut vm = Vm::boot(&name, &disk, &boot(None));
-    let trial = vm.wait_for("boot assessment: version 2 is good", DEADLINE);
-    assert!(
-        trial.contains("boot assessment: version 2 (slot b) is on trial (keel-2+0-1.efi)")
-            && trial.contains("RUNNING=version-2"),
-        "{name}: version 2 did not boot on trial\n{trial}"
+            && console.contains("signed by")
+            && console.contains("boot assessment: version 2 (slot b) is on trial (keel-2+0-1.efi)")
+            && console.contains("RUNNING=version-2"),
+        "{name}: version 2 did not boot on trial\n{console}"
     );
     drop(vm);
     assert_eq!(
@@ -342,17 +344,14 @@ fn ab_update_in_guest(arch: Arch) {
 
     // 2. Version 3 never gets its service up: tried once, rejected, back on 2 by itself.
     let name = format!("A/B in-guest update to a failing 3 {arch}");
-    install(&name, &v3, "3");
-    let mut vm = Vm::boot(&name, &disk, &boot(None));
-    let failed = vm.wait_for("boot assessment: version 3 failed", DEADLINE);
+    let (mut vm, failed) = install(&name, &v3, "3", "failed");
+    let mark = vm.mark();
+    let back = vm.wait_after(mark, "updater| next boot: version 2", DEADLINE);
     assert!(
-        failed.contains("boot assessment: version 3 (slot a) is on trial")
-            && failed.contains("ready for 5 s within 60 s") // the YAML's health:
+        failed.contains("ready for 5 s within 60 s") // the YAML's health:
             && failed.contains("service broken is"),
         "{name}: version 3's failure does not name its service\n{failed}"
     );
-    let mark = vm.mark();
-    let back = vm.wait_after(mark, "updater| next boot: version 2", DEADLINE);
     assert!(
         back.contains("boot assessment: version 2 (slot b) is permanent")
             && back.contains("updater| running: version 2 from slot b"),
@@ -367,13 +366,19 @@ fn ab_update_in_guest(arch: Arch) {
         "{name}: keelctl version does not say why 3 failed: {why:?}\n{back}"
     );
     eprintln!("{name}: {}", why.trim());
+    // Version 3's disk is still attached: the updater's `keelctl update` refuses it now.
+    let refused = vm.wait_after(mark, "version 3 failed its boot assessment", DEADLINE);
+    assert!(
+        refused.contains("updater| keelctl: "),
+        "{name}: the updater's refusal\n{refused}"
+    );
     drop(vm);
     assert_eq!(
         keel_testutil::esp_linux_entries(&disk),
         ["keel-2.efi", "keel-3+0-1.efi"],
         "{name}"
     );
-    // The same update code refuses version 3 again (here on the host).
+    // The same update code refuses version 3 on the host too.
     let err = keel::update::update(&disk, &v3, Some(keys.dir())).unwrap_err();
     let err = keel_vmtests::chain(&err);
     assert!(

@@ -49,6 +49,24 @@ pub struct System {
     pub slot: usize,
 }
 
+/// Which of the whole disks `names` (under `sys_block`) holds the partitions under the
+/// verified root's device-mapper device ([`verity::DM_NAME`]), if it is there.
+fn disk_under_root(sys_block: &Path, names: &[String]) -> Option<String> {
+    let entries = std::fs::read_dir(sys_block).ok()?;
+    let root = entries.flatten().map(|e| e.path()).find(|dir| {
+        std::fs::read_to_string(dir.join("dm/name")).is_ok_and(|n| n.trim() == verity::DM_NAME)
+    })?;
+    let parts: Vec<_> = std::fs::read_dir(root.join("slaves"))
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    names
+        .iter()
+        .find(|disk| parts.iter().any(|p| sys_block.join(disk).join(p).exists()))
+        .cloned()
+}
+
 impl System {
     /// The running system from the kernel command line `cmdline`, its disk found among the
     /// whole disks under `sys_block` (opened under `dev`).
@@ -71,6 +89,11 @@ impl System {
             })
             .collect();
         names.sort_unstable();
+        // With an update's source disk attached, the running root's partitions are on two
+        // disks: the one under the verified root's device is the one the loader chose.
+        if let Some(disk) = disk_under_root(sys_block, &names) {
+            names.retain(|n| *n == disk);
+        }
         let mut looked = Vec::new();
         for name in names {
             let path = dev.join(name.replace('!', "/"));
@@ -330,5 +353,32 @@ mod tests {
         let cmdline = cmdline.replace("1+2", "1");
         let err = System::find(&cmdline, dir.path(), dir.path()).unwrap_err();
         assert!(matches!(err, Error::NoDisk(_)), "{err}");
+    }
+
+    #[test]
+    fn the_disk_under_the_verified_root_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path();
+        let names = ["vda".to_owned(), "vdb".to_owned()];
+        for p in [
+            "vda/vda2",
+            "vda/vda3",
+            "vdb/vdb2",
+            "vdb/vdb3",
+            "dm-1/slaves/loop0",
+        ] {
+            std::fs::create_dir_all(sys.join(p)).unwrap();
+        }
+        assert_eq!(disk_under_root(sys, &names), None);
+        std::fs::create_dir_all(sys.join("dm-1/dm")).unwrap();
+        std::fs::write(sys.join("dm-1/dm/name"), "other\n").unwrap();
+        assert_eq!(disk_under_root(sys, &names), None);
+        std::fs::create_dir_all(sys.join("dm-0/dm")).unwrap();
+        std::fs::write(sys.join("dm-0/dm/name"), "keel-root\n").unwrap();
+        assert_eq!(disk_under_root(sys, &names), None, "no slaves yet");
+        for p in ["vdb2", "vdb3"] {
+            std::fs::create_dir_all(sys.join("dm-0/slaves").join(p)).unwrap();
+        }
+        assert_eq!(disk_under_root(sys, &names).as_deref(), Some("vdb"));
     }
 }

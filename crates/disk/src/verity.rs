@@ -12,6 +12,8 @@ use sha2::{Digest, Sha256};
 
 /// Data and hash block size, in bytes.
 pub const BLOCK: usize = 4096;
+/// The name of the device-mapper device the guest's loader makes of the verified root.
+pub const DM_NAME: &str = "keel-root";
 /// [`BLOCK`] as the superblock stores it.
 const BLOCK_U32: u32 = 4096;
 /// SHA-256 digests per hash block.

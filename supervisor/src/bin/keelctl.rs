@@ -8,7 +8,6 @@ use keel_supervisor::cli::{self, Command};
 use keel_supervisor::client;
 use keel_supervisor::{Request, Response};
 use std::io::{IsTerminal, Write};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -244,13 +243,6 @@ fn update(source: &Path) -> Result<ExitCode, String> {
         "update: slot {} holds version {}; the next boot tries it once, and it stays only if it passes its boot assessment (else version {} boots again)",
         updated.slot, updated.version, updated.previous
     );
-    if std::fs::metadata(source).is_ok_and(|m| m.file_type().is_block_device()) {
-        // Its partitions carry the GUIDs the loader finds the new root by.
-        println!(
-            "update: detach {} before the next boot: the loader refuses a root found on two disks",
-            source.display()
-        );
-    }
     Ok(ExitCode::SUCCESS)
 }
 
