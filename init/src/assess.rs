@@ -17,12 +17,14 @@ use keel_supervisor::{Kind, Record, Status};
 use std::time::Duration;
 use std::time::Instant;
 
-/// The boot assessment's condition: every service running and ready for `stable`, within
-/// `timeout` of the supervisor's start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The boot assessment's condition: every service (or those `services` names) running and
+/// ready for `stable`, within `timeout` of the supervisor's start.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
     pub timeout: Duration,
     pub stable: Duration,
+    /// The services that must be running and ready; None: every service.
+    pub services: Option<Vec<String>>,
 }
 
 impl Default for Health {
@@ -32,6 +34,7 @@ impl Default for Health {
         Health {
             timeout: Duration::from_secs(300),
             stable: Duration::from_secs(10),
+            services: None,
         }
     }
 }
@@ -60,6 +63,21 @@ impl Health {
                 .health_stable
                 .or_else(|| from_yaml("stable", yaml.and_then(|h| h.stable)))
                 .unwrap_or(default.stable),
+            // keel build refuses an empty list; read as one, it would watch nothing.
+            services: yaml.and_then(|h| h.services.clone()).filter(|names| {
+                if names.is_empty() {
+                    log::warn!("health: an empty list of services: every service is watched");
+                }
+                !names.is_empty()
+            }),
+        }
+    }
+
+    /// Which services the condition is about, for the console and the failure note.
+    fn which(&self) -> String {
+        match &self.services {
+            None => "every service".to_owned(),
+            Some(names) => format!("every one of the services {}", names.join(", ")),
         }
     }
 }
@@ -69,14 +87,18 @@ impl Health {
 pub enum Assessor {
     /// Nothing to assess: not an A/B boot, the version is not on trial, or it was decided.
     Idle,
-    Watching {
-        system: System,
-        entry: EntryName,
-        health: Health,
-        deadline: Instant,
-        /// Since when every service has been running and ready.
-        healthy_since: Option<Instant>,
-    },
+    Watching(Box<Trial>),
+}
+
+/// A version on trial, watched.
+#[derive(Debug)]
+pub struct Trial {
+    system: System,
+    entry: EntryName,
+    health: Health,
+    deadline: Instant,
+    /// Since when every watched service has been running and ready.
+    healthy_since: Option<Instant>,
 }
 
 /// What became of a trial.
@@ -135,19 +157,20 @@ impl Assessor {
             }
             (_, true) => {
                 log::info!(
-                    "boot assessment: version {} (slot {slot}) is on trial ({}): it stays if every service runs and is ready for {} s within {} s",
+                    "boot assessment: version {} (slot {slot}) is on trial ({}): it stays if {} runs and is ready for {} s within {} s",
                     entry.version,
                     entry.file_name(),
+                    health.which(),
                     health.stable.as_secs(),
                     health.timeout.as_secs()
                 );
-                Assessor::Watching {
+                Assessor::Watching(Box::new(Trial {
                     system,
                     entry,
-                    health,
                     deadline: now + health.timeout,
+                    health,
                     healthy_since: None,
-                }
+                }))
             }
         }
     }
@@ -156,39 +179,35 @@ impl Assessor {
     pub fn next_deadline(&self) -> Option<Instant> {
         match self {
             Assessor::Idle => None,
-            Assessor::Watching {
-                health,
-                deadline,
-                healthy_since,
-                ..
-            } => Some(match healthy_since {
-                Some(since) => (*since + health.stable).min(*deadline),
-                None => *deadline,
+            Assessor::Watching(trial) => Some(match trial.healthy_since {
+                Some(since) => (since + trial.health.stable).min(trial.deadline),
+                None => trial.deadline,
             }),
         }
     }
 
     /// Looks at the services; blesses or rejects the trial when it is decided.
     pub fn check(&mut self, records: &[Record], now: Instant) -> Option<Verdict> {
-        let Assessor::Watching {
+        let Assessor::Watching(trial) = self else {
+            return None;
+        };
+        let Trial {
             system,
             entry,
             health,
             deadline,
             healthy_since,
-        } = self
-        else {
-            return None;
-        };
-        let unhealthy = unhealthy_services(records);
+        } = &mut **trial;
+        let unhealthy = unhealthy_services(records, health.services.as_deref());
         if unhealthy.is_empty() {
             let since = *healthy_since.get_or_insert(now);
             if now.saturating_duration_since(since) >= health.stable {
                 let verdict = match system.bless(entry) {
                     Ok(good) => {
                         log::info!(
-                            "boot assessment: version {} is good: every service ran and was ready for {} s; {} is permanent",
+                            "boot assessment: version {} is good: {} ran and was ready for {} s; {} is permanent",
                             entry.version,
+                            health.which(),
                             health.stable.as_secs(),
                             good.path()
                         );
@@ -213,7 +232,8 @@ impl Assessor {
             return None;
         }
         let reason = format!(
-            "not every service ran and was ready for {} s within {} s of the boot: {}",
+            "not {} ran and was ready for {} s within {} s of the boot: {}",
+            health.which(),
             health.stable.as_secs(),
             health.timeout.as_secs(),
             unhealthy.join(", ")
@@ -235,27 +255,50 @@ impl Assessor {
     }
 }
 
-/// Each service that is not running and ready, with what it is doing instead.
-fn unhealthy_services(records: &[Record]) -> Vec<String> {
-    records
+/// Each service (of `only`, if given) that is not running and ready, with what it is doing
+/// instead.
+fn unhealthy_services(records: &[Record], only: Option<&[String]>) -> Vec<String> {
+    let services: Vec<(&str, Option<String>)> = records
         .iter()
         .filter(|r| r.kind == Kind::Service)
-        .filter(|r| !(r.status == Status::Running && r.ready))
         .map(|r| {
-            let mut s = format!("service {} is {}", r.id, r.status.as_str());
-            if r.status == Status::Running {
-                s.push_str(" but not ready");
-            }
-            if let Some(code) = r.exit_status {
-                s.push_str(&format!(" (last exit status {code}"));
-                if r.restarts > 0 {
-                    s.push_str(&format!(", {} restarts", r.restarts));
-                }
-                s.push(')');
-            }
-            s
+            let healthy = r.status == Status::Running && r.ready;
+            (r.id.as_str(), (!healthy).then(|| describe(r)))
         })
-        .collect()
+        .collect();
+    unhealthy(&services, only)
+}
+
+/// `services`: each service's name and, unless it is running and ready, what it does instead.
+/// A name in `only` that is not a service is missing (keel build refuses such a name; a
+/// changed initrd may not).
+fn unhealthy(services: &[(&str, Option<String>)], only: Option<&[String]>) -> Vec<String> {
+    let missing = only
+        .unwrap_or_default()
+        .iter()
+        .filter(|name| !services.iter().any(|(id, _)| id == name))
+        .map(|name| format!("service {name} is missing"));
+    let watched = services
+        .iter()
+        .filter(|(id, _)| only.is_none_or(|names| names.iter().any(|n| n == id)))
+        .filter_map(|(_, why)| why.clone());
+    missing.chain(watched).collect()
+}
+
+/// A service that is not running and ready: what it is doing instead.
+fn describe(r: &Record) -> String {
+    let mut s = format!("service {} is {}", r.id, r.status.as_str());
+    if r.status == Status::Running {
+        s.push_str(" but not ready");
+    }
+    if let Some(code) = r.exit_status {
+        s.push_str(&format!(" (last exit status {code}"));
+        if r.restarts > 0 {
+            s.push_str(&format!(", {} restarts", r.restarts));
+        }
+        s.push(')');
+    }
+    s
 }
 
 #[cfg(test)]
@@ -267,6 +310,7 @@ mod tests {
         let yaml = keel_bundle::HealthSettings {
             timeout: Some(Duration::from_secs(60)),
             stable: Some(Duration::from_secs(5)),
+            services: Some(vec!["web".into()]),
         };
         let none = Cmdline::parse("");
         assert_eq!(Health::resolve(&none, None), Health::default());
@@ -275,12 +319,50 @@ mod tests {
         let knob = Cmdline::parse("keel.health_stable=1");
         let h = Health::resolve(&knob, Some(&yaml));
         assert_eq!((h.timeout.as_secs(), h.stable.as_secs()), (60, 1));
+        assert_eq!(h.services, Some(vec!["web".to_owned()]));
+        assert_eq!(h.which(), "every one of the services web");
+        assert_eq!(Health::default().which(), "every service");
         // From a changed system.json: past the clock's range, so the default.
         let huge = keel_bundle::HealthSettings {
             timeout: Some(Duration::from_millis(u64::MAX)),
             stable: Some(MAX_HEALTH + Duration::from_secs(1)),
+            services: Some(vec![]),
         };
         assert_eq!(Health::resolve(&none, Some(&huge)), Health::default());
+    }
+
+    #[test]
+    fn the_condition_watches_the_services_it_names() {
+        let services = [
+            ("web", None),
+            (
+                "db",
+                Some("service db is crashloop (last exit status 3)".to_owned()),
+            ),
+            (
+                "cron",
+                Some("service cron is running but not ready".to_owned()),
+            ),
+        ];
+        assert_eq!(
+            unhealthy(&services, None),
+            [
+                "service db is crashloop (last exit status 3)",
+                "service cron is running but not ready"
+            ]
+        );
+        let only = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(unhealthy(&services, Some(&only(&["web"]))).is_empty());
+        assert_eq!(
+            unhealthy(&services, Some(&only(&["web", "cron"]))),
+            ["service cron is running but not ready"]
+        );
+        // A name that is no service (a changed system.json) never counts as healthy.
+        assert_eq!(
+            unhealthy(&services, Some(&only(&["web", "gone"]))),
+            ["service gone is missing"]
+        );
+        assert!(unhealthy(&[], None).is_empty());
     }
 
     #[test]

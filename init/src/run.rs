@@ -169,7 +169,7 @@ impl Init {
     pub fn run(mut self) -> PowerAction {
         self.sup.boot();
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-        self.assess = Assessor::start(&cmdline, self.health, Instant::now());
+        self.assess = Assessor::start(&cmdline, self.health.clone(), Instant::now());
         loop {
             self.act();
             if self.sup.is_halted() {

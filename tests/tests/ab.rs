@@ -238,6 +238,8 @@ fn build_version(
         Some(keys),
         RootLayout::Ab(AbSettings {
             version: version.parse().unwrap(),
+            // Small, since the updater downloads a whole disk.
+            data_size: Some(1 << 20),
             ..AbSettings::default()
         }),
     )
@@ -246,13 +248,54 @@ fn build_version(
     (built, disk)
 }
 
+/// Python's `http.server` serving one file as `/update.img` on the host's loopback `port` (the
+/// guest's 10.0.2.2), until dropped.
+struct HttpServer {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl HttpServer {
+    fn serve(file: &std::path::Path, port: u16) -> HttpServer {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(file, dir.path().join("update.img")).unwrap();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+            .arg(dir.path())
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs (scripts/setup.sh)");
+        let mut server = HttpServer { child, _dir: dir };
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            || server.child.try_wait().unwrap().is_some()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no HTTP server on port {port} (is it taken?)"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// An A/B system updates itself: `keelctl update` in the guest writes version 2 into slot B
 /// from a second disk; after the reboot systemd-boot tries it once and PID 1's boot assessment
-/// sees every service ready and makes it permanent. Version 3, whose service never stays up, is
-/// tried once, rejected by the assessment, the machine reboots by itself and systemd-boot boots
-/// version 2 again, where `keelctl version` says why 3 failed (and `keel update` refuses to
-/// install it again). QEMU killed while an update writes its slot: the next boot runs the
-/// version it ran before.
+/// sees every service ready and makes it permanent. Version 3, whose service never stays up,
+/// is downloaded from the host over HTTP, tried once, rejected by the assessment, the machine
+/// reboots by itself and systemd-boot boots version 2 again, where `keelctl version` says why 3
+/// failed (and `keelctl update` refuses to install it again). QEMU killed while an update
+/// writes its slot: the next boot runs the version it ran before.
 ///
 /// The updater reboots the machine after an update with the update's disk still attached, so
 /// the new version's partitions are on two disks under the GUIDs the loader looks for: the
@@ -268,6 +311,8 @@ fn ab_update_in_guest(arch: Arch) {
     let boot = |second: Option<&PathBuf>| Boot {
         secure_boot: Some(keys.clone()),
         reboot: true,
+        // The updater's download (and DHCP in every boot, so that none waits for a NIC).
+        networking: true,
         disks: second
             .map(|p| keel::run::Disk {
                 path: Some(p.clone()),
@@ -342,13 +387,27 @@ fn ab_update_in_guest(arch: Arch) {
         "{name}"
     );
 
-    // 2. Version 3 never gets its service up: tried once, rejected, back on 2 by itself.
+    // 2. Version 3 never gets its service up: downloaded, tried once, rejected, back on 2 by
+    // itself.
     let name = format!("A/B in-guest update to a failing 3 {arch}");
-    let (mut vm, failed) = install(&name, &v3, "3", "failed");
+    let port = match arch {
+        Arch::X86_64 => 18317,
+        Arch::Aarch64 => 18318,
+    };
+    let server = HttpServer::serve(&v3, port);
+    let mut vm = Vm::boot(&name, &disk, &boot(None));
+    let failed = vm.wait_for("boot assessment: version 3 failed", DEADLINE * 2);
+    assert!(
+        failed.contains(&format!(
+            "updater| update: fetching http://10.0.2.2:{port}/update.img into /tmp/"
+        )) && failed.contains("updater| update: slot a holds version 3")
+            && failed.contains("boot assessment: version 3 (slot a) is on trial"),
+        "{name}: version 3 was not downloaded, installed and tried\n{failed}"
+    );
     let mark = vm.mark();
     let back = vm.wait_after(mark, "updater| next boot: version 2", DEADLINE);
     assert!(
-        failed.contains("ready for 5 s within 60 s") // the YAML's health:
+        failed.contains("not every one of the services broken ran and was ready for 5 s within 60 s") // never-ready.yml's health:
             && failed.contains("service broken is"),
         "{name}: version 3's failure does not name its service\n{failed}"
     );
@@ -366,13 +425,14 @@ fn ab_update_in_guest(arch: Arch) {
         "{name}: keelctl version does not say why 3 failed: {why:?}\n{back}"
     );
     eprintln!("{name}: {}", why.trim());
-    // Version 3's disk is still attached: the updater's `keelctl update` refuses it now.
+    // The host still serves version 3: the updater's `keelctl update` refuses it now.
     let refused = vm.wait_after(mark, "version 3 failed its boot assessment", DEADLINE);
     assert!(
         refused.contains("updater| keelctl: "),
         "{name}: the updater's refusal\n{refused}"
     );
     drop(vm);
+    drop(server);
     assert_eq!(
         keel_testutil::esp_linux_entries(&disk),
         ["keel-2.efi", "keel-3+0-1.efi"],

@@ -262,14 +262,18 @@ pub struct System {
 }
 
 /// YAML `health:`: when an A/B version on trial counts as good (PID 1's boot assessment): every
-/// service running and ready for `stable`, within `timeout` of the supervisor's start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// service (or those `services` names) running and ready for `stable`, within `timeout` of the
+/// supervisor's start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HealthSettings {
     #[serde(default, with = "opt_millis", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     #[serde(default, with = "opt_millis", skip_serializing_if = "Option::is_none")]
     pub stable: Option<Duration>,
+    /// The services that must be running and ready; absent: every service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<String>>,
 }
 
 /// YAML `console:`: the prompt PID 1 serves on the console, and how container output shows.

@@ -86,6 +86,8 @@ impl<T: PartialEq> PartialEq for Spanned<T> {
     }
 }
 
+impl<T: Eq> Eq for Spanned<T> {}
+
 impl<T> std::ops::Deref for Spanned<T> {
     type Target = T;
     fn deref(&self) -> &T {

@@ -243,6 +243,18 @@ impl Config {
                 resolve_id(id, &ids)?;
             }
         }
+        if let Some(names) = self.health.as_ref().and_then(|h| h.services.as_ref()) {
+            let services: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+            for name in names.iter() {
+                if !services.contains(&name.as_str()) {
+                    return Err(name.loc.err(format!(
+                        "health.services names {:?}, which is not a service{}",
+                        name.value,
+                        crate::error::hint(&name.value, &services)
+                    )));
+                }
+            }
+        }
         check_cycles(&self.services)
     }
 }
@@ -833,5 +845,29 @@ mod tests {
         assert!(e.starts_with("t.yml:2:12:"), "{e}");
         assert!(err("health:\n  timeout: 25h\n").starts_with("t.yml:2:12:"));
         assert!(err("health: 5\n").starts_with("t.yml:1:9:"));
+    }
+
+    #[test]
+    fn health_services_must_be_services() {
+        let services =
+            "services:\n  - name: web\n    image: nginx\n  - name: db\n    image: redis\n";
+        let c = ok(&format!("{services}health:\n  services: [db]\n"));
+        let h = c.health.clone().unwrap().value.settings();
+        assert_eq!(h.services, Some(vec!["db".to_owned()]));
+        assert_eq!(h.timeout, None);
+        let y = c.to_yaml().unwrap();
+        assert_eq!(ok(&y).health.unwrap().value.settings(), h, "{y}");
+        let e = err(&format!("{services}health:\n  services: [db, wbe]\n"));
+        assert!(
+            e.starts_with("t.yml:7:18: health.services names \"wbe\", which is not a service")
+                && e.contains("did you mean web"),
+            "{e}"
+        );
+        // An onboot container is not a service: the assessment watches services only.
+        let e = err(&format!("{HEAD}{services}health:\n  services: [a]\n"));
+        assert!(e.contains("names \"a\", which is not a service"), "{e}");
+        let e = err(&format!("{services}health:\n  services: []\n"));
+        assert!(e.starts_with("t.yml:7:13: health.services is empty"), "{e}");
+        assert!(err("health:\n  services: db\n").contains("a list of strings"));
     }
 }

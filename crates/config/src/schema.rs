@@ -783,6 +783,10 @@ pub struct HealthSpec {
     pub timeout: Option<DurationSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stable: Option<DurationSpec>,
+    /// The services the assessment waits for (each must be a service of the config:
+    /// [`crate::Config::validate`]); absent: every service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub services: Option<Strings>,
 }
 
 impl HealthSpec {
@@ -791,18 +795,38 @@ impl HealthSpec {
         keel_bundle::HealthSettings {
             timeout: self.timeout.as_ref().map(|d| d.value),
             stable: self.stable.as_ref().map(|d| d.value),
+            services: self
+                .services
+                .as_ref()
+                .map(|l| l.iter().map(|s| s.value.clone()).collect()),
         }
     }
 }
 
-/// `health: {timeout: DURATION, stable: DURATION}`.
+/// `health: {timeout: DURATION, stable: DURATION, services: [NAME, ...]}`.
 fn health(n: &Node) -> R<Spanned<HealthSpec>> {
     let mut spec = HealthSpec::default();
     for (k, key, v) in entries(n, "health")? {
         match key {
             "timeout" => spec.timeout = Some(duration(v)?.value),
             "stable" => spec.stable = Some(duration(v)?.value),
-            other => return Err(unknown_key(k, other, "health", &["timeout", "stable"])),
+            "services" => {
+                let list = strings(v, "health.services")?;
+                if list.is_empty() {
+                    return Err(v.loc.err(
+                        "health.services is empty: name the services the boot assessment waits for, or leave it out to wait for every service",
+                    ));
+                }
+                spec.services = Some(list);
+            }
+            other => {
+                return Err(unknown_key(
+                    k,
+                    other,
+                    "health",
+                    &["timeout", "stable", "services"],
+                ));
+            }
         }
     }
     Ok(Spanned::new(spec, n.loc.clone()))
