@@ -293,6 +293,21 @@ pub fn parse_loader_device_part_uuid(var: &[u8]) -> Option<Guid> {
     String::from_utf16(&text).ok()?.parse().ok()
 }
 
+impl fmt::Display for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.0;
+        write!(
+            f,
+            "{}-{}-{}-{}-{}",
+            hex::encode(&b[0..4]),
+            hex::encode(&b[4..6]),
+            hex::encode(&b[6..8]),
+            hex::encode(&b[8..10]),
+            hex::encode(&b[10..16])
+        )
+    }
+}
+
 /// The ESP the boot loader says it was started from, read from efivarfs (mounted for the
 /// read, its module loaded if the kernel has it as one); None on a machine without EFI, a loader
 /// that does not set the variable, or any error (logged).
@@ -337,21 +352,6 @@ fn booted_esp(load_module: &dyn Fn(&str)) -> Option<Guid> {
             log::info!("verity: cannot read {}: {e}", path.display());
             None
         }
-    }
-}
-
-impl fmt::Display for Guid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = &self.0;
-        write!(
-            f,
-            "{}-{}-{}-{}-{}",
-            hex::encode(&b[0..4]),
-            hex::encode(&b[4..6]),
-            hex::encode(&b[6..8]),
-            hex::encode(&b[8..10]),
-            hex::encode(&b[10..16])
-        )
     }
 }
 

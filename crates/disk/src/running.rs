@@ -1,6 +1,7 @@
 //! The A/B state of the running system, as PID 1 (boot assessment) and `keelctl` (`version`,
-//! `update`) see it: the boot disk (the one whose slot partition the running root hash names,
-//! found through `/sys/block`), the slot and version running, and what each slot holds.
+//! `update`) see it: the boot disk (the one under the verified root's device-mapper device
+//! whose slot partition the running root hash names, found through `/sys/block`), the slot and
+//! version running, and what each slot holds.
 //!
 //! Everything comes from the signed command line (`keel.verity=`, `keel.version=`) and the
 //! disk; nothing is trusted from elsewhere. Why a version failed its boot assessment is kept on
