@@ -35,8 +35,9 @@ packages=(
   sbsigntool python3-virt-firmware swtpm
   # sbsign stamps the signing time: it runs with the clock stopped at SOURCE_DATE_EPOCH
   faketime
-  # clients the example-system tests use against booted guests
-  redis-tools curl openssh-client
+  # clients the example-system tests use against booted guests; python3 also serves the A/B
+  # test's update over HTTP (tests/tests/ab.rs: python3 -m http.server)
+  redis-tools curl openssh-client python3
   # libraries virtiofsd (below) links against
   libseccomp-dev libcap-ng-dev pkg-config
   # kernels from source (kernel/virt, keel_kernel::source): compilers for both architectures
